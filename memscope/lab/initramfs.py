@@ -1,0 +1,54 @@
+"""Build the guest's initramfs: a newc cpio archive written directly (no cpio binary, no
+root needed for the /dev/console node)."""
+
+from __future__ import annotations
+
+import gzip
+import stat
+from pathlib import Path
+
+GUEST = Path(__file__).parent / "guest"
+
+
+class _Newc:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.ino = 1
+
+    def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        self.ino += 1
+        namez = name.encode() + b"\0"
+        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0)
+        hdr = b"070701" + b"".join(b"%08x" % f for f in fields)
+        self.parts.append(self._pad(hdr + namez) + self._pad(data))
+
+    @staticmethod
+    def _pad(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+
+    def bytes(self) -> bytes:
+        self.add("TRAILER!!!", 0)
+        return b"".join(self.parts)
+
+
+def build(path: Path, *, busybox: Path, modules: list[Path], workload: bytes,
+          conf: dict[str, str]) -> None:
+    """Write a gzip'd initramfs to PATH holding busybox, the lab's init and helpers, the
+    modules, the workload script and the run's configuration."""
+    a = _Newc()
+    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run", "root"):
+        a.add(d, stat.S_IFDIR | 0o755)
+    a.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+    a.add("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
+    a.add("bin/sh", stat.S_IFLNK | 0o777, b"busybox")
+    a.add("init", stat.S_IFREG | 0o755, (GUEST / "init").read_bytes())
+    for helper in ("snapshot", "track"):
+        a.add(f"bin/{helper}", stat.S_IFREG | 0o755, (GUEST / helper).read_bytes())
+    for m in modules:
+        a.add(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
+    a.add("workload.sh", stat.S_IFREG | 0o755, workload)
+    a.add("etc/memscope.conf", stat.S_IFREG | 0o644,
+          "".join(f"{k}='{v}'\n" for k, v in conf.items()).encode())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(gzip.compress(a.bytes(), compresslevel=1))
+    tmp.rename(path)

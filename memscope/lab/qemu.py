@@ -1,0 +1,189 @@
+"""QEMU for the lab: the command line, the QMP client and the guest's console."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import LabError
+from .kernels import Kernel
+
+APT_PACKAGE = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, append: str,
+            qmp: Path, console: Path, console_log: Path, gdb_port: int | None) -> list[str]:
+    """The QEMU command line: TCG (single-threaded: KVM fails on these kernels' decompressor
+    here and multi-threaded TCG once oopsed at boot), no network, a vmcoreinfo device, the
+    serial console on a Unix socket (logged), QMP on another."""
+    binary = kernel.spec.qemu
+    if shutil.which(binary) is None:
+        raise LabError(f"{binary} not found: install it (apt-get install {APT_PACKAGE[binary]})")
+    if kernel.spec.qemu_arch == "aarch64":
+        machine = ["-M", "virt"]
+        tty = "ttyAMA0"
+    else:
+        machine = ["-M", "pc"]
+        tty = "ttyS0"
+    cmd = [binary, *machine, "-accel", "tcg,thread=single", "-cpu", "max",
+           "-m", f"{mem}M", "-smp", str(smp), "-nodefaults", "-no-user-config",
+           "-display", "none", "-nic", "none", "-device", "vmcoreinfo",
+           "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+           "-append", f"console={tty} loglevel=1 panic=-1 oops=panic {append}".strip(),
+           "-chardev", f"socket,id=con,path={console},server=on,wait=on,logfile={console_log}",
+           "-serial", "chardev:con",
+           "-qmp", f"unix:{qmp},server=on,wait=off",
+           "-action", "reboot=shutdown"]
+    if numa > 1:
+        if mem % numa:
+            raise LabError(f"--mem {mem} does not split evenly into {numa} NUMA nodes")
+        for node in range(numa):
+            cmd += ["-object", f"memory-backend-ram,id=m{node},size={mem // numa}M"]
+            cpus = [c for c in range(smp) if c % numa == node]
+            spec = f"node,nodeid={node},memdev=m{node}"
+            if cpus:
+                spec += "".join(f",cpus={c}" for c in cpus)
+            cmd += ["-numa", spec]
+    if gdb_port is not None:
+        cmd += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
+    return cmd
+
+
+class QMP:
+    """A minimal QMP client.  QEMU serves one QMP client at a time: close this before
+    handing the guest to drgn --qemu."""
+
+    def __init__(self, path: Path, deadline: float):
+        self.sock = socket.socket(socket.AF_UNIX)
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise LabError("QEMU's QMP socket never came up") from None
+                time.sleep(0.02)
+        self.file = self.sock.makefile("rwb")
+        self._read()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict:
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise LabError("QEMU closed its QMP connection (did it exit?)")
+            msg = json.loads(line)
+            if "event" not in msg:
+                return msg
+
+    def execute(self, cmd: str, **arguments) -> object:
+        req = {"execute": cmd}
+        if arguments:
+            req["arguments"] = arguments
+        self.file.write(json.dumps(req).encode() + b"\n")
+        self.file.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise LabError(f"QEMU refused {cmd}: {reply['error'].get('desc')}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Console:
+    """The guest's serial console: bytes in, lines out (with the raw bytes kept)."""
+
+    def __init__(self, path: Path, deadline: float, proc: subprocess.Popen):
+        self.sock = socket.socket(socket.AF_UNIX)
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None:
+                    raise LabError(f"QEMU exited at start ({proc.returncode}): "
+                                   f"{_stderr_tail(proc)}")
+                if time.monotonic() > deadline:
+                    raise LabError("QEMU's console socket never came up") from None
+                time.sleep(0.02)
+        self.buf = b""
+        self.tail: list[bytes] = []  # the last lines, for error messages
+
+    def readline(self, deadline: float) -> bytes | None:
+        """The next line (without its newline), or None when QEMU closed the console."""
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(min(remaining, 1.0))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line
+                return None
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        self.tail = (self.tail + [line])[-5:]
+        return line
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode())
+
+    def last_lines(self) -> str:
+        text = [ln.decode(errors="replace").strip() for ln in self.tail]
+        text = [t for t in text if t]
+        return text[-1] if text else "(nothing)"
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _stderr_tail(proc: subprocess.Popen) -> str:
+    try:
+        err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+    except (OSError, ValueError):
+        err = []
+    return err[-1] if err else "no message"
+
+
+def spawn(cmd: list[str], stderr_path: Path) -> subprocess.Popen:
+    """Start QEMU in its own session (so that it can outlive the lab with --keep/--live)."""
+    with open(stderr_path, "wb") as err:
+        try:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    start_new_session=True)
+        except OSError as e:
+            raise LabError(f"cannot start {cmd[0]}: {e.strerror}") from None
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,345 @@
+"""Boot a kernel with a workload, take snapshots (a vmcore plus the guest's own /proc
+truth), and keep only snapshots whose dump agrees with the truth.
+
+The protocol with the guest (see guest/init and guest/snapshot) is line based on the serial
+console: the guest prints ``@@MEMSCOPE-FILE label`` / bytes / ``@@MEMSCOPE-EOF label`` for
+each truth file and then ``@@MEMSCOPE-FREEZE name`` and waits.  The host stops the VM at
+once, dumps it, and compares ``free_area[].nr_free`` in the dump with the truth's
+buddyinfo.  If they differ the kernel moved between the read and the freeze: the host
+answers ``again`` and the guest prints its truth anew and refreezes.  A snapshot that never
+agrees within the refreeze bound makes the lab boot the guest again (bounded by ``tries``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import LabError
+from . import initramfs, kernels, qemu
+
+FINAL = "-"  # the name the guest uses for the snapshot taken after the workload
+MARK = b"@@MEMSCOPE-"
+ROOT = Path(__file__).resolve().parents[2]
+WORKLOADS = ROOT / "fixtures" / "workloads"
+
+
+@dataclasses.dataclass
+class RunOptions:
+    kernel: str = kernels.DEFAULT_KERNEL
+    workload: str = "idle"
+    mem: int = 512
+    smp: int = 2
+    numa: int = 1
+    append: str = ""
+    mode: str = "dump"  # "dump", "keep" (frozen guest stays with gdbstub) or "live"
+    tries: int = 4  # boots
+    refreezes: int = 8  # refreezes per snapshot within one boot
+    timeout: float = 600.0  # seconds for one boot, workload included
+    progress: bool | None = None
+
+
+def resolve_workload(workload: str) -> Path:
+    """A workload is a path to a shell script, or the name of one in fixtures/workloads."""
+    p = Path(workload)
+    if p.is_file():
+        return p
+    for cand in (WORKLOADS / workload, WORKLOADS / f"{workload}.sh"):
+        if cand.is_file():
+            return cand
+    names = sorted(q.stem for q in WORKLOADS.glob("*.sh")) if WORKLOADS.is_dir() else []
+    raise LabError(f"workload {workload!r} is neither a file nor a built-in workload "
+                   f"({', '.join(names) or 'none found'})", exit_status=2)
+
+
+class _Say:
+    def __init__(self, progress: bool):
+        self.progress = progress
+
+    def __call__(self, msg: str) -> None:
+        if self.progress:
+            print(f"memscope lab: {msg}", file=sys.stderr, flush=True)
+
+
+def run(opts: RunOptions, out: Path) -> dict:
+    """Run OPTS and write the snapshots into OUT (which must not exist, or be empty).
+
+    Returns the run's meta.json contents."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LabError(f"{out} already exists and is not empty: memscope lab never overwrites; "
+                       "choose another -o or remove it", exit_status=2)
+    if opts.mode not in ("dump", "keep", "live"):
+        raise LabError(f"unknown mode {opts.mode}")
+    progress = sys.stderr.isatty() if opts.progress is None else opts.progress
+    say = _Say(progress)
+    workload = resolve_workload(opts.workload)
+    kernel = kernels.ensure(opts.kernel, progress=progress)
+    if opts.numa > 1 and opts.smp < 1:
+        raise LabError("--smp must be at least 1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    stage.chmod(0o755)
+    # Unix socket paths are limited to 108 bytes: keep the sockets in a short directory.
+    sockdir = Path(tempfile.mkdtemp(prefix="memscope-"))
+    meta = {
+        "kernel": kernel.name, "release": kernel.release, "arch": kernel.spec.qemu_arch,
+        "vmlinux": str(kernel.vmlinux), "vmlinuz": str(kernel.vmlinuz),
+        "workload": str(workload), "workload_name": workload.stem,
+        "mem_mb": opts.mem, "cpus": opts.smp, "numa_nodes": opts.numa, "append": opts.append,
+        "mode": opts.mode, "tries": 0, "snapshots": [],
+    }
+    handed_over = False
+    try:
+        initrd = stage / "initrd.gz"
+        initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
+                        workload=workload.read_bytes(), conf={"MEMSCOPE_MODE": opts.mode})
+        last_error: LabError | None = None
+        for attempt in range(1, opts.tries + 1):
+            meta["tries"] = attempt
+            _clear_attempt(stage)
+            boot = _Boot(kernel, opts, stage, sockdir, initrd, say, meta)
+            try:
+                handed_over = boot.run()
+                last_error = None
+                break
+            except _Drift as e:
+                last_error = LabError(str(e))
+                say(f"try {attempt}/{opts.tries}: {e}; booting again")
+            finally:
+                if not handed_over:
+                    boot.stop()
+        if last_error is not None:
+            raise LabError(f"the dump never agreed with the guest's /proc/buddyinfo in "
+                           f"{opts.tries} boots ({last_error}); the kernel kept moving between "
+                           "the read and the freeze: retry, or use a quieter workload")
+        initrd.unlink()
+        (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.rename(stage, out)
+        _fix_paths(meta, stage, out)
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+    except KeyboardInterrupt:
+        raise LabError("interrupted; nothing was kept", exit_status=130) from None
+    except OSError as e:
+        if e.errno == 28:
+            raise LabError(f"disk full while writing {out}: free space (a dump is as large as "
+                           "the guest's memory) and run again") from None
+        raise LabError(f"lab run failed: {e}") from None
+    finally:
+        if not handed_over:
+            shutil.rmtree(sockdir, ignore_errors=True)
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _fix_paths(meta: dict, old: Path, new: Path) -> None:
+    for snap in meta["snapshots"]:
+        for key in ("vmcore", "truth"):
+            snap[key] = snap[key].replace(str(old), str(new), 1)
+    if "console_log" in meta:
+        meta["console_log"] = meta["console_log"].replace(str(old), str(new), 1)
+
+
+def _clear_attempt(stage: Path) -> None:
+    for p in stage.iterdir():
+        if p.name == "initrd.gz":
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+class _Drift(Exception):
+    """A snapshot whose dump never agreed with its truth within one boot."""
+
+
+class _Boot:
+    """One boot of the guest, from QEMU's start to its end (or hand-over)."""
+
+    def __init__(self, kernel, opts: RunOptions, stage: Path, sockdir: Path, initrd: Path,
+                 say: _Say, meta: dict):
+        self.kernel, self.opts, self.stage, self.say, self.meta = kernel, opts, stage, say, meta
+        self.sockdir = sockdir
+        self.initrd = initrd
+        self.qmp_path = sockdir / "qmp.sock"
+        self.console_path = sockdir / "console.sock"
+        for p in (self.qmp_path, self.console_path):
+            if p.exists():
+                p.unlink()
+        self.proc: subprocess.Popen | None = None
+        self.qmp: qemu.QMP | None = None
+        self.console: qemu.Console | None = None
+
+    def stop(self) -> None:
+        if self.qmp is not None:
+            self.qmp.close()
+        if self.console is not None:
+            self.console.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _fail(self, what: str) -> LabError:
+        detail = ""
+        if self.console is not None:
+            detail = f" (last console line: {self.console.last_lines()})"
+        return LabError(what + detail)
+
+    def run(self) -> bool:
+        """Boot, follow the protocol, take the snapshots.  True when the guest was handed
+        over to the user (--keep or --live) and must not be stopped."""
+        opts = self.opts
+        gdb_port = qemu.free_port() if opts.mode in ("keep", "live") else None
+        log = self.stage / "console.log"
+        cmd = qemu.command(self.kernel, initrd=self.initrd, mem=opts.mem, smp=opts.smp,
+                           numa=opts.numa, append=opts.append, qmp=self.qmp_path,
+                           console=self.console_path, console_log=log, gdb_port=gdb_port)
+        t0 = time.monotonic()
+        deadline = t0 + opts.timeout
+        self.say(f"booting {self.kernel.name} ({self.kernel.release}), try {self.meta['tries']}")
+        self.proc = qemu.spawn(cmd, self.stage / "qemu.log")
+        self.console = qemu.Console(self.console_path, t0 + 30, self.proc)
+        self.qmp = qemu.QMP(self.qmp_path, t0 + 30)
+        self.meta.update(qemu_command=cmd, console_log=str(log), gdb_port=gdb_port,
+                         qemu_pid=self.proc.pid)
+        truth: dict[str, bytes] = {}
+        label: str | None = None
+        body: list[bytes] = []
+        refreezes = 0
+        t_workload = None
+        while True:
+            try:
+                line = self.console.readline(deadline)
+            except TimeoutError:
+                raise self._fail(f"the guest did not finish within {opts.timeout:.0f} s; "
+                                 "raise --timeout or check the workload") from None
+            if line is None:
+                raise self._fail("the guest stopped unexpectedly (QEMU exited: kernel panic "
+                                 "or poweroff before the workload ended)")
+            if label is not None:
+                if line == MARK + b"EOF " + label.encode():
+                    truth[label] = b"\n".join(body)
+                    label, body = None, []
+                else:
+                    body.append(line)
+                continue
+            if not line.startswith(MARK):
+                continue
+            word, _, arg = line[len(MARK):].decode(errors="replace").partition(" ")
+            if word == "BOOTED":
+                t_workload = time.monotonic()
+                self.meta["boot_seconds"] = round(t_workload - t0, 2)
+                self.meta["guest_release"] = arg.strip()
+                self.say(f"booted in {self.meta['boot_seconds']} s, running {self.meta['workload_name']}")
+                if opts.mode == "live":
+                    continue
+            elif word == "LIVE":
+                self._hand_over()
+                return True
+            elif word == "SNAPSHOT":
+                truth = {}
+            elif word == "FILE":
+                label, body = arg, []
+            elif word == "WORKLOAD-FAILED":
+                raise self._fail(f"the workload failed inside the guest (exit status {arg}); "
+                                 f"see {self.stage.name}/console.log")
+            elif word == "FREEZE":
+                name = arg.strip()
+                if name == FINAL and t_workload is not None:
+                    self.meta["workload_seconds"] = round(time.monotonic() - t_workload, 2)
+                agreed = self._freeze(name, truth)
+                if not agreed:
+                    refreezes += 1
+                    if refreezes > opts.refreezes:
+                        raise _Drift(f"snapshot {name!r} differed from the truth "
+                                     f"{refreezes} times")
+                    self.qmp.execute("cont")
+                    self.console.send("again\n")
+                    continue
+                refreezes = 0
+                if name == FINAL and opts.mode == "keep":
+                    self._hand_over()
+                    return True
+                self.qmp.execute("cont")
+                self.console.send("go\n")
+            elif word == "DONE":
+                self.qmp.execute("quit")
+                self.proc.wait(timeout=30)
+                return False
+
+    def _freeze(self, name: str, truth: dict[str, bytes]) -> bool:
+        """Stop the VM, dump it, and keep the dump if it agrees with TRUTH."""
+        t0 = time.monotonic()
+        self.qmp.execute("stop")
+        t_stop = time.monotonic()
+        where = self.stage if name == FINAL else self.stage / name
+        where.mkdir(parents=True, exist_ok=True)
+        vmcore = where / "vmcore"
+        tmp = where / "vmcore.partial"
+        self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
+        t_dump = time.monotonic()
+        if "buddyinfo" not in truth:
+            raise self._fail(f"snapshot {name!r}: the guest printed no /proc/buddyinfo")
+        from .verify import dump_buddyinfo
+
+        got = dump_buddyinfo(tmp, self.kernel.vmlinux)
+        if got != truth["buddyinfo"]:
+            tmp.unlink()
+            self.say(f"snapshot {name!r}: dump and /proc/buddyinfo differ; refreezing")
+            return False
+        tmp.rename(vmcore)
+        tdir = where / "truth"
+        for label, data in truth.items():
+            p = tdir / label
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        snap = {"name": "" if name == FINAL else name, "vmcore": str(vmcore), "truth": str(tdir),
+                "stop_seconds": round(t_stop - t0, 3), "dump_seconds": round(t_dump - t_stop, 3),
+                "files": sorted(truth)}
+        self.meta["snapshots"].append(snap)
+        self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
+                 f"{snap['dump_seconds']} s, agrees with /proc/buddyinfo")
+        return True
+
+    def _hand_over(self) -> None:
+        """Leave the guest running (or frozen) for the user; close our connections so that
+        drgn --qemu and gdb can have them (QMP serves one client at a time)."""
+        self.meta.update(qmp_socket=str(self.qmp_path), console_socket=str(self.console_path),
+                         gdb=f"127.0.0.1:{self.meta['gdb_port']}")
+        self.qmp.close()
+        self.console.close()
+        self.qmp = self.console = None
+        self.say(f"guest handed over: gdbstub 127.0.0.1:{self.meta['gdb_port']}, "
+                 f"QMP {self.qmp_path}; end it with 'memscope lab stop DIR'")
+
+
+def stop(directory: Path) -> None:
+    """End the guest that `lab run --keep/--live` left running for DIRECTORY."""
+    try:
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+    except (OSError, ValueError):
+        raise LabError(f"{directory} has no lab meta.json", exit_status=2) from None
+    pid = meta.get("qemu_pid")
+    if not pid or meta.get("mode") == "dump":
+        raise LabError(f"{directory} has no running guest (it was not run with --keep or --live)",
+                       exit_status=2)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    if meta.get("qmp_socket", "").encode() in cmdline:
+        qemu.kill(pid)
+    sock = meta.get("qmp_socket")
+    if sock:
+        shutil.rmtree(Path(sock).parent, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""The target interface: everything memscope's reconstruction needs from a kernel.
+
+A target answers questions about the debug info (symbol addresses, type layouts,
+enumerator values) and reads memory in bulk.  The reconstruction code in ``memscope.mm``
+is written against this interface only: it never imports drgn or gdb.  Adapters
+(``memscope.target.drgn``, ``memscope.target.gdb``) implement it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from functools import cached_property
+
+
+class TargetError(Exception):
+    """The target cannot answer (missing symbol or type, unreadable memory)."""
+
+
+class FaultError(TargetError):
+    """Memory at an address cannot be read."""
+
+    def __init__(self, address: int, size: int):
+        super().__init__(f"cannot read {size} bytes at {address:#x}")
+        self.address = address
+        self.size = size
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    name: str
+    offset: int  # bytes from the start of the containing type
+    size: int
+    type_name: str  # e.g. "unsigned long", "struct list_head", "struct free_area [11]"
+    array_length: int | None = None  # for array members
+    bit_offset: int = 0  # bits, within the member's storage unit, for bit fields
+    bit_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The layout of a struct or union type: its size and its members, by name.
+
+    Members of anonymous structs and unions are flattened in, as C lets you name them."""
+
+    name: str
+    size: int
+    members: dict[str, Member]
+
+    def has(self, member: str) -> bool:
+        return member in self.members
+
+    def offset(self, member: str) -> int:
+        try:
+            return self.members[member].offset
+        except KeyError:
+            raise TargetError(f"{self.name} has no member {member}") from None
+
+    def __getitem__(self, member: str) -> Member:
+        try:
+            return self.members[member]
+        except KeyError:
+            raise TargetError(f"{self.name} has no member {member}") from None
+
+
+class Target:
+    """Base class of the adapters.  Subclasses implement the abstract methods; the rest is
+    derived here once, for every adapter."""
+
+    #: "x86_64" or "aarch64"
+    arch: str
+
+    # --- what each adapter supplies -------------------------------------------------
+    def symbol(self, name: str) -> int:
+        """The address of the global variable or function NAME."""
+        raise NotImplementedError
+
+    def has_symbol(self, name: str) -> bool:
+        try:
+            self.symbol(name)
+            return True
+        except TargetError:
+            return False
+
+    def layout(self, type_name: str) -> Layout:
+        """The layout of TYPE_NAME ("struct zone")."""
+        raise NotImplementedError
+
+    def has_type(self, type_name: str) -> bool:
+        try:
+            self.layout(type_name)
+            return True
+        except TargetError:
+            return False
+
+    def enum(self, type_name: str) -> dict[str, int]:
+        """The enumerators of TYPE_NAME ("enum migratetype")."""
+        raise NotImplementedError
+
+    def sizeof(self, type_name: str) -> int:
+        raise NotImplementedError
+
+    def read(self, address: int, size: int) -> bytes:
+        """SIZE bytes at virtual ADDRESS; raises FaultError."""
+        raise NotImplementedError
+
+    def vmcoreinfo(self) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def release(self) -> str:
+        raise NotImplementedError
+
+    # --- derived --------------------------------------------------------------------
+    @cached_property
+    def vmcoreinfo_fields(self) -> dict[str, str]:
+        out = {}
+        for line in self.vmcoreinfo().decode(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key] = value
+        return out
+
+    @cached_property
+    def page_size(self) -> int:
+        return int(self.vmcoreinfo_fields.get("PAGESIZE", "4096"))
+
+    def read_u64(self, address: int) -> int:
+        return struct.unpack("<Q", self.read(address, 8))[0]
+
+    def read_u32(self, address: int) -> int:
+        return struct.unpack("<I", self.read(address, 4))[0]
+
+    def read_int(self, address: int, size: int, signed: bool = False) -> int:
+        return int.from_bytes(self.read(address, size), "little", signed=signed)
+
+    def read_cstr(self, address: int, limit: int = 256) -> str:
+        data = self.read(address, limit)
+        return data.split(b"\0", 1)[0].decode(errors="replace")
+
+    def enum_value(self, type_name: str, enumerator: str) -> int:
+        try:
+            return self.enum(type_name)[enumerator]
+        except KeyError:
+            raise TargetError(f"{type_name} has no enumerator {enumerator}") from None
