@@ -32,11 +32,13 @@ class _Newc:
 
 
 def build(path: Path, *, busybox: Path, modules: list[Path], workload: bytes,
-          conf: dict[str, str]) -> None:
+          conf: dict[str, str], library: list[Path] = ()) -> None:
     """Write a gzip'd initramfs to PATH holding busybox, the lab's init and helpers, the
-    modules, the workload script and the run's configuration."""
+    modules, the workload script (/workload.sh), the built-in workloads (/workloads/*.sh,
+    which a workload may call) and the run's configuration."""
     a = _Newc()
-    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run", "root"):
+    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run", "root",
+              "workloads"):
         a.add(d, stat.S_IFDIR | 0o755)
     a.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     a.add("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
@@ -47,6 +49,8 @@ def build(path: Path, *, busybox: Path, modules: list[Path], workload: bytes,
     for m in modules:
         a.add(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
     a.add("workload.sh", stat.S_IFREG | 0o755, workload)
+    for w in library:
+        a.add(f"workloads/{w.name}", stat.S_IFREG | 0o755, w.read_bytes())
     a.add("etc/memscope.conf", stat.S_IFREG | 0o644,
           "".join(f"{k}='{v}'\n" for k, v in conf.items()).encode())
     tmp = path.with_name(path.name + ".tmp")

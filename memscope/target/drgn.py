@@ -132,3 +132,30 @@ def _load_debug_info(prog: drgn.Program, vmlinux) -> None:
         raise MemscopeError(
             f"{vmlinux or 'the default vmlinux'} does not match this kernel "
             "(its debug info was not accepted for the dump's kernel release)") from None
+
+
+def open_live(vmlinux: str | os.PathLike | None) -> drgn.Program:
+    """The running kernel through /proc/kcore (root only)."""
+    if os.geteuid() != 0:
+        raise MemscopeError("-k reads /proc/kcore, which needs root: run as root (sudo)")
+    prog = drgn.Program()
+    try:
+        prog.set_kernel()
+    except (OSError, ValueError) as e:
+        raise MemscopeError(f"cannot open the running kernel: {e}") from None
+    _load_debug_info(prog, vmlinux)
+    return prog
+
+
+def open_qemu(address: str, vmlinux: str | os.PathLike | None) -> drgn.Program:
+    """A running QEMU guest over its QMP socket (drgn's own QMP target)."""
+    if "/" in address or not ":" in address:
+        if not Path(address).exists():
+            raise MemscopeError(f"{address}: no such QMP socket")
+    prog = drgn.Program()
+    try:
+        prog.set_qemu_qmp(address)
+    except (OSError, ValueError, drgn.FaultError) as e:
+        raise MemscopeError(f"cannot talk to QEMU at {address}: {e}") from None
+    _load_debug_info(prog, vmlinux)
+    return prog

@@ -59,6 +59,11 @@ def resolve_workload(workload: str) -> Path:
                    f"({', '.join(names) or 'none found'})", exit_status=2)
 
 
+def library() -> list[Path]:
+    """The built-in workloads, copied into every guest as /workloads/*.sh."""
+    return sorted(WORKLOADS.glob("*.sh")) if WORKLOADS.is_dir() else []
+
+
 class _Say:
     def __init__(self, progress: bool):
         self.progress = progress
@@ -100,7 +105,8 @@ def run(opts: RunOptions, out: Path) -> dict:
     try:
         initrd = stage / "initrd.gz"
         initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
-                        workload=workload.read_bytes(), conf={"MEMSCOPE_MODE": opts.mode})
+                        workload=workload.read_bytes(), conf={"MEMSCOPE_MODE": opts.mode},
+                        library=library())
         last_error: LabError | None = None
         for attempt in range(1, opts.tries + 1):
             meta["tries"] = attempt

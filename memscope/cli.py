@@ -1,0 +1,167 @@
+"""The memscope command line.
+
+    memscope -c VMCORE -s VMLINUX COMMAND [--format table|json|proc]   a crash dump
+    memscope -k COMMAND                                              the running kernel
+    memscope --qemu SOCKET -s VMLINUX COMMAND                        a QEMU guest (QMP)
+    memscope lab kernels|fetch|run|stop ...                          the test lab
+
+Every failure the user can act on is one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import MemscopeError
+
+
+def _lab_parser(sub) -> None:
+    from .lab import kernels
+
+    lab = sub.add_parser("lab", help="boot real Debian kernels in QEMU, freeze and dump them",
+                         description="The test lab: real Debian kernels booted in QEMU, frozen, "
+                         "dumped, with the guest's own /proc files as ground truth.")
+    labsub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    labsub.add_parser("kernels", help="list the known kernels and whether each is cached")
+    f = labsub.add_parser("fetch", help="download a kernel, its DWARF and busybox into the cache")
+    f.add_argument("name", metavar="NAME", help=f"one of {', '.join(kernels.KERNELS)}")
+    r = labsub.add_parser(
+        "run", help="boot KERNEL with a workload, dump it, capture /proc truth",
+        description="Boot KERNEL in QEMU (TCG), run the workload (a shell script run by the "
+        "guest's init; it may call 'snapshot NAME' and 'track PID [LABEL]'), take the final "
+        "snapshot when it returns, and write DIR/vmcore, DIR/truth/ and DIR/meta.json.")
+    r.add_argument("kernel", metavar="KERNEL", help=f"one of {', '.join(kernels.KERNELS)}")
+    r.add_argument("--workload", default="idle",
+                   help="a shell script, or the name of one in fixtures/workloads (default: idle)")
+    r.add_argument("--mem", type=int, default=512, metavar="MB", help="guest memory (default 512)")
+    r.add_argument("--smp", type=int, default=2, metavar="N", help="vCPUs (default 2)")
+    r.add_argument("--numa", type=int, default=1, metavar="NODES",
+                   help="NUMA nodes; memory is split evenly (default 1)")
+    r.add_argument("--append", default="", metavar="ARGS", help="extra kernel command line")
+    r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                   help="time limit for one boot, workload included (default 600)")
+    r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--keep", action="store_true",
+                      help="leave the frozen guest up with its gdbstub open")
+    mode.add_argument("--live", action="store_true",
+                      help="do not freeze: leave the guest running its workload")
+    r.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="output directory (must not exist or be empty)")
+    s = labsub.add_parser("stop", help="end the guest left by 'lab run --keep/--live'")
+    s.add_argument("dir", metavar="DIR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands
+
+    p = argparse.ArgumentParser(
+        prog="memscope",
+        description="Reconstruct the Linux kernel's memory-management state (buddy allocator, "
+        "zones, ...) from a crash dump, the live kernel or a QEMU guest.")
+    p.add_argument("--version", action="version", version=f"memscope {__version__}")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-c", "--core", metavar="VMCORE", help="a kernel crash dump (vmcore)")
+    src.add_argument("-k", "--kernel", action="store_true", help="the running kernel (/proc/kcore)")
+    src.add_argument("--qemu", metavar="SOCKET", help="a QEMU guest's QMP socket")
+    p.add_argument("-s", "--symbols", metavar="VMLINUX", help="vmlinux with DWARF debug info")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _lab_parser(sub)
+    commands.add_subparsers(p)
+    return p
+
+
+def _open_target(args):
+    from .target import drgn as tdrgn
+
+    if args.core:
+        prog = tdrgn.open_core(args.core, args.symbols)
+    elif args.kernel:
+        prog = tdrgn.open_live(args.symbols)
+    elif args.qemu:
+        prog = tdrgn.open_qemu(args.qemu, args.symbols)
+    else:
+        raise MemscopeError("no target: give -c VMCORE -s VMLINUX, -k, or --qemu SOCKET -s VMLINUX")
+    return tdrgn.DrgnTarget(prog)
+
+
+def _lab(args) -> int:
+    from . import lab
+    from .lab import kernels
+
+    if args.lab_command == "kernels":
+        rows = []
+        for name, spec in kernels.KERNELS.items():
+            k = kernels.cached(name)
+            rows.append([name, spec.qemu_arch, spec.suite, "yes" if k else "no",
+                         k.release if k else "-"])
+        from tabulate import tabulate
+
+        print(tabulate(rows, headers=["name", "arch", "suite", "cached", "release"]))
+        return 0
+    if args.lab_command == "fetch":
+        k = kernels.fetch(args.name)
+        print(f"{k.name}: {k.release} in {k.root}")
+        return 0
+    if args.lab_command == "run":
+        mode = "keep" if args.keep else "live" if args.live else "dump"
+        opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
+                              smp=args.smp, numa=args.numa, append=args.append, mode=mode,
+                              tries=args.tries, timeout=args.timeout)
+        meta = lab.run(opts, Path(args.output))
+        for snap in meta["snapshots"]:
+            print(f"{snap['vmcore']}  (truth: {snap['truth']})")
+        if mode != "dump":
+            print(f"guest up: gdb 127.0.0.1:{meta['gdb_port']}, QMP {meta['qmp_socket']}; "
+                  f"end it with: memscope lab stop {args.output}")
+        return 0
+    if args.lab_command == "stop":
+        lab.stop(Path(args.dir))
+        return 0
+    raise AssertionError(args.lab_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            parser.print_usage(sys.stderr)
+            print("memscope: a COMMAND is needed (see memscope --help)", file=sys.stderr)
+            return 2
+        if args.command == "lab":
+            return _lab(args)
+        from .commands import COMMANDS, CommandError
+        from .mm.zone import MM
+        from .target.base import TargetError
+
+        cmd = COMMANDS[args.command]
+        try:
+            result = cmd.run(MM(_open_target(args)), args)
+            text = result.render(args.format)
+        except CommandError as e:
+            raise MemscopeError(str(e)) from None
+        except TargetError as e:
+            raise MemscopeError(f"{args.command}: {e}") from None
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return result.exit_status
+    except MemscopeError as e:
+        print(f"memscope: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("memscope: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The analysis commands, shared by every front end (CLI, GDB, drgn).
+
+A command is a name, its arguments (argparse, so that the CLI and GDB parse the same flags)
+and a function from (MM, parsed arguments) to a :class:`Result`.  Front ends only choose a
+target and print the result in the requested format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Callable
+
+from ..mm.zone import MM
+
+FORMATS = ("table", "json", "proc")
+
+
+@dataclasses.dataclass
+class Result:
+    """What a command returns: records (the JSON form) and the views of them.
+
+    ``data`` is plain JSON-able data (dicts, lists, numbers, strings) with stable keys.
+    ``table`` renders the human view; ``proc`` the kernel's /proc file (None when the
+    kernel has no such file); ``exit_status`` is 1 when the command found a problem."""
+
+    data: Any
+    table: Callable[[], str]
+    proc: Callable[[], str] | None = None
+    exit_status: int = 0
+
+    def render(self, fmt: str) -> str:
+        if fmt == "json":
+            return json.dumps(self.data, indent=2, sort_keys=False) + "\n"
+        if fmt == "proc":
+            if self.proc is None:
+                raise CommandError("this command has no /proc format; use --format table or json")
+            return self.proc()
+        return self.table()
+
+
+class CommandError(Exception):
+    """Bad arguments for a command (exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[MM, argparse.Namespace], Result]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    formats: tuple[str, ...] = ("table", "json")
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, *, formats: tuple[str, ...] = ("table", "json"),
+            arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Register the decorated function as the command NAME."""
+
+    def register(fn: Callable[[MM, argparse.Namespace], Result]):
+        COMMANDS[name] = Command(name, help, fn, arguments, formats)
+        return fn
+
+    return register
+
+
+def add_subparsers(parser: argparse.ArgumentParser) -> None:
+    """Add one subparser per registered command (the same for the CLI and GDB)."""
+    _load()
+    sub = parser._subparsers._group_actions[0] if parser._subparsers else parser.add_subparsers(
+        dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.add_argument("--format", "-f", choices=cmd.formats, default="table",
+                       help="output format (default: table)")
+        if cmd.add_arguments:
+            cmd.add_arguments(p)
+
+
+def _load() -> None:
+    # Importing the modules registers their commands.
+    from . import buddy  # noqa: F401

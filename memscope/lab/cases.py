@@ -1,0 +1,86 @@
+"""Lab cases for tests and benchmarks: one lab run per (kernel, workload, options), built
+once and cached across runs under ``$MEMSCOPE_CACHE/lab-cases/<key>``.
+
+The key includes the bytes of the workload and of the guest scripts, so that changing what
+the guest does builds a new case rather than reusing a stale one."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+from . import kernels, runner as labrun
+
+# The cases the test suite and benchmarks use, by name.
+CASES: dict[str, dict] = {
+    "5.10": dict(kernel="5.10", workload="mixed"),
+    "6.1": dict(kernel="6.1", workload="mixed"),
+    "6.12": dict(kernel="6.12", workload="mixed"),
+    "7.2": dict(kernel="7.2", workload="mixed"),
+    "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024),
+    "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2),
+}
+REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One snapshot of a lab case: a vmcore and the guest's truth."""
+
+    dir: Path
+    vmcore: Path
+    vmlinux: Path
+    meta: dict
+
+    def truth(self, name: str) -> bytes:
+        return (self.vmcore.parent / "truth" / name).read_bytes()
+
+    def truth_text(self, name: str) -> str:
+        return self.truth(name).decode()
+
+    @property
+    def kernel(self) -> str:
+        return self.meta["kernel"]
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+
+def case_key(opts: labrun.RunOptions) -> str:
+    h = hashlib.sha256()
+    h.update(labrun.resolve_workload(opts.workload).read_bytes())
+    for f in [*sorted((Path(labrun.__file__).parent / "guest").iterdir()), *labrun.library()]:
+        h.update(f.read_bytes())
+    h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append]).encode())
+    name = Path(opts.workload).stem
+    return f"{opts.kernel}-{name}-{opts.mem}m-{opts.smp}c-{opts.numa}n-{h.hexdigest()[:12]}"
+
+
+_locks: dict[str, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def build(opts: labrun.RunOptions) -> Path:
+    """The directory of the lab run OPTS, built if not cached."""
+    root = kernels.cache_dir() / "lab-cases"
+    d = root / case_key(opts)
+    with _guard:
+        lock = _locks.setdefault(str(d), threading.Lock())
+    with lock:
+        if not (d / "meta.json").exists():
+            root.mkdir(parents=True, exist_ok=True)
+            labrun.run(opts, d)
+    return d
+
+
+def snapshot(case: str, name: str = "") -> Snapshot:
+    """Snapshot NAME ("" for the final one) of the named case in CASES."""
+    d = build(labrun.RunOptions(**CASES[case]))
+    meta = json.loads((d / "meta.json").read_text())
+    sub = d / name if name else d
+    k = kernels.cached(meta["kernel"])
+    return Snapshot(sub, sub / "vmcore", k.vmlinux if k else Path(meta["vmlinux"]), meta)
