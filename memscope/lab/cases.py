@@ -7,6 +7,7 @@ the guest does builds a new case rather than reusing a stale one."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import threading
@@ -22,6 +23,9 @@ CASES: dict[str, dict] = {
     "7.2": dict(kernel="7.2", workload="mixed"),
     "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024),
     "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2),
+    # Two named snapshots of one run with page-cache work in between, plus the final one.
+    "6.12-snapshots": dict(kernel="6.12", workload="snapshots"),
+    "6.12-4g": dict(kernel="6.12", workload="mixed", mem=4096),  # benchmarks only
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -65,15 +69,22 @@ _guard = threading.Lock()
 
 
 def build(opts: labrun.RunOptions) -> Path:
-    """The directory of the lab run OPTS, built if not cached."""
+    """The directory of the lab run OPTS, built if not cached.
+
+    Safe to call from several threads and processes at once (pytest sessions, benchmarks):
+    one builds, the others wait on a lock file and then use the result."""
     root = kernels.cache_dir() / "lab-cases"
     d = root / case_key(opts)
     with _guard:
         lock = _locks.setdefault(str(d), threading.Lock())
     with lock:
-        if not (d / "meta.json").exists():
-            root.mkdir(parents=True, exist_ok=True)
-            labrun.run(opts, d)
+        if (d / "meta.json").exists():
+            return d
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{d.name}.lock", "w") as lockfile:
+            fcntl.flock(lockfile, fcntl.LOCK_EX)
+            if not (d / "meta.json").exists():
+                labrun.run(opts, d)
     return d
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from ..errors import LabError
 
-ARCHIVE = "http://deb.debian.org/debian"
+# MEMSCOPE_ARCHIVE overrides the Debian mirror (a local mirror; the tests use it to check
+# the error when the archive cannot be reached).
+ARCHIVE = os.environ.get("MEMSCOPE_ARCHIVE", "http://deb.debian.org/debian")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SUITES = ("bullseye", "bookworm", "trixie", "sid")
 # busybox-static is taken from one suite for every kernel; any static build runs on all.
@@ -176,7 +178,8 @@ class _Apt:
     def update(self) -> None:
         stamp = self.root / "updated"
         try:
-            self._run("apt-get", "update", capture=False)
+            # --error-on=any: without it apt-get update exits 0 when no index could be fetched
+            self._run("apt-get", "update", "--error-on=any", capture=not self.progress)
         except LabError as e:
             raise LabError(f"cannot reach the Debian archive ({e}); check the network "
                            "or use kernels already in the cache ('memscope lab kernels')") from None

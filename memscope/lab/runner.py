@@ -90,6 +90,10 @@ def run(opts: RunOptions, out: Path) -> dict:
     if opts.numa > 1 and opts.smp < 1:
         raise LabError("--smp must be at least 1")
     out.parent.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(out.parent).free // 2**20
+    if opts.mode != "live" and free_mb < opts.mem + 16:
+        raise LabError(f"not enough disk space in {out.parent}: a dump of a {opts.mem} MB guest "
+                       f"needs about {opts.mem} MB, {free_mb} MB free; free space or use another -o")
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stage.chmod(0o755)
     # Unix socket paths are limited to 108 bytes: keep the sockets in a short directory.
@@ -293,7 +297,14 @@ class _Boot:
         where.mkdir(parents=True, exist_ok=True)
         vmcore = where / "vmcore"
         tmp = where / "vmcore.partial"
-        self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
+        try:
+            self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
+        except LabError as e:
+            tmp.unlink(missing_ok=True)
+            if "space" in str(e).lower():
+                raise LabError(f"disk full while dumping into {where}: a dump needs about "
+                               f"{self.opts.mem} MB; free space and run again") from None
+            raise
         t_dump = time.monotonic()
         if "buddyinfo" not in truth:
             raise self._fail(f"snapshot {name!r}: the guest printed no /proc/buddyinfo")

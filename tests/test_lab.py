@@ -1,0 +1,315 @@
+"""The lab: real Debian kernels booted in QEMU, frozen, dumped, with /proc ground truth.
+
+The buddyinfo check here is deliberately independent of memscope's own reconstruction: it
+uses drgn's objects and helpers directly, so that a bug in memscope.mm cannot hide a bug in
+the lab (and vice versa)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import drgn
+import pytest
+from drgn.helpers.linux.mmzone import for_each_online_pgdat
+
+from memscope.lab import cases, kernels
+from memscope.lab import runner as labrun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drgn_buddyinfo(vmcore: Path, vmlinux: Path) -> str:
+    """/proc/buddyinfo from a dump, computed with drgn alone."""
+    prog = drgn.Program()
+    prog.set_core_dump(str(vmcore))
+    try:
+        prog.load_debug_info([str(vmlinux)])
+    except drgn.MissingDebugInfoError:
+        pass
+    out = []
+    for pgdat in for_each_online_pgdat(prog):
+        for zone in pgdat.node_zones:
+            if not zone.present_pages:
+                continue
+            counts = "".join(f"{fa.nr_free.value_():6d} " for fa in zone.free_area)
+            out.append(f"Node {pgdat.node_id.value_()}, zone {zone.name.string_().decode():>8} "
+                       f"{counts}\n")
+    return "".join(out)
+
+
+def memscope(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "memscope.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def no_qemu_for(path: Path) -> bool:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
+    return str(path) not in out
+
+
+def no_leftovers(out: Path) -> bool:
+    """Neither OUT nor a staging directory beside it, nor a QEMU that used them."""
+    staged = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    return not out.exists() and not staged and no_qemu_for(out.parent)
+
+
+# --- every kernel: the dump opens in drgn and agrees with /proc/buddyinfo -------------
+
+def test_dump_opens_in_drgn_and_buddyinfo_equals_truth(real_kernel):
+    snap = real_kernel
+    assert drgn_buddyinfo(snap.vmcore, snap.vmlinux) == snap.truth_text("buddyinfo")
+
+
+def test_meta_json_describes_the_run(real_kernel):
+    meta = real_kernel.meta
+    k = kernels.cached(meta["kernel"])
+    assert meta["release"] == k.release == meta["guest_release"]
+    assert meta["arch"] == k.spec.qemu_arch
+    assert Path(meta["vmlinux"]) == k.vmlinux
+    assert meta["tries"] >= 1 and meta["boot_seconds"] > 0
+    assert meta["snapshots"][0]["vmcore"] == str(real_kernel.vmcore)
+    for f in ("buddyinfo", "pagetypeinfo", "slabinfo", "vmallocinfo", "meminfo", "zoneinfo",
+              "vmstat"):
+        assert real_kernel.truth(f), f
+
+
+def test_truth_holds_the_tracked_process_maps(real_kernel):
+    truth = real_kernel.vmcore.parent / "truth"
+    labels = {p.parent.name: p.read_text().strip() for p in truth.glob("*/label")}
+    pid = next(pid for pid, label in labels.items() if label == "heap")
+    maps = (truth / pid / "maps").read_text()
+    assert "[heap]" in maps and "[stack]" in maps
+    assert "Rss:" in (truth / pid / "smaps_rollup").read_text()
+
+
+def test_arm64_guest_has_cma(lab_case):
+    meminfo = lab_case("6.12-arm64").truth_text("meminfo")
+    assert "CmaTotal:          65536 kB" in meminfo
+    assert " CMA " in lab_case("6.12-arm64").truth_text("pagetypeinfo")
+
+
+def test_numa_guest_has_two_nodes(lab_case):
+    text = lab_case("6.12-numa").truth_text("buddyinfo")
+    assert "Node 0, zone" in text and "Node 1, zone" in text
+
+
+# --- several snapshots in one run -----------------------------------------------------
+
+def test_named_snapshots_each_have_a_vmcore_and_truth_and_the_guest_resumes(lab_case):
+    before = lab_case("6.12-snapshots", "before")
+    after = lab_case("6.12-snapshots", "after")
+    final = lab_case("6.12-snapshots")
+    for snap in (before, after, final):
+        assert drgn_buddyinfo(snap.vmcore, snap.vmlinux) == snap.truth_text("buddyinfo")
+    names = [s["name"] for s in final.meta["snapshots"]]
+    assert names == ["before", "after", ""]
+
+    def shmem(snap):
+        line = next(x for x in snap.truth_text("meminfo").splitlines() if x.startswith("Shmem:"))
+        return int(line.split()[1])
+
+    # 1000 files of 8 KiB were written between the two, half of them deleted: ~4 MB.
+    assert shmem(after) - shmem(before) >= 3000
+
+
+# --- the command line -----------------------------------------------------------------
+
+def test_lab_kernels_lists_every_known_kernel():
+    proc = memscope("lab", "kernels")
+    assert proc.returncode == 0
+    for name in kernels.KERNELS:
+        assert f"\n{name} " in "\n" + proc.stdout
+
+
+def test_run_with_a_workload_never_seen_before(tmp_path):
+    """Acceptance: any workload script works, and its dump agrees with its truth; output is
+    quiet when not on a terminal."""
+    script = tmp_path / "mine.sh"
+    script.write_text("mkdir -p /tmp/x\nfor i in 1 2 3 4 5; do echo $i > /tmp/x/$i; done\n"
+                      "cat /tmp/x/* > /dev/null\n")
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--workload", str(script), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.startswith(str(out / "vmcore"))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["workload"] == str(script)
+    k = kernels.cached("6.12")
+    assert drgn_buddyinfo(out / "vmcore", k.vmlinux) == (out / "truth/buddyinfo").read_text()
+
+
+# --- bad input: one line, non-zero status, nothing left behind ------------------------
+
+def test_unknown_kernel_is_one_line(tmp_path):
+    proc = memscope("lab", "run", "4.19", "-o", str(tmp_path / "o"))
+    assert_one_line_error(proc, "unknown kernel '4.19'")
+    assert proc.returncode == 2
+    assert_one_line_error(memscope("lab", "fetch", "nope"), "unknown kernel")
+
+
+def test_unknown_workload_is_one_line(tmp_path):
+    proc = memscope("lab", "run", "6.12", "--workload", "no-such-thing", "-o", str(tmp_path / "o"))
+    assert_one_line_error(proc, "no-such-thing")
+
+
+def test_existing_output_directory_is_never_overwritten(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious").write_text("mine")
+    proc = memscope("lab", "run", "6.12", "-o", str(out))
+    assert_one_line_error(proc, "already exists")
+    assert (out / "precious").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["precious"]
+
+
+def test_workload_failing_inside_the_guest(tmp_path):
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--workload", "failing", "-o", str(out))
+    assert_one_line_error(proc, "workload failed inside the guest (exit status 3)")
+    assert proc.returncode == 1
+    assert no_leftovers(out)
+
+
+def test_guest_that_never_finishes_hits_the_time_limit(tmp_path):
+    script = tmp_path / "forever.sh"
+    script.write_text("while :; do sleep 1; done\n")
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--workload", str(script), "--timeout", "20",
+                    "-o", str(out))
+    assert_one_line_error(proc, "did not finish within 20 s")
+    assert no_leftovers(out)
+
+
+def test_missing_qemu_binary(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(sys.executable, bindir / "python3")
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "-o", str(out), env={"PATH": str(bindir)})
+    assert_one_line_error(proc, "qemu-system-x86_64 not found", "apt-get install qemu-system-x86")
+    assert no_leftovers(out)
+
+
+def test_no_network_to_the_archive(tmp_path):
+    cache = tmp_path / "cache"
+    proc = memscope("lab", "fetch", "6.12", env={"MEMSCOPE_CACHE": str(cache),
+                                                 "MEMSCOPE_ARCHIVE": "http://127.0.0.1:9/debian"})
+    assert_one_line_error(proc, "cannot reach the Debian archive")
+    assert not (cache / "kernels" / "6.12").exists()
+    assert not [p for p in (cache / "kernels").iterdir()] if (cache / "kernels").exists() else True
+
+
+def test_an_interrupted_fetch_is_never_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMSCOPE_CACHE", str(tmp_path))
+    (tmp_path / "kernels" / "6.12").mkdir(parents=True)
+    (tmp_path / "kernels" / "6.12" / "vmlinux").write_bytes(b"half")
+    (tmp_path / "kernels" / ".6.12.abc123").mkdir()
+    assert kernels.cached("6.12") is None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+
+    def mount(size: str) -> Path:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+        return mnt
+
+    yield mount
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_too_small_for_a_dump(small_disk):
+    disk = small_disk("64m")
+    out = disk / "out"
+    proc = memscope("lab", "run", "6.12", "-o", str(out))
+    assert_one_line_error(proc, "not enough disk space")
+    assert no_leftovers(out)
+
+
+def test_disk_full_in_the_middle_of_a_run(small_disk):
+    """The first snapshot fits, the second does not: one line, and nothing kept."""
+    disk = small_disk("760m")
+    out = disk / "out"
+    proc = memscope("lab", "run", "6.12", "--workload", "snapshots", "-o", str(out))
+    assert_one_line_error(proc, "disk full")
+    assert no_leftovers(out)
+    assert list(disk.iterdir()) == []
+
+
+# --- --keep and --live ----------------------------------------------------------------
+
+def _qmp(path: str, *commands: str) -> list:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    f = s.makefile("rwb")
+    f.readline()
+    out = []
+    for c in ("qmp_capabilities", *commands):
+        f.write(json.dumps({"execute": c}).encode() + b"\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "event" not in msg:
+                break
+        out.append(msg.get("return"))
+    s.close()
+    return out[1:]
+
+
+def test_keep_leaves_the_frozen_guest_with_its_gdbstub(tmp_path):
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--keep", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    try:
+        assert (out / "vmcore").exists()
+        with socket.create_connection(("127.0.0.1", meta["gdb_port"]), timeout=10):
+            pass
+        status = _qmp(meta["qmp_socket"], "query-status")[0]
+        assert status["running"] is False
+    finally:
+        stop = memscope("lab", "stop", str(out))
+    assert stop.returncode == 0, stop.stderr
+    assert no_qemu_for(Path(meta["qmp_socket"]).parent)
+
+
+def test_live_guest_keeps_running_and_drgn_reads_it_over_qmp(tmp_path):
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--workload", "churn", "--live", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    try:
+        assert not (out / "vmcore").exists()
+        assert _qmp(meta["qmp_socket"], "query-status")[0]["running"] is True
+        prog = drgn.Program()
+        prog.set_qemu_qmp(meta["qmp_socket"])
+        try:
+            prog.load_debug_info([meta["vmlinux"]])
+        except drgn.MissingDebugInfoError:
+            pass
+        assert prog["init_uts_ns"].name.release.string_().decode() == meta["release"]
+        del prog
+    finally:
+        stop = memscope("lab", "stop", str(out))
+    assert stop.returncode == 0, stop.stderr
+    assert no_qemu_for(Path(meta["qmp_socket"]).parent)
