@@ -51,6 +51,9 @@ def _lab_parser(sub) -> None:
                       help="leave the frozen guest up with its gdbstub open")
     mode.add_argument("--live", action="store_true",
                       help="do not freeze: leave the guest running its workload")
+    r.add_argument("--detach", action="store_true",
+                   help="with --keep/--live: return at once even on a terminal (the default "
+                   "when standard input is not a terminal); otherwise wait until Ctrl-C")
     r.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="output directory (must not exist or be empty)")
     s = labsub.add_parser("stop", help="end the guest left by 'lab run --keep/--live'")
@@ -90,6 +93,22 @@ def _open_target(args):
     return tdrgn.DrgnTarget(prog)
 
 
+def _wait_for_guest(meta: dict, out: Path) -> None:
+    """Stay in the foreground until the guest ends (memscope lab stop) or Ctrl-C ends it."""
+    import time
+
+    from . import lab
+    from .lab.qemu import alive
+
+    print("press Ctrl-C to end the guest", flush=True)
+    try:
+        while alive(meta["qemu_pid"]) and Path(meta["qmp_socket"]).exists():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        lab.stop(out)
+        print("guest ended")
+
+
 def _lab(args) -> int:
     from . import lab
     from .lab import kernels
@@ -118,7 +137,9 @@ def _lab(args) -> int:
             print(f"{snap['vmcore']}  (truth: {snap['truth']})")
         if mode != "dump":
             print(f"guest up: gdb 127.0.0.1:{meta['gdb_port']}, QMP {meta['qmp_socket']}; "
-                  f"end it with: memscope lab stop {args.output}")
+                  f"end it with: memscope lab stop {args.output}", flush=True)
+            if sys.stdin.isatty() and not args.detach:
+                _wait_for_guest(meta, Path(args.output))
         return 0
     if args.lab_command == "stop":
         lab.stop(Path(args.dir))

@@ -182,6 +182,15 @@ def spawn(cmd: list[str], stderr_path: Path) -> subprocess.Popen:
             raise LabError(f"cannot start {cmd[0]}: {e.strerror}") from None
 
 
+def alive(pid: int) -> bool:
+    """PID is running (a zombie, whose parent has not reaped it yet, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
