@@ -83,3 +83,4 @@ def add_subparsers(parser: argparse.ArgumentParser) -> None:
 def _load() -> None:
     # Importing the modules registers their commands.
     from . import buddy  # noqa: F401
+    from . import pages  # noqa: F401

@@ -1,0 +1,204 @@
+"""pages, pageblocks, frag: physical memory as a whole.
+
+JSON records:
+
+``pages``: a list of zones ``{"node", "zone", "start_pfn", "end_pfn", "counts": {class:
+pages}, "buddy_blocks": [blocks per order], "pcp_pages", "compound_tails",
+"inconsistent"}`` (classes: memscope.mm.page.CLASSES; compound tails are counted in their
+head's class), plus ``{"findings": [...]}`` as the last element when the per-CPU list walk
+found problems.  ``pages --pfn A-B``: a list of pages ``{"pfn", "cls", "flags", "order",
+"refcount", "mapcount", "page_type", "mapping", "index", "private", "head_pfn",
+"inconsistent"}``.
+
+``pageblocks``: see memscope.mm.pageblock; ``frag``: see memscope.mm.frag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tabulate import tabulate
+
+from ..mm import frag as mfrag
+from ..mm import page as mpage
+from ..mm import pageblock as mpb
+from . import CommandError, Result, command
+
+
+def _pfn_range(s: str) -> tuple[int, int]:
+    try:
+        a, sep, b = s.partition("-")
+        lo = int(a, 0)
+        hi = int(b, 0) + 1 if sep else lo + 1
+    except ValueError:
+        raise CommandError(f"--pfn {s!r}: expected A-B (decimal or 0x hex), e.g. 0x1000-0x10ff")
+    if hi <= lo:
+        raise CommandError(f"--pfn {s!r}: empty range")
+    if hi - lo > 1 << 20:
+        raise CommandError(f"--pfn {s!r}: at most {1 << 20} pages at a time")
+    return lo, hi
+
+
+def _pages_args(p) -> None:
+    p.add_argument("--pfn", metavar="A-B", help="list the pages of pfns A..B (inclusive)")
+    p.add_argument("--png", metavar="FILE", help="write a physical memory map (PNG)")
+
+
+def _write(path: str, img) -> None:
+    from ..report import png
+
+    try:
+        png.write_png(path, img)
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@command("pages", "classify every physical page (struct page decoded in bulk)",
+         arguments=_pages_args)
+def pages(mm, args) -> Result:
+    if args.pfn:
+        lo, hi = _pfn_range(args.pfn)
+        recs = mpage.page_records(mm, lo, hi)
+
+        def table() -> str:
+            return tabulate([[f"{r.pfn:#x}", r.cls + ("!" if r.inconsistent else ""),
+                              ",".join(r.flags), "" if r.order is None else r.order,
+                              r.refcount, "" if r.mapcount is None else r.mapcount,
+                              r.page_type or "", f"{r.mapping:#x}" if r.mapping else "",
+                              r.index, r.private,
+                              "" if r.head_pfn is None else f"{r.head_pfn:#x}"] for r in recs],
+                            headers=["pfn", "class", "flags", "order", "ref", "map", "type",
+                                     "mapping", "index", "private", "head"]) + "\n"
+
+        return Result([dataclasses.asdict(r) for r in recs], table)
+
+    rows = mpage.zone_counts(mm)
+    pm = mpage.memmap(mm)
+    if args.png:
+        from ..report import png
+
+        counts = {c: int(np.count_nonzero(pm.cls == i)) for i, c in enumerate(mpage.CLASSES)}
+        zones = [(f"N{z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
+        title = (f"{mm.t.release}  pfn 0-{pm.nr_pages - 1:#x}  "
+                 f"{pm.nr_pages * mm.t.page_size >> 20} MIB")
+        row = 1 << mpb.pageblock_order(mm)
+        _write(args.png, png.page_map(pm.cls, list(mpage.CLASSES), counts, zones, row, title))
+    classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
+    data = [dataclasses.asdict(r) for r in rows]
+    if pm.pcp_findings:
+        data.append({"findings": pm.pcp_findings})
+
+    def table() -> str:
+        kb = mm.t.page_size // 1024
+        body = [[r.node, r.zone, *[r.counts[c] for c in classes], r.compound_tails,
+                 r.inconsistent] for r in rows]
+        tot = ["", "total", *[sum(r.counts[c] for r in rows) for c in classes],
+               sum(r.compound_tails for r in rows), sum(r.inconsistent for r in rows)]
+        out = tabulate(body + [tot], headers=["node", "zone", *classes, "(tails)",
+                                              "inconsistent"]) + "\n"
+        out += "\n" + tabulate([[c, tot[2 + i], tot[2 + i] * kb] for i, c in enumerate(classes)],
+                               headers=["class", "pages", "kB"]) + "\n"
+        out += ("\nfree buddy blocks per order: "
+                + "; ".join(f"N{r.node} {r.zone}: {r.buddy_blocks}" for r in rows) + "\n")
+        for f in pm.pcp_findings:
+            out += f"finding: {f}\n"
+        if pm.unreadable_pages:
+            out += f"{pm.unreadable_pages} struct pages unreadable (counted as hole)\n"
+        return out
+
+    return Result(data, table, exit_status=0)
+
+
+def _pageblocks_args(p) -> None:
+    p.add_argument("--png", metavar="FILE", help="write a pageblock map (PNG)")
+
+
+@command("pageblocks", "migratetype, skip and isolate bits of every pageblock; mixed blocks",
+         formats=("table", "json", "proc"), arguments=_pageblocks_args)
+def pageblocks(mm, args) -> Result:
+    rows = mpb.zone_pageblocks(mm)
+    names = mpb.migratetype_names(mm)
+    if args.png:
+        from ..report import png
+
+        po = mpb.pageblock_order(mm)
+        flags = mpb._all_flags(mm)
+        bits = mpb.pageblock_bits(mm)
+        zones_ = mm.all_zones()
+        nblocks = max(z.end_pfn for z in zones_) + (1 << po) - 1 >> po
+        blocks = []
+        for zi, z in enumerate(zones_):
+            mts = mpb.pageblock_migratetypes(mm, z)
+            lists, _ = mpb.free_lists(mm, z)
+            mixed = set()
+            for (o, lmt), pfns in lists.items():
+                for pfn in pfns.tolist():
+                    b = pfn >> po
+                    if (flags[b] & bits.migratetype_mask) != lmt:
+                        mixed.add(b)
+            first = z.zone_start_pfn >> po
+            for k, mt in enumerate(mts.tolist()):
+                b = first + k
+                f = int(flags[b]) if b < len(flags) else 0xFF
+                blocks.append((b, mt, zi, f != 0xFF and bool(f >> bits.skip_bit & 1),
+                               mt == mm.migratetypes.get("MIGRATE_ISOLATE", -2), b in mixed))
+        counts = {n: sum(r.counts[n] for r in rows) for n in names}
+        title = f"{mm.t.release}  {nblocks} pageblocks of {1 << po} pages"
+        _write(args.png, png.pageblock_map(
+            names, blocks, [(f"N{z.node} {z.name}", z.zone_start_pfn, z.end_pfn)
+                            for z in zones_], po, nblocks, title, counts))
+
+    def table() -> str:
+        out = tabulate([[r.node, r.zone, *[r.counts[n] for n in names], r.skip, r.isolate,
+                         sum(r.mixed.values()), r.mixed_free_pages] for r in rows],
+                       headers=["node", "zone", *names, "skip", "isolate", "mixed blocks",
+                                "mixed free pages"]) + "\n"
+        out += f"\npageblock order {rows[0].pageblock_order if rows else '?'}\n"
+        for r in rows:
+            if r.mixed:
+                out += f"N{r.node} {r.zone} mixed blocks by type: {r.mixed}\n"
+            for f in r.list_findings:
+                out += f"finding: N{r.node} {r.zone}: {f}\n"
+        return out
+
+    return Result([dataclasses.asdict(r) for r in rows], table,
+                  lambda: mpb.format_blockcount(mm, rows).lstrip("\n"))
+
+
+def _frag_args(p) -> None:
+    p.add_argument("--gfp", choices=mfrag.GFP_CLASSES, default="kernel",
+                   help="allocation class for the watermark check (default: kernel)")
+    p.add_argument("--proc-file", choices=("unusable_index", "extfrag_index"),
+                   default="unusable_index",
+                   help="which /sys/kernel/debug/extfrag file --format proc prints")
+
+
+@command("frag", "fragmentation indices and allocation feasibility per zone and order",
+         formats=("table", "json", "proc"), arguments=_frag_args)
+def frag(mm, args) -> Result:
+    rows = mfrag.zone_frag(mm, args.gfp)
+
+    def table() -> str:
+        out = []
+        for r in rows:
+            out.append(f"Node {r.node}, zone {r.zone}: NR_FREE_PAGES {r.free_pages_counter}, "
+                       f"watermarks min/low/high {r.watermarks['min']}/{r.watermarks['low']}/"
+                       f"{r.watermarks['high']} boost {r.watermarks['boost']}, "
+                       f"highatomic reserved {r.highatomic['reserved']}, largest free order "
+                       f"{r.largest_free_order}, gfp {r.gfp}")
+            out.append(tabulate([[o.order, o.nr_free, o.free_pages, o.unusable, o.extfrag,
+                                  "yes" if o.ok_fast else "no", "yes" if o.ok_min else "no",
+                                  "yes" if o.succeeds else "NO"] for o in r.orders],
+                                headers=["order", "nr_free", "free pages", "unusable",
+                                         "extfrag", "fast (low)", "min", "succeeds now"],
+                                disable_numparse=True))
+            out.append("")
+        return "\n".join(out) + "\n"
+
+    def proc() -> str:
+        if args.proc_file == "extfrag_index":
+            return mfrag.format_extfrag_index(rows)
+        return mfrag.format_unusable_index(rows)
+
+    return Result([dataclasses.asdict(r) for r in rows], table, proc)

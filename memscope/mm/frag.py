@@ -1,0 +1,277 @@
+"""External fragmentation and allocation feasibility per zone and order (mm/vmstat.c,
+mm/page_alloc.c).
+
+- :func:`fill_contig_page_info`, :func:`unusable_free_index`, :func:`fragmentation_index`
+  are mm/vmstat.c's functions of the same names, on ``free_area[order].nr_free``; results
+  in thousandths, printed as /sys/kernel/debug/extfrag/{unusable_index,extfrag_index} do
+  (``"%d.%03d"``).  A fragmentation index of -1000 ("-1.000") means the request would not
+  fail for lack of a large enough block.
+- :func:`zone_watermark_ok` is ``__zone_watermark_ok()``: free pages (the zone's
+  NR_FREE_PAGES counter) minus what the request may not use (2^order - 1, the free
+  highatomic reserve unless ALLOC_RESERVES, free CMA pages unless ALLOC_CMA) must exceed the
+  watermark (``_watermark[] + watermark_boost``, lowered by a half for ALLOC_MIN_RESERVE
+  (5.10: ALLOC_HIGH) and a further quarter for ALLOC_NON_BLOCK (5.10: ALLOC_HARDER)) plus
+  ``lowmem_reserve[highest_zoneidx]``; for order > 0 some free list of that order or above
+  must also be non-empty for a PCPTYPE migratetype (CMA with ALLOC_CMA, HIGHATOMIC with
+  ALLOC_HIGHATOMIC/ALLOC_OOM, 5.10: ALLOC_HARDER).
+
+GFP classes (``--gfp``), as gfp_to_alloc_flags() and gfp_zone() treat them:
+
+``kernel``   GFP_KERNEL: highest zone ZONE_NORMAL, no reserves, no CMA.
+``movable``  GFP_HIGHUSER_MOVABLE: highest zone ZONE_MOVABLE, ALLOC_CMA (with CONFIG_CMA).
+``atomic``   GFP_ATOMIC (__GFP_HIGH, cannot sleep): slow path adds ALLOC_MIN_RESERVE,
+             ALLOC_NON_BLOCK and (order > 0) ALLOC_HIGHATOMIC.
+
+"fast" is get_page_from_freelist()'s first try (WMARK_LOW, no reserve flags); "min" is the
+slow path's try after waking kswapd and before any direct reclaim or compaction
+(WMARK_MIN with the class's reserve flags).  An allocation "succeeds now" when either
+passes.  zone_watermark_fast()'s order-0 shortcuts and the per-CPU drift correction
+(zone_page_state_snapshot below percpu_drift_mark) are not modelled.
+
+JSON records (``frag -f json``): a list of zones ``{"node", "zone", "free_pages_counter",
+"watermarks": {"min", "low", "high", "boost"}, "lowmem_reserve": [...],
+"highatomic": {"reserved", "free"}, "free_cma", "gfp", "largest_free_order", "orders":
+[{"order", "nr_free", "free_pages", "unusable_index", "unusable", "extfrag_index",
+"extfrag", "ok_fast", "ok_min", "succeeds"}]}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..target.base import TargetError
+from .zone import MM, Zone
+
+GFP_CLASSES = ("kernel", "movable", "atomic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContigPageInfo:
+    free_pages: int
+    free_blocks_total: int
+    free_blocks_suitable: int
+
+
+def fill_contig_page_info(nr_free: list[int], suitable_order: int) -> ContigPageInfo:
+    free_pages = total = suitable = 0
+    for order, blocks in enumerate(nr_free):
+        total += blocks
+        free_pages += blocks << order
+        if order >= suitable_order:
+            suitable += blocks << (order - suitable_order)
+    return ContigPageInfo(free_pages, total, suitable)
+
+
+def unusable_free_index(order: int, info: ContigPageInfo) -> int:
+    """Thousandths of the free memory unusable for an allocation of ORDER (0 = none)."""
+    if info.free_pages == 0:
+        return 1000
+    return (info.free_pages - (info.free_blocks_suitable << order)) * 1000 // info.free_pages
+
+
+def fragmentation_index(order: int, info: ContigPageInfo, max_order: int) -> int:
+    """__fragmentation_index(): towards 0 the request fails for lack of memory, towards 1000
+    for fragmentation; -1000 if it would not fail."""
+    requested = 1 << order
+    if order > max_order:
+        return 0
+    if not info.free_blocks_total:
+        return 0
+    if info.free_blocks_suitable:
+        return -1000
+    return 1000 - (1000 + info.free_pages * 1000 // requested) // info.free_blocks_total
+
+
+def fmt_index(v: int) -> str:
+    """``"%d.%03d"`` of (v / 1000, v % 1000) with C's truncating division."""
+    q = int(v / 1000)
+    r = abs(v - q * 1000)
+    return f"{q}.{r:03d}" if v >= 0 else f"-{abs(q)}.{r:03d}"
+
+
+@dataclasses.dataclass
+class ZoneState:
+    """What __zone_watermark_ok reads from one zone."""
+
+    zone: Zone
+    nr_free: list[int]
+    list_nonempty: list[list[bool]]  # [order][migratetype]
+    watermark: dict[str, int]  # min, low, high (without boost)
+    boost: int
+    lowmem_reserve: list[int]
+    nr_reserved_highatomic: int
+    nr_free_highatomic: int | None  # None: the kernel has no such counter (5.10, 6.1)
+    free_pages: int  # zone_page_state(NR_FREE_PAGES), clamped at 0
+    free_cma: int
+    vm_stat_free_raw: int  # the atomic counter before clamping
+
+
+def zone_state(mm: MM, z: Zone) -> ZoneState:
+    t = mm.t
+    zl = mm.zone_layout
+    raw = t.read(z.address, zl.size)
+
+    def u(off: int, size: int = 8, signed: bool = False) -> int:
+        return int.from_bytes(raw[off:off + size], "little", signed=signed)
+
+    fa = t.layout("struct free_area")
+    nmt = fa["free_list"].array_length
+    fa_base = zl.offset("free_area")
+    nr_free, nonempty = [], []
+    for o in range(mm.nr_orders):
+        b = fa_base + o * fa.size
+        nr_free.append(u(b + fa.offset("nr_free")))
+        row = []
+        for mt in range(nmt):
+            lo = b + fa.offset("free_list") + 16 * mt
+            row.append(u(lo) != z.address + lo)  # list_empty(): next == head
+        nonempty.append(row)
+    wm = t.enum("enum zone_watermarks")
+    wo = zl.offset("_watermark")
+    watermark = {k: u(wo + 8 * wm[f"WMARK_{k.upper()}"]) for k in ("min", "low", "high")}
+    boost = u(zl.offset("watermark_boost")) if zl.has("watermark_boost") else 0
+    lr = zl["lowmem_reserve"]
+    lowmem = [u(lr.offset + 8 * i, 8, True) for i in range(lr.array_length)]
+    res_ha = u(zl.offset("nr_reserved_highatomic"))
+    # nr_free_highatomic (the free pages of highatomic blocks) exists in the 6.12 and 7.2
+    # lab kernels, not in 5.10 and 6.1, which subtract nr_reserved_highatomic instead.
+    free_ha = u(zl.offset("nr_free_highatomic")) if zl.has("nr_free_highatomic") else None
+    items = t.enum("enum zone_stat_item")
+    vs = zl.offset("vm_stat")
+    free_raw = u(vs + 8 * items["NR_FREE_PAGES"], 8, True)
+    cma = u(vs + 8 * items["NR_FREE_CMA_PAGES"], 8, True) if "NR_FREE_CMA_PAGES" in items else 0
+    return ZoneState(z, nr_free, nonempty, watermark, boost, lowmem, res_ha, free_ha,
+                     max(free_raw, 0), max(cma, 0), free_raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocFlags:
+    wmark: str  # "min" / "low" / "high"
+    min_reserve: bool = False  # ALLOC_MIN_RESERVE (5.10: ALLOC_HIGH)
+    non_block: bool = False  # ALLOC_NON_BLOCK (5.10: ALLOC_HARDER)
+    highatomic: bool = False  # ALLOC_HIGHATOMIC (5.10: implied by ALLOC_HARDER)
+    oom: bool = False
+    cma: bool = False
+
+    @property
+    def reserves(self) -> bool:  # ALLOC_RESERVES (5.10: alloc_harder)
+        return self.min_reserve or self.non_block or self.highatomic or self.oom
+
+
+def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zoneidx: int,
+                      f: AllocFlags) -> bool:
+    """__zone_watermark_ok(z, order, mark, highest_zoneidx, alloc_flags, free_pages)."""
+    mt = mm.migratetypes
+    free_pages = s.free_pages
+    unusable = (1 << order) - 1
+    if not f.reserves:
+        unusable += s.nr_free_highatomic if s.nr_free_highatomic is not None \
+            else s.nr_reserved_highatomic
+    if "MIGRATE_CMA" in mt and not f.cma:
+        unusable += s.free_cma
+    free_pages -= unusable
+    mn = mark
+    if f.reserves:
+        if f.min_reserve:
+            mn -= mn // 2
+            if f.non_block:
+                mn -= mn // 4
+        elif s.nr_free_highatomic is None and f.non_block:
+            mn -= mn // 4  # 5.10/6.1: ALLOC_HARDER without ALLOC_HIGH
+        if f.oom:
+            mn -= mn // 2
+    if free_pages <= mn + s.lowmem_reserve[highest_zoneidx]:
+        return False
+    if order == 0:
+        return True
+    pcptypes = mt.get("MIGRATE_PCPTYPES", 3)
+    for o in range(order, mm.nr_orders):
+        if not s.nr_free[o]:
+            continue
+        row = s.list_nonempty[o]
+        if any(row[m] for m in range(pcptypes)):
+            return True
+        if "MIGRATE_CMA" in mt and f.cma and row[mt["MIGRATE_CMA"]]:
+            return True
+        if (f.highatomic or f.oom) and row[mt["MIGRATE_HIGHATOMIC"]]:
+            return True
+    return False
+
+
+def gfp_flags(mm: MM, gfp: str, order: int) -> tuple[int, AllocFlags, AllocFlags]:
+    """(highest_zoneidx, fast-path flags, slow-path flags before reclaim) for GFP."""
+    zt = mm.t.enum("enum zone_type")
+    cma = "MIGRATE_CMA" in mm.migratetypes
+    if gfp == "kernel":
+        return zt["ZONE_NORMAL"], AllocFlags("low"), AllocFlags("min")
+    if gfp == "movable":
+        idx = zt.get("ZONE_MOVABLE", zt["ZONE_NORMAL"])
+        return idx, AllocFlags("low", cma=False), AllocFlags("min", cma=cma)
+    if gfp == "atomic":
+        return zt["ZONE_NORMAL"], AllocFlags("low"), AllocFlags(
+            "min", min_reserve=True, non_block=True, highatomic=order > 0)
+    raise TargetError(f"unknown gfp class {gfp!r} (kernel, movable, atomic)")
+
+
+@dataclasses.dataclass
+class OrderFrag:
+    order: int
+    nr_free: int
+    free_pages: int
+    unusable_index: int
+    unusable: str
+    extfrag_index: int
+    extfrag: str
+    ok_fast: bool
+    ok_min: bool
+    succeeds: bool
+
+
+@dataclasses.dataclass
+class ZoneFrag:
+    node: int
+    zone: str
+    free_pages_counter: int
+    watermarks: dict[str, int]
+    lowmem_reserve: list[int]
+    highatomic: dict[str, int | None]
+    free_cma: int
+    gfp: str
+    largest_free_order: int | None
+    orders: list[OrderFrag]
+
+
+def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
+    out = []
+    max_order = mm.nr_orders - 1
+    for z in mm.all_zones():
+        s = zone_state(mm, z)
+        rows = []
+        for o in range(mm.nr_orders):
+            info = fill_contig_page_info(s.nr_free, o)
+            ui = unusable_free_index(o, info)
+            fi = fragmentation_index(o, info, max_order)
+            hz, fast, slow = gfp_flags(mm, gfp, o)
+            hz = min(hz, len(s.lowmem_reserve) - 1)
+            ok_f = zone_watermark_ok(mm, s, o, s.watermark[fast.wmark] + s.boost, hz, fast)
+            ok_m = zone_watermark_ok(mm, s, o, s.watermark[slow.wmark] + s.boost, hz, slow)
+            rows.append(OrderFrag(o, s.nr_free[o], s.nr_free[o] << o, ui, fmt_index(ui), fi,
+                                  fmt_index(fi), ok_f, ok_m, ok_f or ok_m))
+        largest = max((o for o in range(mm.nr_orders) if s.nr_free[o]), default=None)
+        out.append(ZoneFrag(z.node, z.name, s.vm_stat_free_raw,
+                            {**s.watermark, "boost": s.boost}, s.lowmem_reserve,
+                            {"reserved": s.nr_reserved_highatomic,
+                             "free": s.nr_free_highatomic}, s.free_cma, gfp, largest, rows))
+    return out
+
+
+def format_unusable_index(rows: list[ZoneFrag]) -> str:
+    """/sys/kernel/debug/extfrag/unusable_index (mm/vmstat.c unusable_show_print)."""
+    return "".join(f"Node {r.node}, zone {r.zone:>8} "
+                   + "".join(f"{o.unusable} " for o in r.orders) + "\n" for r in rows)
+
+
+def format_extfrag_index(rows: list[ZoneFrag]) -> str:
+    """/sys/kernel/debug/extfrag/extfrag_index (mm/vmstat.c extfrag_show_print)."""
+    return "".join(f"Node {r.node}, zone {r.zone:>8} "
+                   + "".join(f"{o.extfrag} " for o in r.orders) + "\n" for r in rows)

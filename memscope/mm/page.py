@@ -1,0 +1,667 @@
+"""Every struct page, decoded in bulk: the memmap (include/linux/mm_types.h, page-flags.h).
+
+The whole memmap of a target is read once, section by section (``mem_section[]``, 2 MiB
+reads of the vmemmap region per 128 MiB section on x86_64), and viewed through a numpy
+structured dtype built from the probed ``struct page`` layout.  The decode is cached on
+the :class:`~memscope.mm.zone.MM` object and shared by ``pages``, ``pageblocks``, ``frag``
+and whoever else needs pages (:func:`memmap`).
+
+Classification (:func:`classify`), in the order the decisions are taken:
+
+``hole``        no struct page: the section is absent, or its memmap cannot be read, or the
+                pfn lies outside every zone's span.
+``buddy``       in a free buddy block: the first page is PageBuddy with its order in
+                ``page->private``; the other 2^order - 1 pages of the block count as buddy
+                too (only the first carries the type).
+``pcp``         on a per-CPU free list (``zone->per_cpu_pageset`` / 5.10 ``zone->pageset``),
+                with every page of a high-order pcp entry.
+``slab``        PG_slab (to 6.9) or PGTY_slab (6.10+), tails included.
+``kmalloc_large`` PGTY_large_kmalloc (7.2+; before 7.2 such pages carry no type and count
+                as ``kernel``).
+``pagetable``   PG_table / PGTY_table.
+``hugetlb``     PGTY_hugetlb (6.10+; older kernels mark hugetlb folios by a compound
+                destructor, not decoded).
+``offline``     PG_offline / PGTY_offline (balloon, memory hot-unplug).
+``reserved``    PG_reserved (memblock reservations, the kernel image, holes inside a zone).
+``anon``        ``page->mapping`` with PAGE_MAPPING_ANON (bit 0) set (KSM included).
+``pagecache``   ``page->mapping`` a plain address_space pointer: file pages, shmem and
+                tmpfs (the lab's workloads live in tmpfs, so this is /proc/meminfo's
+                Cached, Shmem included).
+``free``        refcount 0 but neither buddy nor pcp (being freed or allocated right now).
+``kernel``      allocated (refcount > 0) with no visible owner: vmalloc backing, kernel
+                stacks, per-CPU chunks, large kmalloc before 7.2, driver pages...  vmalloc and
+                kernel stacks are not told apart from struct page alone.
+``other``       other page types (guard, zsmalloc, unaccepted), non-LRU movable pages
+                (mapping bit 1 without bit 0).
+
+Compound tails take their head's class (so that a slab of order 3 counts 8 slab pages, as
+/proc/meminfo's Slab does); :attr:`PageMap.tail` says which pages were tails.
+
+A page is *inconsistent* when its struct page contradicts the rest: a tail whose head is
+not PG_head, a buddy order out of range, buddy blocks that overlap, a pcp page that is
+PageBuddy or referenced.  A frozen dump has none; a live target (``--qemu``, ``-k``)
+changes under the read and reports them instead of failing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+
+import numpy as np
+
+from ..target.base import FaultError, Target, TargetError
+from .zone import MM, Zone
+
+# Class codes (uint8) and names, in the order used for tables and maps.
+CLASSES = ("hole", "buddy", "pcp", "slab", "kmalloc_large", "pagetable", "hugetlb", "offline",
+           "reserved", "anon", "pagecache", "free", "kernel", "other")
+C = {name: i for i, name in enumerate(CLASSES)}
+
+# mem_section->section_mem_map flag bits (include/linux/mmzone.h; stable 5.10-7.2).
+SECTION_MARKED_PRESENT = 1 << 0
+SECTION_HAS_MEM_MAP = 1 << 1
+SECTION_IS_ONLINE = 1 << 2
+
+PAGE_MAPPING_ANON = 0x1
+PAGE_MAPPING_MOVABLE = 0x2
+
+# Old page_type encoding (5.10, 6.1: include/linux/page-flags.h): a type is set by
+# clearing its bit below PAGE_TYPE_BASE.  These are #defines, absent from the debug info;
+# PG_buddy and PG_offline are cross-checked against VMCOREINFO when it has them.
+PAGE_TYPE_BASE = 0xF0000000
+OLD_PG_BUDDY = 0x80
+OLD_PG_OFFLINE = 0x100
+
+
+def _u(x) -> int:
+    return int(x) & 0xFFFFFFFFFFFFFFFF
+
+
+class PageLayout:
+    """What the decode needs from ``struct page`` and friends, probed once per target."""
+
+    def __init__(self, t: Target):
+        self.t = t
+        lay = t.layout("struct page")
+        self.size = lay.size
+        flags = lay["flags"]
+        self.flags_off = flags.offset
+        if flags.size != 8 or "long" not in flags.type_name:
+            # 7.2: page->flags is memdesc_flags_t { unsigned long f; } (read .f).
+            self.flags_off += t.layout(flags.type_name).offset("f")
+        # compound_head, renamed compound_info in 7.x (may hold a mask, see _heads()).
+        self.compound_off = lay.offset("compound_info" if lay.has("compound_info")
+                                       else "compound_head")
+        self.lru_off = lay.offset("lru")  # also buddy_list / pcp_list (same word)
+        self.mapping_off = lay.offset("mapping")
+        self.index_off = lay.offset("__folio_index" if lay.has("__folio_index") else "index")
+        self.private_off = lay.offset("private")
+        self.mapcount_off = lay.offset("_mapcount")  # page_type shares it
+        self.refcount_off = lay.offset("_refcount")
+
+        pf = t.enum("enum pageflags")
+        self.pageflags = {k: v for k, v in pf.items() if not k.startswith("__")}
+        self.PG_head = pf["PG_head"]
+        self.PG_reserved = pf["PG_reserved"]
+        # PG_slab went away in 6.10 (commit 46df8e73a4a3, "mm: free up PG_slab"): slab pages
+        # carry PGTY_slab in page_type from then on.
+        self.PG_slab = pf.get("PG_slab")
+
+        # page_type: 6.10+ has enum pagetype with the type in the top byte (commit
+        # 4ffca5a96678 "mm: support only one page_type per page"); older kernels clear a
+        # bit below PAGE_TYPE_BASE.
+        try:
+            self.pagetype = t.enum("enum pagetype")
+        except TargetError:
+            self.pagetype = None
+        if self.pagetype is None:
+            vi = t.vmcoreinfo_fields
+            self.old_buddy = _mask_from_vmcoreinfo(vi, "PAGE_BUDDY_MAPCOUNT_VALUE", OLD_PG_BUDDY)
+            self.old_offline = _mask_from_vmcoreinfo(vi, "PAGE_OFFLINE_MAPCOUNT_VALUE",
+                                                     OLD_PG_OFFLINE)
+            # PG_table follows PG_offline; 5.10 still had PG_kmemcg (0x200) in between,
+            # removed in 5.11 together with page->mem_cgroup becoming page->memcg_data
+            # (commit 18b2db3b0385 "mm: Convert page kmemcg type to a page memcg flag").
+            self.old_table = 0x400 if lay.has("mem_cgroup") else 0x200
+
+    def dtype(self) -> np.dtype:
+        return np.dtype({
+            "names": ["flags", "compound", "lru_prev", "mapping", "index", "private",
+                      "mapcount", "refcount"],
+            "formats": ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u4", "<i4"],
+            "offsets": [self.flags_off, self.compound_off, self.lru_off + 8, self.mapping_off,
+                        self.index_off, self.private_off, self.mapcount_off,
+                        self.refcount_off],
+            "itemsize": self.size,
+        })
+
+    # --- page_type decisions (usable on scalars or numpy arrays) ----------------------
+    def _typed(self, page_type, pgty: str | None, old_bit: int | None):
+        pt = np.asarray(page_type, dtype=np.uint32)
+        if self.pagetype is not None:
+            if pgty not in self.pagetype:
+                return np.zeros(pt.shape, bool)
+            return (pt >> 24) == self.pagetype[pgty]
+        if old_bit is None:
+            return np.zeros(pt.shape, bool)
+        return (pt & np.uint32(PAGE_TYPE_BASE | old_bit)) == np.uint32(PAGE_TYPE_BASE)
+
+    def is_buddy(self, page_type):
+        """PageBuddy from page->page_type (the 32-bit word shared with _mapcount).
+
+        6.10+: ``(page_type >> 24) == PGTY_buddy``; 5.10/6.1: ``(page_type &
+        (PAGE_TYPE_BASE | PG_buddy)) == PAGE_TYPE_BASE``."""
+        return self._typed(page_type, "PGTY_buddy", self.old_buddy if self.pagetype is None
+                           else None)
+
+    def is_table(self, page_type):
+        return self._typed(page_type, "PGTY_table",
+                           self.old_table if self.pagetype is None else None)
+
+    def is_offline(self, page_type):
+        return self._typed(page_type, "PGTY_offline",
+                           self.old_offline if self.pagetype is None else None)
+
+    def is_slab_type(self, page_type):
+        return self._typed(page_type, "PGTY_slab", None)
+
+    def has_type(self, page_type):
+        """page_type holds a type rather than a mapcount."""
+        pt = np.asarray(page_type, dtype=np.uint32).view(np.int32)
+        if self.pagetype is not None:
+            # page_type_has_type(): (int)page_type < PGTY_mapcount_underflow << 24
+            return pt < np.int32(-(1 << 24))
+        return pt < -128  # PAGE_MAPCOUNT_RESERVE
+
+
+def _mask_from_vmcoreinfo(vi: dict, key: str, default: int) -> int:
+    v = vi.get(f"NUMBER({key})")
+    if v is None:
+        return default
+    return ~int(v, 0) & 0xFFFFFFFF
+
+
+def page_is_buddy(mm: MM, page_type) -> np.ndarray:
+    """PageBuddy for one page_type word or an array of them (the decision shared by every
+    command that needs it: see :meth:`PageLayout.is_buddy`)."""
+    return page_layout(mm).is_buddy(page_type)
+
+
+def page_layout(mm: MM) -> PageLayout:
+    pl = mm.__dict__.get("_page_layout")
+    if pl is None:
+        pl = mm.__dict__["_page_layout"] = PageLayout(mm.t)
+    return pl
+
+
+@dataclasses.dataclass
+class Sections:
+    """mem_section[] for the pfns of interest (SPARSEMEM_VMEMMAP)."""
+
+    pages_per_section: int
+    mem_map: np.ndarray  # section_mem_map per section nr (0 = absent)
+    usage: np.ndarray  # mem_section.usage pointer per section nr
+
+    def present(self) -> np.ndarray:
+        return (self.mem_map & (SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP)) == (
+            SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP)
+
+    def online(self) -> np.ndarray:
+        return self.present() & ((self.mem_map & SECTION_IS_ONLINE) != 0)
+
+
+def sections(mm: MM) -> Sections:
+    s = mm.__dict__.get("_sections")
+    if s is None:
+        s = mm.__dict__["_sections"] = _read_sections(mm)
+    return s
+
+
+def max_pfn(mm: MM) -> int:
+    return max(z.end_pfn for z in mm.all_zones())
+
+
+def _read_sections(mm: MM) -> Sections:
+    t = mm.t
+    vi = t.vmcoreinfo_fields
+    page_shift = t.page_size.bit_length() - 1
+    if "NUMBER(SECTION_SIZE_BITS)" not in vi:
+        raise TargetError("VMCOREINFO has no SECTION_SIZE_BITS (not SPARSEMEM?)")
+    pps = 1 << (int(vi["NUMBER(SECTION_SIZE_BITS)"]) - page_shift)
+    ms = t.layout("struct mem_section")
+    # SPARSEMEM_EXTREME (every Debian kernel): mem_section is a pointer to an array of
+    # NR_SECTION_ROOTS pointers, each to a page of struct mem_section.  VMCOREINFO's
+    # SYMBOL(mem_section) is that array; without it read the pointer variable.
+    if "SYMBOL(mem_section)" in vi:
+        roots_addr = int(vi["SYMBOL(mem_section)"], 16)
+    else:
+        roots_addr = t.read_u64(t.symbol("mem_section"))
+    per_root = t.page_size // ms.size
+    nr = (max_pfn(mm) + pps - 1) // pps
+    nroots = (nr + per_root - 1) // per_root
+    roots = np.frombuffer(t.read(roots_addr, 8 * nroots), "<u8")
+    mem_map = np.zeros(nr, np.uint64)
+    usage = np.zeros(nr, np.uint64)
+    mo, uo = ms.offset("section_mem_map"), ms.offset("usage")
+    for r, root in enumerate(roots):
+        if not root:
+            continue
+        n = min(per_root, nr - r * per_root)
+        try:
+            raw = np.frombuffer(t.read(int(root), n * ms.size), np.uint8).reshape(n, ms.size)
+        except FaultError:
+            continue
+        mem_map[r * per_root:r * per_root + n] = raw[:, mo:mo + 8].copy().view("<u8")[:, 0]
+        usage[r * per_root:r * per_root + n] = raw[:, uo:uo + 8].copy().view("<u8")[:, 0]
+    return Sections(pps, mem_map, usage)
+
+
+def vmemmap_base(mm: MM) -> int:
+    """The address of pfn 0's struct page (SPARSEMEM_VMEMMAP)."""
+    t = mm.t
+    if t.arch == "x86_64" and t.has_symbol("vmemmap_base"):  # randomized by KASLR
+        v = t.read_u64(t.symbol("vmemmap_base"))
+        if v:
+            return v
+    vi = t.vmcoreinfo_fields
+    if "SYMBOL(vmemmap)" in vi:  # the generic crash_core export (6.x)
+        return int(vi["SYMBOL(vmemmap)"], 16)
+    if "NUMBER(VMEMMAP_START)" in vi and t.has_symbol("memstart_addr"):
+        # arm64: vmemmap = (struct page *)VMEMMAP_START - (memstart_addr >> PAGE_SHIFT)
+        shift = t.page_size.bit_length() - 1
+        sz = t.sizeof("struct page")
+        return (int(vi["NUMBER(VMEMMAP_START)"], 0)
+                - (t.read_u64(t.symbol("memstart_addr")) >> shift) * sz) & (2**64 - 1)
+    # Last resort: a present section's encoded mem_map is vmemmap itself
+    # (sparse_encode_mem_map(): mem_map - section_nr_to_pfn(pnum)).
+    s = sections(mm)
+    for m in s.mem_map[s.present()]:
+        return int(m) & ~0xFFF
+    raise TargetError("cannot find vmemmap (no vmemmap_base, VMCOREINFO vmemmap, or section)")
+
+
+@dataclasses.dataclass
+class PageMap:
+    """The decoded memmap of pfns [0, nr_pages) and the classification of each page."""
+
+    vmemmap: int
+    page_size_struct: int
+    pages: np.ndarray  # structured array, see PageLayout.dtype(); zeros where invalid
+    valid: np.ndarray  # bool: a struct page was read
+    cls: np.ndarray  # uint8 class code (CLASSES)
+    order: np.ndarray  # int8: buddy/pcp order on the first page of a free block, else -1
+    tail: np.ndarray  # bool: compound tail (class is its head's)
+    inconsistent: np.ndarray  # bool
+    zone_id: np.ndarray  # int16: index into zones, -1 outside every zone
+    zones: list[Zone]
+    pcp_findings: list[str]
+    unreadable_pages: int  # present in mem_section but the memmap read failed
+
+    @property
+    def nr_pages(self) -> int:
+        return len(self.cls)
+
+
+def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
+    t = mm.t
+    s = sections(mm)
+    sz = pl.size
+    buf = np.zeros(n * sz, np.uint8)
+    valid = np.zeros(n, bool)
+    unreadable = 0
+    present = s.present()
+    pps = s.pages_per_section
+    # One read per present section (2 MiB of struct pages for 128 MiB on x86_64 4K pages);
+    # a section whose read fails (live target, vmemmap page not dumped) is retried in
+    # 64 KiB pieces so that only the unreadable part becomes a hole.
+    for nr in np.flatnonzero(present):
+        lo = int(nr) * pps
+        hi = min(lo + pps, n)
+        if hi <= lo:
+            continue
+        try:
+            buf[lo * sz:hi * sz] = np.frombuffer(t.read(vmemmap + lo * sz, (hi - lo) * sz),
+                                                 np.uint8)
+            valid[lo:hi] = True
+        except FaultError:
+            step = max(1, 65536 // sz)
+            for a in range(lo, hi, step):
+                b = min(a + step, hi)
+                try:
+                    buf[a * sz:b * sz] = np.frombuffer(t.read(vmemmap + a * sz, (b - a) * sz),
+                                                       np.uint8)
+                    valid[a:b] = True
+                except FaultError:
+                    unreadable += b - a
+    pages = buf.view(pl.dtype()) if sz == pl.dtype().itemsize else None
+    return pages, valid, unreadable
+
+
+def memmap(mm: MM) -> PageMap:
+    """The decoded and classified memmap of MM's target, computed once and cached."""
+    pm = mm.__dict__.get("_pagemap")
+    if pm is None:
+        pm = mm.__dict__["_pagemap"] = _build(mm)
+    return pm
+
+
+def _zone_ids(zones: list[Zone], n: int) -> np.ndarray:
+    zid = np.full(n, -1, np.int16)
+    for i, z in enumerate(zones):
+        zid[z.zone_start_pfn:min(z.end_pfn, n)] = i
+    return zid
+
+
+def _heads(pl: PageLayout, vmemmap: int, pfns: np.ndarray, info: np.ndarray) -> np.ndarray:
+    """Head pfn of the tails PFNS from their compound_head/compound_info words."""
+    sz = pl.size
+    ptr = info - np.uint64(1)
+    # 7.x with HUGETLB_PAGE_OPTIMIZE_VMEMMAP stores a mask (GENMASK(63, order +
+    # log2(sizeof(struct page))) | 1) instead of head | 1: head = page & mask.  A mask is
+    # -2^k; a struct page pointer is not.
+    neg = (~ptr + np.uint64(1))
+    is_mask = (neg & (neg - np.uint64(1))) == 0
+    addr = np.uint64(vmemmap) + pfns.astype(np.uint64) * np.uint64(sz)
+    head_addr = np.where(is_mask, addr & ptr, ptr)
+    return ((head_addr - np.uint64(vmemmap)) // np.uint64(sz)).astype(np.int64)
+
+
+def _build(mm: MM) -> PageMap:
+    t = mm.t
+    pl = page_layout(mm)
+    zones = mm.all_zones()
+    n = max_pfn(mm)
+    vm = vmemmap_base(mm)
+    pages, valid, unreadable = _read_memmap(mm, pl, vm, n)
+    flags = pages["flags"]
+    pt = pages["mapcount"]
+    ref = pages["refcount"]
+    mapping = pages["mapping"]
+    comp = pages["compound"]
+
+    cls = np.full(n, C["kernel"], np.uint8)
+    order = np.full(n, -1, np.int8)
+    bad = np.zeros(n, bool)
+
+    def flag(bit: int | None) -> np.ndarray:
+        if bit is None:
+            return np.zeros(n, bool)
+        return (flags >> np.uint64(bit)) & np.uint64(1) == 1
+
+    tail = valid & ((comp & np.uint64(1)) == 1)
+    head = ~tail
+
+    # Untyped, unowned first; then overwrite from the least to the most specific decision.
+    cls[head & (ref == 0)] = C["free"]
+    m_anon = (mapping & np.uint64(PAGE_MAPPING_ANON)) != 0
+    m_mov = (mapping & np.uint64(PAGE_MAPPING_MOVABLE)) != 0
+    cls[head & (mapping != 0) & ~m_anon & ~m_mov] = C["pagecache"]
+    cls[head & m_anon] = C["anon"]
+    cls[head & m_mov & ~m_anon] = C["other"]
+    cls[head & flag(pl.PG_reserved)] = C["reserved"]
+    typed = pl.has_type(pt)
+    cls[head & typed] = C["other"]
+    for name, sel in (("offline", pl.is_offline(pt)), ("pagetable", pl.is_table(pt)),
+                      ("hugetlb", pl._typed(pt, "PGTY_hugetlb", None)),
+                      ("kmalloc_large", pl._typed(pt, "PGTY_large_kmalloc", None)),
+                      ("slab", pl.is_slab_type(pt) | flag(pl.PG_slab))):
+        cls[head & sel] = C[name]
+
+    # alloc_pages(order > 0) without __GFP_COMP: only the first page holds the reference;
+    # the other pages of the block are blank with refcount 0.  A blank refcount-0 page
+    # right after an allocated untyped page, inside the naturally aligned block that page
+    # would head, is counted with it ("kernel") rather than as "free".
+    blank = head & (ref == 0) & (mapping == 0) & ~typed & (cls == C["free"])
+    idx = np.arange(n)
+    last_ref = np.maximum.accumulate(np.where(valid & head & (ref > 0), idx, -1))
+    dist = idx - last_ref
+    span = np.ones(n, np.int64)
+    np.left_shift(span, np.ceil(np.log2(dist + 1.0)).astype(np.int64), out=span)
+    lr = np.maximum(last_ref, 0)
+    grouped = (blank & (last_ref >= 0) & (dist < (1 << (mm.nr_orders - 1)))
+               & (lr % span == 0) & (cls[lr] == C["kernel"]))
+    cls[grouped] = C["kernel"]
+
+    # Compound tails take their head's class.
+    tpfn = np.flatnonzero(tail)
+    if len(tpfn):
+        hp = _heads(pl, vm, tpfn, comp[tpfn])
+        ok = (hp >= 0) & (hp < tpfn) & (tpfn - hp < (1 << 20))
+        hp_c = np.where(ok, hp, 0)
+        ok &= valid[hp_c] & flag(pl.PG_head)[hp_c]
+        cls[tpfn[ok]] = cls[hp_c[ok]]
+        bad[tpfn[~ok]] = True
+
+    # Buddy blocks: the first page is PageBuddy with the order in private.
+    bud = np.flatnonzero(valid & head & pl.is_buddy(pt))
+    bo = pages["private"][bud]
+    good = bo < mm.nr_orders
+    bad[bud[~good]] = True
+    bud, bo = bud[good], bo[good].astype(np.int64)
+    cover = _cover(n, bud, bo)
+    bad[cover > 1] = True
+    inner = (cover > 0)
+    inner[bud] = False
+    bad[inner & ((ref != 0) | typed | tail)] = True
+    cls[cover > 0] = C["buddy"]
+    order[bud] = bo
+
+    # Per-CPU lists.
+    findings: list[str] = []
+    pcp_pfns, pcp_orders = _pcp_pages(mm, pl, vm, n, findings)
+    if len(pcp_pfns):
+        bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
+        pc = _cover(n, pcp_pfns, pcp_orders)
+        cls[(pc > 0) & (cls != C["buddy"])] = C["pcp"]
+        order[pcp_pfns] = pcp_orders
+
+    zid = _zone_ids(zones, n)
+    cls[~valid | (zid < 0)] = C["hole"]
+    bad &= valid
+    return PageMap(vm, pl.size, pages, valid, cls, order, tail & valid, bad, zid, zones,
+                   findings, unreadable)
+
+
+def _cover(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """How many blocks [start, start + 2^order) cover each pfn."""
+    d = np.zeros(n + 1, np.int32)
+    ends = np.minimum(starts + (1 << orders), n)
+    np.add.at(d, starts, 1)
+    np.add.at(d, ends, -1)
+    return np.cumsum(d[:-1])
+
+
+# --- per-CPU page lists --------------------------------------------------------------
+def possible_cpus(t: Target) -> list[int]:
+    """cpu_possible_mask (``__cpu_possible_mask``), limited to nr_cpu_ids."""
+    nr = t.read_u32(t.symbol("nr_cpu_ids")) if t.has_symbol("nr_cpu_ids") else 1
+    try:
+        bits = int.from_bytes(t.read(t.symbol("__cpu_possible_mask"), (nr + 63) // 64 * 8),
+                              "little")
+    except TargetError:
+        bits = (1 << nr) - 1
+    return [c for c in range(nr) if bits >> c & 1]
+
+
+def per_cpu_offset(t: Target, cpu: int) -> int:
+    if t.has_symbol("__per_cpu_offset"):
+        return t.read_u64(t.symbol("__per_cpu_offset") + 8 * cpu)
+    return 0  # !SMP
+
+
+def _pcp_lists(mm: MM) -> tuple[int, int, int, int, int]:
+    """(zone member offset, offset of the pcp struct in what it points to, count offset,
+    lists offset, number of lists) for this kernel."""
+    t, zl = mm.t, mm.zone_layout
+    if zl.has("per_cpu_pageset"):
+        # 5.14+ (commit 28f836b6777b "mm/page_alloc: split per cpu page lists and zone
+        # stats"): zone->per_cpu_pageset is a __percpu struct per_cpu_pages.
+        pcp = t.layout("struct per_cpu_pages")
+        return (zl.offset("per_cpu_pageset"), 0, pcp.offset("count"), pcp.offset("lists"),
+                pcp["lists"].array_length)
+    # 5.10: zone->pageset is a __percpu struct per_cpu_pageset { struct per_cpu_pages pcp }.
+    ps = t.layout("struct per_cpu_pageset")
+    pcp = t.layout("struct per_cpu_pages")
+    return (zl.offset("pageset"), ps.offset("pcp"), pcp.offset("count"), pcp.offset("lists"),
+            pcp["lists"].array_length)
+
+
+def pindex_to_order(mm: MM, pindex: int, nlists: int) -> int:
+    """mm/page_alloc.c pindex_to_order(): 3 lists (one per PCPTYPE) per order up to
+    PAGE_ALLOC_COSTLY_ORDER (3), then the THP lists of order HPAGE_PMD_ORDER."""
+    pcptypes = mm.migratetypes.get("MIGRATE_PCPTYPES", 3)
+    if nlists <= pcptypes:  # 5.10: order-0 only
+        return 0
+    low = pcptypes * 4
+    if pindex >= low:
+        # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page of 8-byte entries.
+        return (mm.t.page_size // 8).bit_length() - 1
+    return pindex // pcptypes
+
+
+def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]):
+    """(pfns, orders) of every page block on every per-CPU list of every zone.
+
+    Each list is walked at most pcp->count + 1 steps (count is in pages, so it bounds the
+    number of entries); a cycle, a pointer outside the memmap or an overlong list becomes a
+    finding."""
+    t = mm.t
+    try:
+        zoff, pcp_in, count_off, lists_off, nlists = _pcp_lists(mm)
+    except TargetError as e:
+        findings.append(f"per-CPU lists not decoded: {e}")
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sz = pl.size
+    out_p: list[int] = []
+    out_o: list[int] = []
+    cpus = possible_cpus(t)
+    for z in mm.all_zones():
+        try:
+            ptr = t.read_u64(z.address + zoff)
+        except FaultError:
+            continue
+        for cpu in cpus:
+            base = (ptr + per_cpu_offset(t, cpu)) & (2**64 - 1)
+            base += pcp_in
+            try:
+                count = t.read_int(base + count_off, 4, signed=True)
+                heads = np.frombuffer(t.read(base + lists_off, 16 * nlists), "<u8")
+            except FaultError:
+                findings.append(f"node {z.node} zone {z.name} cpu {cpu}: pcp unreadable")
+                continue
+            for li in range(nlists):
+                head_addr = base + lists_off + 16 * li
+                o = pindex_to_order(mm, li, nlists)
+                node = int(heads[2 * li])
+                seen = set()
+                steps = 0
+                while node != head_addr:
+                    if steps > max(count, 0) or node in seen:
+                        findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
+                                        "cycle or longer than pcp->count")
+                        break
+                    seen.add(node)
+                    steps += 1
+                    pfn, rem = divmod(node - pl.lru_off - vmemmap, sz)
+                    if rem or not 0 <= pfn < n:
+                        findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
+                                        f"pointer {node:#x} outside the memmap")
+                        break
+                    out_p.append(pfn)
+                    out_o.append(o)
+                    try:
+                        node = t.read_u64(node)
+                    except FaultError:
+                        findings.append(f"node {z.node} zone {z.name} cpu {cpu}: "
+                                        f"unreadable list entry {node:#x}")
+                        break
+    return np.array(out_p, np.int64), np.array(out_o, np.int64)
+
+
+# --- records -------------------------------------------------------------------------
+@dataclasses.dataclass
+class ZonePages:
+    node: int
+    zone: str
+    start_pfn: int
+    end_pfn: int
+    counts: dict[str, int]  # class -> pages
+    buddy_blocks: list[int]  # free buddy blocks per order (first pages found)
+    pcp_pages: int
+    compound_tails: int
+    inconsistent: int
+
+
+def zone_counts(mm: MM) -> list[ZonePages]:
+    pm = memmap(mm)
+    out = []
+    for i, z in enumerate(pm.zones):
+        sel = pm.zone_id == i
+        c = np.bincount(pm.cls[sel], minlength=len(CLASSES))
+        bo = pm.order[sel & (pm.cls == C["buddy"]) & (pm.order >= 0)]
+        out.append(ZonePages(
+            z.node, z.name, z.zone_start_pfn, z.end_pfn,
+            {name: int(c[i2]) for i2, name in enumerate(CLASSES)},
+            [int(x) for x in np.bincount(bo, minlength=mm.nr_orders)],
+            int(c[C["pcp"]]), int(np.count_nonzero(sel & pm.tail)),
+            int(np.count_nonzero(sel & pm.inconsistent))))
+    return out
+
+
+def flag_names(pl: PageLayout, flags: int) -> list[str]:
+    """Names of the set page flags (the canonical PG_ names; aliases skipped)."""
+    by_bit: dict[int, str] = {}
+    for name, bit in pl.pageflags.items():
+        by_bit.setdefault(bit, name)
+    return [by_bit[b][3:] for b in sorted(by_bit) if flags >> b & 1]
+
+
+@dataclasses.dataclass
+class PageRecord:
+    pfn: int
+    cls: str
+    flags: list[str]
+    order: int | None
+    refcount: int
+    mapcount: int | None  # None when page_type holds a type
+    page_type: str | None
+    mapping: int
+    index: int
+    private: int
+    head_pfn: int | None
+    inconsistent: bool
+
+
+def page_records(mm: MM, lo: int, hi: int) -> list[PageRecord]:
+    """Pages [lo, hi) of the memmap as records (`pages --pfn`)."""
+    pm = memmap(mm)
+    pl = page_layout(mm)
+    hi = min(hi, pm.nr_pages)
+    out = []
+    typenames = {v: k[5:] for k, v in (pl.pagetype or {}).items()}
+    for pfn in range(lo, hi):
+        if not pm.valid[pfn]:
+            out.append(PageRecord(pfn, "hole", [], None, 0, None, None, 0, 0, 0, None, False))
+            continue
+        p = pm.pages[pfn]
+        ptv = int(p["mapcount"])
+        typed = bool(pl.has_type(ptv))
+        if typed:
+            if pl.pagetype is not None:
+                tname = typenames.get(ptv >> 24, f"{ptv >> 24:#x}")
+            else:
+                tname = next((nm for nm, f in (("buddy", pl.is_buddy), ("offline", pl.is_offline),
+                                               ("table", pl.is_table)) if f(ptv)), f"{ptv:#x}")
+        head = None
+        if pm.tail[pfn]:
+            head = int(_heads(pl, pm.vmemmap, np.array([pfn]),
+                              np.array([p["compound"]], np.uint64))[0])
+        o = int(pm.order[pfn])
+        out.append(PageRecord(
+            pfn, CLASSES[pm.cls[pfn]], flag_names(pl, int(p["flags"]) & ((1 << 32) - 1)),
+            o if o >= 0 else None, int(p["refcount"]),
+            None if typed else ptv - (1 << 32) + 1 if ptv >= 1 << 31 else ptv + 1,
+            tname if typed else None, int(p["mapping"]), int(p["index"]), int(p["private"]),
+            head, bool(pm.inconsistent[pfn])))
+    return out

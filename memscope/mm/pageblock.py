@@ -1,0 +1,280 @@
+"""Pageblocks: the migratetype, skip and isolate bits of every pageblock
+(include/linux/pageblock-flags.h, mm/page_alloc.c get_pfnblock_flags_mask), and the free
+pages sitting on another migratetype's free list than their block's ("mixed" blocks).
+
+With SPARSEMEM the bits live in ``mem_section[nr]->usage->pageblock_flags[]``: block
+``(pfn & (PAGES_PER_SECTION - 1)) >> pageblock_order`` of a section uses the
+NR_PAGEBLOCK_BITS bits from ``block * NR_PAGEBLOCK_BITS`` (little-endian words, so the
+same bit index in bytes).
+
+- 5.10-6.12: bits 0-2 migratetype (MIGRATE_ISOLATE is a migratetype value), bit 3
+  PB_migrate_skip, NR_PAGEBLOCK_BITS 4.
+- 7.2: bits 0-2 migratetype, bit 3 PB_compact_skip, bit 4 PB_migrate_isolate (a separate
+  bit: get_pfnblock_migratetype() returns MIGRATE_ISOLATE when it is set),
+  NR_PAGEBLOCK_BITS = roundup_pow_of_two(__NR_PAGEBLOCK_BITS) = 8.
+
+JSON records (``pageblocks -f json``): a list of zones, each
+``{"node", "zone", "start_pfn", "end_pfn", "pageblock_order", "counts": {migratetype:
+blocks}, "skip", "isolate", "mixed": {migratetype: blocks}, "mixed_free_pages",
+"list_findings": [...]}``; ``counts`` follows /proc/pagetypeinfo's "Number of blocks type".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+
+from ..target.base import FaultError, TargetError
+from . import page as pg
+from .zone import MM, Zone
+
+
+@dataclasses.dataclass(frozen=True)
+class PageblockBits:
+    nbits: int  # NR_PAGEBLOCK_BITS
+    skip_bit: int
+    isolate_bit: int | None  # 7.2+: PB_migrate_isolate; None: isolation is a migratetype
+    migratetype_mask: int = 0x7
+
+
+def pageblock_bits(mm: MM) -> PageblockBits:
+    e = mm.t.enum("enum pageblock_bits")
+    if "NR_PAGEBLOCK_BITS" in e:
+        nbits = e["NR_PAGEBLOCK_BITS"]
+    else:
+        # 6.16+ (commit 42f4a8ea8fb4 "mm/page_isolation: make page isolation a standalone
+        # bit"): the enum ends with __NR_PAGEBLOCK_BITS, rounded up to a power of two.
+        n = e["__NR_PAGEBLOCK_BITS"]
+        nbits = 1 << (n - 1).bit_length()
+    skip = e.get("PB_migrate_skip", e.get("PB_compact_skip", 3))
+    return PageblockBits(nbits, skip, e.get("PB_migrate_isolate"))
+
+
+def pageblock_order(mm: MM) -> int:
+    """pageblock_order.  It is a macro on every lab kernel (HPAGE_PMD_ORDER capped by the
+    top buddy order); a variable with CONFIG_HUGETLB_PAGE_SIZE_VARIABLE.  Otherwise it is
+    derived from the size of ``struct mem_section_usage`` as sparse_init allocated them:
+    the usage structs of a node's boot sections are packed at mem_section_usage_size() =
+    sizeof(struct mem_section_usage) + the bitmap, and the bitmap holds
+    NR_PAGEBLOCK_BITS bits per pageblock of a section."""
+    cached = mm.__dict__.get("_pageblock_order")
+    if cached is not None:
+        return cached
+    t = mm.t
+    order = None
+    if t.has_symbol("pageblock_order"):
+        order = t.read_u32(t.symbol("pageblock_order"))
+    else:
+        s = pg.sections(mm)
+        use = s.usage[s.present() & (s.usage != 0)].astype(np.int64)
+        strides = Counter(int(d) for d in np.diff(use) if d > 0)
+        base = t.layout("struct mem_section_usage").offset("pageblock_flags")
+        nbits = pageblock_bits(mm).nbits
+        for stride, _ in strides.most_common(1):
+            blocks = (stride - base) * 8 // nbits
+            if blocks > 0 and blocks & (blocks - 1) == 0 and s.pages_per_section % blocks == 0:
+                order = (s.pages_per_section // blocks).bit_length() - 1
+        if order is None:
+            # Fallback: HPAGE_PMD_ORDER (a page of 8-byte entries), capped as the kernel does.
+            order = min((t.page_size // 8).bit_length() - 1, mm.nr_orders - 1)
+    mm.__dict__["_pageblock_order"] = order
+    return order
+
+
+def _all_flags(mm: MM) -> np.ndarray:
+    """The NR_PAGEBLOCK_BITS value of every pageblock of pfns [0, max_pfn) (uint8);
+    0xff where the section has no usage map."""
+    cached = mm.__dict__.get("_pageblock_flags")
+    if cached is not None:
+        return cached
+    t = mm.t
+    s = pg.sections(mm)
+    po = pageblock_order(mm)
+    bits = pageblock_bits(mm)
+    per_sec = s.pages_per_section >> po
+    nbytes = (per_sec * bits.nbits + 7) // 8
+    base = t.layout("struct mem_section_usage").offset("pageblock_flags")
+    out = np.full(len(s.mem_map) * per_sec, 0xFF, np.uint8)
+    for nr in np.flatnonzero(s.present() & (s.usage != 0)):
+        try:
+            raw = np.frombuffer(t.read(int(s.usage[nr]) + base, nbytes), np.uint8)
+        except FaultError:
+            continue
+        if bits.nbits == 8:
+            vals = raw
+        elif bits.nbits == 4:
+            vals = np.empty(per_sec, np.uint8)
+            vals[0::2] = raw & 0xF
+            vals[1::2] = raw >> 4
+        else:
+            b = np.unpackbits(raw, bitorder="little").reshape(-1, bits.nbits)
+            vals = np.packbits(b, axis=1, bitorder="little")[:, 0]
+        out[nr * per_sec:(nr + 1) * per_sec] = vals[:per_sec]
+    mm.__dict__["_pageblock_flags"] = out
+    return out
+
+
+def _online_pfn(mm: MM, pfns: np.ndarray) -> np.ndarray:
+    """pfn_to_online_page() != NULL: the section is online and, with ZONE_DEVICE (Debian
+    has it), the pfn's subsection is in usage->subsection_map (pfn_section_valid)."""
+    t = mm.t
+    s = pg.sections(mm)
+    nr = pfns // s.pages_per_section
+    ok = s.online()[nr]
+    sub_shift = (21 - (t.page_size.bit_length() - 1))  # SUBSECTION_SHIFT 21 (2 MiB)
+    smap_off = t.layout("struct mem_section_usage").offset("subsection_map")
+    smaps: dict[int, int] = {}
+    for i in np.flatnonzero(ok):
+        n = int(nr[i])
+        if n not in smaps:
+            try:
+                smaps[n] = t.read_u64(int(s.usage[n]) + smap_off)
+            except FaultError:
+                smaps[n] = 0
+        sub = (int(pfns[i]) & (s.pages_per_section - 1)) >> sub_shift
+        ok[i] = bool(smaps[n] >> sub & 1)
+    return ok
+
+
+def pageblock_migratetypes(mm: MM, zone: Zone) -> np.ndarray:
+    """The migratetype of each pageblock of ZONE, as get_pageblock_migratetype() returns it
+    (MIGRATE_ISOLATE when 7.2's isolate bit is set), for the pageblocks containing
+    zone_start_pfn + k * pageblock_nr_pages, k = 0, 1, ... while < zone_end_pfn: the blocks
+    /proc/pagetypeinfo counts (pagetypeinfo_showblockcount_print).  -1 where the kernel
+    skips the pfn (no online struct page there).  numpy int16 array."""
+    po = pageblock_order(mm)
+    bits = pageblock_bits(mm)
+    flags = _all_flags(mm)
+    pfns = np.arange(zone.zone_start_pfn, zone.end_pfn, 1 << po, dtype=np.int64)
+    f = flags[pfns >> po].astype(np.int16)
+    mt = f & bits.migratetype_mask
+    if bits.isolate_bit is not None:
+        mt = np.where((f >> bits.isolate_bit) & 1 == 1,
+                      mm.migratetypes.get("MIGRATE_ISOLATE", mt), mt)
+    ok = (f != 0xFF) & _online_pfn(mm, pfns)
+    return np.where(ok, mt, -1).astype(np.int16)
+
+
+def migratetype_names(mm: MM) -> list[str]:
+    """Names as /proc/pagetypeinfo prints them (migratetype_names[]), by value."""
+    names = {"MIGRATE_UNMOVABLE": "Unmovable", "MIGRATE_MOVABLE": "Movable",
+             "MIGRATE_RECLAIMABLE": "Reclaimable", "MIGRATE_HIGHATOMIC": "HighAtomic",
+             "MIGRATE_CMA": "CMA", "MIGRATE_ISOLATE": "Isolate"}
+    out = {}
+    for k, v in mm.migratetypes.items():
+        if k in names:
+            out[v] = names[k]
+    n = mm.migratetypes["MIGRATE_TYPES"]
+    return [out.get(i, f"type{i}") for i in range(n)]
+
+
+# --- free lists ------------------------------------------------------------------------
+def free_lists(mm: MM, zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
+    """The pfns of the first pages of the free blocks on each ``free_area[order]
+    .free_list[migratetype]`` of ZONE: {(order, migratetype): pfns}, plus findings.
+
+    The walk follows ``page->buddy_list.next`` in the decoded memmap (no read per page);
+    each list is bounded by ``free_area[order].nr_free`` + 1 entries and detects cycles."""
+    t = mm.t
+    pm = pg.memmap(mm)
+    pl = pg.page_layout(mm)
+    fa = t.layout("struct free_area")
+    nmt = fa["free_list"].array_length
+    nr_off, fl_off = fa.offset("nr_free"), fa.offset("free_list")
+    base = zone.address + mm.zone_layout.offset("free_area")
+    raw = t.read(base, mm.nr_orders * fa.size)
+    nxt = pm.pages["compound"]  # the lru/buddy_list.next word
+    out: dict[tuple[int, int], np.ndarray] = {}
+    findings: list[str] = []
+    for o in range(mm.nr_orders):
+        nr_free = int.from_bytes(raw[o * fa.size + nr_off:][:8], "little")
+        for mt in range(nmt):
+            head = base + o * fa.size + fl_off + 16 * mt
+            node = int.from_bytes(raw[o * fa.size + fl_off + 16 * mt:][:8], "little")
+            pfns: list[int] = []
+            seen: set[int] = set()
+            while node != head:
+                if len(pfns) > nr_free or node in seen:
+                    findings.append(f"order {o} {migratetype_names(mm)[mt]}: cycle or more "
+                                    f"entries than nr_free ({nr_free})")
+                    break
+                seen.add(node)
+                pfn, rem = divmod(node - pl.lru_off - pm.vmemmap, pl.size)
+                if rem or not 0 <= pfn < pm.nr_pages or not pm.valid[pfn]:
+                    findings.append(f"order {o} {migratetype_names(mm)[mt]}: entry "
+                                    f"{node:#x} outside the memmap")
+                    break
+                pfns.append(pfn)
+                node = int(nxt[pfn])
+            out[(o, mt)] = np.array(pfns, np.int64)
+    return out, findings
+
+
+@dataclasses.dataclass
+class ZonePageblocks:
+    node: int
+    zone: str
+    start_pfn: int
+    end_pfn: int
+    pageblock_order: int
+    counts: dict[str, int]  # migratetype name -> blocks (pagetypeinfo's count)
+    skip: int  # blocks with the compaction skip bit
+    isolate: int  # blocks isolated
+    mixed: dict[str, int]  # block migratetype -> blocks holding free pages of another list
+    mixed_free_pages: int  # free pages on a list other than their block's type
+    list_findings: list[str]
+
+
+def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
+    po = pageblock_order(mm)
+    bits = pageblock_bits(mm)
+    names = migratetype_names(mm)
+    flags = _all_flags(mm)
+    iso = mm.migratetypes.get("MIGRATE_ISOLATE")
+    out = []
+    for z in mm.all_zones():
+        mt = pageblock_migratetypes(mm, z)
+        counts = {names[i]: int(np.count_nonzero(mt == i)) for i in range(len(names))}
+        blocks = np.unique(np.arange(z.zone_start_pfn, z.end_pfn, 1 << po) >> po)
+        f = flags[blocks]
+        f = f[f != 0xFF]
+        skip = int(np.count_nonzero((f >> bits.skip_bit) & 1))
+        if bits.isolate_bit is not None:
+            isolate = int(np.count_nonzero((f >> bits.isolate_bit) & 1))
+        else:
+            isolate = int(np.count_nonzero((f & bits.migratetype_mask) == iso)) if iso else 0
+        lists, findings = free_lists(mm, z)
+        mixed_blocks: dict[int, set[int]] = {}
+        mixed_pages = 0
+        for (o, lmt), pfns in lists.items():
+            if not len(pfns):
+                continue
+            bmt = flags[pfns >> po].astype(np.int16) & bits.migratetype_mask
+            if bits.isolate_bit is not None:
+                bmt = np.where((flags[pfns >> po] >> bits.isolate_bit) & 1 == 1, iso, bmt)
+            off = bmt != lmt
+            mixed_pages += int(np.count_nonzero(off)) << o
+            for b, m in zip((pfns[off] >> po).tolist(), bmt[off].tolist()):
+                mixed_blocks.setdefault(int(m), set()).add(b)
+        mixed = {names[m]: len(bs) for m, bs in sorted(mixed_blocks.items()) if m < len(names)}
+        out.append(ZonePageblocks(z.node, z.name, z.zone_start_pfn, z.end_pfn, po, counts,
+                                  skip, isolate, mixed, mixed_pages, findings))
+    return out
+
+
+def format_blockcount(mm: MM, rows: list[ZonePageblocks]) -> str:
+    """The "Number of blocks type" section of /proc/pagetypeinfo, byte for byte
+    (pagetypeinfo_showblockcount)."""
+    names = migratetype_names(mm)
+    s = "\n%-23s" % "Number of blocks type "
+    s += "".join("%12s " % n for n in names) + "\n"
+    for r in rows:
+        s += "Node %d, zone %8s " % (r.node, r.zone)
+        s += "".join("%12lu " % r.counts[n] for n in names) + "\n"
+    return s
+
+
+__all__ = ["pageblock_migratetypes", "pageblock_order", "pageblock_bits", "zone_pageblocks",
+           "free_lists", "format_blockcount", "migratetype_names", "TargetError"]
