@@ -1,4 +1,52 @@
-"""buddyinfo (and, to come, pagetypeinfo, freelists, check)."""
+"""The buddy allocator: ``buddyinfo``, ``pagetypeinfo``, ``freelists``, ``check``.
+
+JSON output (``--format json``), stable keys:
+
+``buddyinfo``: a list, one object per populated zone (online nodes, node_zones order)::
+
+    {"node": int, "zone": str, "nr_free": [int per order]}
+
+``pagetypeinfo``::
+
+    {"pageblock_order": int, "pages_per_block": int,
+     "migratetypes": [str, ...],            # migratetype_names[], enum order
+     "nodes": [int, ...],                   # nodes with memory, as printed
+     "zones": [{"node": int, "zone": str,
+                "free": {migratetype: [int per order]},      # list entries, capped
+                "overflow": {migratetype: [bool per order]},  # count stopped at 100000
+                "blocks": {migratetype: int}}]}               # pageblocks of that type
+
+``freelists``: a list, one object per populated zone::
+
+    {"node": int, "zone": str,
+     "nr_free": [int per order],                     # free_area[order].nr_free
+     "blocks": [{"order": int, "migratetype": str, "pfn": int}],   # free_list order
+     "pcp": [{"cpu": int, "index": int, "order": int, "migratetype": str,
+              "pfns": [int]}],                       # per-CPU lists (pcp->lists[index])
+     "pcp_count": {"<cpu>": int},                    # pcp->count, in pages
+     "free_pages_counter": int | null,               # NR_FREE_PAGES incl. per-CPU diffs
+     "problems": [problem]}
+
+``check``::
+
+    {"ok": bool,
+     "zones": [{"node": int, "zone": str, "nr_free": [int per order],
+                "walked": [int per order],           # blocks found on the lists
+                "free_pages": int,                   # pages on the lists (all but Isolate)
+                "free_pages_counter": int | null,
+                "pcp_pages": int}],
+     "problems": [problem]}
+
+where ``problem`` is ``{"kind": str, "node": int, "zone": str, "where": str,
+"message": str}`` and ``kind`` one of: cycle, outside_memory, unreadable, broken_link,
+not_buddy, wrong_order, misaligned, outside_zone, cross_linked, too_long, gave_up,
+nr_free_mismatch, free_pages_counter_mismatch, pcp_count_mismatch.
+
+``check`` exits with status 1 when it finds any problem, 0 otherwise.  The free-page
+counter is compared exactly (global ``vm_stat`` plus every CPU's ``vm_stat_diff``): on a
+frozen dump they agree; on a live target (``--qemu``, ``-k``) lists and counters move under
+the read, and whatever disagrees is reported (exit 1), never an exception.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +54,7 @@ import dataclasses
 
 from tabulate import tabulate
 
-from ..mm import buddy
+from ..mm import buddy, freelists as fl
 from . import Result, command
 
 
@@ -22,3 +70,103 @@ def buddyinfo(mm, args) -> Result:
 
     return Result([dataclasses.asdict(r) for r in rows], table,
                   lambda: buddy.format_buddyinfo(rows))
+
+
+@command("pagetypeinfo", "free blocks per migratetype and order, pageblocks per migratetype",
+         formats=("table", "json", "proc"))
+def pagetypeinfo(mm, args) -> Result:
+    info = buddy.pagetypeinfo(mm)
+
+    def table() -> str:
+        orders = list(range(mm.nr_orders))
+        free = tabulate(
+            [[z.node, z.zone, mt, *[(">" if o else "") + str(n)
+                                    for n, o in zip(z.free[mt], z.overflow[mt])]]
+             for z in info.zones for mt in info.migratetypes],
+            headers=["node", "zone", "migratetype", *orders])
+        blocks = tabulate([[z.node, z.zone, *[z.blocks[mt] for mt in info.migratetypes]]
+                           for z in info.zones], headers=["node", "zone", *info.migratetypes])
+        return (f"pageblock order {info.pageblock_order} ({info.pages_per_block} pages)\n\n"
+                f"free blocks\n{free}\n\npageblocks\n{blocks}\n")
+
+    return Result(dataclasses.asdict(info), table, lambda: buddy.format_pagetypeinfo(info))
+
+
+def _problem(p: fl.Problem) -> dict:
+    return dataclasses.asdict(p)
+
+
+def _freelists_args(p) -> None:
+    p.add_argument("--no-pcp", action="store_true", help="skip the per-CPU lists")
+
+
+@command("freelists", "every free block on the buddy free lists and the per-CPU lists",
+         arguments=_freelists_args)
+def freelists(mm, args) -> Result:
+    zones = fl.freelists(mm, pcp=not getattr(args, "no_pcp", False))
+    data = [{
+        "node": z.node, "zone": z.zone, "nr_free": z.nr_free,
+        "blocks": [{"order": b.order, "migratetype": b.migratetype, "pfn": b.pfn}
+                   for b in z.blocks],
+        "pcp": [{"cpu": p.cpu, "index": p.index, "order": p.order,
+                 "migratetype": p.migratetype, "pfns": p.pfns} for p in z.pcp],
+        "pcp_count": {str(c): n for c, n in z.pcp_count.items()},
+        "free_pages_counter": z.free_pages_counter,
+        "problems": [_problem(p) for p in z.problems],
+    } for z in zones]
+
+    def table() -> str:
+        out = []
+        for z in zones:
+            out.append(f"Node {z.node}, zone {z.zone}: {len(z.blocks)} free blocks, "
+                       f"{sum(b and 1 << b.order for b in z.blocks)} pages")
+            out.append(tabulate([[b.order, b.migratetype, f"{b.pfn:#x}",
+                                  f"{b.pfn + (1 << b.order) - 1:#x}"] for b in z.blocks],
+                                headers=["order", "migratetype", "first pfn", "last pfn"]))
+            if z.pcp:
+                out.append("")
+                out.append(tabulate(
+                    [[p.cpu, p.index, p.order, p.migratetype, len(p.pfns),
+                      " ".join(f"{x:#x}" for x in p.pfns[:6]) + (" ..." if len(p.pfns) > 6
+                                                                 else "")]
+                     for p in z.pcp if p.pfns],
+                    headers=["cpu", "list", "order", "migratetype", "blocks", "pfns"]))
+            for p in z.problems:
+                out.append(f"problem: {p}")
+            out.append("")
+        return "\n".join(out) + "\n"
+
+    status = 1 if any(z.problems for z in zones) else 0
+    return Result(data, table, None, status)
+
+
+@command("check", "walk the free lists and verify them against nr_free and NR_FREE_PAGES "
+         "(exit status 1 when anything is wrong)")
+def check(mm, args) -> Result:
+    zones = fl.freelists(mm)
+    w = fl.walker(mm)
+    problems = [p for z in zones for p in z.problems]
+    rows = []
+    for z in zones:
+        walked = [sum(per_mt) for per_mt in z.walked]
+        free_pages = sum(z.walked[o][mt] << o for o in range(len(z.walked))
+                         for mt in range(len(z.walked[o])) if mt != w.isolate)
+        rows.append({"node": z.node, "zone": z.zone, "nr_free": z.nr_free, "walked": walked,
+                     "free_pages": free_pages, "free_pages_counter": z.free_pages_counter,
+                     "pcp_pages": sum(len(p.pfns) << p.order for p in z.pcp)})
+    data = {"ok": not problems, "zones": rows, "problems": [_problem(p) for p in problems]}
+
+    def table() -> str:
+        t = tabulate([[r["node"], r["zone"], sum(r["nr_free"]), sum(r["walked"]),
+                       r["free_pages"], r["free_pages_counter"], r["pcp_pages"]] for r in rows],
+                     headers=["node", "zone", "nr_free", "walked", "free pages",
+                              "NR_FREE_PAGES", "pcp pages"])
+        lines = [t, ""]
+        if problems:
+            lines += [f"problem: {p}" for p in problems]
+            lines.append(f"{len(problems)} problem(s) found")
+        else:
+            lines.append("ok: free lists agree with nr_free and NR_FREE_PAGES")
+        return "\n".join(lines) + "\n"
+
+    return Result(data, table, None, 1 if problems else 0)

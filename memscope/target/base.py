@@ -143,3 +143,16 @@ class Target:
             return self.enum(type_name)[enumerator]
         except KeyError:
             raise TargetError(f"{type_name} has no enumerator {enumerator}") from None
+
+    # --- per-CPU data (derived: __per_cpu_offset[] and the possible-CPU mask) ------------
+    @cached_property
+    def possible_cpus(self) -> list[int]:
+        """for_each_possible_cpu(): the bits of __cpu_possible_mask below nr_cpu_ids."""
+        nr = self.read_u32(self.symbol("nr_cpu_ids")) if self.has_symbol("nr_cpu_ids") else 1
+        nbytes = max(8, (nr + 63) // 64 * 8)
+        bits = int.from_bytes(self.read(self.symbol("__cpu_possible_mask"), nbytes), "little")
+        return [c for c in range(nr) if bits >> c & 1]
+
+    def per_cpu_offset(self, cpu: int) -> int:
+        """__per_cpu_offset[cpu]: add to a __percpu pointer to get CPU's copy (SMP kernels)."""
+        return self.read_u64(self.symbol("__per_cpu_offset") + 8 * cpu)

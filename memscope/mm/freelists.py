@@ -1,0 +1,442 @@
+"""The buddy allocator's lists, walked: ``zone->free_area[order].free_list[migratetype]``
+and the per-CPU page lists (mm/page_alloc.c, include/linux/mmzone.h).
+
+Every walk is bounded and detects cycles, so that a corrupted dump or a live target that
+changes under the read yields *problems* (records), never an exception or a hang:
+
+- a free list is walked at most ``min(spanned_pages >> order, 2 * nr_free + 1024) + 1``
+  entries (the zone cannot hold more blocks of that order; a wrong ``nr_free`` still leaves
+  room to find the real length), a pcp list at most ``2 * pcp->count + 1024``;
+- a visited set per list stops a cycle at the first repeated entry;
+- an entry that is not a ``struct page`` of the memmap (``vmemmap + pfn * sizeof(struct
+  page)``, pfn below the end of the last zone), or cannot be read, ends the walk;
+- a list gives up after :data:`MAX_PROBLEMS_PER_LIST` problems (on a live target a walk
+  that wandered onto another list finds non-buddy pages at once).
+
+Layout probes (each names the kernel change it follows):
+
+- free-list link: ``page->buddy_list`` (6.1+, commit bf75f200569d "mm/page_alloc: add
+  page->buddy_list and page->pcp_list") or ``page->lru`` (5.10); both alias the same word.
+- pcp lists: ``zone->per_cpu_pageset`` (struct per_cpu_pages, 5.14+, commit 28f836b6777b)
+  with ``lists[NR_PCP_LISTS]`` indexed by ``order_to_pindex()`` and linked through
+  ``page->pcp_list``; 5.10 ``zone->pageset`` (struct per_cpu_pageset {.pcp}) with
+  ``lists[MIGRATE_PCPTYPES]`` of order-0 pages linked through ``page->lru``.
+- PageBuddy: see :meth:`memscope.mm.page.PageLayout.is_buddy` (enum pagetype's PGTY_buddy
+  in 6.10+, the PAGE_TYPE_BASE/PG_buddy mask before).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from functools import cached_property
+
+from ..target.base import FaultError, TargetError
+from .page import page_layout, vmemmap_base
+from .zone import MM, Zone
+
+#: A list walk stops after this many problems (the rest of the list cannot be trusted).
+MAX_PROBLEMS_PER_LIST = 16
+
+#: /proc/pagetypeinfo stops counting a list at this many entries and prints ">100000"
+#: (mm/vmstat.c pagetypeinfo_showfree_print(), since v5.4 commit 93b3a674485f).
+PAGETYPEINFO_CAP = 100000
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Something wrong found by a walk or a count check (``check`` prints these)."""
+
+    kind: str  # cycle, outside_memory, unreadable, broken_link, not_buddy, wrong_order,
+    #            misaligned, outside_zone, cross_linked, too_long, nr_free_mismatch,
+    #            free_pages_counter_mismatch, pcp_count_mismatch, gave_up
+    node: int
+    zone: str
+    where: str  # e.g. "free_area[3].free_list[Movable]" or "cpu 1 pcp lists[4]"
+    message: str
+
+    def __str__(self) -> str:
+        return f"node {self.node} zone {self.zone} {self.where}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeBlock:
+    """One free buddy block: 2^order pages from ``pfn`` on a zone's free list."""
+
+    node: int
+    zone: str
+    order: int
+    migratetype: str  # the list it is on (migratetype_names[])
+    pfn: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PcpList:
+    """One per-CPU page list of a zone: its blocks' first pfns, in list order."""
+
+    node: int
+    zone: str
+    cpu: int
+    index: int  # index in pcp->lists[] (pindex)
+    order: int
+    migratetype: str  # a migratetype name, or "Non-movable" for the 6.x THP list
+    pfns: list[int]
+
+
+@dataclasses.dataclass
+class ZoneFreeLists:
+    """Everything walked in one zone."""
+
+    node: int
+    zone: str
+    nr_free: list[int]  # free_area[order].nr_free, as read
+    walked: list[list[int]]  # [order][migratetype] entries found on the list
+    blocks: list[FreeBlock]
+    pcp: list[PcpList]
+    pcp_count: dict[int, int]  # cpu -> pcp->count (pages)
+    free_pages_counter: int | None  # NR_FREE_PAGES: vm_stat + per-CPU vm_stat_diff
+    problems: list[Problem]
+
+
+class FreeListWalker:
+    """Layouts for the walks, probed once per target."""
+
+    def __init__(self, mm: MM):
+        self.mm = mm
+        self.t = mm.t
+        t = self.t
+        self.pl = page_layout(mm)
+        page = t.layout("struct page")
+        self.page_size = page.size
+        # 6.1+: buddy_list / pcp_list alias lru (commit bf75f200569d); 5.10: lru.
+        self.buddy_link = page.offset("buddy_list") if page.has("buddy_list") else page.offset("lru")
+        self.pcp_link = page.offset("pcp_list") if page.has("pcp_list") else page.offset("lru")
+        self.private_off = page.offset("private")
+        self.page_type_off = page.offset("page_type") if page.has("page_type") \
+            else page.offset("_mapcount")
+        fa = t.layout("struct free_area")
+        self.fa_size = fa.size
+        self.fa_list_off = fa.offset("free_list")
+        self.fa_nr_free_off = fa.offset("nr_free")
+        self.nr_lists = fa["free_list"].array_length
+        self.zone_fa_off = mm.zone_layout.offset("free_area")
+
+    @cached_property
+    def vmemmap(self) -> int:
+        return vmemmap_base(self.mm)
+
+    @cached_property
+    def end_pfn(self) -> int:
+        return max(z.end_pfn for z in self.mm.all_zones(populated_only=False))
+
+    @cached_property
+    def migratetype_names(self) -> list[str]:
+        """migratetype_names[MIGRATE_TYPES], read from the kernel (which entries exist
+        depends on CONFIG_CMA / CONFIG_MEMORY_ISOLATION and, from 7.x, on nothing: the
+        enum always has CMA)."""
+        t = self.t
+        n = self.mm.migratetypes["MIGRATE_TYPES"]
+        try:
+            base = t.symbol("migratetype_names")
+            ptrs = struct.unpack(f"<{n}Q", t.read(base, 8 * n))
+            return [t.read_cstr(p, 32) for p in ptrs]
+        except TargetError:
+            # Fall back to the enumerators: MIGRATE_HIGHATOMIC -> "HighAtomic"...
+            names = {"UNMOVABLE": "Unmovable", "MOVABLE": "Movable",
+                     "RECLAIMABLE": "Reclaimable", "HIGHATOMIC": "HighAtomic", "CMA": "CMA",
+                     "ISOLATE": "Isolate"}
+            by_val = {}
+            for k, v in self.mm.migratetypes.items():
+                k = k.removeprefix("MIGRATE_")
+                if k in names and v < n:
+                    by_val.setdefault(v, names[k])
+            return [by_val.get(i, str(i)) for i in range(n)]
+
+    @cached_property
+    def isolate(self) -> int | None:
+        return self.mm.migratetypes.get("MIGRATE_ISOLATE")
+
+    def page_to_pfn(self, page: int) -> int | None:
+        pfn, rem = divmod((page - self.vmemmap) & _MASK64, self.page_size)
+        if rem or pfn >= self.end_pfn:
+            return None
+        return pfn
+
+    def free_list_head(self, zone: Zone, order: int, mt: int) -> int:
+        return (zone.address + self.zone_fa_off + order * self.fa_size + self.fa_list_off
+                + 16 * mt)
+
+    def nr_free(self, zone: Zone) -> list[int]:
+        raw = self.t.read(zone.address + self.zone_fa_off, self.mm.nr_orders * self.fa_size)
+        o = self.fa_nr_free_off
+        return [int.from_bytes(raw[i * self.fa_size + o:][:8], "little")
+                for i in range(self.mm.nr_orders)]
+
+    # --- the bounded walk -----------------------------------------------------------
+    def walk(self, head: int, link: int, bound: int, problem, *, read_pages: bool = True):
+        """Yield (pfn, raw struct page bytes or None) for each entry of the list at HEAD.
+
+        PROBLEM(kind, message) is called for each problem found; the walk stops at a
+        cycle, a pointer outside the memmap, an unreadable entry or after BOUND entries."""
+        t = self.t
+        try:
+            nxt = t.read_u64(head)
+        except FaultError:
+            problem("unreadable", f"list head {head:#x} cannot be read")
+            return
+        prev = head
+        visited: set[int] = set()
+        n = 0
+        while nxt != head:
+            if nxt in visited:
+                problem("cycle", f"entry {nxt:#x} comes back after {n} entries "
+                        "(the list never returns to its head)")
+                return
+            if n >= bound:
+                problem("too_long", f"more than {bound} entries: walk stopped")
+                return
+            page = (nxt - link) & _MASK64
+            pfn = self.page_to_pfn(page)
+            if pfn is None:
+                problem("outside_memory", f"entry {n} points to {nxt:#x}, which is not a "
+                        f"struct page's list link (memmap {self.vmemmap:#x}..pfn "
+                        f"{self.end_pfn:#x})")
+                return
+            try:
+                raw = t.read(page, self.page_size) if read_pages else t.read(nxt, 16)
+            except FaultError:
+                problem("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} cannot be read")
+                return
+            off = link if read_pages else 0
+            nn, pp = struct.unpack_from("<QQ", raw, off)
+            if pp != prev:
+                problem("broken_link", f"pfn {pfn:#x}: prev {pp:#x} is not the previous "
+                        f"entry {prev:#x}")
+            visited.add(nxt)
+            n += 1
+            yield pfn, (raw if read_pages else None)
+            prev, nxt = nxt, nn
+
+    def count_list(self, head: int, cap: int = PAGETYPEINFO_CAP) -> tuple[int, bool]:
+        """(entries, overflow) as /proc/pagetypeinfo counts them: list_for_each with
+        ``if (++freecount >= 100000) { overflow = true; break; }``.  A cycle or a bad
+        pointer ends the count where the kernel would have looped or crashed."""
+        n = 0
+        for _ in self.walk(head, self.buddy_link, cap, lambda *a: None, read_pages=False):
+            n += 1
+            if n >= cap:
+                return n, True
+        return n, False
+
+    # --- a zone -----------------------------------------------------------------------
+    def zone(self, z: Zone, *, pcp: bool = True) -> ZoneFreeLists:
+        mm, t = self.mm, self.t
+        problems: list[Problem] = []
+        names = self.migratetype_names
+        nr_free = self.nr_free(z)
+        walked = [[0] * self.nr_lists for _ in range(mm.nr_orders)]
+        blocks: list[FreeBlock] = []
+        owner: dict[int, str] = {}  # pfn -> list it was found on (cross-links)
+        for order in range(mm.nr_orders):
+            bound = min(z.spanned_pages >> order, 2 * nr_free[order] + 1024) + 1
+            for mt in range(self.nr_lists):
+                mtname = names[mt] if mt < len(names) else str(mt)
+                where = f"free_area[{order}].free_list[{mtname}]"
+                found: list[Problem] = []
+
+                def problem(kind, msg, where=where, found=found):
+                    found.append(Problem(kind, z.node, z.name, where, msg))
+                    if len(found) == MAX_PROBLEMS_PER_LIST:
+                        found.append(Problem("gave_up", z.node, z.name, where,
+                                             f"{MAX_PROBLEMS_PER_LIST} problems: rest of "
+                                             "the list not walked"))
+
+                for pfn, raw in self.walk(self.free_list_head(z, order, mt), self.buddy_link,
+                                          bound, problem):
+                    walked[order][mt] += 1
+                    blocks.append(FreeBlock(z.node, z.name, order, mtname, pfn))
+                    self._check_free_page(z, order, pfn, raw, problem)
+                    other = owner.get(pfn)
+                    if other is not None:
+                        problem("cross_linked", f"pfn {pfn:#x} is also on {other}")
+                    owner[pfn] = where
+                    if len(found) > MAX_PROBLEMS_PER_LIST:
+                        break
+                problems.extend(found)
+            total = sum(walked[order])
+            if total != nr_free[order]:
+                problems.append(Problem(
+                    "nr_free_mismatch", z.node, z.name, f"free_area[{order}]",
+                    f"nr_free is {nr_free[order]} but the free lists hold {total} blocks"))
+        pcps: list[PcpList] = []
+        pcp_count: dict[int, int] = {}
+        if pcp:
+            pcps, pcp_count = self._pcp(z, owner, problems)
+        counter = self.free_pages_counter(z)
+        if counter is not None:
+            # NR_FREE_PAGES counts buddy pages on every list but MIGRATE_ISOLATE's
+            # (account_freepages(), __mod_zone_freepage_state(): isolated pages are not
+            # free for allocation); pcp pages were taken off it when they left the buddy.
+            pages = sum(walked[o][mt] << o for o in range(mm.nr_orders)
+                        for mt in range(self.nr_lists) if mt != self.isolate)
+            if pages != counter:
+                problems.append(Problem(
+                    "free_pages_counter_mismatch", z.node, z.name, "vm_stat[NR_FREE_PAGES]",
+                    f"the counter says {counter} free pages but the free lists hold {pages}"))
+        return ZoneFreeLists(z.node, z.name, nr_free, walked, blocks, pcps, pcp_count,
+                             counter, problems)
+
+    def _check_free_page(self, z: Zone, order: int, pfn: int, raw: bytes, problem) -> None:
+        pt = int.from_bytes(raw[self.page_type_off:self.page_type_off + 4], "little")
+        if not bool(self.pl.is_buddy(pt)):
+            problem("not_buddy", f"pfn {pfn:#x} is not PageBuddy (page_type {pt:#010x})")
+        else:
+            private = int.from_bytes(raw[self.private_off:self.private_off + 8], "little")
+            if private != order:
+                problem("wrong_order", f"pfn {pfn:#x} has order {private} (page->private) "
+                        f"on the order-{order} list")
+        if not z.zone_start_pfn <= pfn < z.end_pfn:
+            problem("outside_zone", f"pfn {pfn:#x} is outside the zone "
+                    f"[{z.zone_start_pfn:#x}, {z.end_pfn:#x})")
+        if pfn & ((1 << order) - 1):
+            problem("misaligned", f"pfn {pfn:#x} is not aligned to its order {order}")
+
+    # --- NR_FREE_PAGES ----------------------------------------------------------------
+    @cached_property
+    def _nr_free_pages_item(self) -> int | None:
+        try:
+            return self.t.enum_value("enum zone_stat_item", "NR_FREE_PAGES")
+        except TargetError:
+            return None
+
+    @cached_property
+    def _stat_diff(self) -> tuple[int, int] | None:
+        """(zone member of the __percpu pointer, offset of vm_stat_diff in what it points
+        to).  5.14+ (commit 28f836b6777b): zone->per_cpu_zonestats (struct
+        per_cpu_zonestat); 5.10: zone->pageset (struct per_cpu_pageset)."""
+        zl, t = self.mm.zone_layout, self.t
+        try:
+            if zl.has("per_cpu_zonestats"):
+                return (zl.offset("per_cpu_zonestats"),
+                        t.layout("struct per_cpu_zonestat").offset("vm_stat_diff"))
+            return zl.offset("pageset"), t.layout("struct per_cpu_pageset").offset("vm_stat_diff")
+        except TargetError:
+            return None
+
+    def free_pages_counter(self, z: Zone) -> int | None:
+        """zone_page_state_snapshot(zone, NR_FREE_PAGES): the global counter plus every
+        CPU's not yet folded vm_stat_diff.  Exact on a frozen dump (each update lands in
+        one of the two); approximate on a live target."""
+        item = self._nr_free_pages_item
+        if item is None:
+            return None
+        t = self.t
+        try:
+            v = t.read_int(z.address + self.mm.zone_layout.offset("vm_stat") + 8 * item, 8,
+                           signed=True)
+            if self._stat_diff is not None:
+                member, diff_off = self._stat_diff
+                ptr = t.read_u64(z.address + member)
+                for cpu in t.possible_cpus:
+                    a = (ptr + t.per_cpu_offset(cpu) + diff_off + item) & _MASK64
+                    v += t.read_int(a, 1, signed=True)
+        except TargetError:
+            return None
+        return v
+
+    # --- per-CPU lists ----------------------------------------------------------------
+    @cached_property
+    def _pcp_layout(self) -> tuple[int, int, int, int, int]:
+        """(zone member, offset of struct per_cpu_pages in what it points to, count
+        offset, lists offset, number of lists)."""
+        t, zl = self.t, self.mm.zone_layout
+        pcp = t.layout("struct per_cpu_pages")
+        if zl.has("per_cpu_pageset"):  # 5.14+, commit 28f836b6777b
+            return (zl.offset("per_cpu_pageset"), 0, pcp.offset("count"), pcp.offset("lists"),
+                    pcp["lists"].array_length)
+        ps = t.layout("struct per_cpu_pageset")  # 5.10
+        return (zl.offset("pageset"), ps.offset("pcp"), pcp.offset("count"),
+                pcp.offset("lists"), pcp["lists"].array_length)
+
+    def pcp_list_kind(self, index: int, nlists: int) -> tuple[int, str]:
+        """(order, migratetype name) of pcp->lists[index]: mm/page_alloc.c order_to_pindex()
+        puts MIGRATE_PCPTYPES lists per order up to PAGE_ALLOC_COSTLY_ORDER (3), then
+        NR_PCP_THP lists of order HPAGE_PMD_ORDER (6.1+: two, non-movable then movable,
+        commit 5d0a661d808f; one when the array is one shorter).  5.10: one order-0 list per
+        pcp migratetype."""
+        names = self.migratetype_names
+        pcptypes = self.mm.migratetypes.get("MIGRATE_PCPTYPES", 3)
+        if nlists <= pcptypes or index < pcptypes * 4:
+            return index // pcptypes, names[index % pcptypes]
+        # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page table page of 8-byte entries.
+        thp_order = (self.t.page_size // 8).bit_length() - 1
+        thp = nlists - pcptypes * 4
+        if thp == 1:
+            return thp_order, "any"
+        return thp_order, ("Movable" if index == pcptypes * 4 + 1 else "Non-movable")
+
+    def _pcp(self, z: Zone, owner: dict[int, str], problems: list[Problem]):
+        t = self.t
+        out: list[PcpList] = []
+        counts: dict[int, int] = {}
+        try:
+            member, inner, count_off, lists_off, nlists = self._pcp_layout
+            ptr = t.read_u64(z.address + member)
+        except TargetError as e:
+            problems.append(Problem("unreadable", z.node, z.name, "pcp", str(e)))
+            return out, counts
+        for cpu in t.possible_cpus:
+            base = (ptr + t.per_cpu_offset(cpu) + inner) & _MASK64
+            try:
+                count = t.read_int(base + count_off, 4, signed=True)
+            except FaultError:
+                problems.append(Problem("unreadable", z.node, z.name, f"cpu {cpu} pcp",
+                                        f"per_cpu_pages at {base:#x} cannot be read"))
+                continue
+            counts[cpu] = count
+            pages = 0
+            for li in range(nlists):
+                order, mtname = self.pcp_list_kind(li, nlists)
+                where = f"cpu {cpu} pcp lists[{li}]"
+                found: list[Problem] = []
+
+                def problem(kind, msg, where=where, found=found):
+                    found.append(Problem(kind, z.node, z.name, where, msg))
+
+                pfns = []
+                for pfn, _ in self.walk(base + lists_off + 16 * li, self.pcp_link,
+                                        2 * max(count, 0) + 1024, problem, read_pages=False):
+                    pfns.append(pfn)
+                    other = owner.get(pfn)
+                    if other is not None:
+                        problem("cross_linked", f"pfn {pfn:#x} is also on {other}")
+                    owner[pfn] = where
+                    if len(found) >= MAX_PROBLEMS_PER_LIST:
+                        break
+                problems.extend(found)
+                pages += len(pfns) << order
+                out.append(PcpList(z.node, z.name, cpu, li, order, mtname, pfns))
+            if pages != count:
+                problems.append(Problem("pcp_count_mismatch", z.node, z.name, f"cpu {cpu} pcp",
+                                        f"pcp->count is {count} but the lists hold {pages} "
+                                        "pages"))
+        return out, counts
+
+
+def walker(mm: MM) -> FreeListWalker:
+    w = mm.__dict__.get("_freelist_walker")
+    if w is None:
+        w = mm.__dict__["_freelist_walker"] = FreeListWalker(mm)
+    return w
+
+
+def freelists(mm: MM, *, pcp: bool = True) -> list[ZoneFreeLists]:
+    """Walk every populated zone's free lists (and per-CPU lists)."""
+    w = walker(mm)
+    return [w.zone(z, pcp=pcp) for z in mm.all_zones()]
+
+
+__all__ = ["FreeBlock", "PcpList", "Problem", "ZoneFreeLists", "FreeListWalker", "freelists",
+           "walker", "PAGETYPEINFO_CAP"]
