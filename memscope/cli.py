@@ -60,10 +60,19 @@ def _lab_parser(sub) -> None:
     s.add_argument("dir", metavar="DIR")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("memscope: ...", exit status 2, no usage dump);
+    subparsers inherit it."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="memscope",
         description="Reconstruct the Linux kernel's memory-management state (buddy allocator, "
         "zones, ...) from a crash dump, the live kernel or a QEMU guest.")

@@ -4,7 +4,9 @@ Only this module (and the drgn front end) imports drgn."""
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 from pathlib import Path
 
 import drgn
@@ -99,14 +101,14 @@ class DrgnTarget(Target):
 def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> drgn.Program:
     """A drgn Program for VMCORE with debug info from VMLINUX; one-line errors."""
     vmcore = Path(vmcore)
-    if not vmcore.exists():
-        raise MemscopeError(f"{vmcore}: no such file")
-    if not os.access(vmcore, os.R_OK):
-        raise MemscopeError(f"{vmcore}: permission denied")
-    prog = drgn.Program()
+    _readable_file(vmcore)
+    _check_elf_core_size(vmcore)
+    prog = _program()
     try:
         prog.set_core_dump(str(vmcore))
     except (drgn.FaultError, ValueError, OSError, drgn.MissingDebugInfoError) as e:
+        raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
+    except Exception as e:  # libelf errors come as a plain Exception
         raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
     if not (prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL):
         raise MemscopeError(f"{vmcore}: not a Linux kernel core dump (no VMCOREINFO)")
@@ -114,13 +116,68 @@ def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> d
     return prog
 
 
+def _readable_file(path: Path) -> None:
+    """One-line errors for a path that is missing, not a file, or not readable (a parent
+    directory we may not search counts as unreadable)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MemscopeError(f"{path}: no such file") from None
+    except PermissionError:
+        raise MemscopeError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise MemscopeError(f"{path}: {e.strerror}") from None
+    import stat
+
+    if stat.S_ISDIR(st.st_mode):
+        raise MemscopeError(f"{path}: is a directory")
+    if not os.access(path, os.R_OK):
+        raise MemscopeError(f"{path}: permission denied")
+
+
+def _program() -> drgn.Program:
+    # drgn logs warnings (e.g. "provided file ... did not match any loaded modules") through
+    # the "drgn" logger; memscope reports the outcome itself, in one line.
+    logging.getLogger("drgn").setLevel(logging.ERROR)
+    return drgn.Program()
+
+
+def _check_elf_core_size(vmcore: Path) -> None:
+    """A truncated ELF vmcore: its PT_LOAD segments reach past the end of the file (drgn
+    would only fail later, at the first read of a missing part)."""
+    try:
+        with open(vmcore, "rb") as f:
+            ident = f.read(64)
+            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
+                return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)
+            endian = "<" if ident[5] == 1 else ">"
+            phoff, = struct.unpack_from(endian + "Q", ident, 0x20)
+            phentsize, phnum = struct.unpack_from(endian + "HH", ident, 0x36)
+            f.seek(phoff)
+            raw = f.read(phentsize * phnum)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise MemscopeError(f"{vmcore}: cannot read: {e.strerror}") from None
+    if len(raw) < phentsize * phnum:
+        raise MemscopeError(f"{vmcore}: truncated: the file ends inside its ELF program "
+                            "headers")
+    need = 0
+    for i in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(endian + "IIQQQQ", raw,
+                                                                 i * phentsize)
+        if p_type == 1:  # PT_LOAD
+            need = max(need, p_offset + p_filesz)
+    if need > size:
+        raise MemscopeError(f"{vmcore}: truncated: {size} bytes, but its memory segments "
+                            f"need {need}")
+
+
 def _load_debug_info(prog: drgn.Program, vmlinux) -> None:
     try:
         if vmlinux is None:
             prog.load_default_debug_info()
         else:
-            if not Path(vmlinux).exists():
-                raise MemscopeError(f"{vmlinux}: no such file")
+            _readable_file(Path(vmlinux))
             prog.load_debug_info([str(vmlinux)])
     except drgn.MissingDebugInfoError:
         pass  # modules without debug info: the core kernel is what we need
@@ -138,7 +195,7 @@ def open_live(vmlinux: str | os.PathLike | None) -> drgn.Program:
     """The running kernel through /proc/kcore (root only)."""
     if os.geteuid() != 0:
         raise MemscopeError("-k reads /proc/kcore, which needs root: run as root (sudo)")
-    prog = drgn.Program()
+    prog = _program()
     try:
         prog.set_kernel()
     except (OSError, ValueError) as e:
@@ -147,15 +204,50 @@ def open_live(vmlinux: str | os.PathLike | None) -> drgn.Program:
     return prog
 
 
+def _probe_qmp(address: str, timeout: float = 10.0) -> None:
+    """Connect once and wait for QEMU's QMP greeting, so that a dead socket or one held by
+    another client (QMP serves one client at a time: a second one is accepted by the kernel
+    but never greeted) is a one-line error instead of a hang inside drgn."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    try:
+        if "/" in address or not sep or not port.isdigit():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(address)
+        else:
+            s = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
+    except OSError as e:
+        raise MemscopeError(f"cannot connect to QEMU's QMP socket {address}: "
+                            f"{e.strerror or e} (is the guest running?)") from None
+    try:
+        greeting = s.recv(4096)
+    except socket.timeout:
+        raise MemscopeError(f"QEMU at {address} does not answer within {timeout:.0f} s (another "
+                            "client holds its QMP socket? QMP serves one at a time)") from None
+    except OSError as e:
+        raise MemscopeError(f"cannot talk to QEMU at {address}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    if b'"QMP"' not in greeting:
+        raise MemscopeError(f"{address} is not a QEMU QMP socket (no QMP greeting)")
+
+
 def open_qemu(address: str, vmlinux: str | os.PathLike | None) -> drgn.Program:
     """A running QEMU guest over its QMP socket (drgn's own QMP target)."""
     if "/" in address or not ":" in address:
-        if not Path(address).exists():
-            raise MemscopeError(f"{address}: no such QMP socket")
-    prog = drgn.Program()
+        try:
+            Path(address).stat()
+        except FileNotFoundError:
+            raise MemscopeError(f"{address}: no such QMP socket") from None
+        except OSError as e:
+            raise MemscopeError(f"{address}: {e.strerror}") from None
+    _probe_qmp(address)
+    prog = _program()
     try:
         prog.set_qemu_qmp(address)
-    except (OSError, ValueError, drgn.FaultError) as e:
+    except Exception as e:  # OSError, ValueError, drgn.FaultError, or libelf's Exception
         raise MemscopeError(f"cannot talk to QEMU at {address}: {e}") from None
     _load_debug_info(prog, vmlinux)
     return prog

@@ -1,0 +1,120 @@
+"""Bad input, for every command, through the real command line: one line "memscope: ..."
+on stderr naming the cause, exit status 2, nothing on stdout, no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from memscope import commands
+
+commands._load()
+COMMANDS = sorted(commands.COMMANDS)
+KERNEL = "6.12"  # any real dump will do; the errors happen before any analysis
+NOBODY = 65534
+
+
+def run_cli(*args: str, as_nobody: bool = False):
+    if as_nobody:
+        # Drop to an unprivileged uid inside the interpreter, after importing what the CLI
+        # needs (the interpreter and the package live under /root, unreadable to nobody),
+        # then run the real main() on ARGS.
+        code = ("import os, sys, memscope.cli, memscope.target.drgn, memscope.commands, "
+                "memscope.mm.zone\n"
+                "memscope.cli.build_parser()\n"
+                f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
+                "sys.exit(memscope.cli.main(sys.argv[1:]))")
+        argv = [sys.executable, "-c", code, *args]
+    else:
+        argv = [sys.executable, "-m", "memscope.cli", *args]
+    # The timeout guards against a hang, it measures nothing.
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(r, *needles: str):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == ""
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("memscope"), r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def snap(lab_case):
+    return lab_case(KERNEL)
+
+
+@pytest.fixture(scope="module")
+def dead_socket(tmp_path_factory):
+    """A unix socket file nobody listens on (its creator closed it)."""
+    path = tmp_path_factory.mktemp("qmp") / "dead.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+    return path
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_missing_vmcore_is_named(cmd, snap, tmp_path):
+    missing = tmp_path / "no-such-vmcore"
+    assert_one_line_error(run_cli("-c", str(missing), "-s", str(snap.vmlinux), cmd),
+                          str(missing), "no such file")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_an_unreadable_vmcore_is_named(cmd, snap):
+    # The cached dumps are root-only (mode 0400): unreadable to nobody.
+    assert not os.stat(snap.vmcore).st_mode & 0o004
+    assert_one_line_error(run_cli("-c", str(snap.vmcore), "-s", str(snap.vmlinux), cmd,
+                                  as_nobody=True), str(snap.vmcore), "permission denied")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_vmlinux_that_does_not_match_the_dump_is_named(cmd, snap, lab_case):
+    other = lab_case("6.1").vmlinux
+    assert_one_line_error(run_cli("-c", str(snap.vmcore), "-s", str(other), cmd),
+                          str(other), "does not match")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_live_kernel_as_non_root_says_root_is_needed(cmd):
+    assert_one_line_error(run_cli("-k", cmd, as_nobody=True), "needs root")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_dead_qmp_socket_is_named(cmd, snap, dead_socket):
+    assert_one_line_error(run_cli("--qemu", str(dead_socket), "-s", str(snap.vmlinux), cmd),
+                          str(dead_socket), "Connection refused")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_nonexistent_qmp_socket_is_named(cmd, snap, tmp_path):
+    path = tmp_path / "no-such.sock"
+    assert_one_line_error(run_cli("--qemu", str(path), "-s", str(snap.vmlinux), cmd),
+                          str(path), "no such QMP socket")
+
+
+def test_an_unknown_command_is_named(snap):
+    assert_one_line_error(run_cli("-c", str(snap.vmcore), "-s", str(snap.vmlinux), "frobnicate"),
+                          "frobnicate", "invalid choice")
+
+
+def test_an_unknown_format_is_named(snap):
+    assert_one_line_error(run_cli("-c", str(snap.vmcore), "-s", str(snap.vmlinux), "buddyinfo",
+                                  "-f", "xml"), "xml")
+
+
+def test_a_file_that_is_not_a_dump_is_named(snap):
+    assert_one_line_error(run_cli("-c", str(snap.vmlinux), "-s", str(snap.vmlinux), "check"),
+                          "not a usable kernel core dump")
+
+
+def test_no_target_is_named():
+    assert_one_line_error(run_cli("check"), "no target")
