@@ -1,0 +1,455 @@
+"""The GDB adapter: a kernel seen through gdb attached to QEMU's gdbstub.
+
+Imported only inside gdb (it imports gdb's own ``gdb`` module).  Symbols and types come from
+the vmlinux that gdb loaded (``file VMLINUX``); memory is read through the remote target.
+Nothing here imports drgn.
+
+KASLR.  Debian kernels randomize where the kernel image sits (KASLR), so the addresses in
+vmlinux are off by a constant (the kernel offset).  :func:`kernel_offset` finds it without
+``nokaslr``: every candidate offset is checked by reading ``linux_banner`` at the candidate
+address and comparing it, byte for byte, with the banner stored in the vmlinux file.  The
+candidates, cheapest first:
+
+1. 0 (the guest booted with ``nokaslr``, or gdb's symbols are already relocated);
+2. arm64: ``VBAR_EL1`` (QEMU's gdbstub calls it ``VBAR``) holds the address of the kernel's
+   exception ``vectors``, so the offset is ``VBAR_EL1 - &vectors`` exactly;
+3. the program counter of every vCPU that is in the kernel: the offset is the PC minus some
+   address inside the kernel text, a multiple of the KASLR alignment (2 MiB on x86_64,
+   64 KiB on arm64), which leaves a few hundred candidates;
+4. x86_64 only: every 2 MiB step of the 1 GiB kernel image area (512 reads, ~30 ms).
+
+The offset is cached per gdb connection and vmlinux.  Per-CPU symbols of x86_64 (linked at
+0 in the .data..percpu section) are not relocated, as the kernel does not relocate them:
+only addresses in the upper (kernel) half move.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside gdb)
+
+from ..errors import MemscopeError
+from .base import FaultError, Layout, Member, Target, TargetError
+
+MASK64 = (1 << 64) - 1
+KERNEL_HALF = 1 << 63
+#: Reads larger than this are split (gdb itself splits them into gdbstub packets).
+CHUNK = 1 << 20
+#: Small reads go through a per-command cache of aligned blocks of this size: list walks
+#: touch neighbouring struct pages, and a gdbstub round trip costs the same for 64 or 512
+#: bytes.  The guest is paused while a command runs, so the cache is dropped per command.
+BLOCK = 512
+#: Reads of at most this many bytes are served from the block cache.
+SMALL = 256
+
+_KASLR_ALIGN = {"x86_64": 2 << 20, "aarch64": 64 << 10}
+_X86_IMAGE_SIZE = 1 << 30  # KERNEL_IMAGE_SIZE with KASLR (arch/x86/include/asm/page_64_types.h)
+
+# Per gdb session: kernel offsets by (connection, vmlinux), debug-info caches by vmlinux.
+_offsets: dict[tuple, int] = {}
+_debuginfo: dict[str, "_DebugInfo"] = {}
+
+
+def _u64(v) -> int:
+    return int(v) & MASK64
+
+
+def _arch() -> str:
+    name = gdb.selected_inferior().architecture().name()
+    if "aarch64" in name:
+        return "aarch64"
+    if "x86-64" in name or "x86_64" in name:
+        return "x86_64"
+    raise MemscopeError(f"gdb's target architecture is {name}: memscope reads x86_64 and "
+                        "aarch64 kernels (for arm64 use gdb-multiarch)")
+
+
+def vmlinux_path() -> str:
+    """The file of the objfile that defines linux_banner (the kernel's vmlinux)."""
+    try:
+        sym = gdb.lookup_global_symbol("linux_banner")
+    except gdb.error:
+        sym = None
+    if sym is None or sym.symtab is None:
+        raise MemscopeError("no kernel symbols in gdb: load the guest's vmlinux first "
+                            "with 'file VMLINUX'")
+    return sym.symtab.objfile.filename
+
+
+def _check_connected() -> None:
+    inf = gdb.selected_inferior()
+    if inf.pid == 0 or not inf.threads():
+        raise MemscopeError("gdb is not attached to a guest: connect to QEMU's gdbstub "
+                            "first with 'target remote HOST:PORT'")
+
+
+def _connection_key() -> tuple:
+    inf = gdb.selected_inferior()
+    conn = getattr(inf, "connection", None)
+    if conn is None:
+        return (inf.num,)
+    return (conn.num, conn.details)
+
+
+class _DebugInfo:
+    """What gdb's debug info says (link-time addresses, layouts), cached per vmlinux."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.symbols: dict[str, int | None] = {}
+        self.layouts: dict[str, Layout] = {}
+        self.enums: dict[str, dict[str, int]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def link_address(self, name: str) -> int | None:
+        """The address gdb has for NAME (before the kernel offset), or None."""
+        if name in self.symbols:
+            return self.symbols[name]
+        addr = None
+        for lookup in (gdb.lookup_global_symbol, gdb.lookup_static_symbol):
+            try:
+                sym = lookup(name)
+                if sym is not None and (sym.is_variable or sym.is_function):
+                    a = sym.value().address
+                    if a is not None:
+                        addr = _u64(a)
+                        break
+            except (gdb.error, RuntimeError):
+                continue
+        if addr is None and name.replace("_", "").isalnum():
+            # ELF-only symbols (no DWARF), e.g. _stext or __per_cpu_start on some builds.
+            try:
+                addr = _u64(gdb.parse_and_eval(f"(unsigned long)&'{name}'"))
+            except gdb.error:
+                addr = None
+        self.symbols[name] = addr
+        return addr
+
+    def type(self, type_name: str):
+        try:
+            t = gdb.lookup_type(type_name)
+        except gdb.error:
+            raise TargetError(f"type {type_name} not found in the debug info") from None
+        while t.code == gdb.TYPE_CODE_TYPEDEF:
+            t = t.target()
+        return t
+
+
+def _type_name(t) -> str:
+    # gdb spells an anonymous struct "struct {...}", drgn "struct <anonymous>": use drgn's,
+    # so that both adapters give identical layouts.
+    return str(t).replace("{...}", "<anonymous>")
+
+
+def _flatten(t, base: int, out: dict[str, Member]) -> None:
+    """Members of struct/union T at BASE, anonymous struct/union members flattened in, the
+    first of two equal names winning: exactly what target/drgn.py's _flatten does."""
+    for f in t.fields():
+        if getattr(f, "is_base_class", False) or not hasattr(f, "bitpos"):
+            continue
+        mt = f.type
+        while mt.code == gdb.TYPE_CODE_TYPEDEF:
+            mt = mt.target()
+        off = base + f.bitpos // 8
+        if not f.name:
+            if mt.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                _flatten(mt, off, out)
+            continue
+        if f.name in out:
+            continue
+        name = _type_name(f.type)
+        length = None
+        if mt.code == gdb.TYPE_CODE_ARRAY:
+            if name.endswith("[]"):
+                length = None  # flexible array member: drgn says no length
+            else:
+                lo, hi = mt.range()
+                length = hi - lo + 1
+        try:
+            size = mt.sizeof if not (length is None and mt.code == gdb.TYPE_CODE_ARRAY) else 0
+        except gdb.error:
+            size = 0
+        out[f.name] = Member(f.name, off, size, name, length, f.bitpos % 8, f.bitsize or None)
+
+
+def _elf_file_read(path: str, vaddr: int, size: int) -> bytes:
+    """SIZE bytes at link address VADDR in the ELF file PATH (its PT_LOAD segments)."""
+    with open(path, "rb") as f:
+        ident = f.read(64)
+        if ident[:4] != b"\x7fELF" or ident[4] != 2:
+            raise MemscopeError(f"{path}: not a 64-bit ELF file")
+        e_phoff, = struct.unpack_from("<Q", ident, 32)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", ident, 54)
+        f.seek(e_phoff)
+        ph = f.read(e_phentsize * e_phnum)
+        for i in range(e_phnum):
+            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+                "<IIQQQQ", ph, i * e_phentsize)
+            if p_type == 1 and p_vaddr <= vaddr and vaddr + size <= p_vaddr + p_filesz:
+                f.seek(p_offset + vaddr - p_vaddr)
+                return f.read(size)
+    raise MemscopeError(f"{path}: no loadable segment holds {vaddr:#x}")
+
+
+def _elf_first_load(path: str) -> int:
+    with open(path, "rb") as f:
+        ident = f.read(64)
+        e_phoff, = struct.unpack_from("<Q", ident, 32)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", ident, 54)
+        f.seek(e_phoff)
+        ph = f.read(e_phentsize * e_phnum)
+    for i in range(e_phnum):
+        p_type, _flags, _off, p_vaddr = struct.unpack_from("<IIQQ", ph, i * e_phentsize)
+        if p_type == 1 and p_vaddr & KERNEL_HALF:
+            return p_vaddr
+    raise MemscopeError(f"{path}: no kernel-half loadable segment (is this a vmlinux?)")
+
+
+def _try_read(address: int, size: int) -> bytes | None:
+    try:
+        return bytes(gdb.selected_inferior().read_memory(address & MASK64, size))
+    except (gdb.MemoryError, gdb.error, OverflowError):
+        return None
+
+
+def _register(name: str) -> int | None:
+    try:
+        v = gdb.parse_and_eval(f"${name}")
+    except gdb.error:
+        return None
+    if v.type.code == gdb.TYPE_CODE_VOID:
+        return None  # gdb has no such register for this target
+    try:
+        return _u64(v)
+    except (gdb.error, ValueError):
+        return None
+
+
+def _kernel_pcs() -> list[int]:
+    """The PC of every vCPU that is in the kernel (upper half)."""
+    pcs = []
+    inf = gdb.selected_inferior()
+    current = gdb.selected_thread()
+    try:
+        for th in inf.threads():
+            try:
+                th.switch()
+                pc = _register("pc")
+            except gdb.error:
+                continue
+            if pc is not None and pc & KERNEL_HALF and pc not in pcs:
+                pcs.append(pc)
+    finally:
+        if current is not None and current.is_valid():
+            current.switch()
+    return pcs
+
+
+#: The ways of finding the kernel offset, cheapest first (see the module docstring).
+METHODS = ("zero", "vbar", "pc", "scan")
+
+
+def detect_kernel_offset(debuginfo: _DebugInfo, arch: str,
+                         methods: tuple[str, ...] = METHODS) -> tuple[int, str]:
+    """(offset, how it was found) by the first of METHODS that finds it."""
+    path = debuginfo.path
+    banner_link = debuginfo.link_address("linux_banner")
+    text = debuginfo.link_address("_text")
+    etext = debuginfo.link_address("_etext")
+    if banner_link is None or text is None or etext is None:
+        raise MemscopeError("no kernel symbols in gdb: load the guest's vmlinux first "
+                            "with 'file VMLINUX'")
+    # gdb's addresses may already be relocated (symbol-file -o): map back to the file.
+    file_bias = text - _elf_first_load(path)
+    raw = _elf_file_read(path, banner_link - file_bias, 512)
+    want = raw.split(b"\0", 1)[0] + b"\0"
+
+    def good(off: int) -> bool:
+        return _try_read(banner_link + off, len(want)) == want
+
+    if "zero" in methods and good(0):
+        return 0, "vmlinux addresses as loaded (no KASLR or already relocated)"
+    if arch == "aarch64" and "vbar" in methods:
+        vectors = debuginfo.link_address("vectors")
+        for reg in ("VBAR_EL1", "VBAR"):
+            vbar = _register(reg)
+            if vbar is not None and vectors is not None:
+                off = (vbar - vectors) & MASK64
+                if good(off):
+                    return off, f"{reg} - &vectors"
+    align = _KASLR_ALIGN[arch]
+    tried = set()
+    for pc in _kernel_pcs() if "pc" in methods else ():
+        # pc = (some address in [_text, _etext)) + offset, offset a multiple of ALIGN.
+        hi, lo = pc - text, pc - etext
+        off = hi - hi % align
+        while off > lo - align and len(tried) < 4096:
+            if off not in tried:
+                tried.add(off)
+                if good(off):
+                    return off & MASK64, "a vCPU's program counter"
+            off -= align
+    if arch == "x86_64" and "scan" in methods:
+        for off in range(0, _X86_IMAGE_SIZE, align):
+            if off not in tried and good(off):
+                return off, "a scan of the kernel image area"
+    raise MemscopeError(
+        f"cannot find the kernel's KASLR offset: linux_banner of {os.path.basename(path)} is "
+        "nowhere in the guest (is this vmlinux the guest's kernel?); give it by hand with "
+        "'memscope kaslr OFFSET' (e.g. KERNELOFFSET from the guest's VMCOREINFO)")
+
+
+def debuginfo() -> _DebugInfo:
+    path = vmlinux_path()
+    di = _debuginfo.get(path)
+    if di is None:
+        di = _debuginfo[path] = _DebugInfo(path)
+    return di
+
+
+def kernel_offset(force: bool = False, quiet: bool = False,
+                  methods: tuple[str, ...] = METHODS) -> int:
+    """The kernel offset for the current connection, found once and cached."""
+    di = debuginfo()
+    _check_connected()
+    key = (_connection_key(), di.path)
+    if force or key not in _offsets:
+        off, how = detect_kernel_offset(di, _arch(), methods)
+        _offsets[key] = off
+        if not quiet:
+            gdb.write(f"memscope: kernel offset {off:#x} (KASLR), found from {how}\n",
+                      gdb.STDERR)
+    return _offsets[key]
+
+
+def set_kernel_offset(offset: int) -> None:
+    di = debuginfo()
+    _check_connected()
+    _offsets[(_connection_key(), di.path)] = offset & MASK64
+
+
+def forget() -> None:
+    """Drop cached offsets and debug info (a new vmlinux or connection)."""
+    _offsets.clear()
+    _debuginfo.clear()
+
+
+class GdbTarget(Target):
+    """The Target interface over gdb.  Create one per command: it caches memory."""
+
+    def __init__(self, offset: int | None = None):
+        self.di = debuginfo()
+        _check_connected()
+        self.arch = _arch()
+        self.offset = kernel_offset() if offset is None else offset
+        self._inf = gdb.selected_inferior()
+        self._blocks: dict[int, bytes | None] = {}
+
+    # --- symbols and types --------------------------------------------------------
+    def symbol(self, name: str) -> int:
+        addr = self.di.link_address(name)
+        if addr is None:
+            raise TargetError(f"symbol {name} not found")
+        # Only kernel-half addresses move: x86_64 per-CPU symbols are offsets from 0.
+        return (addr + self.offset) & MASK64 if addr & KERNEL_HALF else addr
+
+    def layout(self, type_name: str) -> Layout:
+        lay = self.di.layouts.get(type_name)
+        if lay is None:
+            t = self.di.type(type_name)
+            if t.code not in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                raise TargetError(f"{type_name} is not a struct or union")
+            members: dict[str, Member] = {}
+            _flatten(t, 0, members)
+            lay = self.di.layouts[type_name] = Layout(type_name, t.sizeof, members)
+        return lay
+
+    def enum(self, type_name: str) -> dict[str, int]:
+        e = self.di.enums.get(type_name)
+        if e is None:
+            t = self.di.type(type_name)
+            if t.code != gdb.TYPE_CODE_ENUM:
+                raise TargetError(f"{type_name} is not an enum")
+            e = self.di.enums[type_name] = {f.name: int(f.enumval) for f in t.fields()}
+        return dict(e)
+
+    def sizeof(self, type_name: str) -> int:
+        n = self.di.sizes.get(type_name)
+        if n is None:
+            try:
+                n = self.di.type(type_name).sizeof
+            except TargetError:
+                try:  # types lookup_type cannot parse ("struct page *")
+                    n = int(gdb.parse_and_eval(f"sizeof({type_name})"))
+                except gdb.error:
+                    raise TargetError(f"type {type_name} not found in the debug info") from None
+            self.di.sizes[type_name] = n
+        return n
+
+    # --- memory -------------------------------------------------------------------
+    def _read_direct(self, address: int, size: int) -> bytes:
+        try:
+            return bytes(self._inf.read_memory(address, size))
+        except (gdb.MemoryError, gdb.error, OverflowError, ValueError):
+            raise FaultError(address, size) from None
+
+    def _block(self, base: int) -> bytes | None:
+        if base in self._blocks:
+            return self._blocks[base]
+        data = _try_read(base, BLOCK)
+        self._blocks[base] = data
+        return data
+
+    def read(self, address: int, size: int) -> bytes:
+        address &= MASK64
+        if size <= 0:
+            return b""
+        if address + size > 1 << 64:
+            raise FaultError(address, size)
+        if size <= SMALL:
+            first = address - address % BLOCK
+            last = (address + size - 1) - (address + size - 1) % BLOCK
+            parts = []
+            for base in range(first, last + 1, BLOCK):
+                b = self._block(base)
+                if b is None:
+                    break
+                parts.append(b)
+            else:
+                data = b"".join(parts)
+                return data[address - first:address - first + size]
+            return self._read_direct(address, size)  # raises FaultError, or the block edge
+        if size <= CHUNK:
+            return self._read_direct(address, size)
+        out = bytearray(size)
+        for pos in range(0, size, CHUNK):
+            n = min(CHUNK, size - pos)
+            try:
+                out[pos:pos + n] = self._inf.read_memory(address + pos, n)
+            except (gdb.MemoryError, gdb.error):
+                raise FaultError(address, size) from None
+        return bytes(out)
+
+    def vmcoreinfo(self) -> bytes:
+        # The guest's own VMCOREINFO text (kernel/crash_core.c, vmcoreinfo_data[] and its
+        # length vmcoreinfo_size), the same text QEMU puts into a dump's ELF note.
+        try:
+            data = self.read_u64(self.symbol("vmcoreinfo_data"))
+            size = self.read_u64(self.symbol("vmcoreinfo_size"))
+        except TargetError:
+            return b""
+        if not data or not 0 < size <= 1 << 16:
+            return b""
+        try:
+            return self.read(data, size)
+        except FaultError:
+            return b""
+
+    @property
+    def release(self) -> str:
+        uts = self.layout("struct uts_namespace")
+        name = self.layout("struct new_utsname")
+        return self.read_cstr(self.symbol("init_uts_ns") + uts.offset("name")
+                              + name.offset("release"), 65)
