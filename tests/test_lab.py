@@ -211,8 +211,8 @@ def test_no_network_to_the_archive(tmp_path):
     proc = memscope("lab", "fetch", "6.12", env={"MEMSCOPE_CACHE": str(cache),
                                                  "MEMSCOPE_ARCHIVE": "http://127.0.0.1:9/debian"})
     assert_one_line_error(proc, "cannot reach the Debian archive")
-    assert not (cache / "kernels" / "6.12").exists()
-    assert not [p for p in (cache / "kernels").iterdir()] if (cache / "kernels").exists() else True
+    kdir = cache / "kernels"
+    assert not [p for p in kdir.iterdir() if p.is_dir()] if kdir.exists() else True
 
 
 def test_an_interrupted_fetch_is_never_used(tmp_path, monkeypatch):

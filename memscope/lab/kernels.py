@@ -15,7 +15,9 @@ Cache layout (``$MEMSCOPE_CACHE``, default ``~/.cache/memscope``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -125,8 +127,22 @@ def cached(name: str) -> Kernel | None:
 
 
 def ensure(name: str, *, progress: bool | None = None) -> Kernel:
-    """The cached kernel NAME, fetching it first if needed."""
-    return cached(name) or fetch(name, progress=progress)
+    """The cached kernel NAME, fetching it first if needed.  Concurrent callers (threads or
+    processes) wait for one fetch rather than fetching twice."""
+    kernel = cached(name)
+    if kernel is not None:
+        return kernel
+    with _lock(cache_dir() / "kernels" / f".{spec(name).name}.lock"):
+        return cached(name) or _fetch(name, progress=progress)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock file (fcntl), held for the duration of the with block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 # --- apt ------------------------------------------------------------------------------
@@ -157,6 +173,10 @@ class _Apt:
         ]
 
     def _run(self, tool: str, *args: str, capture: bool = True, cwd: Path | None = None) -> str:
+        with _lock(self.root / ".lock"):  # one apt at a time on these lists
+            return self._run_unlocked(tool, *args, capture=capture, cwd=cwd)
+
+    def _run_unlocked(self, tool: str, *args: str, capture: bool, cwd: Path | None) -> str:
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found: memscope lab needs Debian's apt tools")
         cmd = [tool, *self.options, *args]
@@ -253,10 +273,16 @@ def _say(progress: bool, msg: str) -> None:
 
 
 def fetch(name: str, *, progress: bool | None = None) -> Kernel:
-    """Download NAME's Debian image and debug packages and keep what the lab needs.
+    """Download NAME's Debian image and debug packages and keep what the lab needs (again,
+    if it is cached already: the newest package of the suite replaces it).
 
     The kernel is assembled in a temporary directory beside its final place and renamed into
     place only when complete, so an interrupted fetch is never used."""
+    with _lock(cache_dir() / "kernels" / f".{spec(name).name}.lock"):
+        return _fetch(name, progress=progress)
+
+
+def _fetch(name: str, *, progress: bool | None) -> Kernel:
     ks = spec(name)
     if progress is None:
         progress = sys.stderr.isatty()
