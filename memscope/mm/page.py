@@ -218,8 +218,16 @@ def sections(mm: MM) -> Sections:
     return s
 
 
+def zones(mm: MM) -> list[Zone]:
+    """mm.all_zones(), read once per MM (the memmap decode is a snapshot too)."""
+    z = mm.__dict__.get("_page_zones")
+    if z is None:
+        z = mm.__dict__["_page_zones"] = mm.all_zones()
+    return z
+
+
 def max_pfn(mm: MM) -> int:
-    return max(z.end_pfn for z in mm.all_zones())
+    return max(z.end_pfn for z in zones(mm))
 
 
 def _read_sections(mm: MM) -> Sections:
@@ -260,8 +268,11 @@ def _read_sections(mm: MM) -> Sections:
 def vmemmap_base(mm: MM) -> int:
     """The address of pfn 0's struct page (SPARSEMEM_VMEMMAP)."""
     t = mm.t
-    if t.arch == "x86_64" and t.has_symbol("vmemmap_base"):  # randomized by KASLR
-        v = t.read_u64(t.symbol("vmemmap_base"))
+    if t.arch == "x86_64":
+        try:  # randomized by KASLR
+            v = t.read_u64(t.symbol("vmemmap_base"))
+        except TargetError:
+            v = 0
         if v:
             return v
     vi = t.vmcoreinfo_fields
@@ -307,7 +318,7 @@ def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
     t = mm.t
     s = sections(mm)
     sz = pl.size
-    buf = np.zeros(n * sz, np.uint8)
+    buf = np.empty(n * sz, np.uint8)
     valid = np.zeros(n, bool)
     unreadable = 0
     present = s.present()
@@ -334,7 +345,11 @@ def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
                     valid[a:b] = True
                 except FaultError:
                     unreadable += b - a
-    pages = buf.view(pl.dtype()) if sz == pl.dtype().itemsize else None
+    # Zero what was not read (holes), run by run.
+    edges = np.flatnonzero(np.diff(np.concatenate(([True], valid, [True])).astype(np.int8)))
+    for a, b in zip(edges[0::2], edges[1::2]):
+        buf[a * sz:b * sz] = 0
+    pages = buf.view(pl.dtype())
     return pages, valid, unreadable
 
 
@@ -370,7 +385,7 @@ def _heads(pl: PageLayout, vmemmap: int, pfns: np.ndarray, info: np.ndarray) -> 
 def _build(mm: MM) -> PageMap:
     t = mm.t
     pl = page_layout(mm)
-    zones = mm.all_zones()
+    zones_ = zones(mm)
     n = max_pfn(mm)
     vm = vmemmap_base(mm)
     pages, valid, unreadable = _read_memmap(mm, pl, vm, n)
@@ -412,16 +427,16 @@ def _build(mm: MM) -> PageMap:
     # the other pages of the block are blank with refcount 0.  A blank refcount-0 page
     # right after an allocated untyped page, inside the naturally aligned block that page
     # would head, is counted with it ("kernel") rather than as "free".
-    blank = head & (ref == 0) & (mapping == 0) & ~typed & (cls == C["free"])
-    idx = np.arange(n)
-    last_ref = np.maximum.accumulate(np.where(valid & head & (ref > 0), idx, -1))
-    dist = idx - last_ref
-    span = np.ones(n, np.int64)
-    np.left_shift(span, np.ceil(np.log2(dist + 1.0)).astype(np.int64), out=span)
-    lr = np.maximum(last_ref, 0)
-    grouped = (blank & (last_ref >= 0) & (dist < (1 << (mm.nr_orders - 1)))
-               & (lr % span == 0) & (cls[lr] == C["kernel"]))
-    cls[grouped] = C["kernel"]
+    blank = np.flatnonzero(head & (ref == 0) & (mapping == 0) & ~typed & (cls == C["free"]))
+    if len(blank):
+        allocated = np.flatnonzero(valid & head & (ref > 0))
+        k = np.searchsorted(allocated, blank) - 1
+        ok = k >= 0
+        last = np.where(ok, allocated[np.maximum(k, 0)], 0)
+        dist = blank - last
+        span = np.left_shift(1, np.ceil(np.log2(dist + 1.0)).astype(np.int64))
+        ok &= (dist < (1 << (mm.nr_orders - 1))) & (last % span == 0) & (cls[last] == C["kernel"])
+        cls[blank[ok]] = C["kernel"]
 
     # Compound tails take their head's class.
     tpfn = np.flatnonzero(tail)
@@ -449,17 +464,17 @@ def _build(mm: MM) -> PageMap:
 
     # Per-CPU lists.
     findings: list[str] = []
-    pcp_pfns, pcp_orders = _pcp_pages(mm, pl, vm, n, findings)
+    pcp_pfns, pcp_orders = _pcp_pages(mm, pl, vm, n, findings, comp, valid)
     if len(pcp_pfns):
         bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
         pc = _cover(n, pcp_pfns, pcp_orders)
         cls[(pc > 0) & (cls != C["buddy"])] = C["pcp"]
         order[pcp_pfns] = pcp_orders
 
-    zid = _zone_ids(zones, n)
+    zid = _zone_ids(zones_, n)
     cls[~valid | (zid < 0)] = C["hole"]
     bad &= valid
-    return PageMap(vm, pl.size, pages, valid, cls, order, tail & valid, bad, zid, zones,
+    return PageMap(vm, pl.size, pages, valid, cls, order, tail & valid, bad, zid, zones_,
                    findings, unreadable)
 
 
@@ -475,7 +490,10 @@ def _cover(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
 # --- per-CPU page lists --------------------------------------------------------------
 def possible_cpus(t: Target) -> list[int]:
     """cpu_possible_mask (``__cpu_possible_mask``), limited to nr_cpu_ids."""
-    nr = t.read_u32(t.symbol("nr_cpu_ids")) if t.has_symbol("nr_cpu_ids") else 1
+    try:
+        nr = t.read_u32(t.symbol("nr_cpu_ids"))
+    except TargetError:
+        nr = 1
     try:
         bits = int.from_bytes(t.read(t.symbol("__cpu_possible_mask"), (nr + 63) // 64 * 8),
                               "little")
@@ -484,10 +502,15 @@ def possible_cpus(t: Target) -> list[int]:
     return [c for c in range(nr) if bits >> c & 1]
 
 
-def per_cpu_offset(t: Target, cpu: int) -> int:
-    if t.has_symbol("__per_cpu_offset"):
-        return t.read_u64(t.symbol("__per_cpu_offset") + 8 * cpu)
-    return 0  # !SMP
+def per_cpu_offsets(t: Target, cpus: list[int]) -> dict[int, int]:
+    """__per_cpu_offset[cpu] for CPUS (0 without SMP), in one read."""
+    try:
+        base = t.symbol("__per_cpu_offset")
+    except TargetError:
+        return {c: 0 for c in cpus}
+    n = max(cpus) + 1 if cpus else 0
+    arr = np.frombuffer(t.read(base, 8 * n), "<u8")
+    return {c: int(arr[c]) for c in cpus}
 
 
 def _pcp_lists(mm: MM) -> tuple[int, int, int, int, int]:
@@ -520,12 +543,14 @@ def pindex_to_order(mm: MM, pindex: int, nlists: int) -> int:
     return pindex // pcptypes
 
 
-def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]):
+def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str],
+               nxt: np.ndarray, valid: np.ndarray):
     """(pfns, orders) of every page block on every per-CPU list of every zone.
 
     Each list is walked at most pcp->count + 1 steps (count is in pages, so it bounds the
     number of entries); a cycle, a pointer outside the memmap or an overlong list becomes a
-    finding."""
+    finding.  The next pointers come from the decoded memmap (``pcp_list.next`` is the
+    word after flags), not from one read per page."""
     t = mm.t
     try:
         zoff, pcp_in, count_off, lists_off, nlists = _pcp_lists(mm)
@@ -536,13 +561,14 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     out_p: list[int] = []
     out_o: list[int] = []
     cpus = possible_cpus(t)
-    for z in mm.all_zones():
+    offsets = per_cpu_offsets(t, cpus)
+    for z in zones(mm):
         try:
             ptr = t.read_u64(z.address + zoff)
         except FaultError:
             continue
         for cpu in cpus:
-            base = (ptr + per_cpu_offset(t, cpu)) & (2**64 - 1)
+            base = (ptr + offsets[cpu]) & (2**64 - 1)
             base += pcp_in
             try:
                 count = t.read_int(base + count_off, 4, signed=True)
@@ -568,14 +594,13 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
                         findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
                                         f"pointer {node:#x} outside the memmap")
                         break
-                    out_p.append(pfn)
-                    out_o.append(o)
-                    try:
-                        node = t.read_u64(node)
-                    except FaultError:
+                    if not valid[pfn]:
                         findings.append(f"node {z.node} zone {z.name} cpu {cpu}: "
                                         f"unreadable list entry {node:#x}")
                         break
+                    out_p.append(pfn)
+                    out_o.append(o)
+                    node = int(nxt[pfn])
     return np.array(out_p, np.int64), np.array(out_o, np.int64)
 
 
