@@ -26,7 +26,7 @@ demo: setup
 	$(PY) -m memscope.demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	MEMSCOPE_PREBUILD=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
 	$(PY) -m benchmarks

@@ -3,9 +3,51 @@ and cached across runs under $MEMSCOPE_CACHE/lab-cases (see memscope/lab/cases.p
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from memscope.lab import cases
+from memscope.lab import runner as labrun
+
+# With MEMSCOPE_PREBUILD=1 (make test sets it), the lab cases are built in the background,
+# two at a time, while the first tests run: on a fresh machine this overlaps the downloads
+# of one kernel with the boots of another.  Tests wait for their case on its lock.
+PREBUILD = ["6.12", "6.12-arm64", "5.10", "6.1", "7.2", "6.12-numa", "6.12-snapshots"]
+
+
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def _prebuild() -> None:
+    def one(name: str) -> None:
+        if _stop.is_set():
+            return
+        try:
+            cases.build(labrun.RunOptions(**cases.CASES[name], progress=False))
+        except Exception:  # the test that needs the case builds it again and reports
+            pass
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, PREBUILD))
+
+
+def pytest_collection_finish(session):
+    if os.environ.get("MEMSCOPE_PREBUILD") == "1" and any(
+            "lab" in item.keywords for item in session.items):
+        global _thread
+        _thread = threading.Thread(target=_prebuild, name="lab-prebuild", daemon=True)
+        _thread.start()
+
+
+def pytest_sessionfinish(session):
+    # Let the build under way finish (it owns a QEMU process) and start no other.
+    _stop.set()
+    if _thread is not None:
+        _thread.join()
 
 
 def pytest_collection_modifyitems(config, items):

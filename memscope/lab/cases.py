@@ -54,8 +54,14 @@ class Snapshot:
         return self.meta["arch"]
 
 
+# Bump when what makes a snapshot acceptable changes, so that cached cases are rebuilt.
+# 2: the truth's pagetypeinfo must agree with its buddyinfo too.
+ACCEPTANCE = 2
+
+
 def case_key(opts: labrun.RunOptions) -> str:
     h = hashlib.sha256()
+    h.update(b"acceptance %d" % ACCEPTANCE)
     h.update(labrun.resolve_workload(opts.workload).read_bytes())
     for f in [*sorted((Path(labrun.__file__).parent / "guest").iterdir()), *labrun.library()]:
         h.update(f.read_bytes())

@@ -308,12 +308,15 @@ class _Boot:
         t_dump = time.monotonic()
         if "buddyinfo" not in truth:
             raise self._fail(f"snapshot {name!r}: the guest printed no /proc/buddyinfo")
-        from .verify import dump_buddyinfo
+        from .verify import dump_buddyinfo, truth_disagreement
 
-        got = dump_buddyinfo(tmp, self.kernel.vmlinux)
-        if got != truth["buddyinfo"]:
+        why = truth_disagreement(truth)
+        if why is None and dump_buddyinfo(tmp, self.kernel.vmlinux) != truth["buddyinfo"]:
+            why = "dump and /proc/buddyinfo differ"
+        if why is not None:
             tmp.unlink()
-            self.say(f"snapshot {name!r}: dump and /proc/buddyinfo differ; refreezing")
+            self.say(f"snapshot {name!r}: {why}; refreezing")
+            self.meta["refreezes"] = self.meta.get("refreezes", 0) + 1
             return False
         tmp.rename(vmcore)
         tdir = where / "truth"
