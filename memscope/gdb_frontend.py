@@ -236,6 +236,33 @@ def _prefer_tabulate() -> str | None:
             "/dist-packages 'tabulate>=0.9'")
 
 
+def _complete(text: str, word: str) -> list[str]:
+    """Completion from the argparse parser itself: commands, their options, format names."""
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    words = gdb.string_to_argv(text)
+    partial = "" if not words or text.endswith(" ") else words[-1]
+    done = words if not partial else words[:-1]
+    # gdb may break words at '-': complete PARTIAL, return what replaces WORD.
+    cut = len(partial) - len(word)
+
+    def out(cands):
+        return [c[cut:] for c in cands if c.startswith(partial)]
+
+    if not done:
+        return out(list(sub))
+    p = sub.get(done[0])
+    if p is None:
+        return []
+    opts = p._option_string_actions
+    prev = opts.get(done[-1]) if len(done) > 1 else None
+    if prev is not None and prev.choices:
+        return out([str(c) for c in prev.choices])
+    if partial.startswith("-"):
+        return out(sorted(o for o in opts if o.startswith("--")))
+    return []
+
+
 def register():
     """Define the gdb command ``memscope`` (again, if it exists: re-sourcing is fine)."""
     if "tabulate" not in sys.modules or _version(
@@ -246,7 +273,7 @@ def register():
 
     class MemscopeCommand(gdb.Command):
         def __init__(self):
-            super().__init__("memscope", gdb.COMMAND_DATA, gdb.COMPLETE_NONE)
+            super().__init__("memscope", gdb.COMMAND_DATA)
 
         def invoke(self, arg, from_tty):
             from memscope.errors import MemscopeError
@@ -270,21 +297,10 @@ def register():
                 gdb.set_convenience_variable("memscope_status", status)
 
         def complete(self, text, word):
-            from memscope import commands
-
-            commands._load()
-            words = gdb.string_to_argv(text)
-            names = ["kaslr", *commands.COMMANDS]
-            if len(words) == 0 or (len(words) == 1 and not text.endswith(" ")):
-                return [n for n in names if n.startswith(word or "")]
-            cmd = commands.COMMANDS.get(words[0])
-            if word and word.startswith("-"):
-                return [f for f in ("--format", "--help") if f.startswith(word)]
-            if cmd and words[-1] in ("-f", "--format") or (
-                    cmd and len(words) >= 2 and words[-2] in ("-f", "--format")
-                    and not text.endswith(" ")):
-                return [f for f in cmd.formats if f.startswith(word or "")]
-            return gdb.COMPLETE_NONE
+            try:
+                return _complete(text, word or "")
+            except Exception:  # noqa: BLE001 - completion must never raise
+                return []
 
     MemscopeCommand.__doc__ = _doc()
     # gdb forgets what it knew of an objfile when a new one is loaded: so do we.

@@ -57,9 +57,21 @@ def run(line):
     status = int(gdb.convenience_variable("memscope_status"))
     return text, err, status
 gdb.execute("memscope buddyinfo")  # the first command says (on stderr) which offset it found
+import os
+from memscope.target import gdb as tgdb
+out["memsave_used"] = any(v is not None for v in tgdb._memsave.values())
 for argv in plan["runs"]:
     text, err, status = run("memscope " + " ".join(argv))
     out["runs"].append({"argv": argv, "out": text, "error": err, "status": status})
+# Again with gdbstub memory packets only (no QEMU monitor memsave for bulk reads).
+os.environ["MEMSCOPE_GDB_MEMSAVE"] = "0"
+tgdb._memsave.clear()
+out["runs_packets"] = []
+for argv in plan["runs"]:
+    text, err, status = run("memscope " + " ".join(argv))
+    out["runs_packets"].append({"argv": argv, "out": text, "error": err, "status": status})
+del os.environ["MEMSCOPE_GDB_MEMSAVE"]
+tgdb._memsave.clear()
 for m in plan["kaslr_methods"]:
     out["kaslr"][m] = run("memscope kaslr --method " + m)
 out["kaslr"]["auto"] = run("memscope kaslr --detect")
@@ -134,17 +146,31 @@ def gdb_run(frozen_guest, tmp_path_factory):
     return name, meta, json.loads((work / "result.json").read_text()), p
 
 
+_CLI: dict[tuple, tuple[str, int, str]] = {}
+
+
 def _cli(meta, argv) -> tuple[str, int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(["-c", meta["snapshots"][0]["vmcore"], "-s", meta["vmlinux"], *argv])
-    return out.getvalue(), status, err.getvalue()
+    """What `memscope -c VMCORE -s VMLINUX ARGV` prints (stdout, status, stderr)."""
+    argv = ["-c", meta["snapshots"][0]["vmcore"], "-s", meta["vmlinux"], *argv]
+    if tuple(argv) not in _CLI:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(argv)
+        _CLI[tuple(argv)] = out.getvalue(), status, err.getvalue()
+    return _CLI[tuple(argv)]
 
 
-def test_every_command_and_format_prints_via_gdb_exactly_what_drgn_prints_on_the_vmcore(gdb_run):
+@pytest.mark.parametrize("reads", ["memsave", "packets"])
+def test_every_command_and_format_prints_via_gdb_exactly_what_drgn_prints_on_the_vmcore(
+        gdb_run, reads):
+    """Bulk reads through QEMU's monitor (memsave, the default when QEMU is local) and
+    through gdbstub memory packets only: both print what drgn prints."""
     name, meta, res, _ = gdb_run
-    assert res["runs"], "no commands registered"
-    for run in res["runs"]:
+    runs = res["runs"] if reads == "memsave" else res["runs_packets"]
+    if reads == "memsave":
+        assert res["memsave_used"], "QEMU's monitor memsave was not used on a local guest"
+    assert runs, "no commands registered"
+    for run in runs:
         want, status, err = _cli(meta, run["argv"])
         got = run["out"] if run["error"] is None else run["error"] + "\n"
         if status == 2:  # the CLI failed: gdb must fail with the same one line
@@ -234,3 +260,13 @@ def test_installed_package_prints_a_source_line_that_loads_memscope_into_gdb():
     assert line.startswith("source ") and line.endswith("gdb_frontend.py")
     g = _gdb_alone(line, "help memscope")
     assert g.stderr == "" and "buddyinfo" in g.stdout
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_memscope_completes_commands_options_and_formats_from_the_cli_parser():
+    commands._load()
+    p = _gdb_alone(f"source {SCRIPT}", "complete memscope buddy",
+                   "complete memscope buddyinfo -f ", "complete memscope buddyinfo --fo")
+    assert p.stdout.splitlines() == [
+        "memscope buddyinfo", *[f"memscope buddyinfo -f {f}" for f in sorted(
+            commands.COMMANDS["buddyinfo"].formats)], "memscope buddyinfo --format"]

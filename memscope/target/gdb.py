@@ -21,6 +21,12 @@ candidates, cheapest first:
 The offset is cached per gdb connection and vmlinux.  Per-CPU symbols of x86_64 (linked at
 0 in the .data..percpu section) are not relocated, as the kernel does not relocate them:
 only addresses in the upper (kernel) half move.
+
+Reads.  gdbstub memory packets carry ~2 KiB of hex each (~16 MB/s here), fine for the
+zones and list walks (small reads go through a per-command block cache) but slow for the
+memmap of a big guest.  When QEMU runs on this machine, reads of 64 KiB and more go through
+QEMU's monitor instead (``monitor memsave``, see :class:`_MemSave`), which is probed once
+per connection and falls back to gdbstub packets whenever it does not deliver.
 """
 
 from __future__ import annotations
@@ -38,18 +44,24 @@ KERNEL_HALF = 1 << 63
 #: Reads larger than this are split (gdb itself splits them into gdbstub packets).
 CHUNK = 1 << 20
 #: Small reads go through a per-command cache of aligned blocks of this size: list walks
-#: touch neighbouring struct pages, and a gdbstub round trip costs the same for 64 or 512
-#: bytes.  The guest is paused while a command runs, so the cache is dropped per command.
+#: touch neighbouring struct pages, and a gdbstub round trip costs ~45 us for 64 bytes,
+#: ~60 us for 512, ~80 us for 1 KiB.  512 was best over the buddy walks of a 4 GiB guest
+#: (freelists, check, pagetypeinfo; 64 to 2048 tried).  The guest is paused while a
+#: command runs, and the cache lives as long as one command's target.
 BLOCK = 512
 #: Reads of at most this many bytes are served from the block cache.
 SMALL = 256
+#: Reads of at least this many bytes go through QEMU's monitor (``memsave``) when that works.
+FAST_MIN = 64 << 10
 
 _KASLR_ALIGN = {"x86_64": 2 << 20, "aarch64": 64 << 10}
 _X86_IMAGE_SIZE = 1 << 30  # KERNEL_IMAGE_SIZE with KASLR (arch/x86/include/asm/page_64_types.h)
 
-# Per gdb session: kernel offsets by (connection, vmlinux), debug-info caches by vmlinux.
+# Per gdb session: kernel offsets by (connection, vmlinux), debug-info caches by vmlinux,
+# whether QEMU's monitor can save memory for us, by connection.
 _offsets: dict[tuple, int] = {}
 _debuginfo: dict[str, "_DebugInfo"] = {}
+_memsave: dict[tuple, "_MemSave | None"] = {}
 
 
 def _u64(v) -> int:
@@ -334,6 +346,68 @@ def forget() -> None:
     """Drop cached offsets and debug info (a new vmlinux or connection)."""
     _offsets.clear()
     _debuginfo.clear()
+    _memsave.clear()
+
+
+class _MemSave:
+    """Bulk reads through QEMU's monitor: ``monitor memsave ADDR SIZE FILE`` (sent by gdb as
+    a qRcmd packet) makes QEMU write guest virtual memory to a file, some 30 times faster
+    than gdbstub memory packets (hex, ~2 KiB each).  Used only when a probe shows that QEMU
+    writes where we can read (QEMU on this machine) and the bytes agree with gdb's own read
+    of the same address; MEMSCOPE_GDB_MEMSAVE=0 turns it off."""
+
+    def __init__(self):
+        import atexit
+        import shutil
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="memscope-gdb-")
+        os.chmod(self.dir, 0o700)
+        self.path = os.path.join(self.dir, "read.bin")
+        atexit.register(shutil.rmtree, self.dir, True)
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """SIZE bytes at ADDRESS, or None when QEMU could not save them all."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        try:
+            msg = gdb.execute(f'monitor memsave {address:#x} {size} "{self.path}"',
+                              to_string=True)
+        except gdb.error:
+            return None
+        if msg.strip():
+            return None  # e.g. "Error: Invalid addr ... specified"
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        finally:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        return data if len(data) == size else None
+
+    @classmethod
+    def probe(cls, address: int) -> "_MemSave | None":
+        if os.environ.get("MEMSCOPE_GDB_MEMSAVE", "1") == "0":
+            return None
+        ms = cls()
+        if '"' in ms.path:
+            return None
+        want = _try_read(address, 64)
+        got = ms.read(address, 64)
+        return ms if want is not None and got == want else None
+
+
+def _memsave_for(address: int) -> _MemSave | None:
+    key = _connection_key()
+    if key not in _memsave:
+        _memsave[key] = _MemSave.probe(address)
+    return _memsave[key]
 
 
 class GdbTarget(Target):
@@ -346,6 +420,7 @@ class GdbTarget(Target):
         self.offset = kernel_offset() if offset is None else offset
         self._inf = gdb.selected_inferior()
         self._blocks: dict[int, bytes | None] = {}
+        self._fast = _memsave_for(self.symbol("linux_banner"))
 
     # --- symbols and types --------------------------------------------------------
     def symbol(self, name: str) -> int:
@@ -421,6 +496,11 @@ class GdbTarget(Target):
                 data = b"".join(parts)
                 return data[address - first:address - first + size]
             return self._read_direct(address, size)  # raises FaultError, or the block edge
+        if self._fast is not None and size >= FAST_MIN:
+            data = self._fast.read(address, size)
+            if data is not None:
+                return data
+            # fall through: gdb's reads tell exactly what cannot be read
         if size <= CHUNK:
             return self._read_direct(address, size)
         out = bytearray(size)
