@@ -11,7 +11,6 @@ Every failure the user can act on is one line on stderr and a non-zero exit stat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,8 +17,7 @@ import drgn
 import pytest
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
-from memscope.lab import cases, kernels
-from memscope.lab import runner as labrun
+from memscope.lab import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -336,7 +336,9 @@ def _fetch(name: str, *, progress: bool | None) -> Kernel:
             raise LabError(f"no vmlinuz found in {', '.join(packages)}")
         shutil.move(str(vmlinux.resolve()), out / "vmlinux")
         for dst, src in files.items():
-            if src is not None:
+            # Debian ships a placeholder System.map ("The real System.map is in the
+            # linux-image-<version>-dbg package"): keep only a real one.
+            if src is not None and not (dst == "System.map" and src.stat().st_size < 4096):
                 shutil.move(str(src), out / dst)
         for mod in GUEST_MODULES:
             src = _find(tree, f"{mod}.ko*")

@@ -110,7 +110,7 @@ class QMP:
 class Console:
     """The guest's serial console: bytes in, lines out (with the raw bytes kept)."""
 
-    def __init__(self, path: Path, deadline: float, proc: subprocess.Popen):
+    def __init__(self, path: Path, deadline: float, proc: subprocess.Popen, log: Path):
         self.sock = socket.socket(socket.AF_UNIX)
         while True:
             try:
@@ -119,7 +119,7 @@ class Console:
             except (FileNotFoundError, ConnectionRefusedError):
                 if proc.poll() is not None:
                     raise LabError(f"QEMU exited at start ({proc.returncode}): "
-                                   f"{_stderr_tail(proc)}")
+                                   f"{_last_line(log)}")
                 if time.monotonic() > deadline:
                     raise LabError("QEMU's console socket never came up") from None
                 time.sleep(0.02)
@@ -164,12 +164,12 @@ class Console:
             pass
 
 
-def _stderr_tail(proc: subprocess.Popen) -> str:
+def _last_line(path: Path) -> str:
     try:
-        err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-    except (OSError, ValueError):
-        err = []
-    return err[-1] if err else "no message"
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "no message"
 
 
 def spawn(cmd: list[str], stderr_path: Path) -> subprocess.Popen:
