@@ -298,7 +298,10 @@ class PageMap:
 
     vmemmap: int
     page_size_struct: int
-    pages: np.ndarray  # structured array, see PageLayout.dtype(); zeros where invalid
+    # One contiguous array per decoded struct page field (FIELDS: "flags", "compound",
+    # "mapping", "index", "private", "mapcount", "refcount"; dtypes as in
+    # PageLayout.dtype()), indexed by pfn; zeros where invalid.
+    pages: dict[str, np.ndarray]
     valid: np.ndarray  # bool: a struct page was read
     cls: np.ndarray  # uint8 class code (CLASSES)
     order: np.ndarray  # int8: buddy/pcp order on the first page of a free block, else -1
@@ -314,43 +317,50 @@ class PageMap:
         return len(self.cls)
 
 
+# The struct page fields kept per pfn (see PageMap.pages).
+FIELDS = ("flags", "compound", "mapping", "index", "private", "mapcount", "refcount")
+
+
 def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
+    """Read the memmap section by section and keep each field in its own array.
+
+    Each chunk read is viewed in place (np.frombuffer with the struct page dtype) and its
+    fields are copied out while the chunk is still in the CPU cache; no copy of the whole
+    memmap is ever made (the field arrays are what the classification reads, contiguous)."""
     t = mm.t
     s = sections(mm)
     sz = pl.size
-    buf = np.empty(n * sz, np.uint8)
+    dt = pl.dtype()
+    out = {f: np.zeros(n, dt.fields[f][0]) for f in FIELDS}  # zero pages: holes
     valid = np.zeros(n, bool)
     unreadable = 0
-    present = s.present()
     pps = s.pages_per_section
+
+    def put(lo: int, hi: int, raw: bytes) -> None:
+        a = np.frombuffer(raw, dt)
+        for f in FIELDS:
+            out[f][lo:hi] = a[f]
+        valid[lo:hi] = True
+
     # One read per present section (2 MiB of struct pages for 128 MiB on x86_64 4K pages);
     # a section whose read fails (live target, vmemmap page not dumped) is retried in
     # 64 KiB pieces so that only the unreadable part becomes a hole.
-    for nr in np.flatnonzero(present):
-        lo = int(nr) * pps
+    for nr in np.flatnonzero(s.present()).tolist():
+        lo = nr * pps
         hi = min(lo + pps, n)
         if hi <= lo:
             continue
         try:
-            buf[lo * sz:hi * sz] = np.frombuffer(t.read(vmemmap + lo * sz, (hi - lo) * sz),
-                                                 np.uint8)
-            valid[lo:hi] = True
+            put(lo, hi, t.read(vmemmap + lo * sz, (hi - lo) * sz))
         except FaultError:
             step = max(1, 65536 // sz)
             for a in range(lo, hi, step):
                 b = min(a + step, hi)
                 try:
-                    buf[a * sz:b * sz] = np.frombuffer(t.read(vmemmap + a * sz, (b - a) * sz),
-                                                       np.uint8)
-                    valid[a:b] = True
+                    put(a, b, t.read(vmemmap + a * sz, (b - a) * sz))
                 except FaultError:
                     unreadable += b - a
-    # Zero what was not read (holes), run by run.
-    edges = np.flatnonzero(np.diff(np.concatenate(([True], valid, [True])).astype(np.int8)))
-    for a, b in zip(edges[0::2], edges[1::2]):
-        buf[a * sz:b * sz] = 0
-    pages = buf.view(pl.dtype())
-    return pages, valid, unreadable
+    return out, valid, unreadable
 
 
 def memmap(mm: MM) -> PageMap:
@@ -382,8 +392,70 @@ def _heads(pl: PageLayout, vmemmap: int, pfns: np.ndarray, info: np.ndarray) -> 
     return ((head_addr - np.uint64(vmemmap)) // np.uint64(sz)).astype(np.int64)
 
 
+# Page type codes of _type_codes(), in increasing precedence (a later one wins when a
+# page_type word matches several, which only the old bit encoding allows).
+T_NONE, T_OTHER, T_OFFLINE, T_TABLE, T_HUGETLB, T_KMALLOC, T_SLAB = range(7)
+_T_CLASS = {T_OTHER: "other", T_OFFLINE: "offline", T_TABLE: "pagetable",
+            T_HUGETLB: "hugetlb", T_KMALLOC: "kmalloc_large", T_SLAB: "slab"}
+_T_PGTY = ((T_OFFLINE, "PGTY_offline"), (T_TABLE, "PGTY_table"), (T_HUGETLB, "PGTY_hugetlb"),
+           (T_KMALLOC, "PGTY_large_kmalloc"), (T_SLAB, "PGTY_slab"))
+
+
+def _type_codes(pl: PageLayout, pt: np.ndarray) -> np.ndarray:
+    """T_* code of every page_type word (uint8; T_NONE when the word is a mapcount)."""
+    if pl.pagetype is not None:
+        # 6.10+: the type is the top byte: a 256-entry table on that byte (little endian).
+        lut = np.zeros(256, np.uint8)
+        top = np.arange(256, dtype=np.uint32) << np.uint32(24)
+        lut[pl.has_type(top)] = T_OTHER
+        for code, name in _T_PGTY:
+            if name in pl.pagetype:
+                lut[pl.pagetype[name] & 0xFF] = code
+        return lut[pt.view(np.uint8)[3::4]]
+    codes = np.where(pl.has_type(pt), np.uint8(T_OTHER), np.uint8(T_NONE))
+    for code, sel in ((T_OFFLINE, pl.is_offline(pt)), (T_TABLE, pl.is_table(pt))):
+        codes[sel] = code
+    return codes
+
+
+def _head_class_lut() -> np.ndarray:
+    """The class of an untyped-or-typed head page from an 8-bit key: bits 0-2 the T_* code,
+    bit 3 PG_reserved, bits 4-5 page->mapping & 3, bit 6 mapping != 0, bit 7 refcount 0.
+
+    The decisions, from the least to the most specific (a later one wins): refcount 0 is
+    free; a plain mapping is page cache; PAGE_MAPPING_ANON is anon; PAGE_MAPPING_MOVABLE
+    alone is other; PG_reserved; then the page type."""
+    lut = np.empty(256, np.uint8)
+    for key in range(256):
+        tcode, res, low2, mnz, ref0 = key & 7, key >> 3 & 1, key >> 4 & 3, key >> 6 & 1, key >> 7
+        c = C["kernel"]
+        if ref0:
+            c = C["free"]
+        if mnz and not low2 & (PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE):
+            c = C["pagecache"]
+        if low2 & PAGE_MAPPING_ANON:
+            c = C["anon"]
+        elif low2 & PAGE_MAPPING_MOVABLE:
+            c = C["other"]
+        if res:
+            c = C["reserved"]
+        if tcode in _T_CLASS:
+            c = C[_T_CLASS[tcode]]
+        lut[key] = c
+    return lut
+
+
+_HEAD_CLASS = _head_class_lut()
+
+
+def _flag(flags: np.ndarray, bit: int | None) -> np.ndarray:
+    """Bit BIT of every flags word, as a bool array (reads the one byte that holds it)."""
+    if bit is None:
+        return np.zeros(len(flags), bool)
+    return (flags.view(np.uint8)[bit >> 3::8] & np.uint8(1 << (bit & 7))) != 0
+
+
 def _build(mm: MM) -> PageMap:
-    t = mm.t
     pl = page_layout(mm)
     zones_ = zones(mm)
     n = max_pfn(mm)
@@ -394,40 +466,49 @@ def _build(mm: MM) -> PageMap:
     ref = pages["refcount"]
     mapping = pages["mapping"]
     comp = pages["compound"]
+    u8 = np.uint8
+    # Invalid pages are all zeros, so every test below is false on them unless it is a
+    # "== 0" test; those pages become holes at the end whatever they were on the way.
 
-    cls = np.full(n, C["kernel"], np.uint8)
+    tail = (comp.view(u8)[::8] & u8(1)).view(bool)
+    head = ~tail
+    ref0 = ref == 0
+    tcode = _type_codes(pl, pt)
+    typed = tcode != T_NONE
+    is_head = _flag(flags, pl.PG_head)
+
+    # Head pages: one table lookup on an 8-bit key (see _head_class_lut); tails "kernel"
+    # until they take their head's class below.
+    key = tcode if pl.PG_slab is None else np.where(_flag(flags, pl.PG_slab), u8(T_SLAB), tcode)
+    key = key | (_flag(flags, pl.PG_reserved).view(u8) << u8(3))
+    key |= (mapping.view(u8)[::8] & u8(3)) << u8(4)
+    key |= (mapping != 0).view(u8) << u8(6)
+    key |= ref0.view(u8) << u8(7)
+    cls = np.where(tail, u8(C["kernel"]), _HEAD_CLASS[key])
     order = np.full(n, -1, np.int8)
     bad = np.zeros(n, bool)
 
-    def flag(bit: int | None) -> np.ndarray:
-        if bit is None:
-            return np.zeros(n, bool)
-        return (flags >> np.uint64(bit)) & np.uint64(1) == 1
-
-    tail = valid & ((comp & np.uint64(1)) == 1)
-    head = ~tail
-
-    # Untyped, unowned first; then overwrite from the least to the most specific decision.
-    cls[head & (ref == 0)] = C["free"]
-    m_anon = (mapping & np.uint64(PAGE_MAPPING_ANON)) != 0
-    m_mov = (mapping & np.uint64(PAGE_MAPPING_MOVABLE)) != 0
-    cls[head & (mapping != 0) & ~m_anon & ~m_mov] = C["pagecache"]
-    cls[head & m_anon] = C["anon"]
-    cls[head & m_mov & ~m_anon] = C["other"]
-    cls[head & flag(pl.PG_reserved)] = C["reserved"]
-    typed = pl.has_type(pt)
-    cls[head & typed] = C["other"]
-    for name, sel in (("offline", pl.is_offline(pt)), ("pagetable", pl.is_table(pt)),
-                      ("hugetlb", pl._typed(pt, "PGTY_hugetlb", None)),
-                      ("kmalloc_large", pl._typed(pt, "PGTY_large_kmalloc", None)),
-                      ("slab", pl.is_slab_type(pt) | flag(pl.PG_slab))):
-        cls[head & sel] = C[name]
+    # Buddy blocks: the first page is PageBuddy with the order in private.  Computed first
+    # (it reads no class) so that the blank-page grouping below can skip their pages.
+    if pl.pagetype is not None and "PGTY_buddy" in pl.pagetype:  # the top byte alone
+        is_buddy = pt.view(u8)[3::4] == u8(pl.pagetype["PGTY_buddy"] & 0xFF)
+    else:
+        is_buddy = pl.is_buddy(pt)
+    bud = np.flatnonzero(head & is_buddy)
+    bo = pages["private"][bud]
+    good = bo < mm.nr_orders
+    bad[bud[~good]] = True
+    bud, bo = bud[good], bo[good].astype(np.int64)
+    cover = _cover(n, bud, bo)
+    covered = cover > 0
 
     # alloc_pages(order > 0) without __GFP_COMP: only the first page holds the reference;
     # the other pages of the block are blank with refcount 0.  A blank refcount-0 page
     # right after an allocated untyped page, inside the naturally aligned block that page
-    # would head, is counted with it ("kernel") rather than as "free".
-    blank = np.flatnonzero(head & (ref == 0) & (mapping == 0) & ~typed & (cls == C["free"]))
+    # would head, is counted with it ("kernel") rather than as "free".  (A blank page is
+    # exactly a head still classed "free" here.  Those inside a buddy block end as buddy
+    # whatever happens here, unless they are PG_head and pass their class to tails.)
+    blank = np.flatnonzero((cls == C["free"]) & valid & (~covered | is_head))
     if len(blank):
         allocated = np.flatnonzero(valid & head & (ref > 0))
         k = np.searchsorted(allocated, blank) - 1
@@ -444,22 +525,15 @@ def _build(mm: MM) -> PageMap:
         hp = _heads(pl, vm, tpfn, comp[tpfn])
         ok = (hp >= 0) & (hp < tpfn) & (tpfn - hp < (1 << 20))
         hp_c = np.where(ok, hp, 0)
-        ok &= valid[hp_c] & flag(pl.PG_head)[hp_c]
+        ok &= valid[hp_c] & is_head[hp_c]
         cls[tpfn[ok]] = cls[hp_c[ok]]
         bad[tpfn[~ok]] = True
 
-    # Buddy blocks: the first page is PageBuddy with the order in private.
-    bud = np.flatnonzero(valid & head & pl.is_buddy(pt))
-    bo = pages["private"][bud]
-    good = bo < mm.nr_orders
-    bad[bud[~good]] = True
-    bud, bo = bud[good], bo[good].astype(np.int64)
-    cover = _cover(n, bud, bo)
-    bad[cover > 1] = True
-    inner = (cover > 0)
+    bad |= cover > 1
+    inner = covered.copy()
     inner[bud] = False
-    bad[inner & ((ref != 0) | typed | tail)] = True
-    cls[cover > 0] = C["buddy"]
+    bad |= inner & (~ref0 | typed | tail)
+    cls = np.where(covered, u8(C["buddy"]), cls)
     order[bud] = bo
 
     # Per-CPU lists.
@@ -467,14 +541,15 @@ def _build(mm: MM) -> PageMap:
     pcp_pfns, pcp_orders = _pcp_pages(mm, pl, vm, n, findings, comp, valid)
     if len(pcp_pfns):
         bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
-        pc = _cover(n, pcp_pfns, pcp_orders)
-        cls[(pc > 0) & (cls != C["buddy"])] = C["pcp"]
+        pc = _expand(n, pcp_pfns, pcp_orders)
+        pc = pc[cls[pc] != C["buddy"]]
+        cls[pc] = C["pcp"]
         order[pcp_pfns] = pcp_orders
 
     zid = _zone_ids(zones_, n)
-    cls[~valid | (zid < 0)] = C["hole"]
+    cls = np.where(valid & (zid >= 0), cls, u8(C["hole"]))
     bad &= valid
-    return PageMap(vm, pl.size, pages, valid, cls, order, tail & valid, bad, zid, zones_,
+    return PageMap(vm, pl.size, pages, valid, cls, order, tail, bad, zid, zones_,
                    findings, unreadable)
 
 
@@ -484,7 +559,15 @@ def _cover(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
     ends = np.minimum(starts + (1 << orders), n)
     np.add.at(d, starts, 1)
     np.add.at(d, ends, -1)
-    return np.cumsum(d[:-1])
+    return np.cumsum(d[:-1], dtype=np.int32)
+
+
+def _expand(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """Every pfn of the blocks [start, start + 2^order) (clipped to n; repeats kept)."""
+    lens = np.maximum(np.minimum(starts + (1 << orders), n) - starts, 0)
+    total = int(lens.sum())
+    first = np.repeat(np.cumsum(lens) - lens, lens)
+    return np.repeat(starts, lens) + (np.arange(total) - first)
 
 
 # --- per-CPU page lists --------------------------------------------------------------
@@ -562,6 +645,10 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     out_o: list[int] = []
     cpus = possible_cpus(t)
     offsets = per_cpu_offsets(t, cpus)
+    # Python ints straight from the arrays (memoryview items), not numpy scalars.
+    nxt_v = memoryview(np.ascontiguousarray(nxt, dtype=np.uint64))
+    valid_v = memoryview(np.ascontiguousarray(valid, dtype=bool))
+    entry0 = pl.lru_off + vmemmap  # pcp_list.next points at page->pcp_list (the lru word)
     for z in zones(mm):
         try:
             ptr = t.read_u64(z.address + zoff)
@@ -582,25 +669,27 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
                 node = int(heads[2 * li])
                 seen = set()
                 steps = 0
+                bound = max(count, 0)
+                first = len(out_p)
                 while node != head_addr:
-                    if steps > max(count, 0) or node in seen:
+                    if steps > bound or node in seen:
                         findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
                                         "cycle or longer than pcp->count")
                         break
                     seen.add(node)
                     steps += 1
-                    pfn, rem = divmod(node - pl.lru_off - vmemmap, sz)
+                    pfn, rem = divmod(node - entry0, sz)
                     if rem or not 0 <= pfn < n:
                         findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
                                         f"pointer {node:#x} outside the memmap")
                         break
-                    if not valid[pfn]:
+                    if not valid_v[pfn]:
                         findings.append(f"node {z.node} zone {z.name} cpu {cpu}: "
                                         f"unreadable list entry {node:#x}")
                         break
                     out_p.append(pfn)
-                    out_o.append(o)
-                    node = int(nxt[pfn])
+                    node = nxt_v[pfn]
+                out_o.extend([o] * (len(out_p) - first))
     return np.array(out_p, np.int64), np.array(out_o, np.int64)
 
 
@@ -620,17 +709,28 @@ class ZonePages:
 
 def zone_counts(mm: MM) -> list[ZonePages]:
     pm = memmap(mm)
+    n = pm.nr_pages
     out = []
     for i, z in enumerate(pm.zones):
-        sel = pm.zone_id == i
-        c = np.bincount(pm.cls[sel], minlength=len(CLASSES))
-        bo = pm.order[sel & (pm.cls == C["buddy"]) & (pm.order >= 0)]
+        # zone_id == i only inside the zone's span (a later, overlapping zone may own part
+        # of it): count on that slice, masked only when it is not all ours.
+        lo, hi = min(z.zone_start_pfn, n), min(z.end_pfn, n)
+        mine = pm.zone_id[lo:hi] == i
+        whole = bool(mine.all())
+
+        def part(a: np.ndarray) -> np.ndarray:
+            return a[lo:hi] if whole else a[lo:hi][mine]
+
+        cls = part(pm.cls)
+        c = np.bincount(cls, minlength=len(CLASSES))
+        order = part(pm.order)
+        bo = order[(cls == C["buddy"]) & (order >= 0)]
         out.append(ZonePages(
             z.node, z.name, z.zone_start_pfn, z.end_pfn,
             {name: int(c[i2]) for i2, name in enumerate(CLASSES)},
             [int(x) for x in np.bincount(bo, minlength=mm.nr_orders)],
-            int(c[C["pcp"]]), int(np.count_nonzero(sel & pm.tail)),
-            int(np.count_nonzero(sel & pm.inconsistent))))
+            int(c[C["pcp"]]), int(np.count_nonzero(part(pm.tail))),
+            int(np.count_nonzero(part(pm.inconsistent)))))
     return out
 
 
@@ -669,7 +769,7 @@ def page_records(mm: MM, lo: int, hi: int) -> list[PageRecord]:
         if not pm.valid[pfn]:
             out.append(PageRecord(pfn, "hole", [], None, 0, None, None, 0, 0, 0, None, False))
             continue
-        p = pm.pages[pfn]
+        p = {f: a[pfn] for f, a in pm.pages.items()}
         ptv = int(p["mapcount"])
         typed = bool(pl.has_type(ptv))
         if typed:

@@ -116,5 +116,9 @@ class MM:
         return out
 
     def all_zones(self, populated_only: bool = True) -> list[Zone]:
-        return [z for nid in self.node_ids() for z in self.zones(nid)
-                if z.populated or not populated_only]
+        # Read once per MM (every command asks, some several times); a new list each call.
+        zones = self.__dict__.get("_all_zones")
+        if zones is None:
+            zones = self.__dict__["_all_zones"] = [z for nid in self.node_ids()
+                                                   for z in self.zones(nid)]
+        return [z for z in zones if z.populated or not populated_only]
