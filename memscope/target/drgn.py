@@ -15,25 +15,34 @@ from ..errors import MemscopeError
 from .base import FaultError, Layout, Member, Target, TargetError
 
 
+_TYPEDEF, _ARRAY = drgn.TypeKind.TYPEDEF, drgn.TypeKind.ARRAY
+_COMPOUND = (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION)
+
+
 def _flatten(t: drgn.Type, base: int, out: dict[str, Member]) -> None:
+    # Type.kind builds a new enum member per access: read it once per member.
     for m in t.members:
-        mt = m.type
-        while mt.kind == drgn.TypeKind.TYPEDEF:
-            mt = mt.type
-        off = base + m.bit_offset // 8
-        if m.name is None:
-            if mt.kind in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
-                _flatten(mt, off, out)
+        name = m.name
+        if name is not None and name in out:
             continue
-        if m.name in out:
+        mt = m.type
+        kind = mt.kind
+        while kind == _TYPEDEF:
+            mt = mt.type
+            kind = mt.kind
+        bit_offset = m.bit_offset
+        off = base + bit_offset // 8
+        if name is None:
+            if kind in _COMPOUND:
+                _flatten(mt, off, out)
             continue
         try:
             size = drgn.sizeof(mt)
         except (TypeError, ValueError):
             size = 0
-        length = mt.length if mt.kind == drgn.TypeKind.ARRAY else None
-        out[m.name] = Member(m.name, off, size, str(m.type.type_name()), length,
-                             m.bit_offset % 8, m.bit_field_size)
+        length = mt.length if kind == _ARRAY else None
+        out[name] = Member(name, off, size, str(m.type.type_name()), length,
+                           bit_offset % 8, m.bit_field_size)
 
 
 class DrgnTarget(Target):
