@@ -10,6 +10,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -91,7 +92,19 @@ def build(opts: labrun.RunOptions) -> Path:
             fcntl.flock(lockfile, fcntl.LOCK_EX)
             if not (d / "meta.json").exists():
                 labrun.run(opts, d)
+                _remove_stale(d)
     return d
+
+
+def _remove_stale(current: Path) -> None:
+    """Delete older builds of the same case (same options, older guest scripts or
+    workloads): each holds a dump as large as the guest's memory."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    for old in current.parent.iterdir():
+        if old != current and old.is_dir() and old.name.startswith(prefix) \
+                and len(old.name) == len(current.name):
+            shutil.rmtree(old, ignore_errors=True)
+            (old.parent / f".{old.name}.lock").unlink(missing_ok=True)
 
 
 def snapshot(case: str, name: str = "") -> Snapshot:
