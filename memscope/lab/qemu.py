@@ -61,20 +61,31 @@ def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, appe
     return cmd
 
 
+def _connect(path: Path, deadline: float, proc: subprocess.Popen, log: Path,
+             what: str) -> socket.socket:
+    """Connect to one of QEMU's Unix sockets, waiting for QEMU to create it."""
+    sock = socket.socket(socket.AF_UNIX)
+    while True:
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            if proc.poll() is not None:
+                sock.close()
+                raise LabError(f"QEMU exited at start ({proc.returncode}): "
+                               f"{_last_line(log)}") from None
+            if time.monotonic() > deadline:
+                sock.close()
+                raise LabError(f"QEMU's {what} socket never came up") from None
+            time.sleep(0.02)
+
+
 class QMP:
     """A minimal QMP client.  QEMU serves one QMP client at a time: close this before
     handing the guest to drgn --qemu."""
 
-    def __init__(self, path: Path, deadline: float):
-        self.sock = socket.socket(socket.AF_UNIX)
-        while True:
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise LabError("QEMU's QMP socket never came up") from None
-                time.sleep(0.02)
+    def __init__(self, path: Path, deadline: float, proc: subprocess.Popen, log: Path):
+        self.sock = _connect(path, deadline, proc, log, "QMP")
         self.file = self.sock.makefile("rwb")
         self._read()  # greeting
         self.execute("qmp_capabilities")
@@ -111,18 +122,7 @@ class Console:
     """The guest's serial console: bytes in, lines out (with the raw bytes kept)."""
 
     def __init__(self, path: Path, deadline: float, proc: subprocess.Popen, log: Path):
-        self.sock = socket.socket(socket.AF_UNIX)
-        while True:
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if proc.poll() is not None:
-                    raise LabError(f"QEMU exited at start ({proc.returncode}): "
-                                   f"{_last_line(log)}")
-                if time.monotonic() > deadline:
-                    raise LabError("QEMU's console socket never came up") from None
-                time.sleep(0.02)
+        self.sock = _connect(path, deadline, proc, log, "console")
         self.buf = b""
         self.tail: list[bytes] = []  # the last lines, for error messages
 

@@ -221,7 +221,7 @@ class _Boot:
         self.proc = qemu.spawn(cmd, self.stage / "qemu.log")
         self.console = qemu.Console(self.console_path, t0 + 30, self.proc,
                                     self.stage / "qemu.log")
-        self.qmp = qemu.QMP(self.qmp_path, t0 + 30)
+        self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, self.stage / "qemu.log")
         self.meta.update(qemu_command=cmd, console_log=str(log), gdb_port=gdb_port,
                          qemu_pid=self.proc.pid)
         truth: dict[str, bytes] = {}
