@@ -26,7 +26,7 @@ demo: setup
 	$(PY) -m memscope.demo
 
 test: setup
-	MEMSCOPE_PREBUILD=1 $(PY) -m pytest -q -p no:cacheprovider
+	PATH="$(abspath $(VENV))/bin:$$PATH" MEMSCOPE_PREBUILD=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
 	$(PY) -m benchmarks

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ from memscope.lab import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "gdb_scripts" / "memscope.py"
+
+# gdb embeds the system python; the front end takes tabulate from "memscope's own python".
+# In the tests that is the python running them (a fresh machine's python3 on PATH may have
+# neither memscope nor tabulate).
+os.environ.setdefault("MEMSCOPE_PYTHON", sys.executable)
 
 # kernel -> (gdb binary, guest memory in MB)
 GUESTS = {"6.12": ("gdb", 512), "6.12-arm64": ("gdb-multiarch", 1024)}
