@@ -70,6 +70,21 @@ def lab_case():
     return get
 
 
+@pytest.fixture(scope="session")
+def live_guest(tmp_path_factory):
+    """A 6.12 guest still running the churn workload (lab run --live): its meta.json
+    (qmp_socket, gdb_port, vmlinux, ...).  One for the whole session; stopped at its end."""
+    from memscope import lab
+
+    out = tmp_path_factory.mktemp("live") / "guest"
+    try:
+        yield lab.run(lab.RunOptions(kernel="6.12", workload="churn", mode="live",
+                                     progress=False), out)
+    finally:
+        if (out / "meta.json").exists():
+            lab.stop(out)
+
+
 @pytest.fixture(scope="session", params=cases.REAL_KERNEL_CASES)
 def real_kernel(request, lab_case) -> cases.Snapshot:
     """Each real-kernel lab case in turn: 5.10, 6.1, 6.12, 7.2, 6.12-arm64, 6.12 NUMA."""

@@ -220,21 +220,6 @@ def test_a_vmlinux_from_another_kernel_is_a_one_line_error(lab_case):
 
 
 # --- a live guest ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def live_guest(tmp_path_factory):
-    """A 6.12 guest still running the churn workload, reachable over QMP."""
-    out = tmp_path_factory.mktemp("live") / "guest"
-    r = run_cli("lab", "run", CORRUPT_KERNEL, "--workload", "churn", "--live", "-o", str(out),
-                timeout=900)
-    try:
-        assert r.returncode == 0, r.stderr
-        meta = json.loads((out / "meta.json").read_text())
-        yield meta["qmp_socket"], cases.snapshot(CORRUPT_KERNEL).vmlinux
-    finally:
-        if (out / "meta.json").exists():
-            run_cli("lab", "stop", str(out))
-
-
 LIVE_RUNS = [("buddyinfo", "proc"), ("pagetypeinfo", "proc"), ("pagetypeinfo", "json"),
              ("freelists", "json"), ("check", "json")]
 
@@ -242,7 +227,7 @@ LIVE_RUNS = [("buddyinfo", "proc"), ("pagetypeinfo", "proc"), ("pagetypeinfo", "
 def test_every_buddy_command_completes_on_a_churning_live_guest_over_qmp(live_guest):
     """Walks race with the kernel: they stay bounded and report what moved under them
     (check/freelists may exit 1 with problems), never an exception or a hang."""
-    qmp, vmlinux = live_guest
+    qmp, vmlinux = live_guest["qmp_socket"], live_guest["vmlinux"]
     for cmd, fmt in LIVE_RUNS:
         r = run_cli("--qemu", qmp, "-s", str(vmlinux), cmd, "-f", fmt)
         assert r.stderr == "", (cmd, r.stderr)

@@ -260,18 +260,6 @@ def test_an_unwritable_png_path_is_one_line(lab_case):
 
 
 # --- a live guest -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def live_guest(tmp_path_factory):
-    out = tmp_path_factory.mktemp("live") / "guest"
-    p = memscope("lab", "run", "6.12", "--workload", "churn", "--live", "-o", str(out))
-    assert p.returncode == 0, p.stderr
-    meta = json.loads((out / "meta.json").read_text())
-    try:
-        yield meta
-    finally:
-        memscope("lab", "stop", str(out))
-
-
 @pytest.mark.parametrize("cmd", [["pages"], ["frag"]])
 def test_live_guest_commands_complete_and_report_changed_pages(live_guest, cmd):
     p = memscope("--qemu", live_guest["qmp_socket"], "-s", live_guest["vmlinux"], *cmd,
