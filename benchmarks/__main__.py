@@ -39,10 +39,12 @@ def gdb_rows(kernel: str, repeat: int, timeout: float, log) -> tuple[list[Row], 
     for line in p.stdout.splitlines():
         # command, drgn first, drgn best, gdb first, gdb best, gdb/drgn, ...
         m = re.match(r"\s*(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", line)
-        if m:
-            rows.append(Row("gdb", f"gdb memscope {m[1]}", float(m[5]),
-                            f"drgn memscope {m[1]} (its vmcore)", float(m[3]), "<= 3",
-                            "paused guest, best of runs"))
+        if m and float(m[6]):
+            # the printed ratio, not the rounded seconds (buddyinfo's drgn best prints 0)
+            gdb_s, ratio = float(m[5]), float(m[6])
+            rows.append(Row("gdb", f"gdb memscope {m[1]}", gdb_s,
+                            f"drgn memscope {m[1]} (its vmcore)", gdb_s / ratio, "<= 3",
+                            "paused guest; ms rounded by bench_gdb"))
     if not rows:
         return [], "bench_gdb.py output not understood: skipped. Its output:\n" + p.stdout
     return rows, "bench_gdb.py:\n" + p.stdout.strip()
