@@ -83,12 +83,15 @@ def run(opts: RunOptions, out: Path) -> dict:
                        "choose another -o or remove it", exit_status=2)
     if opts.mode not in ("dump", "keep", "live"):
         raise LabError(f"unknown mode {opts.mode}")
+    for what, value, low in (("--mem", opts.mem, 128), ("--smp", opts.smp, 1),
+                             ("--numa", opts.numa, 1), ("--tries", opts.tries, 1)):
+        if value < low:
+            raise LabError(f"{what} must be at least {low} (got {value})", exit_status=2)
     progress = sys.stderr.isatty() if opts.progress is None else opts.progress
     say = _Say(progress)
     workload = resolve_workload(opts.workload)
+    kernels.spec(opts.kernel)  # an unknown kernel is an error before anything else
     kernel = kernels.ensure(opts.kernel, progress=progress)
-    if opts.numa > 1 and opts.smp < 1:
-        raise LabError("--smp must be at least 1")
     out.parent.mkdir(parents=True, exist_ok=True)
     free_mb = shutil.disk_usage(out.parent).free // 2**20
     if opts.mode != "live" and free_mb < opts.mem + 16:
@@ -131,7 +134,6 @@ def run(opts: RunOptions, out: Path) -> dict:
                            f"{opts.tries} boots ({last_error}); the kernel kept moving between "
                            "the read and the freeze: retry, or use a quieter workload")
         initrd.unlink()
-        (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             out.rmdir()
         os.rename(stage, out)
