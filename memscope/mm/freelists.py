@@ -32,7 +32,7 @@ import struct
 from functools import cached_property
 
 from ..target.base import FaultError, TargetError
-from .page import page_layout, vmemmap_base
+from .page import page_layout, pcp_layout, pindex_to_order, vmemmap_base
 from .zone import MM, Zone
 
 #: A list walk stops after this many problems (the rest of the list cannot be trusted).
@@ -43,6 +43,16 @@ MAX_PROBLEMS_PER_LIST = 16
 PAGETYPEINFO_CAP = 100000
 
 _MASK64 = (1 << 64) - 1
+_LINK = struct.Struct("<QQ")  # struct list_head {next, prev}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+#: The walks cache the memmap in pieces of this many bytes (see FreeListWalker._page).
+REGION = 64 << 10
+
+
+def _ignore(*_args) -> None:
+    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +132,18 @@ class FreeListWalker:
         self.fa_nr_free_off = fa.offset("nr_free")
         self.nr_lists = fa["free_list"].array_length
         self.zone_fa_off = mm.zone_layout.offset("free_area")
+        # Bulk-read memmap pieces (see _page), and PageBuddy per page_type word.
+        self._per_region = max(1, REGION // self.page_size)
+        self._regions: dict[int, bytes] = {}
+        self._misses: dict[int, int] = {}
+        self._bad_regions: set[int] = set()
+        self._buddy_types: dict[int, bool] = {}
+
+    def _is_buddy(self, page_type: int) -> bool:
+        b = self._buddy_types.get(page_type)
+        if b is None:
+            b = self._buddy_types[page_type] = bool(self.pl.is_buddy(page_type))
+        return b
 
     @cached_property
     def vmemmap(self) -> int:
@@ -169,26 +191,56 @@ class FreeListWalker:
                 + 16 * mt)
 
     def nr_free(self, zone: Zone) -> list[int]:
-        raw = self.t.read(zone.address + self.zone_fa_off, self.mm.nr_orders * self.fa_size)
-        o = self.fa_nr_free_off
-        return [int.from_bytes(raw[i * self.fa_size + o:][:8], "little")
-                for i in range(self.mm.nr_orders)]
+        return self.free_area(zone)[0]
+
+    # --- struct pages, read in bulk ------------------------------------------------------
+    def _page(self, pfn: int) -> tuple[bytes, int]:
+        """(buffer, offset) of pfn's struct page in bulk-read memory.
+
+        The memmap is cached in REGION-sized pieces (64 KiB, 1024 struct pages on x86_64):
+        the first entry of a list that lands in a piece is read alone (one struct page: free
+        lists of high orders are spread over the whole memmap, one entry per piece), the
+        second makes the whole piece be read (per-CPU lists and low-order free lists come
+        back to the same pieces: 11k pcp entries of a 4 GiB guest live in 32 of them).  A
+        piece that cannot be read is not tried again; its pages are read one by one, and
+        FaultError from that read is the walk's "unreadable" finding."""
+        r, i = divmod(pfn, self._per_region)
+        buf = self._regions.get(r)
+        if buf is not None:
+            return buf, i * self.page_size
+        if r not in self._bad_regions:
+            n = self._misses[r] = self._misses.get(r, 0) + 1
+            if n >= 2:
+                lo = r * self._per_region
+                hi = min(lo + self._per_region, self.end_pfn)
+                try:
+                    buf = self._regions[r] = self.t.read(self.vmemmap + lo * self.page_size,
+                                                         (hi - lo) * self.page_size)
+                    return buf, i * self.page_size
+                except FaultError:
+                    self._bad_regions.add(r)
+        return self.t.read(self.vmemmap + pfn * self.page_size, self.page_size), 0
 
     # --- the bounded walk -----------------------------------------------------------
-    def walk(self, head: int, link: int, bound: int, problem, *, read_pages: bool = True):
-        """Yield (pfn, raw struct page bytes or None) for each entry of the list at HEAD.
+    def walk(self, head: int, link: int, bound: int, problem, first: int | None = None):
+        """Yield (pfn, buffer, offset) for each entry of the list at HEAD: the entry's
+        struct page is ``buffer[offset:offset + sizeof(struct page)]`` (bulk-read memory,
+        see :meth:`_page`).  FIRST is head->next when the caller has already read the
+        structure that holds the head (struct zone's free_area[], struct per_cpu_pages).
 
         PROBLEM(kind, message) is called for each problem found; the walk stops at a
         cycle, a pointer outside the memmap, an unreadable entry or after BOUND entries."""
-        t = self.t
-        try:
-            nxt = t.read_u64(head)
-        except FaultError:
-            problem("unreadable", f"list head {head:#x} cannot be read")
-            return
+        if first is None:
+            try:
+                first = self.t.read_u64(head)
+            except FaultError:
+                problem("unreadable", f"list head {head:#x} cannot be read")
+                return
+        nxt = first
         prev = head
         visited: set[int] = set()
         n = 0
+        unpack = _LINK.unpack_from
         while nxt != head:
             if nxt in visited:
                 problem("cycle", f"entry {nxt:#x} comes back after {n} entries "
@@ -205,37 +257,64 @@ class FreeListWalker:
                         f"{self.end_pfn:#x})")
                 return
             try:
-                raw = t.read(page, self.page_size) if read_pages else t.read(nxt, 16)
+                buf, off = self._page(pfn)
             except FaultError:
                 problem("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} cannot be read")
                 return
-            off = link if read_pages else 0
-            nn, pp = struct.unpack_from("<QQ", raw, off)
+            nn, pp = unpack(buf, off + link)
             if pp != prev:
                 problem("broken_link", f"pfn {pfn:#x}: prev {pp:#x} is not the previous "
                         f"entry {prev:#x}")
             visited.add(nxt)
             n += 1
-            yield pfn, (raw if read_pages else None)
+            yield pfn, buf, off
             prev, nxt = nxt, nn
 
-    def count_list(self, head: int, cap: int = PAGETYPEINFO_CAP) -> tuple[int, bool]:
+    def count_list(self, head: int, cap: int = PAGETYPEINFO_CAP,
+                   first: int | None = None) -> tuple[int, bool]:
         """(entries, overflow) as /proc/pagetypeinfo counts them: list_for_each with
         ``if (++freecount >= 100000) { overflow = true; break; }``.  A cycle or a bad
         pointer ends the count where the kernel would have looped or crashed."""
         n = 0
-        for _ in self.walk(head, self.buddy_link, cap, lambda *a: None, read_pages=False):
+        for _ in self.walk(head, self.buddy_link, cap, _ignore, first):
             n += 1
             if n >= cap:
                 return n, True
         return n, False
+
+    def free_area(self, z: Zone) -> tuple[list[int], list[list[int]]]:
+        """(free_area[order].nr_free, free_area[order].free_list[mt].next) of zone Z, from
+        one read of its free_area[] array."""
+        raw = self.t.read(z.address + self.zone_fa_off, self.mm.nr_orders * self.fa_size)
+        nr_free, firsts = [], []
+        for o in range(self.mm.nr_orders):
+            base = o * self.fa_size
+            nr_free.append(int.from_bytes(raw[base + self.fa_nr_free_off:][:8], "little"))
+            firsts.append(list(struct.unpack_from(f"<{2 * self.nr_lists}Q", raw,
+                                                  base + self.fa_list_off)[0::2]))
+        return nr_free, firsts
+
+    def free_list_counts(self, z: Zone) -> tuple[list[list[int]], list[list[bool]]]:
+        """[order][mt] (entries, overflow) of every free list of Z, as pagetypeinfo counts."""
+        _, firsts = self.free_area(z)
+        counts, over = [], []
+        for order in range(self.mm.nr_orders):
+            c, f = [], []
+            for mt in range(self.nr_lists):
+                n, o = self.count_list(self.free_list_head(z, order, mt),
+                                       first=firsts[order][mt])
+                c.append(n)
+                f.append(o)
+            counts.append(c)
+            over.append(f)
+        return counts, over
 
     # --- a zone -----------------------------------------------------------------------
     def zone(self, z: Zone, *, pcp: bool = True) -> ZoneFreeLists:
         mm, t = self.mm, self.t
         problems: list[Problem] = []
         names = self.migratetype_names
-        nr_free = self.nr_free(z)
+        nr_free, firsts = self.free_area(z)
         walked = [[0] * self.nr_lists for _ in range(mm.nr_orders)]
         blocks: list[FreeBlock] = []
         owner: dict[int, str] = {}  # pfn -> list it was found on (cross-links)
@@ -253,11 +332,12 @@ class FreeListWalker:
                                              f"{MAX_PROBLEMS_PER_LIST} problems: rest of "
                                              "the list not walked"))
 
-                for pfn, raw in self.walk(self.free_list_head(z, order, mt), self.buddy_link,
-                                          bound, problem):
+                for pfn, buf, off in self.walk(self.free_list_head(z, order, mt),
+                                               self.buddy_link, bound, problem,
+                                               firsts[order][mt]):
                     walked[order][mt] += 1
                     blocks.append(FreeBlock(z.node, z.name, order, mtname, pfn))
-                    self._check_free_page(z, order, pfn, raw, problem)
+                    self._check_free_page(z, order, pfn, buf, off, problem)
                     other = owner.get(pfn)
                     if other is not None:
                         problem("cross_linked", f"pfn {pfn:#x} is also on {other}")
@@ -288,12 +368,13 @@ class FreeListWalker:
         return ZoneFreeLists(z.node, z.name, nr_free, walked, blocks, pcps, pcp_count,
                              counter, problems)
 
-    def _check_free_page(self, z: Zone, order: int, pfn: int, raw: bytes, problem) -> None:
-        pt = int.from_bytes(raw[self.page_type_off:self.page_type_off + 4], "little")
-        if not bool(self.pl.is_buddy(pt)):
+    def _check_free_page(self, z: Zone, order: int, pfn: int, buf: bytes, off: int,
+                         problem) -> None:
+        pt, = _U32.unpack_from(buf, off + self.page_type_off)
+        if not self._is_buddy(pt):
             problem("not_buddy", f"pfn {pfn:#x} is not PageBuddy (page_type {pt:#010x})")
         else:
-            private = int.from_bytes(raw[self.private_off:self.private_off + 8], "little")
+            private, = _U64.unpack_from(buf, off + self.private_off)
             if private != order:
                 problem("wrong_order", f"pfn {pfn:#x} has order {private} (page->private) "
                         f"on the order-{order} list")
@@ -350,32 +431,29 @@ class FreeListWalker:
     @cached_property
     def _pcp_layout(self) -> tuple[int, int, int, int, int]:
         """(zone member, offset of struct per_cpu_pages in what it points to, count
-        offset, lists offset, number of lists)."""
-        t, zl = self.t, self.mm.zone_layout
-        pcp = t.layout("struct per_cpu_pages")
-        if zl.has("per_cpu_pageset"):  # 5.14+, commit 28f836b6777b
-            return (zl.offset("per_cpu_pageset"), 0, pcp.offset("count"), pcp.offset("lists"),
-                    pcp["lists"].array_length)
-        ps = t.layout("struct per_cpu_pageset")  # 5.10
-        return (zl.offset("pageset"), ps.offset("pcp"), pcp.offset("count"),
-                pcp.offset("lists"), pcp["lists"].array_length)
+        offset, lists offset, number of lists): :func:`memscope.mm.page.pcp_layout`."""
+        return pcp_layout(self.mm)
+
+    @cached_property
+    def _pcp_size(self) -> int:
+        """Bytes read per CPU: struct per_cpu_pages up to the end of lists[]."""
+        _, _, count_off, lists_off, nlists = self._pcp_layout
+        return max(count_off + 4, lists_off + 16 * nlists)
 
     def pcp_list_kind(self, index: int, nlists: int) -> tuple[int, str]:
-        """(order, migratetype name) of pcp->lists[index]: mm/page_alloc.c order_to_pindex()
-        puts MIGRATE_PCPTYPES lists per order up to PAGE_ALLOC_COSTLY_ORDER (3), then
-        NR_PCP_THP lists of order HPAGE_PMD_ORDER (6.1+: two, non-movable then movable,
-        commit 5d0a661d808f; one when the array is one shorter).  5.10: one order-0 list per
-        pcp migratetype."""
+        """(order, migratetype name) of pcp->lists[index]: the order from
+        :func:`memscope.mm.page.pindex_to_order`; MIGRATE_PCPTYPES lists per order up to
+        PAGE_ALLOC_COSTLY_ORDER (3), then NR_PCP_THP lists of order HPAGE_PMD_ORDER (6.1+:
+        two, non-movable then movable, commit 5d0a661d808f; one when the array is one
+        shorter).  5.10: one order-0 list per pcp migratetype."""
         names = self.migratetype_names
         pcptypes = self.mm.migratetypes.get("MIGRATE_PCPTYPES", 3)
+        order = pindex_to_order(self.mm, index, nlists)
         if nlists <= pcptypes or index < pcptypes * 4:
-            return index // pcptypes, names[index % pcptypes]
-        # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page table page of 8-byte entries.
-        thp_order = (self.t.page_size // 8).bit_length() - 1
-        thp = nlists - pcptypes * 4
-        if thp == 1:
-            return thp_order, "any"
-        return thp_order, ("Movable" if index == pcptypes * 4 + 1 else "Non-movable")
+            return order, names[index % pcptypes]
+        if nlists - pcptypes * 4 == 1:
+            return order, "any"
+        return order, ("Movable" if index == pcptypes * 4 + 1 else "Non-movable")
 
     def _pcp(self, z: Zone, owner: dict[int, str], problems: list[Problem]):
         t = self.t
@@ -387,18 +465,22 @@ class FreeListWalker:
         except TargetError as e:
             problems.append(Problem("unreadable", z.node, z.name, "pcp", str(e)))
             return out, counts
+        kinds = [self.pcp_list_kind(li, nlists) for li in range(nlists)]
         for cpu in t.possible_cpus:
             base = (ptr + t.per_cpu_offset(cpu) + inner) & _MASK64
             try:
-                count = t.read_int(base + count_off, 4, signed=True)
+                # The count and every list head in one read.
+                raw = t.read(base, self._pcp_size)
             except FaultError:
                 problems.append(Problem("unreadable", z.node, z.name, f"cpu {cpu} pcp",
                                         f"per_cpu_pages at {base:#x} cannot be read"))
                 continue
+            count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
+            firsts = struct.unpack_from(f"<{2 * nlists}Q", raw, lists_off)[0::2]
             counts[cpu] = count
             pages = 0
             for li in range(nlists):
-                order, mtname = self.pcp_list_kind(li, nlists)
+                order, mtname = kinds[li]
                 where = f"cpu {cpu} pcp lists[{li}]"
                 found: list[Problem] = []
 
@@ -406,8 +488,8 @@ class FreeListWalker:
                     found.append(Problem(kind, z.node, z.name, where, msg))
 
                 pfns = []
-                for pfn, _ in self.walk(base + lists_off + 16 * li, self.pcp_link,
-                                        2 * max(count, 0) + 1024, problem, read_pages=False):
+                for pfn, _, _ in self.walk(base + lists_off + 16 * li, self.pcp_link,
+                                           2 * max(count, 0) + 1024, problem, firsts[li]):
                     pfns.append(pfn)
                     other = owner.get(pfn)
                     if other is not None:

@@ -596,7 +596,7 @@ def per_cpu_offsets(t: Target, cpus: list[int]) -> dict[int, int]:
     return {c: int(arr[c]) for c in cpus}
 
 
-def _pcp_lists(mm: MM) -> tuple[int, int, int, int, int]:
+def pcp_layout(mm: MM) -> tuple[int, int, int, int, int]:
     """(zone member offset, offset of the pcp struct in what it points to, count offset,
     lists offset, number of lists) for this kernel."""
     t, zl = mm.t, mm.zone_layout
@@ -636,7 +636,7 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     word after flags), not from one read per page."""
     t = mm.t
     try:
-        zoff, pcp_in, count_off, lists_off, nlists = _pcp_lists(mm)
+        zoff, pcp_in, count_off, lists_off, nlists = pcp_layout(mm)
     except TargetError as e:
         findings.append(f"per-CPU lists not decoded: {e}")
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
