@@ -43,14 +43,9 @@ __all__ = ["ZoneBuddyInfo", "Zone", "buddyinfo", "format_buddyinfo"]
 # --- /proc/pagetypeinfo ------------------------------------------------------------------
 import numpy as np  # noqa: E402
 
-from ..target.base import FaultError, TargetError  # noqa: E402
+from ..target.base import TargetError  # noqa: E402
 from . import freelists as _fl  # noqa: E402
-from .page import sections as _sections  # noqa: E402
-
-# mem_section->section_mem_map bits (include/linux/mmzone.h, stable 5.10-7.2) and the
-# subsection granule (SUBSECTION_SHIFT 21, every architecture).
-_SECTION_IS_ONLINE = 1 << 2
-_SUBSECTION_SHIFT = 21
+from . import pageblock as _pb  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,91 +68,6 @@ class PageTypeInfo:
     nodes: list[int]  # nodes with memory (N_MEMORY), each printed with its own header
 
 
-class Pageblocks:
-    """Pageblock flags (include/linux/pageblock-flags.h), probed once per target."""
-
-    def __init__(self, mm: MM):
-        t = self.t = mm.t
-        self.mm = mm
-        page_shift = t.page_size.bit_length() - 1
-        if t.has_symbol("pageblock_order"):  # CONFIG_HUGETLB_PAGE_SIZE_VARIABLE
-            self.order = t.read_u32(t.symbol("pageblock_order"))
-        else:
-            # A #define: HUGETLB_PAGE_ORDER = HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT (a
-            # page table page of 8-byte entries), capped at MAX_PAGE_ORDER since v6.4
-            # (commit 23baf831a32c), and at PAGE_BLOCK_MAX_ORDER (default 10) in 7.x.
-            self.order = min(page_shift - 3, mm.nr_orders - 1)
-        bits = t.enum("enum pageblock_bits")
-        if "NR_PAGEBLOCK_BITS" in bits:  # to 6.15: PB_migrate..PB_migrate_end, PB_migrate_skip
-            self.nr_bits = bits["NR_PAGEBLOCK_BITS"]
-            self.mt_mask = (1 << (bits["PB_migrate_end"] + 1)) - 1
-            self.isolate_bit = None  # isolation is the migratetype value MIGRATE_ISOLATE
-        else:
-            # 6.16+ (commit 42f46ed99ac6 "mm/page_isolation: make page isolation a
-            # standalone bit"): PB_migrate_0..2, PB_compact_skip, PB_migrate_isolate;
-            # NR_PAGEBLOCK_BITS = roundup_pow_of_two(__NR_PAGEBLOCK_BITS).
-            n = bits["__NR_PAGEBLOCK_BITS"]
-            self.nr_bits = 1 << (n - 1).bit_length()
-            self.mt_mask = (1 << bits["PB_migrate_0"]) | (1 << bits["PB_migrate_1"]) \
-                | (1 << bits["PB_migrate_2"])
-            self.isolate_bit = bits.get("PB_migrate_isolate")
-        self.usage_layout = t.layout("struct mem_section_usage")
-
-    @property
-    def nr_pages(self) -> int:
-        return 1 << self.order
-
-    def migratetypes(self, z: Zone) -> np.ndarray:
-        """get_pageblock_migratetype() of the pageblock of each pfn in
-        range(zone_start_pfn, end_pfn, pageblock_nr_pages), as the blockcount loop of
-        /proc/pagetypeinfo visits them; -1 where pfn_to_online_page() is NULL."""
-        t, s = self.t, _sections(self.mm)
-        pps = s.pages_per_section
-        pfns = np.arange(z.zone_start_pfn, z.end_pfn, self.nr_pages, dtype=np.int64)
-        out = np.full(len(pfns), -1, np.int64)
-        sec = pfns // pps
-        flags_off = self.usage_layout.offset("pageblock_flags")
-        sub_off = self.usage_layout.offset("subsection_map")
-        blocks_per_section = pps >> self.order
-        nbytes = (blocks_per_section * self.nr_bits + 7) // 8
-        for nr in np.unique(sec):
-            nr = int(nr)
-            if nr >= len(s.mem_map):
-                continue
-            if not int(s.mem_map[nr]) & _SECTION_IS_ONLINE or not int(s.usage[nr]):
-                continue
-            usage = int(s.usage[nr])
-            try:
-                raw = np.frombuffer(t.read(usage + flags_off, nbytes), np.uint8)
-                sub = np.uint64(int.from_bytes(t.read(usage + sub_off, 8), "little"))
-            except FaultError:
-                continue
-            bitsarr = np.unpackbits(raw, bitorder="little")
-            sel = np.flatnonzero(sec == nr)
-            within = pfns[sel] - nr * pps
-            # pfn_section_valid(): the subsection of the pfn must be populated.
-            subidx = within >> (_SUBSECTION_SHIFT - (t.page_size.bit_length() - 1))
-            valid = ((sub >> np.minimum(subidx, 63).astype(np.uint64)) & np.uint64(1)).astype(bool)
-            bit0 = (within >> self.order) * self.nr_bits
-            word = np.zeros(len(sel), np.int64)
-            for b in range(self.nr_bits):
-                word |= bitsarr[bit0 + b].astype(np.int64) << b
-            mt = word & self.mt_mask
-            if self.isolate_bit is not None and self.mm.migratetypes.get("MIGRATE_ISOLATE") \
-                    is not None:
-                iso = (word >> self.isolate_bit) & 1 == 1
-                mt = np.where(iso, self.mm.migratetypes["MIGRATE_ISOLATE"], mt)
-            out[sel] = np.where(valid, mt, -1)
-        return out
-
-
-def pageblocks(mm: MM) -> Pageblocks:
-    pb = mm.__dict__.get("_pageblocks")
-    if pb is None:
-        pb = mm.__dict__["_pageblocks"] = Pageblocks(mm)
-    return pb
-
-
 def memory_nodes(mm: MM) -> list[int]:
     """for_each_online_node() filtered by node_state(nid, N_MEMORY), as pagetypeinfo_show()
     skips memoryless nodes."""
@@ -176,33 +86,29 @@ def pagetypeinfo(mm: MM) -> PageTypeInfo:
     """/proc/pagetypeinfo's numbers: free list lengths per migratetype and order (counted
     as the kernel does, stopping at 100000), and pageblocks per migratetype."""
     w = _fl.walker(mm)
-    pb = pageblocks(mm)
+    order = _pb.pageblock_order(mm)
     names = w.migratetype_names
     nodes = memory_nodes(mm)
     zones = []
     for z in mm.all_zones():
         if z.node not in nodes:
             continue
-        free: dict[str, list[int]] = {}
-        over: dict[str, list[bool]] = {}
-        for mt, name in enumerate(names):
-            counts, flags = [], []
-            for order in range(mm.nr_orders):
-                n, o = w.count_list(w.free_list_head(z, order, mt))
-                counts.append(n)
-                flags.append(o)
-            free[name], over[name] = counts, flags
-        mts = pb.migratetypes(z)
+        counts, flags = w.free_list_counts(z)
+        free = {name: [counts[o][mt] for o in range(mm.nr_orders)]
+                for mt, name in enumerate(names)}
+        over = {name: [flags[o][mt] for o in range(mm.nr_orders)]
+                for mt, name in enumerate(names)}
+        mts = _pb.pageblock_migratetypes(mm, z).astype(np.int64)
         # page_zone(page) != zone: a pageblock start that belongs to another zone (zones
         # that interleave, e.g. ZONE_MOVABLE or NUMA nodes sharing a span) is skipped.
-        mts = _own_zone_only(mm, z, mts, pb)
+        mts = _own_zone_only(mm, z, mts, order)
         hist = np.bincount(mts[(mts >= 0) & (mts < len(names))], minlength=len(names))
         zones.append(ZonePageTypes(z.node, z.name, free, over,
                                    {name: int(hist[i]) for i, name in enumerate(names)}))
-    return PageTypeInfo(pb.order, pb.nr_pages, names, zones, nodes)
+    return PageTypeInfo(order, 1 << order, names, zones, nodes)
 
 
-def _own_zone_only(mm: MM, z: Zone, mts: np.ndarray, pb: Pageblocks) -> np.ndarray:
+def _own_zone_only(mm: MM, z: Zone, mts: np.ndarray, order: int) -> np.ndarray:
     """Drop block starts that another zone's span also covers unless their page's zone
     (page->flags) says it is Z.  Spans that overlap nothing need no page reads."""
     others = [o for o in mm.all_zones(populated_only=False)
@@ -210,7 +116,7 @@ def _own_zone_only(mm: MM, z: Zone, mts: np.ndarray, pb: Pageblocks) -> np.ndarr
               and o.zone_start_pfn < z.end_pfn and z.zone_start_pfn < o.end_pfn]
     if not others:
         return mts
-    pfns = np.arange(z.zone_start_pfn, z.end_pfn, pb.nr_pages, dtype=np.int64)
+    pfns = np.arange(z.zone_start_pfn, z.end_pfn, 1 << order, dtype=np.int64)
     out = mts.copy()
     for i, pfn in enumerate(pfns):
         if out[i] < 0 or not any(o.zone_start_pfn <= pfn < o.end_pfn for o in others):
@@ -268,5 +174,5 @@ def format_pagetypeinfo(info: PageTypeInfo) -> str:
     return "".join(out)
 
 
-__all__ += ["ZonePageTypes", "PageTypeInfo", "Pageblocks", "pageblocks", "pagetypeinfo",
+__all__ += ["ZonePageTypes", "PageTypeInfo", "pagetypeinfo",
             "format_pagetypeinfo", "memory_nodes"]

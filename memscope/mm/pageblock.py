@@ -27,6 +27,7 @@ from collections import Counter
 import numpy as np
 
 from ..target.base import FaultError, TargetError
+from . import freelists as fl
 from . import page as pg
 from .zone import MM, Zone
 
@@ -158,58 +159,33 @@ def pageblock_migratetypes(mm: MM, zone: Zone) -> np.ndarray:
 
 
 def migratetype_names(mm: MM) -> list[str]:
-    """Names as /proc/pagetypeinfo prints them (migratetype_names[]), by value."""
-    names = {"MIGRATE_UNMOVABLE": "Unmovable", "MIGRATE_MOVABLE": "Movable",
-             "MIGRATE_RECLAIMABLE": "Reclaimable", "MIGRATE_HIGHATOMIC": "HighAtomic",
-             "MIGRATE_CMA": "CMA", "MIGRATE_ISOLATE": "Isolate"}
-    out = {}
-    for k, v in mm.migratetypes.items():
-        if k in names:
-            out[v] = names[k]
-    n = mm.migratetypes["MIGRATE_TYPES"]
-    return [out.get(i, f"type{i}") for i in range(n)]
+    """Names as /proc/pagetypeinfo prints them (the kernel's migratetype_names[]), by value:
+    :attr:`memscope.mm.freelists.FreeListWalker.migratetype_names`."""
+    return fl.walker(mm).migratetype_names
 
 
 # --- free lists ------------------------------------------------------------------------
+#: Problems of the counters, not of the lists' structure: not list findings here.
+_COUNTER_PROBLEMS = ("nr_free_mismatch", "free_pages_counter_mismatch")
+
+
 def free_lists(mm: MM, zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
     """The pfns of the first pages of the free blocks on each ``free_area[order]
     .free_list[migratetype]`` of ZONE: {(order, migratetype): pfns}, plus findings.
 
-    The walk follows ``page->buddy_list.next`` in the decoded memmap (no read per page);
-    each list is bounded by ``free_area[order].nr_free`` + 1 entries and detects cycles."""
-    t = mm.t
-    pm = pg.memmap(mm)
-    pl = pg.page_layout(mm)
-    fa = t.layout("struct free_area")
-    nmt = fa["free_list"].array_length
-    nr_off, fl_off = fa.offset("nr_free"), fa.offset("free_list")
-    base = zone.address + mm.zone_layout.offset("free_area")
-    raw = t.read(base, mm.nr_orders * fa.size)
-    nxt = pm.pages["compound"]  # the lru/buddy_list.next word
-    out: dict[tuple[int, int], np.ndarray] = {}
-    findings: list[str] = []
-    for o in range(mm.nr_orders):
-        nr_free = int.from_bytes(raw[o * fa.size + nr_off:][:8], "little")
-        for mt in range(nmt):
-            head = base + o * fa.size + fl_off + 16 * mt
-            node = int.from_bytes(raw[o * fa.size + fl_off + 16 * mt:][:8], "little")
-            pfns: list[int] = []
-            seen: set[int] = set()
-            while node != head:
-                if len(pfns) > nr_free or node in seen:
-                    findings.append(f"order {o} {migratetype_names(mm)[mt]}: cycle or more "
-                                    f"entries than nr_free ({nr_free})")
-                    break
-                seen.add(node)
-                pfn, rem = divmod(node - pl.lru_off - pm.vmemmap, pl.size)
-                if rem or not 0 <= pfn < pm.nr_pages or not pm.valid[pfn]:
-                    findings.append(f"order {o} {migratetype_names(mm)[mt]}: entry "
-                                    f"{node:#x} outside the memmap")
-                    break
-                pfns.append(pfn)
-                node = int(nxt[pfn])
-            out[(o, mt)] = np.array(pfns, np.int64)
-    return out, findings
+    The lists are walked by :meth:`memscope.mm.freelists.FreeListWalker.zone` (bounded,
+    cycle-detecting, on bulk-read struct pages); its problems with the lists are the
+    findings."""
+    w = fl.walker(mm)
+    zl = w.zone(zone, pcp=False)
+    index = {(w.migratetype_names[mt] if mt < len(w.migratetype_names) else str(mt)): mt
+             for mt in range(w.nr_lists)}
+    pfns: dict[tuple[int, int], list[int]] = {(o, mt): [] for o in range(mm.nr_orders)
+                                              for mt in range(w.nr_lists)}
+    for b in zl.blocks:
+        pfns[(b.order, index[b.migratetype])].append(b.pfn)
+    findings = [str(p) for p in zl.problems if p.kind not in _COUNTER_PROBLEMS]
+    return {k: np.array(v, np.int64) for k, v in pfns.items()}, findings
 
 
 @dataclasses.dataclass
