@@ -571,31 +571,6 @@ def _expand(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
 
 
 # --- per-CPU page lists --------------------------------------------------------------
-def possible_cpus(t: Target) -> list[int]:
-    """cpu_possible_mask (``__cpu_possible_mask``), limited to nr_cpu_ids."""
-    try:
-        nr = t.read_u32(t.symbol("nr_cpu_ids"))
-    except TargetError:
-        nr = 1
-    try:
-        bits = int.from_bytes(t.read(t.symbol("__cpu_possible_mask"), (nr + 63) // 64 * 8),
-                              "little")
-    except TargetError:
-        bits = (1 << nr) - 1
-    return [c for c in range(nr) if bits >> c & 1]
-
-
-def per_cpu_offsets(t: Target, cpus: list[int]) -> dict[int, int]:
-    """__per_cpu_offset[cpu] for CPUS (0 without SMP), in one read."""
-    try:
-        base = t.symbol("__per_cpu_offset")
-    except TargetError:
-        return {c: 0 for c in cpus}
-    n = max(cpus) + 1 if cpus else 0
-    arr = np.frombuffer(t.read(base, 8 * n), "<u8")
-    return {c: int(arr[c]) for c in cpus}
-
-
 def pcp_layout(mm: MM) -> tuple[int, int, int, int, int]:
     """(zone member offset, offset of the pcp struct in what it points to, count offset,
     lists offset, number of lists) for this kernel."""
@@ -643,8 +618,12 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     sz = pl.size
     out_p: list[int] = []
     out_o: list[int] = []
-    cpus = possible_cpus(t)
-    offsets = per_cpu_offsets(t, cpus)
+    # for_each_possible_cpu() and __per_cpu_offset[]: the target's (memscope.target.base).
+    try:
+        offsets = {cpu: t.per_cpu_offset(cpu) for cpu in t.possible_cpus}
+    except TargetError as e:
+        findings.append(f"per-CPU lists not decoded: {e}")
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Python ints straight from the arrays (memoryview items), not numpy scalars.
     nxt_v = memoryview(np.ascontiguousarray(nxt, dtype=np.uint64))
     valid_v = memoryview(np.ascontiguousarray(valid, dtype=bool))
@@ -654,8 +633,8 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
             ptr = t.read_u64(z.address + zoff)
         except FaultError:
             continue
-        for cpu in cpus:
-            base = (ptr + offsets[cpu]) & (2**64 - 1)
+        for cpu, off in offsets.items():
+            base = (ptr + off) & (2**64 - 1)
             base += pcp_in
             try:
                 count = t.read_int(base + count_off, 4, signed=True)
