@@ -200,17 +200,19 @@ class FreeListWalker:
         The memmap is cached in REGION-sized pieces (64 KiB, 1024 struct pages on x86_64):
         the first entry of a list that lands in a piece is read alone (one struct page: free
         lists of high orders are spread over the whole memmap, one entry per piece), the
-        second makes the whole piece be read (per-CPU lists and low-order free lists come
-        back to the same pieces: 11k pcp entries of a 4 GiB guest live in 32 of them).  A
+        second (``Target.bulk_read_after``; never on GDB, whose reads batch themselves) makes
+        the whole piece be read (per-CPU lists and low-order free lists come back to the
+        same pieces: 11k pcp entries of a 4 GiB guest live in 32 of them).  A
         piece that cannot be read is not tried again; its pages are read one by one, and
         FaultError from that read is the walk's "unreadable" finding."""
         r, i = divmod(pfn, self._per_region)
         buf = self._regions.get(r)
         if buf is not None:
             return buf, i * self.page_size
-        if r not in self._bad_regions:
+        after = self.t.bulk_read_after
+        if after is not None and r not in self._bad_regions:
             n = self._misses[r] = self._misses.get(r, 0) + 1
-            if n >= 2:
+            if n >= after:
                 lo = r * self._per_region
                 hi = min(lo + self._per_region, self.end_pfn)
                 try:

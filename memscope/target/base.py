@@ -156,3 +156,8 @@ class Target:
     def per_cpu_offset(self, cpu: int) -> int:
         """__per_cpu_offset[cpu]: add to a __percpu pointer to get CPU's copy (SMP kernels)."""
         return self.read_u64(self.symbol("__per_cpu_offset") + 8 * cpu)
+
+    #: Bulk readers (the free-list walks) read a whole 64 KiB piece of the memmap once they
+    #: have needed this many struct pages in it (a 64 KiB read costs about two small reads
+    #: from a vmcore or /proc/kcore); None: never, the adapter batches small reads itself.
+    bulk_read_after: int | None = 2
