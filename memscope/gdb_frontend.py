@@ -60,6 +60,17 @@ class _Parser(argparse.ArgumentParser):
         gdb.write(self.format_usage())
 
 
+_parser: list[argparse.ArgumentParser] = []
+
+
+def parser() -> argparse.ArgumentParser:
+    """build_parser(), built once per gdb session (argparse and its gettext look-ups cost
+    ~2 ms per command; the commands do not change while gdb runs)."""
+    if not _parser:
+        _parser.append(build_parser())
+    return _parser[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from memscope import commands
 
@@ -122,11 +133,10 @@ def run(argv: list[str]) -> int:
     from memscope.errors import MemscopeError
     from memscope.mm.zone import MM
     from memscope.target.base import TargetError
-    from memscope.target.gdb import GdbTarget
+    from memscope.target.gdb import session_target
 
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser().parse_args(argv)
     except _Exit:
         return 0
     except _ParseError as e:
@@ -137,7 +147,7 @@ def run(argv: list[str]) -> int:
         _kaslr(args)
         return 0
     cmd = COMMANDS[args.command]
-    target = GdbTarget()
+    target = session_target()
     try:
         result = cmd.run(MM(target), args)
         text = result.render(args.format)
@@ -238,8 +248,7 @@ def _prefer_tabulate() -> str | None:
 
 def _complete(text: str, word: str) -> list[str]:
     """Completion from the argparse parser itself: commands, their options, format names."""
-    parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices
+    sub = parser()._subparsers._group_actions[0].choices
     words = gdb.string_to_argv(text)
     partial = "" if not words or text.endswith(" ") else words[-1]
     done = words if not partial else words[:-1]
@@ -304,13 +313,10 @@ def register():
 
     MemscopeCommand.__doc__ = _doc()
     # gdb forgets what it knew of an objfile when a new one is loaded: so do we.
-    if not getattr(register, "_hooked", False):
-        from memscope.target import gdb as tgdb
+    # and guest memory is kept between commands only while the guest stays stopped.
+    from memscope.target import gdb as tgdb
 
-        gdb.events.new_objfile.connect(lambda ev: tgdb.forget())
-        if hasattr(gdb.events, "clear_objfiles"):
-            gdb.events.clear_objfiles.connect(lambda ev: tgdb.forget())
-        register._hooked = True
+    tgdb.install_hooks()
     return MemscopeCommand()
 
 
