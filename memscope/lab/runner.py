@@ -123,16 +123,16 @@ def run(opts: RunOptions, out: Path) -> dict:
                 handed_over = boot.run()
                 last_error = None
                 break
-            except _Drift as e:
+            except _Retry as e:
                 last_error = LabError(str(e))
                 say(f"try {attempt}/{opts.tries}: {e}; booting again")
             finally:
                 if not handed_over:
                     boot.stop()
         if last_error is not None:
-            raise LabError(f"the dump never agreed with the guest's /proc/buddyinfo in "
-                           f"{opts.tries} boots ({last_error}); the kernel kept moving between "
-                           "the read and the freeze: retry, or use a quieter workload")
+            raise LabError(f"no boot of {opts.tries} gave a snapshot whose dump agrees with the "
+                           f"guest's /proc (last: {last_error}); for drift, use a quieter "
+                           "workload; for a dying guest, see the console line")
         initrd.unlink()
         if out.exists():
             out.rmdir()
@@ -146,7 +146,7 @@ def run(opts: RunOptions, out: Path) -> dict:
         if e.errno == 28:
             raise LabError(f"disk full while writing {out}: free space (a dump is as large as "
                            "the guest's memory) and run again") from None
-        raise LabError(f"lab run failed: {e}") from None
+        raise LabError(f"lab run failed: {e}") from e
     finally:
         if not handed_over:
             shutil.rmtree(sockdir, ignore_errors=True)
@@ -172,8 +172,9 @@ def _clear_attempt(stage: Path) -> None:
             p.unlink()
 
 
-class _Drift(Exception):
-    """A snapshot whose dump never agreed with its truth within one boot."""
+class _Retry(Exception):
+    """A boot that may go better the next time: a snapshot whose dump never agreed with its
+    truth, or a guest that died on the way (the message says which)."""
 
 
 class _Boot:
@@ -238,8 +239,9 @@ class _Boot:
                 raise self._fail(f"the guest did not finish within {opts.timeout:.0f} s; "
                                  "raise --timeout or check the workload") from None
             if line is None:
-                raise self._fail("the guest stopped unexpectedly (QEMU exited: kernel panic "
-                                 "or poweroff before the workload ended)")
+                raise _Retry("the guest stopped unexpectedly (QEMU exited: kernel panic or "
+                             f"poweroff before the workload ended; last console line: "
+                             f"{self.console.last_lines()})")
             if label is not None:
                 if line == MARK + b"EOF " + label.encode():
                     truth[label] = b"\n".join(body)
@@ -275,7 +277,7 @@ class _Boot:
                 if not agreed:
                     refreezes += 1
                     if refreezes > opts.refreezes:
-                        raise _Drift(f"snapshot {name!r} differed from the truth "
+                        raise _Retry(f"snapshot {name!r} differed from the truth "
                                      f"{refreezes} times")
                     self.qmp.execute("cont")
                     self.console.send("again\n")
@@ -287,7 +289,8 @@ class _Boot:
                 self.qmp.execute("cont")
                 self.console.send("go\n")
             elif word == "DONE":
-                self.qmp.execute("quit")
+                # The guest powers itself off right after DONE and QEMU exits: asking QEMU
+                # to quit as well races with that exit (the QMP socket may be gone already).
                 try:
                     self.proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
