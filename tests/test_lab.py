@@ -311,3 +311,31 @@ def test_live_guest_keeps_running_and_drgn_reads_it_over_qmp(tmp_path):
         stop = memscope("lab", "stop", str(out))
     assert stop.returncode == 0, stop.stderr
     assert no_qemu_for(Path(meta["qmp_socket"]).parent)
+
+
+# --- what makes a snapshot acceptable -------------------------------------------------
+
+def test_a_block_moved_between_migratetype_lists_is_caught_even_when_sums_agree(lab_case):
+    """6.12: the truth's pagetypeinfo with one block moved from one migratetype's list to
+    another's (every order's total unchanged) no longer agrees with the dump."""
+    from memscope.lab.verify import dump_disagreement, truth_disagreement
+
+    snap = lab_case("6.12")
+    truth = {n: snap.truth(n) for n in ("pagetypeinfo", "buddyinfo")}
+    assert dump_disagreement(snap.vmcore, snap.vmlinux, truth) is None
+    lines = truth["pagetypeinfo"].decode().splitlines(keepends=True)
+    rows = [i for i, ln in enumerate(lines) if ", type" in ln and "DMA32" in ln]
+    unmovable, movable = rows[0], rows[1]
+    a, b = lines[unmovable].split(), lines[movable].split()
+    order = next(o for o in range(11) if int(a[-11 + o]) > 0)
+    a[-11 + order] = str(int(a[-11 + order]) - 1)
+    b[-11 + order] = str(int(b[-11 + order]) + 1)
+
+    def fmt(fields, like):  # keep the kernel's column widths
+        head = like[:like.index(", type") + len(", type")] + f" {fields[5]:>12} "
+        return head + "".join(f"{int(c):6d} " for c in fields[-11:]) + "\n"
+
+    lines[unmovable], lines[movable] = fmt(a, lines[unmovable]), fmt(b, lines[movable])
+    moved = {**truth, "pagetypeinfo": "".join(lines).encode()}
+    assert truth_disagreement(moved) is None  # the totals per order still agree
+    assert "migratetype" in dump_disagreement(snap.vmcore, snap.vmlinux, moved)

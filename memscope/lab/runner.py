@@ -315,14 +315,14 @@ class _Boot:
                                f"{self.opts.mem} MB; free space and run again") from None
             raise
         t_dump = time.monotonic()
-        from .verify import dump_buddyinfo, truth_disagreement
+        from .verify import dump_disagreement, truth_disagreement
 
         # Without buddyinfo the truth was garbled on the console (a kernel message in the
         # middle of a marker): print it again, like a truth that moved.
         why = "the guest's truth arrived incomplete" if "buddyinfo" not in truth else \
             truth_disagreement(truth)
-        if why is None and dump_buddyinfo(tmp, self.kernel.vmlinux) != truth["buddyinfo"]:
-            why = "dump and /proc/buddyinfo differ"
+        if why is None:
+            why = dump_disagreement(tmp, self.kernel.vmlinux, truth)
         if why is not None:
             tmp.unlink()
             self.say(f"snapshot {name!r}: {why}; refreezing")
