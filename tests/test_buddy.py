@@ -39,19 +39,6 @@ def test_buddyinfo_proc_is_byte_identical_to_the_guest(outputs):
     assert outputs["buddyinfo"] == outputs["snap"].truth_text("buddyinfo")
 
 
-_FREE_ROW = re.compile(r"Node\s+(\d+), zone\s+(\S+), type\s+(\S+) ((?:>?\s*\d+ )+)$")
-
-
-def _free_rows(text: str) -> dict[tuple[str, str, str], list[int]]:
-    out = {}
-    for line in text.splitlines():
-        m = _FREE_ROW.match(line)
-        if m:
-            out[m.group(1), m.group(2), m.group(3)] = [int(x.lstrip(">"))
-                                                       for x in m.group(4).split()]
-    return out
-
-
 def _buddy_rows(text: str) -> dict[tuple[str, str], list[int]]:
     out = {}
     for line in text.splitlines():
