@@ -194,6 +194,28 @@ def test_guest_that_never_finishes_hits_the_time_limit(tmp_path):
     assert no_leftovers(out)
 
 
+def test_ctrl_c_during_a_boot_leaves_nothing_behind(tmp_path):
+    """6.12: SIGINT while the guest runs its workload: one line, status 130, QEMU gone, no
+    output or staging directory."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "memscope.cli", "lab", "run", "6.12",
+                             "--workload", "mixed", "-o", str(out)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while no_qemu_for(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not no_qemu_for(tmp_path), "QEMU never started"
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["memscope: interrupted; nothing was kept"]
+    assert no_leftovers(out)
+
+
 def test_missing_qemu_binary(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
