@@ -27,8 +27,9 @@ from . import initramfs, kernels, qemu
 
 FINAL = "-"  # the name the guest uses for the snapshot taken after the workload
 MARK = b"@@MEMSCOPE-"
-ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ROOT / "fixtures" / "workloads"
+# fixtures/workloads in a source tree; memscope/lab/workloads (a link to it, copied into
+# the wheel) in an installed package.
+WORKLOADS = Path(__file__).parent / "workloads"
 
 
 @dataclasses.dataclass
