@@ -22,7 +22,7 @@ def main() -> int:
         print(f"memscope: {e}", file=sys.stderr)
         return e.exit_status
     print(f"   kernel {meta['release']}: booted in {meta['boot_seconds']} s, "
-          f"dump agreed with /proc/buddyinfo after {meta['tries']} boot(s)\n", flush=True)
+          f"dump agreed with /proc/buddyinfo and pagetypeinfo after {meta['tries']} boot(s)\n", flush=True)
     commands._load()
     status = 0
     for name in commands.COMMANDS:

@@ -340,7 +340,7 @@ class _Boot:
                 "files": sorted(truth)}
         self.meta["snapshots"].append(snap)
         self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
-                 f"{snap['dump_seconds']} s, agrees with /proc/buddyinfo")
+                 f"{snap['dump_seconds']} s, agrees with /proc/buddyinfo and pagetypeinfo")
         return True
 
     def _hand_over(self) -> None:
