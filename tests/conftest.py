@@ -4,6 +4,7 @@ and cached across runs under $MEMSCOPE_CACHE/lab-cases (see memscope/lab/cases.p
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,11 @@ import pytest
 
 from memscope.lab import cases
 from memscope.lab import runner as labrun
+
+# gdb embeds the system python; memscope's gdb front end takes tabulate from "memscope's own
+# python".  In the tests that is the python running them (a fresh machine's python3 on PATH
+# may have neither memscope nor tabulate).
+os.environ.setdefault("MEMSCOPE_PYTHON", sys.executable)
 
 # With MEMSCOPE_PREBUILD=1 (make test sets it), the lab cases are built in the background,
 # two at a time, while the first tests run: on a fresh machine this overlaps the downloads
@@ -68,21 +74,6 @@ def lab_case():
         return memo[key]
 
     return get
-
-
-@pytest.fixture(scope="session")
-def live_guest(tmp_path_factory):
-    """A 6.12 guest still running the churn workload (lab run --live): its meta.json
-    (qmp_socket, gdb_port, vmlinux, ...).  One for the whole session; stopped at its end."""
-    from memscope import lab
-
-    out = tmp_path_factory.mktemp("live") / "guest"
-    try:
-        yield lab.run(lab.RunOptions(kernel="6.12", workload="churn", mode="live",
-                                     progress=False), out)
-    finally:
-        if (out / "meta.json").exists():
-            lab.stop(out)
 
 
 @pytest.fixture(scope="session", params=cases.REAL_KERNEL_CASES)
