@@ -11,10 +11,16 @@ with its gdbstub), then:
 - drgn: opens the vmcore once, then runs each command N times on a fresh MM/target (so
   that every run reads and decodes again; drgn keeps its parsed debug info, as gdb does);
 - gdb: one gdb session (``file``, ``target remote``, ``source``), the KASLR offset found
-  once, then each command N times through the ``memscope`` gdb command (a fresh target per
-  run, as for a user; gdb keeps its debug info and memscope its probed layouts).
+  and the session's one-time probes done by a first ``memscope buddyinfo``, then each
+  command through the ``memscope`` gdb command N times *cold* (the guest memory memscope
+  kept is dropped before each run, as when the guest ran and stopped again: nothing read
+  before is reused, gdb keeps its debug info and memscope its probed layouts), then N
+  times *warm* (again while the guest stays paused: memory read by the previous run is
+  kept).  Three sessions: the default (local QEMU's memory read through /proc/PID/mem),
+  MEMSCOPE_GDB_PROCMEM=0 (bulk reads through QEMU's monitor, memsave) and
+  MEMSCOPE_GDB_MEMSAVE=0 (gdbstub packets only).
 
-Both sides report the best of N and the first run; the ratio is gdb / drgn (best of N).
+The headline ratio is gdb cold (best of N) / drgn (best of N); warm is the second.
 The gdb session ends with ``disconnect`` so that the guest stays paused for the next run.
 """
 
@@ -34,21 +40,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DRIVER = r'''
 import json, time, gdb
+from memscope.target import gdb as tgdb
 plan = json.load(open(PLAN))
 out = {}
 t = time.perf_counter()
 gdb.execute("memscope kaslr", to_string=True)
 out["kaslr_seconds"] = time.perf_counter() - t
+# The session's first command pays the one-time probes (QEMU's monitor, its memory).
+t = time.perf_counter()
+gdb.execute("memscope buddyinfo --format json", to_string=True)
+out["setup_seconds"] = time.perf_counter() - t
+
+def run(name):
+    t = time.perf_counter()
+    try:
+        gdb.execute(f"memscope {name} --format {plan['format']}", to_string=True)
+    except gdb.error:
+        pass  # `check` may report problems (exit status 1): still timed
+    return time.perf_counter() - t
+
 for name in plan["commands"]:
-    times = []
+    # cold: what the guest's last pause left cached is dropped before each run, as when
+    # the guest ran and stopped again (gdb's stop event does the same)
+    cold = []
     for i in range(plan["repeat"]):
-        t = time.perf_counter()
-        try:
-            gdb.execute(f"memscope {name} --format {plan['format']}", to_string=True)
-        except gdb.error:
-            pass  # `check` may report problems (exit status 1): still timed
-        times.append(time.perf_counter() - t)
-    out[name] = times
+        tgdb.invalidate_memory()
+        cold.append(run(name))
+    # warm: the same command again while the guest stays paused (kept target and memory)
+    warm = [run(name) for i in range(plan["repeat"])]
+    out[name] = {"cold": cold, "warm": warm}
 json.dump(out, open(plan["output"], "w"))
 '''
 
@@ -107,7 +127,7 @@ def main() -> int:
         (tmp / "driver.py").write_text(f"PLAN = {str(tmp / 'plan.json')!r}\n" + DRIVER)
         import os
 
-        def gdb_session(memsave: bool):
+        def gdb_session(mode: str):
             (tmp / "gdb.json").unlink(missing_ok=True)
             t = time.perf_counter()
             subprocess.run([gdb_bin, "-nx", "-batch", "-iex", "set index-cache enabled on",
@@ -116,12 +136,13 @@ def main() -> int:
                             "-ex", f"source {ROOT / 'gdb_scripts' / 'memscope.py'}",
                             "-ex", f"source {tmp / 'driver.py'}", "-ex", "disconnect"],
                            check=True, stdin=subprocess.DEVNULL, capture_output=True,
-                           env={**os.environ, "MEMSCOPE_GDB_MEMSAVE": "1" if memsave else "0"})
+                           env={**os.environ,
+                                "MEMSCOPE_GDB_MEMSAVE": "0" if mode == "packets" else "1",
+                                "MEMSCOPE_GDB_PROCMEM": "1" if mode == "procmem" else "0"})
             total = time.perf_counter() - t
             return json.loads((tmp / "gdb.json").read_text()), total
 
-        g, gdb_total = gdb_session(True)
-        gp, gdbp_total = gdb_session(False)
+        sessions = {mode: gdb_session(mode) for mode in ("procmem", "memsave", "packets")}
     finally:
         with contextlib.suppress(LabError):
             lab.stop(d)
@@ -130,17 +151,29 @@ def main() -> int:
 
     rows = []
     for name in names:
-        dt, gt, pt = drgn_times[name], g[name], gp[name]
-        rows.append([name, f"{dt[0]:.3f}", f"{min(dt):.3f}", f"{gt[0]:.3f}", f"{min(gt):.3f}",
-                     f"{min(gt) / min(dt):.2f}x", f"{min(pt):.3f}", f"{min(pt) / min(dt):.2f}x"])
+        best = min(drgn_times[name])
+        row = [name, f"{best * 1000:.1f}"]
+        for mode in ("procmem", "memsave", "packets"):
+            g = sessions[mode][0][name]
+            cold, warm = min(g["cold"]), min(g["warm"])
+            if mode == "procmem":
+                row += [f"{cold * 1000:.1f}", f"{cold / best:.2f}x", f"{warm * 1000:.1f}",
+                        f"{warm / best:.2f}x"]
+            else:
+                row += [f"{cold / best:.2f}x", f"{warm / best:.2f}x"]
+        rows.append(row)
     print(f"{args.kernel}, {args.mem} MB guest, --format {args.format}, best of {args.repeat} "
-          "(seconds); gdb: bulk reads via QEMU's monitor (memsave); gdb-packets: gdbstub "
-          "memory packets only (MEMSCOPE_GDB_MEMSAVE=0)")
-    print(tabulate(rows, headers=["command", "drgn first", "drgn best", "gdb first", "gdb best",
-                                  "gdb/drgn", "gdb-packets best", "gdb-packets/drgn"]))
-    print(f"drgn open_core (vmcore + DWARF): {drgn_open:.2f} s; gdb sessions (file, connect, "
-          f"KASLR {g['kaslr_seconds']:.3f} s, all runs): {gdb_total:.1f} s with memsave, "
-          f"{gdbp_total:.1f} s without")
+          "(ms); gdb cold: guest memory kept by memscope dropped before each run; warm: "
+          "the command again while the guest stays paused.  gdb: a local QEMU's memory "
+          "read via /proc/PID/mem; memsave: MEMSCOPE_GDB_PROCMEM=0 (QEMU's monitor for "
+          "bulk reads); packets: MEMSCOPE_GDB_MEMSAVE=0 (gdbstub packets only)")
+    print(tabulate(rows, headers=["command", "drgn ms", "gdb cold ms", "COLD gdb/drgn",
+                                  "gdb warm ms", "warm gdb/drgn", "memsave cold", "memsave warm",
+                                  "packets cold", "packets warm"]))
+    for mode, (g, total) in sessions.items():
+        print(f"gdb session {mode}: KASLR {g['kaslr_seconds'] * 1000:.0f} ms, first command "
+              f"(one-time probes) {g['setup_seconds'] * 1000:.0f} ms, all runs {total:.1f} s")
+    print(f"drgn open_core (vmcore + DWARF): {drgn_open:.2f} s")
     return 0
 
 
