@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,7 @@ def main() -> int:
     finally:
         with contextlib.suppress(LabError):
             lab.stop(d)
+        shutil.rmtree(tmp, ignore_errors=True)  # a 4 GiB dump per run
 
     from tabulate import tabulate
 

@@ -155,7 +155,15 @@ def _lab(args) -> int:
     raise AssertionError(args.lab_command)
 
 
+def _terminated(signum, frame):
+    # SIGTERM cleans up like Ctrl-C: the lab stops its QEMU and removes what it staged.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

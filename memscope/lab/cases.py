@@ -92,6 +92,11 @@ def build(opts: labrun.RunOptions) -> Path:
         with open(root / f".{d.name}.lock", "w") as lockfile:
             fcntl.flock(lockfile, fcntl.LOCK_EX)
             if not (d / "meta.json").exists():
+                # A build killed outright (SIGKILL) leaves its staging directory behind;
+                # under the lock nobody else is building this case.
+                for stale in root.glob(f".{d.name}.*"):
+                    if stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
                 labrun.run(opts, d)
                 _remove_stale(d)
     return d

@@ -172,12 +172,22 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no message"
 
 
-def spawn(cmd: list[str], stderr_path: Path) -> subprocess.Popen:
-    """Start QEMU in its own session (so that it can outlive the lab with --keep/--live)."""
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends QEMU SIGKILL when the thread that started it
+    # ends, however it ends (SIGTERM, SIGKILL, a crash), so no guest outlives its lab run.
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(cmd: list[str], stderr_path: Path, *, outlive: bool) -> subprocess.Popen:
+    """Start QEMU in its own session.  Unless OUTLIVE (--keep/--live, where the guest is
+    handed to the user), QEMU is killed when the lab process dies."""
     with open(stderr_path, "wb") as err:
         try:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=None if outlive else _die_with_parent)
         except OSError as e:
             raise LabError(f"cannot start {cmd[0]}: {e.strerror}") from None
 

@@ -222,7 +222,7 @@ class _Boot:
         t0 = time.monotonic()
         deadline = t0 + opts.timeout
         self.say(f"booting {self.kernel.name} ({self.kernel.release}), try {self.meta['tries']}")
-        self.proc = qemu.spawn(cmd, self.stage / "qemu.log")
+        self.proc = qemu.spawn(cmd, self.stage / "qemu.log", outlive=opts.mode != "dump")
         self.console = qemu.Console(self.console_path, t0 + 30, self.proc,
                                     self.stage / "qemu.log")
         self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, self.stage / "qemu.log")
