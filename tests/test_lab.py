@@ -361,3 +361,22 @@ def test_a_block_moved_between_migratetype_lists_is_caught_even_when_sums_agree(
     moved = {**truth, "pagetypeinfo": "".join(lines).encode()}
     assert truth_disagreement(moved) is None  # the totals per order still agree
     assert "migratetype" in dump_disagreement(snap.vmcore, snap.vmlinux, moved)
+
+
+def test_memory_that_moved_while_the_truth_was_read_is_caught(lab_case):
+    """6.12-arm64: a truth whose /proc/vmstat free page count is 16 MiB away from the
+    dump's global counter (as seen once: 4096 pages allocated between the guest's reads
+    of meminfo and buddyinfo) is refused, even though buddyinfo itself agrees."""
+    import re
+
+    from memscope.lab.verify import dump_disagreement
+
+    snap = lab_case("6.12-arm64")
+    truth = {n: snap.truth(n) for n in ("vmstat", "zoneinfo", "meminfo", "pagetypeinfo",
+                                        "buddyinfo")}
+    assert dump_disagreement(snap.vmcore, snap.vmlinux, truth) is None
+    vmstat = truth["vmstat"].decode()
+    free = int(re.search(r"^nr_free_pages (\d+)$", vmstat, re.M).group(1))
+    moved = {**truth, "vmstat": re.sub(r"^nr_free_pages \d+$", f"nr_free_pages {free + 4096}",
+                                       vmstat, flags=re.M).encode()}
+    assert "nr_free_pages moved" in dump_disagreement(snap.vmcore, snap.vmlinux, moved)

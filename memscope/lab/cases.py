@@ -58,7 +58,8 @@ class Snapshot:
 # Bump when what makes a snapshot acceptable changes, so that cached cases are rebuilt.
 # 2: the truth's pagetypeinfo must agree with its buddyinfo too.
 # 3: ... and every free list's length in the dump with the truth's pagetypeinfo.
-ACCEPTANCE = 3
+# 4: ... and the global free/file/anon/shmem counters with the truth's vmstat.
+ACCEPTANCE = 4
 
 
 def case_key(opts: labrun.RunOptions) -> str:

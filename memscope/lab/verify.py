@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..mm.buddy import buddyinfo, format_buddyinfo
@@ -14,6 +15,8 @@ def dump_disagreement(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> s
 
     - buddyinfo: memscope's reconstruction of free_area[].nr_free must equal the truth
       byte for byte (the lab's promise);
+    - vmstat: the global free, file, anon and shmem page counters must not have moved
+      since the guest read /proc/vmstat by more than the per-CPU deltas explain;
     - pagetypeinfo: the number of blocks on each free_area[order].free_list[migratetype],
       counted here with drgn's own list helpers (independently of memscope.mm), must equal
       the truth's "Free pages count per migrate type" rows (a block can move between
@@ -21,6 +24,9 @@ def dump_disagreement(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> s
     prog = open_core(vmcore, vmlinux)
     if format_buddyinfo(buddyinfo(MM(DrgnTarget(prog)))).encode() != truth["buddyinfo"]:
         return "dump and /proc/buddyinfo differ"
+    why = _counters_moved(prog, truth)
+    if why:
+        return why
     rows = _free_rows(truth.get("pagetypeinfo", b""))
     if not rows:
         return None
@@ -48,6 +54,50 @@ def dump_disagreement(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> s
                         return (f"node {node} zone {name} order {order} migratetype {mt}: "
                                 f"{n} blocks on the dump's list, {count} in /proc/pagetypeinfo")
     return None
+
+
+# /proc/vmstat names of global counters that must not have moved since the guest read
+# /proc/vmstat (its first truth file), and how far each may: "thresholds" is what the
+# per-CPU counter deltas can hide (the sum of every zone's and CPU's "vm stats threshold");
+# the free page counter may also move by 0.5% of memory (the truth's meminfo is compared
+# with the dump's free pages with 1% in the tests).
+_COUNTERS = (("nr_free_pages", "NR_FREE_PAGES", 200), ("nr_file_pages", "NR_FILE_PAGES", 0),
+             ("nr_anon_pages", "NR_ANON_MAPPED", 0), ("nr_shmem", "NR_SHMEM", 0))
+
+
+def _counters_moved(prog, truth: dict[str, bytes]) -> str | None:
+    """Whether a global vmstat counter in the dump (vm_zone_stat[] / vm_node_stat[]) moved
+    away from the value the guest's /proc/vmstat printed by more than the per-CPU deltas
+    can explain: then memory moved while the truth was being read (seen on arm64: 16 MiB
+    allocated between the guest's reads of meminfo and buddyinfo)."""
+    vmstat = dict(re.findall(r"^(\w+) (\d+)$", truth.get("vmstat", b"").decode(), re.M))
+    zoneinfo = truth.get("zoneinfo", b"").decode()
+    thresholds = sum(int(x) for x in re.findall(r"vm stats threshold:\s+(\d+)", zoneinfo))
+    meminfo = truth.get("meminfo", b"").decode()
+    m = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
+    if not vmstat or not thresholds or not m:
+        return None
+    total_pages = int(m.group(1)) * 1024 // _page_size(prog)
+    for name, enumerator, fraction in _COUNTERS:
+        if name not in vmstat:
+            continue
+        try:
+            const = prog.constant(enumerator)
+        except LookupError:
+            continue
+        array = "vm_zone_stat" if "zone_stat_item" in const.type_.type_name() else "vm_node_stat"
+        dumped = prog[array][const.value_()].counter.value_()
+        bound = max(thresholds, total_pages // fraction if fraction else 0)
+        if abs(int(vmstat[name]) - dumped) > bound:
+            return (f"{name} moved from {vmstat[name]} (/proc/vmstat) to {dumped} (dump), "
+                    f"more than {bound} pages")
+    return None
+
+
+def _page_size(prog) -> int:
+    info = prog["VMCOREINFO"].string_().decode(errors="replace")
+    m = re.search(r"^PAGESIZE=(\d+)$", info, re.M)
+    return int(m.group(1)) if m else 4096
 
 
 def _free_rows(text: bytes) -> dict[tuple[int, str], list[list[int | None]]]:
