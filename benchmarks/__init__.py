@@ -92,6 +92,16 @@ def open_prog(snap):
     return open_core(snap.vmcore, snap.vmlinux)
 
 
+def open_case(case: str):
+    """(snapshot, Program) for a lab case, saying how long the Program took to open."""
+    snap = snapshot(case)
+    t = time.perf_counter()
+    prog = open_prog(snap)
+    print(f"{case}: {snap.meta.get('release', '')}; Program opened in "
+          f"{time.perf_counter() - t:.2f} s")
+    return snap, prog
+
+
 def cli_args(name: str, fmt: str, **extra) -> argparse.Namespace:
     """The argparse namespace the CLI would build for ``memscope NAME --format FMT``."""
     from memscope import commands

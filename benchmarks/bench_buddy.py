@@ -22,9 +22,8 @@ import argparse
 import contextlib
 import io
 import json
-import time
 
-from . import DEFAULT_CASE, Row, best_of, open_prog, render, run_command, snapshot, \
+from . import DEFAULT_CASE, Row, best_of, open_case, open_prog, render, run_command, \
     timed, warm_file
 
 # memscope command -> (format timed, crash command)
@@ -317,11 +316,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-cold", action="store_true")
     args = ap.parse_args()
-    snap = snapshot(args.case)
-    t = time.perf_counter()
-    prog = open_prog(snap)
-    print(f"{args.case}: {snap.meta.get('release', '')}; Program opened in "
-          f"{time.perf_counter() - t:.2f} s")
+    snap, prog = open_case(args.case)
     rows = run(snap, args.repeat, prog, cold=not args.no_cold)
     print(render(rows))
     if not args.no_cold:

@@ -21,11 +21,10 @@ the memmap (--sample, default 100000; 0: all) and scaled to all valid pages.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from . import DEFAULT_CASE, Row, best_of, open_prog, render, run_command, snapshot, \
+from . import DEFAULT_CASE, Row, best_of, open_case, open_prog, render, run_command, \
     timed, warm_file
 
 
@@ -132,11 +131,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=100000,
                     help="pages timed in the naive loop (0: all)")
     args = ap.parse_args()
-    snap = snapshot(args.case)
-    t = time.perf_counter()
-    prog = open_prog(snap)
-    print(f"{args.case}: {snap.meta.get('release', '')}; Program opened in "
-          f"{time.perf_counter() - t:.2f} s")
+    snap, prog = open_case(args.case)
     rows = run(snap, args.repeat, prog, args.sample)
     print(render(rows))
     if rows[0].subject_cold_s is not None:
