@@ -35,10 +35,18 @@ from .mm import freelists as _fl
 from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyinfo, \
     format_pagetypeinfo
 from .mm.freelists import FreeBlock, PcpList, Problem, ZoneFreeLists
+from .mm import frag as _frag
+from .mm import page as _page
+from .mm import pageblock as _pageblock
+from .mm.frag import ZoneFrag
+from .mm.page import PageRecord, ZonePages
+from .mm.pageblock import ZonePageblocks
 from .mm.zone import MM
 from .target.drgn import DrgnTarget
 
-__all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "CheckReport", "ZoneCheck",
+__all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
+           "pageblocks", "frag", "CheckReport", "ZoneCheck", "ZonePages", "PageRecord",
+           "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "mm_for"]
 
@@ -128,6 +136,38 @@ def check(prog: drgn.Program) -> CheckReport:
             for z in zones]
     problems = [p for z in zones for p in z.problems]
     return CheckReport(not problems, rows, problems)
+
+
+def _new(prog: drgn.Program) -> MM:
+    # The struct page decode is cached per MM: a new MM on the same target (whose layout
+    # cache is kept) decodes memory afresh, as a live target needs.
+    return MM(mm_for(prog).t)
+
+
+def pages(prog: drgn.Program) -> list[ZonePages]:
+    """Every physical page classified (buddy, pcp, slab, anon, pagecache, pagetable,
+    reserved, hole, ...), decoded in bulk from the struct page array.
+
+    :return: one :class:`ZonePages` per zone: ``counts`` (class -> pages), buddy blocks per
+        order, pcp pages, compound tails and pages that changed under the read."""
+    return _page.zone_counts(_new(prog))
+
+
+def page_records(prog: drgn.Program, lo: int, hi: int) -> list[PageRecord]:
+    """The pages of pfns [LO, HI): class, flags, order, refcount, mapcount, ..."""
+    return _page.page_records(_new(prog), lo, hi)
+
+
+def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
+    """Pageblocks per migratetype, skip and isolate bits, and mixed blocks, per zone."""
+    return _pageblock.zone_pageblocks(_new(prog))
+
+
+def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
+    """Per zone and order: free pages, unusable free space index, extfrag index, largest
+    free block and whether an allocation of that order would succeed now for GFP
+    ("kernel", "movable" or "atomic"), as ``zone_watermark_ok`` decides."""
+    return _frag.zone_frag(_new(prog), gfp)
 
 
 # --- drgn command registration -------------------------------------------------------

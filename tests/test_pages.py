@@ -256,3 +256,21 @@ def test_an_unwritable_png_path_is_one_line(lab_case):
                  "/nonexistent/dir/map.png")
     assert p.returncode == 2 and p.stderr.startswith("memscope: ")
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_drgn_api_returns_what_the_cli_prints(real_kernel):
+    """memscope.drgn_api's pages, pageblocks and frag on a drgn Program give the records
+    the command line prints as JSON."""
+    import dataclasses
+
+    import memscope.drgn_api as ms
+    from memscope.target.drgn import open_core
+
+    prog = open_core(real_kernel.vmcore, real_kernel.vmlinux)
+    for name, records in (("pages", ms.pages(prog)), ("frag", ms.frag(prog))):
+        p = memscope("-c", str(real_kernel.vmcore), "-s", str(real_kernel.vmlinux), name,
+                     "-f", "json")
+        assert p.returncode == 0, p.stderr
+        cli = [z for z in json.loads(p.stdout) if "zone" in z]
+        assert json.loads(json.dumps([dataclasses.asdict(r) for r in records])) == cli, name
+    assert len(ms.pageblocks(prog)) == len(cli)
