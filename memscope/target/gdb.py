@@ -25,7 +25,7 @@ only addresses in the upper (kernel) half move.
 Reads.  gdbstub memory packets carry ~2 KiB of hex each (~16 MB/s here) and cost a
 ~50 us round trip however small: a cold free-list walk of a 4 GiB guest (~1k struct pages
 scattered over the whole memmap, one per 64 KiB) is latency-bound at ~60 ms.  When QEMU
-runs on this machine, x86_64 kernel addresses are read straight out of QEMU's memory
+runs on this machine, kernel addresses are read straight out of QEMU's memory
 (``/proc/PID/mem``, see :class:`_ProcMem`: ~2 us per read, the memmap at memcpy speed),
 else reads of 64 KiB and more go through QEMU's monitor (``monitor memsave`` into tmpfs,
 see :class:`_MemSave`); both are probed once per connection, verified against gdb's own
@@ -584,8 +584,10 @@ class _ProcMem:
     """Guest physical memory read straight out of the local QEMU process
     (``/proc/PID/mem``): a scattered 64-byte read costs ~2 us instead of a ~50 us gdbstub
     round trip, and the 64 MiB memmap of a 4 GiB guest is a memcpy instead of 50 ms of
-    ``memsave``.  x86_64 only: kernel virtual addresses are translated by walking the
-    kernel's own page tables (init_top_pgt, 4 or 5 levels) in guest memory.
+    ``memsave``.  Kernel virtual addresses are translated by walking the kernel's own page
+    tables in guest memory: x86_64 init_top_pgt (4 or 5 levels), arm64 swapper_pg_dir
+    (TTBR1, 4K granule: 3, 4 or 5 levels, the last with FEAT_LPA2 descriptors, as the
+    6.12 lab kernel runs on QEMU's ``-cpu max``; see :meth:`_probe_arm64`).
 
     Where guest RAM sits in QEMU: ``monitor info mtree -f`` gives each RAM range of the
     system address space as (guest physical range, memory region, offset in it); the host
@@ -596,11 +598,18 @@ class _ProcMem:
     MEMSCOPE_GDB_PROCMEM=0 turns it off.  Reads are never cached here: the process's
     memory is the guest's memory now."""
 
-    def __init__(self, fd: int, ram: list[tuple[int, int, int]], pgd: int, levels: int):
+    def __init__(self, fd: int, ram: list[tuple[int, int, int]], pgd: int, levels: int,
+                 arch: str = "x86_64", va_bits: int = 48, lpa2: bool = False):
         self.fd = fd
         self.ram = ram  # (guest physical start, end, host address), sorted
-        self.pgd = pgd  # physical address of init_top_pgt
+        self.pgd = pgd  # physical address of init_top_pgt / swapper_pg_dir
         self.levels = levels
+        self.arch = arch
+        # arm64 (4K granule): the top level indexes VA bits [va_bits-1, top shift]; with
+        # FEAT_LPA2 (TCR_EL1.DS, 52-bit VA) descriptors hold OA[49:12] in bits 49:12 and
+        # OA[51:50] in bits 9:8 (else bits 47:12, and 9:8 are shareability).
+        self.va_bits = va_bits
+        self.lpa2 = lpa2
 
     def phys(self, pa: int, size: int) -> bytes | None:
         for start, end, hva in self.ram:
@@ -614,6 +623,8 @@ class _ProcMem:
 
     def walk(self, va: int) -> tuple[int, int] | None:
         """(physical address of VA's page, page size) from the kernel's page tables."""
+        if self.arch == "aarch64":
+            return self._walk_arm64(va)
         table = self.pgd
         shifts = (48, 39, 30, 21, 12)[5 - self.levels:]
         for shift in shifts:
@@ -628,9 +639,37 @@ class _ProcMem:
             table = e & _PHYS_MASK
         return None
 
+    def _walk_arm64(self, va: int) -> tuple[int, int] | None:
+        """arm64, 4K granule, TTBR1 (kernel) half: the VMSAv8-64 stage 1 walk from
+        swapper_pg_dir.  Block entries (1G at level 1, 2M at level 2) and contiguous runs
+        (each entry still holds its own output address) are plain mappings."""
+        table = self.pgd
+        shifts = (48, 39, 30, 21, 12)[5 - self.levels:]
+        oa_mask = 0x0003FFFFFFFFF000 if self.lpa2 else 0x0000FFFFFFFFF000
+        for i, shift in enumerate(shifts):
+            bits = self.va_bits - shift if i == 0 else 9
+            raw = self.phys(table + ((va >> shift) & ((1 << bits) - 1)) * 8, 8)
+            if raw is None:
+                return None
+            e = int.from_bytes(raw, "little")
+            if not e & 1:  # invalid
+                return None
+            oa = e & oa_mask
+            if self.lpa2:
+                oa |= (e & 0x300) << 42  # OA[51:50] from bits 9:8
+            if shift == 12:
+                return (oa, 4096) if e & 2 else None  # level 3: 0b11 page, 0b01 reserved
+            if not e & 2:  # a block descriptor: only levels 1 (1G) and 2 (2M) here
+                if shift not in (21, 30):
+                    return None
+                return oa & ~((1 << shift) - 1), 1 << shift
+            table = oa
+        return None
+
     @classmethod
     def probe(cls, target: "GdbTarget") -> "_ProcMem | None":
-        if os.environ.get("MEMSCOPE_GDB_PROCMEM", "1") == "0" or target.arch != "x86_64":
+        if os.environ.get("MEMSCOPE_GDB_PROCMEM", "1") == "0" \
+                or target.arch not in ("x86_64", "aarch64"):
             return None
         fast = target._fast
         conn = getattr(gdb.selected_inferior(), "connection", None)
@@ -660,8 +699,13 @@ class _ProcMem:
         for line in text.splitlines():
             if line.startswith("FlatView"):
                 view = None
+            elif line.strip().startswith('AS "memory"'):
+                # the system address space's view (arm64 virt: ' AS "memory", root:
+                # system' then 'Root memory region: system')
+                view = "memory"
             elif "Root memory region:" in line:
-                view = line.split(":", 1)[1].strip()
+                if view != "memory":
+                    view = line.split(":", 1)[1].strip()
             elif view == "memory" and "(prio" in line and "ram):" in line:
                 span, _, rest = line.strip().partition(" (prio")
                 lo, hi = (int(x, 16) for x in span.split("-"))
@@ -705,6 +749,8 @@ class _ProcMem:
                 return None
             base[name] = found[0]
         ram = sorted((lo, hi, base[name] + off) for lo, hi, name, off in ranges)
+        if target.arch == "aarch64":
+            return cls._probe_arm64(target, fd, ram)
         # the kernel's page tables: __pa_symbol(init_top_pgt), 5 levels with LA57
         phys_base = target._gdb_read_u64(target.symbol("phys_base"))
         pgd = target.symbol("init_top_pgt") - _START_KERNEL_MAP + phys_base
@@ -725,6 +771,58 @@ class _ProcMem:
             if want is None or pm.read(va, 64, {}) != want:
                 return None
         return pm
+
+    @classmethod
+    def _probe_arm64(cls, target, fd, ram) -> "_ProcMem | None":
+        """The arm64 kernel's TTBR1 tables: swapper_pg_dir, at __pa_symbol(swapper_pg_dir) =
+        its address - kimage_voffset.  The walk's shape comes from the guest's VMCOREINFO
+        (arch/arm64/kernel/vmcoreinfo.c): PAGESIZE, and TCR_EL1_T1SZ (VA bits in use:
+        64 - T1SZ; 6.12's 52-bit kernels fall back to 48 bits on CPUs without FEAT_LPA2).
+        Only the 4K granule: 39-bit (3 levels), 48-bit (4) and 52-bit VA (5, which with
+        4K pages is FEAT_LPA2's descriptor format).  Everything is checked against gdb's
+        reads; anything else, or any disagreement, leaves memsave and gdbstub packets."""
+        info = _vmcoreinfo_direct(target)
+        if info.get("PAGESIZE") != "4096" or "NUMBER(TCR_EL1_T1SZ)" not in info:
+            return None
+        va_bits = 64 - int(info["NUMBER(TCR_EL1_T1SZ)"], 0)
+        levels = {39: 3, 48: 4, 52: 5}.get(va_bits)
+        if levels is None:
+            return None
+        voff = target._gdb_read_u64(target.symbol("kimage_voffset"))
+        if "NUMBER(kimage_voffset)" in info and int(info["NUMBER(kimage_voffset)"], 0) != voff:
+            return None
+        pgd_va = target.symbol("swapper_pg_dir")
+        pgd = (pgd_va - voff) & MASK64
+        pm = cls(fd, ram, pgd, levels, "aarch64", va_bits, va_bits == 52)
+        # the table itself, as gdb reads it through the kernel's mapping: not all zeros
+        want = target._read_direct(pgd_va, 4096)
+        if want.count(0) == len(want) or pm.phys(pgd, 4096) != want:
+            return None
+        # a kernel text address, VMCOREINFO's page (linear map), struct pages (vmemmap)
+        # and direct-map addresses in the middle and at the top of the last RAM range
+        probe = [target.symbol("linux_banner"),
+                 target._gdb_read_u64(target.symbol("vmcoreinfo_data"))]
+        lo, hi = ram[-1][0], ram[-1][1]
+        mid = (lo + hi) // 2
+        if "SYMBOL(vmemmap)" in info:
+            sz = target.sizeof("struct page")
+            vmemmap = int(info["SYMBOL(vmemmap)"], 16)
+            probe += [vmemmap + (mid >> 12) * sz, vmemmap + ((hi >> 12) - 1) * sz]
+        if "NUMBER(VA_BITS)" in info and "NUMBER(PHYS_OFFSET)" in info:
+            # __phys_to_virt: (pa - PHYS_OFFSET) | PAGE_OFFSET, PAGE_OFFSET = -(1 << VA_BITS)
+            page_offset = -(1 << int(info["NUMBER(VA_BITS)"], 0)) & MASK64
+            phys_offset = int(info["NUMBER(PHYS_OFFSET)"], 0)
+            for pa in (mid, hi - 4096):
+                if pa >= phys_offset:
+                    probe.append(((pa - phys_offset) | page_offset) & MASK64)
+        checked = 0
+        for va in probe:
+            want = _try_read(va, 64)
+            got = pm.read(va, 64, {})
+            if want != got:
+                return None  # a translation gdb disagrees with (or one that gdb faults on)
+            checked += want is not None
+        return pm if checked >= 3 else None
 
     def read(self, va: int, size: int, tlb: dict) -> bytes | None:
         """SIZE bytes at kernel virtual address VA, or None (not mapped, not RAM).  TLB
@@ -763,6 +861,25 @@ class _ProcMem:
                 return None
             out.append(d)
         return b"".join(out)
+
+
+def _vmcoreinfo_direct(target: "GdbTarget") -> dict[str, str]:
+    """The guest's VMCOREINFO as {KEY: value}, read through gdb alone (the target's own
+    read() is not set up while _ProcMem probes)."""
+    try:
+        data = target._gdb_read_u64(target.symbol("vmcoreinfo_data"))
+        size = target._gdb_read_u64(target.symbol("vmcoreinfo_size"))
+        if not data or not 0 < size <= 1 << 16:
+            return {}
+        text = target._read_direct(data, size).decode("ascii", "replace")
+    except TargetError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        k, eq, v = line.partition("=")
+        if eq:
+            out[k] = v.strip()
+    return out
 
 
 def _pread(fd: int, address: int, size: int) -> bytes | None:
