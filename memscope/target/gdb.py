@@ -753,7 +753,10 @@ class _ProcMem:
             return cls._probe_arm64(target, fd, ram)
         # the kernel's page tables: __pa_symbol(init_top_pgt), 5 levels with LA57
         phys_base = target._gdb_read_u64(target.symbol("phys_base"))
-        pgd = target.symbol("init_top_pgt") - _START_KERNEL_MAP + phys_base
+        # phys_base = physical load address - LOAD_PHYSICAL_ADDR - the virtual KASLR offset:
+        # "negative" (two's complement) when the virtual offset is the larger, so the sum
+        # wraps (a guest-dependent failure before this mask: the probe refused the path).
+        pgd = (target.symbol("init_top_pgt") - _START_KERNEL_MAP + phys_base) & MASK64
         levels = 4
         if target.has_symbol("__pgtable_l5_enabled"):
             if int.from_bytes(target._read_direct(target.symbol("__pgtable_l5_enabled"), 4),
