@@ -22,9 +22,10 @@ def dump_disagreement(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> s
       the truth's "Free pages count per migrate type" rows (a block can move between
       lists while every order's total stays the same)."""
     prog = open_core(vmcore, vmlinux)
-    if format_buddyinfo(buddyinfo(MM(DrgnTarget(prog)))).encode() != truth["buddyinfo"]:
+    target = DrgnTarget(prog)
+    if format_buddyinfo(buddyinfo(MM(target))).encode() != truth["buddyinfo"]:
         return "dump and /proc/buddyinfo differ"
-    why = _counters_moved(prog, truth)
+    why = _counters_moved(prog, target.page_size, truth)
     if why:
         return why
     rows = _free_rows(truth.get("pagetypeinfo", b""))
@@ -65,7 +66,7 @@ _COUNTERS = (("nr_free_pages", "NR_FREE_PAGES", 200), ("nr_file_pages", "NR_FILE
              ("nr_anon_pages", "NR_ANON_MAPPED", 0), ("nr_shmem", "NR_SHMEM", 0))
 
 
-def _counters_moved(prog, truth: dict[str, bytes]) -> str | None:
+def _counters_moved(prog, page_size: int, truth: dict[str, bytes]) -> str | None:
     """Whether a global vmstat counter in the dump (vm_zone_stat[] / vm_node_stat[]) moved
     away from the value the guest's /proc/vmstat printed by more than the per-CPU deltas
     can explain: then memory moved while the truth was being read (seen on arm64: 16 MiB
@@ -77,7 +78,7 @@ def _counters_moved(prog, truth: dict[str, bytes]) -> str | None:
     m = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
     if not vmstat or not thresholds or not m:
         return None
-    total_pages = int(m.group(1)) * 1024 // _page_size(prog)
+    total_pages = int(m.group(1)) * 1024 // page_size
     for name, enumerator, fraction in _COUNTERS:
         if name not in vmstat:
             continue
@@ -92,12 +93,6 @@ def _counters_moved(prog, truth: dict[str, bytes]) -> str | None:
             return (f"{name} moved from {vmstat[name]} (/proc/vmstat) to {dumped} (dump), "
                     f"more than {bound} pages")
     return None
-
-
-def _page_size(prog) -> int:
-    info = prog["VMCOREINFO"].string_().decode(errors="replace")
-    m = re.search(r"^PAGESIZE=(\d+)$", info, re.M)
-    return int(m.group(1)) if m else 4096
 
 
 def _free_rows(text: bytes) -> dict[tuple[int, str], list[list[int | None]]]:
