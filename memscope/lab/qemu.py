@@ -154,7 +154,7 @@ class Console:
 
     def last_lines(self) -> str:
         text = [ln.decode(errors="replace").strip() for ln in self.tail]
-        text = [t for t in text if t]
+        text = [t for t in text if t and not t.startswith("@@MEMSCOPE-")]  # the guest's own
         return text[-1] if text else "(nothing)"
 
     def close(self) -> None:

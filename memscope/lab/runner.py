@@ -222,10 +222,10 @@ class _Boot:
         t0 = time.monotonic()
         deadline = t0 + opts.timeout
         self.say(f"booting {self.kernel.name} ({self.kernel.release}), try {self.meta['tries']}")
-        self.proc = qemu.spawn(cmd, self.stage / "qemu.log", outlive=opts.mode != "dump")
-        self.console = qemu.Console(self.console_path, t0 + 30, self.proc,
-                                    self.stage / "qemu.log")
-        self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, self.stage / "qemu.log")
+        qemu_log = self.stage / "qemu.log"
+        self.proc = qemu.spawn(cmd, qemu_log, outlive=opts.mode != "dump")
+        self.console = qemu.Console(self.console_path, t0 + 30, self.proc, qemu_log)
+        self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, qemu_log)
         self.meta.update(qemu_command=cmd, console_log=str(log), gdb_port=gdb_port,
                          qemu_pid=self.proc.pid)
         truth: dict[str, bytes] = {}
@@ -258,8 +258,6 @@ class _Boot:
                 self.meta["boot_seconds"] = round(t_workload - t0, 2)
                 self.meta["guest_release"] = arg.strip()
                 self.say(f"booted in {self.meta['boot_seconds']} s, running {self.meta['workload_name']}")
-                if opts.mode == "live":
-                    continue
             elif word == "LIVE":
                 self._hand_over()
                 return True
@@ -268,8 +266,9 @@ class _Boot:
             elif word == "FILE":
                 label, body = arg, []
             elif word == "WORKLOAD-FAILED":
-                raise self._fail(f"the workload failed inside the guest (exit status {arg}); "
-                                 f"see {self.stage.name}/console.log")
+                # (the staging directory with console.log is removed: _fail quotes the
+                # console's last line instead)
+                raise self._fail(f"the workload failed inside the guest (exit status {arg})")
             elif word == "FREEZE":
                 name = arg.strip()
                 if name == FINAL and t_workload is not None:
