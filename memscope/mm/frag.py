@@ -7,26 +7,38 @@ mm/page_alloc.c).
   (``"%d.%03d"``).  A fragmentation index of -1000 ("-1.000") means the request would not
   fail for lack of a large enough block.
 - :func:`zone_watermark_ok` is ``__zone_watermark_ok()``: free pages (the zone's
-  NR_FREE_PAGES counter) minus what the request may not use (2^order - 1, the free
-  highatomic reserve unless ALLOC_RESERVES, free CMA pages unless ALLOC_CMA) must exceed the
-  watermark (``_watermark[] + watermark_boost``, lowered by a half for ALLOC_MIN_RESERVE
-  (5.10: ALLOC_HIGH) and a further quarter for ALLOC_NON_BLOCK (5.10: ALLOC_HARDER)) plus
-  ``lowmem_reserve[highest_zoneidx]``; for order > 0 some free list of that order or above
-  must also be non-empty for a PCPTYPE migratetype (CMA with ALLOC_CMA, HIGHATOMIC with
-  ALLOC_HIGHATOMIC/ALLOC_OOM, 5.10: ALLOC_HARDER).
+  NR_FREE_PAGES counter, clamped at 0 as zone_page_state() does) minus what the request may
+  not use (:func:`__zone_watermark_unusable_free`: 2^order - 1, the highatomic reserve
+  unless ALLOC_RESERVES (6.12+: its free pages ``nr_free_highatomic``; 5.10, 6.1: all of
+  ``nr_reserved_highatomic``), free CMA pages unless ALLOC_CMA) must exceed the mark,
+  lowered by a half for ALLOC_MIN_RESERVE (5.10: ALLOC_HIGH) and then a quarter for
+  ALLOC_NON_BLOCK (5.10: ALLOC_HARDER), plus ``lowmem_reserve[highest_zoneidx]``; for
+  order > 0 some free list of that order or above must also be non-empty (and its
+  ``nr_free`` non-zero) for a migratetype below MIGRATE_PCPTYPES, or MIGRATE_CMA with
+  ALLOC_CMA, or MIGRATE_HIGHATOMIC with ALLOC_HIGHATOMIC (5.10: ALLOC_HARDER).
+- :func:`zone_watermark_fast` is ``zone_watermark_fast()`` with the mark
+  ``wmark_pages()`` (``_watermark[] + watermark_boost``): the order-0 shortcut, then
+  __zone_watermark_ok(), then for an order-0 GFP_ATOMIC request against the min mark the
+  same check without the boost.
 
-GFP classes (``--gfp``), as gfp_to_alloc_flags() and gfp_zone() treat them:
+GFP classes (``--gfp``), as gfp_zone(), prepare_alloc_pages() and gfp_to_alloc_flags()
+treat them in 5.10, 6.1, 6.12 and 7.2:
 
 ``kernel``   GFP_KERNEL: highest zone ZONE_NORMAL, no reserves, no CMA.
-``movable``  GFP_HIGHUSER_MOVABLE: highest zone ZONE_MOVABLE, ALLOC_CMA (with CONFIG_CMA).
-``atomic``   GFP_ATOMIC (__GFP_HIGH, cannot sleep): slow path adds ALLOC_MIN_RESERVE,
-             ALLOC_NON_BLOCK and (order > 0) ALLOC_HIGHATOMIC.
+``movable``  GFP_HIGHUSER_MOVABLE: highest zone ZONE_MOVABLE, ALLOC_CMA (with CONFIG_CMA)
+             on the fast path and the slow path alike (gfp_to_alloc_flags_cma(); 5.10:
+             current_alloc_flags()).
+``atomic``   GFP_ATOMIC (__GFP_HIGH, cannot sleep): the slow path adds ALLOC_MIN_RESERVE,
+             ALLOC_NON_BLOCK and, for order > 0, ALLOC_HIGHATOMIC (5.10: ALLOC_HIGH and
+             ALLOC_HARDER), and its order-0 check against the min mark ignores the boost.
 
-"fast" is get_page_from_freelist()'s first try (WMARK_LOW, no reserve flags); "min" is the
-slow path's try after waking kswapd and before any direct reclaim or compaction
+"fast" is get_page_from_freelist()'s first try (WMARK_LOW, no reserve flags; the 6.12+
+check against the high mark first only short-cuts what the low mark allows); "min" is the
+slow path's first try, after waking kswapd and before any direct reclaim or compaction
 (WMARK_MIN with the class's reserve flags).  An allocation "succeeds now" when either
-passes.  zone_watermark_fast()'s order-0 shortcuts and the per-CPU drift correction
-(zone_page_state_snapshot below percpu_drift_mark) are not modelled.
+passes.  Not modelled: ALLOC_OOM (OOM victims), ALLOC_NO_WATERMARKS (PF_MEMALLOC),
+real-time tasks' ALLOC_MIN_RESERVE, cpusets, and the per-CPU drift correction
+(zone_page_state_snapshot(), which reclaim uses and get_page_from_freelist() does not).
 
 JSON records (``frag -f json``): a list of zones ``{"node", "zone", "free_pages_counter",
 "watermarks": {"min", "low", "high", "boost"}, "lowmem_reserve": [...],
@@ -146,40 +158,56 @@ def zone_state(mm: MM, z: Zone) -> ZoneState:
 
 @dataclasses.dataclass(frozen=True)
 class AllocFlags:
-    wmark: str  # "min" / "low" / "high"
-    min_reserve: bool = False  # ALLOC_MIN_RESERVE (5.10: ALLOC_HIGH)
-    non_block: bool = False  # ALLOC_NON_BLOCK (5.10: ALLOC_HARDER)
-    highatomic: bool = False  # ALLOC_HIGHATOMIC (5.10: implied by ALLOC_HARDER)
-    oom: bool = False
-    cma: bool = False
+    """The ``alloc_flags`` bits that __zone_watermark_ok() and zone_watermark_fast() read
+    (mm/internal.h), under their 6.3+ names.
+
+    "mm/page_alloc: rename ALLOC_HIGH to ALLOC_MIN_RESERVE" and the rest of that series
+    (v6.3, in Debian's 6.1 too) replaced 5.10's ALLOC_HIGH/ALLOC_HARDER.  The one
+    combination a ``--gfp`` class uses, GFP_ATOMIC's, decides the same under both: 5.10's
+    ALLOC_HIGH|ALLOC_HARDER halves the mark, then takes a quarter off, skips the highatomic
+    reserve and may use MIGRATE_HIGHATOMIC blocks, as ALLOC_MIN_RESERVE|ALLOC_NON_BLOCK
+    (|ALLOC_HIGHATOMIC for order > 0) does.  ALLOC_OOM (an OOM victim's task, not a gfp
+    class) is not modelled: 5.10 takes a half off instead of the quarter, 6.3+ a half more.
+    """
+
+    wmark: str  # ALLOC_WMARK_MIN / _LOW / _HIGH: "min", "low", "high"
+    min_reserve: bool = False  # ALLOC_MIN_RESERVE (__GFP_HIGH; 5.10: ALLOC_HIGH)
+    non_block: bool = False  # ALLOC_NON_BLOCK (5.10: ALLOC_HARDER, from __GFP_ATOMIC)
+    highatomic: bool = False  # ALLOC_HIGHATOMIC (5.10: ALLOC_HARDER)
+    cma: bool = False  # ALLOC_CMA
 
     @property
-    def reserves(self) -> bool:  # ALLOC_RESERVES (5.10: alloc_harder)
-        return self.min_reserve or self.non_block or self.highatomic or self.oom
+    def reserves(self) -> bool:
+        """ALLOC_RESERVES (5.10: ALLOC_HARDER, the only reserve flag that skips the
+        highatomic reserve; GFP_ATOMIC has it)."""
+        return self.min_reserve or self.non_block or self.highatomic
+
+
+def __zone_watermark_unusable_free(mm: MM, s: ZoneState, order: int, f: AllocFlags) -> int:
+    """__zone_watermark_unusable_free(): the free pages request F may not count."""
+    unusable = (1 << order) - 1
+    if not f.reserves:
+        # "mm/page_alloc: keep track of free highatomic" (commit c928807f6f6b, in 6.12)
+        # subtracts the free pages of highatomic blocks (nr_free_highatomic) instead of
+        # the whole reserve (nr_reserved_highatomic, 5.10 and 6.1).
+        unusable += s.nr_free_highatomic if s.nr_free_highatomic is not None \
+            else s.nr_reserved_highatomic
+    if "MIGRATE_CMA" in mm.migratetypes and not f.cma:  # #ifdef CONFIG_CMA
+        unusable += s.free_cma
+    return unusable
 
 
 def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zoneidx: int,
                       f: AllocFlags) -> bool:
-    """__zone_watermark_ok(z, order, mark, highest_zoneidx, alloc_flags, free_pages)."""
+    """__zone_watermark_ok(z, order, mark, highest_zoneidx, alloc_flags, free_pages) with
+    free_pages = zone_page_state(z, NR_FREE_PAGES)."""
     mt = mm.migratetypes
-    free_pages = s.free_pages
-    unusable = (1 << order) - 1
-    if not f.reserves:
-        unusable += s.nr_free_highatomic if s.nr_free_highatomic is not None \
-            else s.nr_reserved_highatomic
-    if "MIGRATE_CMA" in mt and not f.cma:
-        unusable += s.free_cma
-    free_pages -= unusable
+    free_pages = s.free_pages - __zone_watermark_unusable_free(mm, s, order, f)
     mn = mark
-    if f.reserves:
-        if f.min_reserve:
-            mn -= mn // 2
-            if f.non_block:
-                mn -= mn // 4
-        elif s.nr_free_highatomic is None and f.non_block:
-            mn -= mn // 4  # 5.10/6.1: ALLOC_HARDER without ALLOC_HIGH
-        if f.oom:
-            mn -= mn // 2
+    if f.min_reserve:
+        mn -= mn // 2
+        if f.non_block:
+            mn -= mn // 4
     if free_pages <= mn + s.lowmem_reserve[highest_zoneidx]:
         return False
     if order == 0:
@@ -193,20 +221,45 @@ def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zonei
             return True
         if "MIGRATE_CMA" in mt and f.cma and row[mt["MIGRATE_CMA"]]:
             return True
-        if (f.highatomic or f.oom) and row[mt["MIGRATE_HIGHATOMIC"]]:
+        if f.highatomic and row[mt["MIGRATE_HIGHATOMIC"]]:
             return True
     return False
 
 
+def zone_watermark_fast(mm: MM, s: ZoneState, order: int, highest_zoneidx: int,
+                        f: AllocFlags) -> bool:
+    """zone_watermark_fast(z, order, wmark_pages(z, f.wmark), highest_zoneidx, alloc_flags,
+    gfp_mask), as get_page_from_freelist() calls it (the same in 5.10, 6.1, 6.12, 7.2)."""
+    mark = s.watermark[f.wmark] + s.boost  # wmark_pages(): _watermark[] + watermark_boost
+    if order == 0:
+        # The order-0 shortcut: answers yes only where __zone_watermark_ok would too.
+        usable_free = s.free_pages
+        usable_free -= min(usable_free, __zone_watermark_unusable_free(mm, s, 0, f))
+        if usable_free > mark + s.lowmem_reserve[highest_zoneidx]:
+            return True
+    if zone_watermark_ok(mm, s, order, mark, highest_zoneidx, f):
+        return True
+    # Boosting is ignored for order-0 GFP_ATOMIC checks against the min watermark.  The
+    # kernel's condition is __GFP_ATOMIC in 5.10 and 6.1 and ALLOC_MIN_RESERVE (__GFP_HIGH)
+    # since "mm: discard __GFP_ATOMIC" (v6.3); of the --gfp classes only "atomic" has either.
+    if order == 0 and f.min_reserve and s.boost and f.wmark == "min":
+        return zone_watermark_ok(mm, s, 0, s.watermark["min"], highest_zoneidx, f)
+    return False
+
+
 def gfp_flags(mm: MM, gfp: str, order: int) -> tuple[int, AllocFlags, AllocFlags]:
-    """(highest_zoneidx, fast-path flags, slow-path flags before reclaim) for GFP."""
+    """(highest_zoneidx, fast-path flags, slow-path flags before reclaim) for GFP.
+
+    Fast path: ``alloc_flags = ALLOC_WMARK_LOW`` in __alloc_pages(), plus ALLOC_CMA for a
+    movable request from prepare_alloc_pages() (gfp_to_alloc_flags_cma(); 5.10:
+    current_alloc_flags()).  Slow path: gfp_to_alloc_flags(gfp_mask, order)."""
     zt = mm.t.enum("enum zone_type")
     cma = "MIGRATE_CMA" in mm.migratetypes
     if gfp == "kernel":
         return zt["ZONE_NORMAL"], AllocFlags("low"), AllocFlags("min")
     if gfp == "movable":
         idx = zt.get("ZONE_MOVABLE", zt["ZONE_NORMAL"])
-        return idx, AllocFlags("low", cma=False), AllocFlags("min", cma=cma)
+        return idx, AllocFlags("low", cma=cma), AllocFlags("min", cma=cma)
     if gfp == "atomic":
         return zt["ZONE_NORMAL"], AllocFlags("low"), AllocFlags(
             "min", min_reserve=True, non_block=True, highatomic=order > 0)
@@ -253,8 +306,8 @@ def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
             fi = fragmentation_index(o, info, max_order)
             hz, fast, slow = gfp_flags(mm, gfp, o)
             hz = min(hz, len(s.lowmem_reserve) - 1)
-            ok_f = zone_watermark_ok(mm, s, o, s.watermark[fast.wmark] + s.boost, hz, fast)
-            ok_m = zone_watermark_ok(mm, s, o, s.watermark[slow.wmark] + s.boost, hz, slow)
+            ok_f = zone_watermark_fast(mm, s, o, hz, fast)
+            ok_m = zone_watermark_fast(mm, s, o, hz, slow)
             rows.append(OrderFrag(o, s.nr_free[o], s.nr_free[o] << o, ui, fmt_index(ui), fi,
                                   fmt_index(fi), ok_f, ok_m, ok_f or ok_m))
         largest = max((o for o in range(mm.nr_orders) if s.nr_free[o]), default=None)
