@@ -45,11 +45,14 @@ def _pages_args(p) -> None:
     p.add_argument("--png", metavar="FILE", help="write a physical memory map (PNG)")
 
 
-def _write(path: str, img) -> None:
+def _write(path: str, data: bytes) -> None:
     from ..report import png
 
     try:
-        png.write_png(path, img)
+        png.write_png(path, data)
+    except FileExistsError:
+        raise CommandError(f"{path} exists: memscope does not overwrite files; "
+                           "name a new file") from None
     except OSError as e:
         raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -79,11 +82,12 @@ def pages(mm, args) -> Result:
         from ..report import png
 
         counts = {c: int(np.count_nonzero(pm.cls == i)) for i, c in enumerate(mpage.CLASSES)}
-        zones = [(f"N{z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
-        title = (f"{mm.t.release}  pfn 0-{pm.nr_pages - 1:#x}  "
-                 f"{pm.nr_pages * mm.t.page_size >> 20} MIB")
+        zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
+        title = (f"{mm.t.release}: physical memory, pfn 0-{pm.nr_pages - 1:#x} "
+                 f"({png.human_bytes(pm.nr_pages * mm.t.page_size)})")
         row = 1 << mpb.pageblock_order(mm)
-        _write(args.png, png.page_map(pm.cls, list(mpage.CLASSES), counts, zones, row, title))
+        _write(args.png, png.page_map(pm.cls, list(mpage.CLASSES), counts, zones, row, title,
+                                      mm.t.page_size))
     classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
     data = [dataclasses.asdict(r) for r in rows]
     if pm.pcp_findings:
@@ -123,31 +127,19 @@ def pageblocks(mm, args) -> Result:
         from ..report import png
 
         po = mpb.pageblock_order(mm)
-        flags = mpb._all_flags(mm)
-        bits = mpb.pageblock_bits(mm)
         zones_ = mm.all_zones()
         nblocks = max(z.end_pfn for z in zones_) + (1 << po) - 1 >> po
         blocks = []
         for zi, z in enumerate(zones_):
-            mts = mpb.pageblock_migratetypes(mm, z)
-            lists, _ = mpb.free_lists(mm, z)
-            mixed = set()
-            for (o, lmt), pfns in lists.items():
-                for pfn in pfns.tolist():
-                    b = pfn >> po
-                    if (flags[b] & bits.migratetype_mask) != lmt:
-                        mixed.add(b)
-            first = z.zone_start_pfn >> po
-            for k, mt in enumerate(mts.tolist()):
-                b = first + k
-                f = int(flags[b]) if b < len(flags) else 0xFF
-                blocks.append((b, mt, zi, f != 0xFF and bool(f >> bits.skip_bit & 1),
-                               mt == mm.migratetypes.get("MIGRATE_ISOLATE", -2), b in mixed))
+            b = mpb.zone_blocks(mm, z)
+            blocks += zip(b.block.tolist(), b.migratetype.tolist(), [zi] * len(b.block),
+                          b.skip.tolist(), b.isolate.tolist(), b.mixed.tolist())
         counts = {n: sum(r.counts[n] for r in rows) for n in names}
-        title = f"{mm.t.release}  {nblocks} pageblocks of {1 << po} pages"
+        title = (f"{mm.t.release}: {nblocks} pageblocks of {1 << po} pages, "
+                 f"pfn 0-{(nblocks << po) - 1:#x}")
         _write(args.png, png.pageblock_map(
-            names, blocks, [(f"N{z.node} {z.name}", z.zone_start_pfn, z.end_pfn)
-                            for z in zones_], po, nblocks, title, counts))
+            names, blocks, [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn)
+                            for z in zones_], po, nblocks, title, counts, mm.t.page_size))
 
     def table() -> str:
         out = tabulate([[r.node, r.zone, *[r.counts[n] for n in names], r.skip, r.isolate,

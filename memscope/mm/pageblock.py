@@ -189,6 +189,75 @@ def free_lists(mm: MM, zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], l
 
 
 @dataclasses.dataclass
+class ZoneBlocks:
+    """The state of every pageblock of one zone: the one place where a block's skip, isolate
+    and "mixed" state is decided, for the table, the JSON and the PNG alike.
+
+    All arrays have one entry per block, for the pfns ``zone_start_pfn + k *
+    pageblock_nr_pages`` below ``zone_end_pfn`` (the blocks /proc/pagetypeinfo counts).
+
+    - ``block``: pageblock index (pfn >> pageblock_order), int64.
+    - ``migratetype``: :func:`pageblock_migratetypes` (-1: no online struct page), int16.
+    - ``skip``: the compaction skip bit (PB_migrate_skip; 6.16+ PB_compact_skip), bool.
+    - ``isolate``: isolated (7.2: the PB_migrate_isolate bit; before: the migratetype bits
+      hold MIGRATE_ISOLATE), bool.
+    - ``mixed``: the block holds free pages on another migratetype's free list than the
+      block's own (as get_pfnblock_migratetype() gives it, isolation included), bool.
+    - ``mixed_by_type``: block migratetype value -> number of mixed blocks;
+      ``mixed_free_pages``: the free pages on a list other than their block's type.
+    - ``list_findings``: what the bounded free-list walk found wrong (strings).
+    Blocks whose section has no usage map are neither skip nor isolate."""
+
+    zone: Zone
+    block: np.ndarray
+    migratetype: np.ndarray
+    skip: np.ndarray
+    isolate: np.ndarray
+    mixed: np.ndarray
+    mixed_by_type: dict[int, int]
+    mixed_free_pages: int
+    list_findings: list[str]
+
+
+def zone_blocks(mm: MM, z: Zone) -> ZoneBlocks:
+    """:class:`ZoneBlocks` of zone Z, from the pageblock bits (usage->pageblock_flags) and
+    the zone's free lists (walked by :func:`free_lists`)."""
+    po = pageblock_order(mm)
+    bits = pageblock_bits(mm)
+    flags = _all_flags(mm)
+    iso = mm.migratetypes.get("MIGRATE_ISOLATE")
+    block = np.arange(z.zone_start_pfn, z.end_pfn, 1 << po, dtype=np.int64) >> po
+    inside = block < len(flags)
+    f = np.where(inside, flags[np.where(inside, block, 0)], 0xFF)
+    known = f != 0xFF
+    skip = known & ((f >> bits.skip_bit) & 1 == 1)
+    if bits.isolate_bit is not None:
+        isolate = known & ((f >> bits.isolate_bit) & 1 == 1)
+    elif iso is not None:
+        isolate = known & ((f & bits.migratetype_mask) == iso)
+    else:
+        isolate = np.zeros(len(block), bool)
+    lists, findings = free_lists(mm, z)
+    mixed_blocks: dict[int, set[int]] = {}
+    mixed_pages = 0
+    for (o, lmt), pfns in lists.items():
+        if not len(pfns):
+            continue
+        bmt = flags[pfns >> po].astype(np.int16) & bits.migratetype_mask
+        if bits.isolate_bit is not None:
+            bmt = np.where((flags[pfns >> po] >> bits.isolate_bit) & 1 == 1, iso, bmt)
+        off = bmt != lmt
+        mixed_pages += int(np.count_nonzero(off)) << o
+        for b, m in zip((pfns[off] >> po).tolist(), bmt[off].tolist()):
+            mixed_blocks.setdefault(int(m), set()).add(b)
+    every_mixed = sorted(set().union(*mixed_blocks.values())) if mixed_blocks else []
+    return ZoneBlocks(z, block, pageblock_migratetypes(mm, z), skip, isolate,
+                      np.isin(block, every_mixed),
+                      {m: len(bs) for m, bs in sorted(mixed_blocks.items())}, mixed_pages,
+                      findings)
+
+
+@dataclasses.dataclass
 class ZonePageblocks:
     node: int
     zone: str
@@ -204,39 +273,19 @@ class ZonePageblocks:
 
 
 def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
+    """One :class:`ZonePageblocks` per zone with pages: the counts of :func:`zone_blocks`."""
     po = pageblock_order(mm)
-    bits = pageblock_bits(mm)
     names = migratetype_names(mm)
-    flags = _all_flags(mm)
-    iso = mm.migratetypes.get("MIGRATE_ISOLATE")
     out = []
     for z in mm.all_zones():
-        mt = pageblock_migratetypes(mm, z)
-        counts = {names[i]: int(np.count_nonzero(mt == i)) for i in range(len(names))}
-        blocks = np.unique(np.arange(z.zone_start_pfn, z.end_pfn, 1 << po) >> po)
-        f = flags[blocks]
-        f = f[f != 0xFF]
-        skip = int(np.count_nonzero((f >> bits.skip_bit) & 1))
-        if bits.isolate_bit is not None:
-            isolate = int(np.count_nonzero((f >> bits.isolate_bit) & 1))
-        else:
-            isolate = int(np.count_nonzero((f & bits.migratetype_mask) == iso)) if iso else 0
-        lists, findings = free_lists(mm, z)
-        mixed_blocks: dict[int, set[int]] = {}
-        mixed_pages = 0
-        for (o, lmt), pfns in lists.items():
-            if not len(pfns):
-                continue
-            bmt = flags[pfns >> po].astype(np.int16) & bits.migratetype_mask
-            if bits.isolate_bit is not None:
-                bmt = np.where((flags[pfns >> po] >> bits.isolate_bit) & 1 == 1, iso, bmt)
-            off = bmt != lmt
-            mixed_pages += int(np.count_nonzero(off)) << o
-            for b, m in zip((pfns[off] >> po).tolist(), bmt[off].tolist()):
-                mixed_blocks.setdefault(int(m), set()).add(b)
-        mixed = {names[m]: len(bs) for m, bs in sorted(mixed_blocks.items()) if m < len(names)}
+        b = zone_blocks(mm, z)
+        counts = {names[i]: int(np.count_nonzero(b.migratetype == i))
+                  for i in range(len(names))}
+        mixed = {names[m]: n for m, n in b.mixed_by_type.items() if m < len(names)}
         out.append(ZonePageblocks(z.node, z.name, z.zone_start_pfn, z.end_pfn, po, counts,
-                                  skip, isolate, mixed, mixed_pages, findings))
+                                  int(np.count_nonzero(b.skip)),
+                                  int(np.count_nonzero(b.isolate)), mixed,
+                                  b.mixed_free_pages, b.list_findings))
     return out
 
 
@@ -252,5 +301,5 @@ def format_blockcount(mm: MM, rows: list[ZonePageblocks]) -> str:
     return s
 
 
-__all__ = ["pageblock_migratetypes", "pageblock_order", "pageblock_bits", "zone_pageblocks",
+__all__ = ["zone_blocks", "ZoneBlocks", "pageblock_migratetypes", "pageblock_order", "pageblock_bits", "zone_pageblocks",
            "free_lists", "format_blockcount", "migratetype_names", "TargetError"]
