@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-system-arm busybox-static cpio gdb gdb-multiarch \
-	dwarves zstd xz-utils python3-venv python3-numpy python3-tabulate
+	dwarves zstd xz-utils python3-venv python3-numpy python3-tabulate python3-pil \
+	fonts-dejavu-core
 
 .PHONY: setup demo test bench clean-cases
 

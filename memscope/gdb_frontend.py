@@ -176,8 +176,8 @@ def _version(v: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _tabulate_dirs() -> list[str]:
-    """Directories that may hold the tabulate memscope was installed with: the site dir
+def _tabulate_dirs(package: str = "tabulate") -> list[str]:
+    """Directories that may hold the PACKAGE memscope was installed with: the site dir
     of this package (an installed copy), and the site dir of the python on PATH (or
     $MEMSCOPE_PYTHON) when that python has memscope (a source tree installed with pip -e)."""
     import shutil
@@ -190,14 +190,41 @@ def _tabulate_dirs() -> list[str]:
     if py and os.path.realpath(py) != os.path.realpath(sys.executable or ""):
         try:
             p = subprocess.run(
-                [py, "-c", "import memscope, tabulate, os; "
-                 "print(os.path.dirname(os.path.dirname(tabulate.__file__)))"],
+                [py, "-c", f"import memscope, {package}, os; "
+                 f"print(os.path.dirname(os.path.dirname({package}.__file__)))"],
                 capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
             if p.returncode == 0 and p.stdout.strip():
                 dirs.append(p.stdout.strip())
         except (OSError, subprocess.SubprocessError):
             pass
     return dirs
+
+
+def _prefer_pillow() -> None:
+    """Make gdb's python draw pictures with the Pillow memscope's own python has (same
+    version, same zlib and FreeType: the same PNG bytes as the command line), when that
+    python has one and it loads here; else gdb's python keeps its own (Debian's
+    python3-pil), whose pictures look the same but may differ in bytes."""
+    import importlib.util
+
+    if "PIL" in sys.modules:
+        return
+    for d in _tabulate_dirs("PIL"):
+        init = os.path.join(d, "PIL", "__init__.py")
+        if not os.path.isfile(init):
+            continue
+        spec = importlib.util.spec_from_file_location(
+            "PIL", init, submodule_search_locations=[os.path.dirname(init)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["PIL"] = mod
+        try:
+            spec.loader.exec_module(mod)
+            from PIL import Image  # noqa: F401 - the C core must load too
+        except Exception:  # noqa: BLE001 - not loadable here: gdb's own Pillow
+            for name in [m for m in sys.modules if m == "PIL" or m.startswith("PIL.")]:
+                del sys.modules[name]
+            continue
+        return
 
 
 def _prefer_tabulate() -> str | None:
@@ -279,6 +306,7 @@ def register():
         warning = _prefer_tabulate()
         if warning:
             gdb.write(warning + "\n", gdb.STDERR)
+    _prefer_pillow()
 
     class MemscopeCommand(gdb.Command):
         def __init__(self):

@@ -1,47 +1,31 @@
-"""Physical memory maps as PNG files, with no imaging library: a PNG writer (zlib +
-struct), a 3x5 bitmap font drawn at 2x for labels, and the two maps:
+"""Physical memory maps as PNG pictures, drawn with Pillow (``python3-pil`` for gdb's
+python) on a numpy canvas of one pixel per page:
 
-- :func:`page_map`: one pixel per page, one row per pageblock (so a pageblock's fate reads
-  as a line), a colour per page class; a strip on the left marks nodes and zones, labelled
-  with their start pfn; the legend gives each class's colour and page count.
+- :func:`page_map`: one pixel per page (two when the rows are narrow), one row per
+  pageblock, so a pageblock's fate reads as a line; a colour per page class.
 - :func:`pageblock_map`: one square per pageblock, a colour per migratetype, a dot for the
   compaction skip bit, a white frame for isolated blocks and a black frame around "mixed"
-  blocks (free pages on another migratetype's list).
+  blocks (free pages on another migratetype's list: memscope.mm.pageblock.zone_blocks).
 
-Both scale so that a 512 MiB and a 4 GiB guest fit a screen.
+Both have a title, a left axis labelled in physical addresses (hex and MiB/GiB), a line
+and a label where each node's zone starts, and a legend with each colour's page or block
+count.  The geometry is stored in the PNG's text chunks (``memscope:map_x``,
+``memscope:map_y``, ``memscope:px_x``, ``memscope:px_y`` and ``memscope:pages_per_row``
+in the page map, ``memscope:blocks_per_row`` and ``memscope:pageblock_order`` in the
+pageblock map), so that a pixel can be mapped back to its pfn: in the page map pfn ``p``
+is drawn at ``x = map_x + (p % pages_per_row) * px_x``, ``y = map_y + (p //
+pages_per_row) * px_y``; in the pageblock map its block ``b = p >> pageblock_order`` is
+the square at ``x = map_x + (b % blocks_per_row) * px_x``, ``y = map_y + (b //
+blocks_per_row) * px_y``, whose pixel (x + 2, y + 2) has the migratetype's colour (the marks
+are a frame at the square's edge, a frame one pixel inside it and a dot in its middle).
+Nothing is drawn over a map's pixels but those marks.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
 
 import numpy as np
-
-_FONT_ROWS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001001001", "8": "111101111101111",
-    "9": "111101111001111", "A": "010101111101101", "B": "110101110101110",
-    "C": "011100100100011", "D": "110101101101110", "E": "111100110100111",
-    "F": "111100110100100", "G": "011100101101011", "H": "101101111101101",
-    "I": "111010010010111", "J": "001001001101010", "K": "101101110101101",
-    "L": "100100100100111", "M": "101111101101101", "N": "110101101101101",
-    "O": "010101101101010", "P": "110101110100100", "Q": "010101101110011",
-    "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
-    "U": "101101101101111", "V": "101101101101010", "W": "101101101111101",
-    "X": "101101010101101", "Y": "101101010010010", "Z": "111001010100111",
-    " ": "000000000000000", "-": "000000111000000", ".": "000000000000010",
-    ":": "000010000010000", "/": "001001010100100", "_": "000000000000111",
-    "(": "010100100100010", ")": "010001001001010", ",": "000000000010100",
-    "%": "101001010100101", "=": "000111000111000", "+": "000010111010000",
-    "#": "101111101111101", ">": "100010001010100", "<": "001010100010001",
-}
-_FONT = {c: np.array([int(b) for b in bits], bool).reshape(5, 3)
-         for c, bits in _FONT_ROWS.items()}
-SCALE = 2
-CHAR_W = 4 * SCALE  # 3 pixels and a gap
-CHAR_H = 6 * SCALE
 
 # Page classes (memscope.mm.page.CLASSES) and migratetypes: distinct, colour-blind aware
 # where possible; free memory is green, holes dark.
@@ -57,39 +41,72 @@ MIGRATETYPE_COLOURS = {
     "HighAtomic": (230, 150, 30), "CMA": (170, 60, 170), "Isolate": (240, 240, 240),
     "none": (40, 40, 40),
 }
-ZONE_COLOURS = [(100, 100, 220), (220, 160, 60), (80, 180, 180), (200, 90, 140),
-                (140, 140, 60), (90, 160, 90)]
+UNKNOWN = (255, 0, 255)
 BG = (255, 255, 255)
 FG = (0, 0, 0)
+GRID = (160, 160, 160)
+GRID_TEXT = (90, 90, 90)
+LABELS_W = 300  # the column of zone labels right of a map
+FONT_SIZE = 13
+LINE = FONT_SIZE + 5
 
 
-def encode_png(img: np.ndarray) -> bytes:
-    """PNG bytes of an RGB image (H x W x 3 uint8)."""
-    h, w, _ = img.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * 3)], axis=1)
+def _font(size: int = FONT_SIZE):
+    """DejaVu Sans (Debian's fonts-dejavu-core) when Pillow finds it, else Pillow's own."""
+    from PIL import ImageFont
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
 
 
-def write_png(path, img: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        f.write(encode_png(img))
+def human_bytes(n: int) -> str:
+    """'512 MiB', '1.5 GiB', '640 KiB': binary units, at most one decimal."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if v == int(v) or v >= 100 else f"{v:.1f} {unit}"
+    return f"{n} B"
 
 
-class Canvas:
+def exact_bytes(n: int) -> str:
+    """N in the largest binary unit that divides it exactly: '1 GiB', '1088 MiB', '4 KiB'."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def _nice_step(total: int, ticks: int) -> int:
+    """The largest power of two not above TOTAL/TICKS (so that labels fall on round
+    MiB/GiB addresses)."""
+    want = max(total // max(ticks, 1), 1)
+    step = 1
+    while step * 2 <= want:
+        step *= 2
+    return step
+
+
+class _Picture:
+    """A white canvas of palette indices (numpy uint8: a quarter of RGB's bytes to encode)
+    with the map pasted in; text is drawn last by Pillow."""
+
     def __init__(self, width: int, height: int):
-        self.img = np.empty((height, width, 3), np.uint8)
-        self.img[:] = BG
+        self.colours: dict[tuple, int] = {}
+        self.img = np.empty((height, width), np.uint8)
+        self.img[:] = self.ink(BG)
+        self.texts: list[tuple[int, int, str, tuple]] = []
+        self.meta: dict[str, str] = {}
+
+    def ink(self, colour: tuple) -> int:
+        """The palette index of COLOUR (added on first use)."""
+        return self.colours.setdefault(tuple(colour), len(self.colours))
 
     def rect(self, x: int, y: int, w: int, h: int, colour) -> None:
-        self.img[max(y, 0):y + h, max(x, 0):x + w] = colour
+        self.img[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = self.ink(colour)
 
     def frame(self, x: int, y: int, w: int, h: int, colour) -> None:
         self.rect(x, y, w, 1, colour)
@@ -97,130 +114,183 @@ class Canvas:
         self.rect(x, y, 1, h, colour)
         self.rect(x + w - 1, y, 1, h, colour)
 
-    def text(self, x: int, y: int, s: str, colour=FG) -> int:
-        """Draw S (upper-cased) at x, y; returns the x after it."""
-        for ch in s.upper():
-            g = _FONT.get(ch, _FONT["#"])
-            big = np.kron(g, np.ones((SCALE, SCALE), bool))
-            sub = self.img[y:y + big.shape[0], x:x + big.shape[1]]
-            sub[big[:sub.shape[0], :sub.shape[1]]] = colour
-            x += CHAR_W
-        return x
+    def text(self, x: int, y: int, s: str, colour=FG) -> None:
+        self.texts.append((x, y, s, colour))
+
+    def legend(self, x: int, y: int, heading: str,
+               items: list[tuple[str, tuple, str]]) -> int:
+        """A heading and one swatch per (name, colour, note); returns the y below it."""
+        self.text(x, y, heading)
+        y += LINE + 2
+        for name, colour, note in items:
+            self.rect(x, y + 2, 16, 11, colour)
+            self.frame(x, y + 2, 16, 11, FG)
+            self.text(x + 22, y, f"{name}  {note}".rstrip().replace("  1 pages", "  1 page"))
+            y += LINE
+        return y + LINE // 2
+
+    def png(self) -> bytes:
+        from PIL import Image, ImageDraw, PngImagePlugin
+
+        for _, _, _, colour in self.texts:
+            self.ink(colour)
+        im = Image.fromarray(self.img)  # uint8 2-D: mode "L", then "P" with the palette
+        im.putpalette([v for c in sorted(self.colours, key=self.colours.get) for v in c])
+        draw = ImageDraw.Draw(im)
+        font = _font()
+        for x, y, s, colour in self.texts:
+            draw.text((x, y), s, fill=self.ink(colour), font=font)
+        info = PngImagePlugin.PngInfo()
+        for k, v in self.meta.items():
+            info.add_text(f"memscope:{k}", v)
+        out = io.BytesIO()
+        im.save(out, "PNG", pnginfo=info, compress_level=6)
+        return out.getvalue()
 
 
-def _legend(c: Canvas, x: int, y: int, items: list[tuple[str, tuple, str]]) -> None:
-    for name, colour, note in items:
-        c.rect(x, y, 14, 10, colour)
-        c.frame(x, y, 14, 10, FG)
-        c.text(x + 20, y, f"{name} {note}".rstrip())
-        y += CHAR_H + 4
+def _address_axis(c: _Picture, x_right: int, top: int, rows: int, px_y: int,
+                  bytes_per_row: int, origin: int) -> None:
+    """Tick marks and labels ('0x40000000  1 GiB') left of the map every few rows."""
+    total = rows * bytes_per_row
+    step_rows = max(_nice_step(total, max(rows * px_y // (LINE * 3), 1)) // bytes_per_row, 1)
+    for r in range(0, rows + 1, step_rows):
+        y = top + r * px_y
+        c.rect(x_right - 6, y, 6, 1, FG)
+        addr = origin + r * bytes_per_row
+        c.text(4, max(y - LINE // 2, top - LINE // 2), f"{addr:#011x}  {exact_bytes(addr)}"
+               if addr else "0x0")
+
+
+def _zone_marks(c: _Picture, x0: int, x1: int, label_x: int, top: int, px_y: int,
+                zones: list[tuple[str, int, int]], pfn_to_row, page_size: int) -> None:
+    """Where each zone starts: a mark in both margins (never over the map's pixels) and the
+    zone's name, address range and size at the right."""
+    last = -LINE
+    for label, lo, hi in zones:
+        y = top + pfn_to_row(lo) * px_y
+        c.rect(x0 - 16, y, 10, 1, GRID)
+        c.rect(x1 + 1, y, label_x - x1 - 4, 1, GRID)
+        ly = max(y - 2, last + LINE)
+        c.text(label_x, ly, f"{label}: {lo * page_size:#x}-{hi * page_size:#x}")
+        c.text(label_x + 12, ly + LINE, f"{hi - lo} pages ({human_bytes((hi - lo) * page_size)})",
+               GRID_TEXT)
+        ly += LINE
+        last = ly
 
 
 def page_map(cls: np.ndarray, class_names: list[str], counts: dict[str, int],
-             zones: list[tuple[str, int, int]], row_pages: int, title: str) -> np.ndarray:
-    """The page map image.  CLS: class code per pfn; ZONES: (label, start_pfn, end_pfn);
-    ROW_PAGES: pages per row (a pageblock)."""
+             zones: list[tuple[str, int, int]], row_pages: int, title: str,
+             page_size: int = 4096) -> bytes:
+    """The page map as PNG bytes.
+
+    CLS: class code per pfn (indexes CLASS_NAMES), from pfn 0; COUNTS: pages per class
+    name; ZONES: (label, start_pfn, end_pfn) per zone; ROW_PAGES: pages per row (a
+    pageblock); PAGE_SIZE in bytes (the axis is in physical addresses)."""
     n = len(cls)
     rows = (n + row_pages - 1) // row_pages
-    # Scale so that small guests are not tiny: aim for >= 512 rows of pixels.
-    sy = max(1, min(4, 512 // max(rows, 1)))
-    sx = max(1, min(2, 1024 // row_pages))
-    strip = 10
-    left = 8 * CHAR_W + strip + 6  # zone labels (pfn), then the strip
-    map_w = row_pages * sx
-    legend_x = left + map_w + 16
-    legend_w = 24 * CHAR_W
-    top = CHAR_H + 10
-    height = max(top + rows * sy + 10, top + len(class_names) * (CHAR_H + 4) + 140)
-    c = Canvas(legend_x + legend_w, height)
-    c.text(4, 4, title)
-    palette = np.array([CLASS_COLOURS.get(nm, (255, 0, 255)) for nm in class_names], np.uint8)
+    px_y = max(1, min(4, 768 // max(rows, 1)))
+    px_x = max(1, min(2, 1024 // row_pages))
+    axis_w = 170
+    top = 2 * LINE + 8
+    map_w = row_pages * px_x
+    label_x = axis_w + map_w + 12
+    legend_x = label_x + LABELS_W
+    items = [(nm, CLASS_COLOURS.get(nm, UNKNOWN),
+              f"{counts.get(nm, 0)} pages ({human_bytes(counts.get(nm, 0) * page_size)})")
+             for nm in class_names if counts.get(nm, 0)]
+    height = max(top + rows * px_y + LINE + 8, top + 2 * len(zones) * LINE + 8,
+                 top + (len(items) + 4) * LINE)
+    c = _Picture(legend_x + 330, height)
+    c.text(6, 4, title)
+    c.text(6, 4 + LINE, f"one pixel per page ({human_bytes(page_size)}), one row per "
+           f"{row_pages} pages ({human_bytes(row_pages * page_size)})")
+    palette = np.array([c.ink(CLASS_COLOURS.get(nm, UNKNOWN)) for nm in class_names],
+                       np.uint8)
     padded = np.zeros(rows * row_pages, np.uint8)
     padded[:n] = cls
-    rgb = palette[padded].reshape(rows, row_pages, 3)
-    rgb = np.repeat(np.repeat(rgb, sy, axis=0), sx, axis=1)
-    c.img[top:top + rgb.shape[0], left:left + rgb.shape[1]] = rgb
-    # Nodes and zones: a coloured strip and a label at each zone's start.
-    last_label_y = -100
-    for i, (label, lo, hi) in enumerate(zones):
-        colour = ZONE_COLOURS[i % len(ZONE_COLOURS)]
-        y0 = top + (lo // row_pages) * sy
-        y1 = top + ((hi + row_pages - 1) // row_pages) * sy
-        c.rect(left - strip - 2, y0, strip, max(y1 - y0, 1), colour)
-        c.rect(left - strip - 2, y0, map_w + strip + 2, 1, FG)
-        ly = max(y0, last_label_y + CHAR_H + 2)
-        c.text(2, ly, f"{lo:#x}"[:8])
-        last_label_y = ly
-    ly = top
-    zitems = [(label, ZONE_COLOURS[i % len(ZONE_COLOURS)], "") for i, (label, _, _) in
-              enumerate(zones)]
-    items = [(nm, CLASS_COLOURS.get(nm, (255, 0, 255)), str(counts.get(nm, 0)))
-             for nm in class_names if counts.get(nm, 0)]
-    c.text(legend_x, ly, "pages by class")
-    _legend(c, legend_x, ly + CHAR_H + 4, items)
-    zy = ly + (len(items) + 2) * (CHAR_H + 4)
-    c.text(legend_x, zy, "zones")
-    _legend(c, legend_x, zy + CHAR_H + 4, zitems)
-    ny = zy + (len(zitems) + 2) * (CHAR_H + 4)
-    c.text(legend_x, ny, f"1 row = {row_pages} pages")
-    return c.img
+    pix = palette[padded].reshape(rows, row_pages)
+    if px_y > 1 or px_x > 1:
+        pix = np.repeat(np.repeat(pix, px_y, axis=0), px_x, axis=1)
+    c.img[top:top + pix.shape[0], axis_w:axis_w + pix.shape[1]] = pix
+    if rows * row_pages > n:  # past the last pfn: background, not "hole"
+        last = n - (rows - 1) * row_pages
+        c.rect(axis_w + last * px_x, top + (rows - 1) * px_y, (row_pages - last) * px_x, px_y,
+               BG)
+    _address_axis(c, axis_w, top, rows, px_y, row_pages * page_size, 0)
+    _zone_marks(c, axis_w, axis_w + map_w, label_x, top, px_y, zones,
+                lambda pfn: pfn // row_pages, page_size)
+    c.legend(legend_x, top, "pages by class", items)
+    c.meta.update(pages_per_row=str(row_pages), map_x=str(axis_w),
+                  map_y=str(top), px_x=str(px_x), px_y=str(px_y))
+    return c.png()
 
 
 def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, bool, bool]],
                   zones: list[tuple[str, int, int]], pageblock_order: int, nr_blocks: int,
-                  title: str, counts: dict[str, int]) -> np.ndarray:
-    """BLOCKS: (block index, migratetype or -1, zone index, skip, isolate, mixed)."""
+                  title: str, counts: dict[str, int], page_size: int = 4096) -> bytes:
+    """The pageblock map as PNG bytes.
+
+    BLOCKS: (block index, migratetype value or -1, zone index, skip, isolate, mixed), from
+    memscope.mm.pageblock.zone_blocks; ZONES: (label, start_pfn, end_pfn); COUNTS: blocks
+    per migratetype name."""
     per_row = 64 if nr_blocks > 512 else 32
     sq = 10 if nr_blocks > 1024 else 16
     rows = (nr_blocks + per_row - 1) // per_row
-    top = CHAR_H + 10
-    strip = 10
-    left = 8 * CHAR_W + strip + 6
+    axis_w = 170
+    top = 2 * LINE + 8
     map_w = per_row * sq
-    legend_x = left + map_w + 16
-    c = Canvas(legend_x + 24 * CHAR_W, max(top + rows * sq + 10, top + 22 * (CHAR_H + 4)))
-    c.text(4, 4, title)
-    c.rect(left, top, map_w, rows * sq, MIGRATETYPE_COLOURS["none"])
-    for b, mt, zi, skip, iso, mixed in blocks:
-        x = left + (b % per_row) * sq
+    label_x = axis_w + map_w + 12
+    legend_x = label_x + LABELS_W
+    items = [(nm, MIGRATETYPE_COLOURS.get(nm, UNKNOWN), f"{counts.get(nm, 0)} blocks")
+             for nm in mt_names]
+    height = max(top + rows * sq + LINE + 8, top + 2 * len(zones) * LINE + 8,
+                 top + (len(items) + 12) * LINE)
+    c = _Picture(legend_x + 330, height)
+    block_bytes = page_size << pageblock_order
+    c.text(6, 4, title)
+    c.text(6, 4 + LINE, f"one square per pageblock ({human_bytes(block_bytes)}), "
+           f"{per_row} per row ({human_bytes(per_row * block_bytes)})")
+    c.rect(axis_w, top, map_w, rows * sq, MIGRATETYPE_COLOURS["none"])
+    n_skip = n_iso = n_mixed = 0
+    for b, mt, _zi, skip, iso, mixed in blocks:
+        x = axis_w + (b % per_row) * sq
         y = top + (b // per_row) * sq
         name = mt_names[mt] if 0 <= mt < len(mt_names) else "none"
-        c.rect(x, y, sq - 1, sq - 1, MIGRATETYPE_COLOURS.get(name, (255, 0, 255)))
-        # the zone, as a bar along the bottom of the square
-        c.rect(x, y + sq - 3, sq - 1, 2, ZONE_COLOURS[zi % len(ZONE_COLOURS)])
+        c.rect(x, y, sq - 1, sq - 1, MIGRATETYPE_COLOURS.get(name, UNKNOWN))
         if mixed:
             c.frame(x, y, sq - 1, sq - 1, FG)
+            n_mixed += 1
         if iso:
-            c.frame(x + 1, y + 1, sq - 3, sq - 3, (255, 255, 255))
+            c.frame(x + 1, y + 1, sq - 3, sq - 3, BG)
+            n_iso += 1
         if skip:
-            c.rect(x + sq // 2 - 1, y + sq // 2 - 1, 2, 2, FG)
-    last_label_y = -100
-    for i, (label, lo, hi) in enumerate(zones):
-        colour = ZONE_COLOURS[i % len(ZONE_COLOURS)]
-        b0, b1 = lo >> pageblock_order, (hi - 1 >> pageblock_order) + 1
-        y0 = top + (b0 // per_row) * sq
-        y1 = top + ((b1 + per_row - 1) // per_row) * sq
-        c.rect(left - strip - 2, y0, strip, max(y1 - y0, 1), colour)
-        ly = max(y0, last_label_y + CHAR_H + 2)
-        c.text(2, ly, f"{lo:#x}"[:8])
-        last_label_y = ly
-    items = [(nm, MIGRATETYPE_COLOURS.get(nm, (255, 0, 255)), str(counts.get(nm, 0)))
-             for nm in mt_names]
-    c.text(legend_x, top, "pageblocks by type")
-    _legend(c, legend_x, top + CHAR_H + 4, items)
-    y = top + (len(items) + 2) * (CHAR_H + 4)
-    c.rect(legend_x, y, 14, 10, (200, 200, 200))
-    c.rect(legend_x + 6, y + 4, 2, 2, FG)
-    c.text(legend_x + 20, y, "skip bit")
-    y += CHAR_H + 4
-    c.rect(legend_x, y, 14, 10, (200, 200, 200))
-    c.frame(legend_x, y, 14, 10, FG)
-    c.text(legend_x + 20, y, "mixed")
-    y += 2 * (CHAR_H + 4)
-    c.text(legend_x, y, "zones")
-    _legend(c, legend_x, y + CHAR_H + 4,
-            [(label, ZONE_COLOURS[i % len(ZONE_COLOURS)], "") for i, (label, _, _) in
-             enumerate(zones)])
-    y += (len(zones) + 2) * (CHAR_H + 4)
-    c.text(legend_x, y, f"1 square = {1 << pageblock_order} pages")
-    return c.img
+            c.rect(x + sq // 2 - 2, y + sq // 2 - 2, 3, 3, FG)
+            n_skip += 1
+    _address_axis(c, axis_w, top, rows, sq, per_row * block_bytes, 0)
+    _zone_marks(c, axis_w, axis_w + map_w, label_x, top, sq, zones,
+                lambda pfn: (pfn >> pageblock_order) // per_row, page_size)
+    y = c.legend(legend_x, top, "pageblocks by migratetype", items)
+    grey = (200, 200, 200)
+    c.text(legend_x, y, "marks")
+    y += LINE + 2
+    c.rect(legend_x, y + 2, 16, 11, grey)
+    c.rect(legend_x + 6, y + 6, 3, 3, FG)
+    c.text(legend_x + 22, y, f"compaction skip bit  {n_skip} blocks")
+    y += LINE
+    c.rect(legend_x, y + 2, 16, 11, grey)
+    c.frame(legend_x, y + 2, 16, 11, FG)
+    c.text(legend_x + 22, y, f"mixed (free pages of another type)  {n_mixed} blocks")
+    y += LINE
+    c.rect(legend_x, y + 2, 16, 11, grey)
+    c.frame(legend_x + 1, y + 3, 14, 9, BG)
+    c.text(legend_x + 22, y, f"isolated  {n_iso} blocks")
+    c.meta.update(blocks_per_row=str(per_row), map_x=str(axis_w), map_y=str(top), px_x=str(sq), px_y=str(sq),
+                  pageblock_order=str(pageblock_order))
+    return c.png()
+
+
+def write_png(path, data: bytes) -> None:
+    """Write PNG bytes to PATH, a new file: an existing file is never overwritten
+    (FileExistsError)."""
+    with open(path, "xb") as f:
+        f.write(data)
