@@ -19,8 +19,8 @@ Classification (:func:`classify`), in the order the decisions are taken:
 ``kmalloc_large`` PGTY_large_kmalloc (7.2+; before 7.2 such pages carry no type and count
                 as ``kernel``).
 ``pagetable``   PG_table / PGTY_table.
-``hugetlb``     PGTY_hugetlb (6.10+; older kernels mark hugetlb folios by a compound
-                destructor, not decoded).
+``hugetlb``     PGTY_hugetlb (6.10+); before, the first tail's compound_dtor is
+                HUGETLB_PAGE_DTOR (5.10-6.5) or its flags have PG_hugetlb (6.6-6.9).
 ``offline``     PG_offline / PGTY_offline (balloon, memory hot-unplug).
 ``reserved``    PG_reserved (memblock reservations, the kernel image, holes inside a zone).
 ``anon``        ``page->mapping`` with PAGE_MAPPING_ANON (bit 0) set (KSM included).
@@ -107,6 +107,18 @@ class PageLayout:
         # PG_slab went away in 6.10 (commit 46df8e73a4a3, "mm: free up PG_slab"): slab pages
         # carry PGTY_slab in page_type from then on.
         self.PG_slab = pf.get("PG_slab")
+        # Hugetlb folios before PGTY_hugetlb (6.10, commit d99e3140a4d3 "mm: turn
+        # folio_test_hugetlb into a PageType") are marked on their first tail page:
+        # 5.10-6.5 by compound_dtor == HUGETLB_PAGE_DTOR (PageHuge()); 6.6-6.9 by PG_hugetlb
+        # in its flags (commit 9c5ccf2db04b "mm: remove HUGETLB_PAGE_DTOR").
+        self.dtor_off = self.hugetlb_dtor = None
+        if lay.has("compound_dtor"):
+            try:
+                self.hugetlb_dtor = t.enum("enum compound_dtor_id")["HUGETLB_PAGE_DTOR"]
+                self.dtor_off = lay.offset("compound_dtor")
+            except (TargetError, KeyError):
+                pass
+        self.PG_hugetlb = pf.get("PG_hugetlb")
 
         # page_type: 6.10+ has enum pagetype with the type in the top byte (commit
         # 4ffca5a96678 "mm: support only one page_type per page"); older kernels clear a
@@ -125,16 +137,23 @@ class PageLayout:
             # (commit 18b2db3b0385 "mm: Convert page kmemcg type to a page memcg flag").
             self.old_table = 0x400 if lay.has("mem_cgroup") else 0x200
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The struct page fields the decode keeps per pfn (:attr:`PageMap.pages`)."""
+        return FIELDS + (("dtor",) if self.dtor_off is not None else ())
+
     def dtype(self) -> np.dtype:
-        return np.dtype({
-            "names": ["flags", "compound", "lru_prev", "mapping", "index", "private",
-                      "mapcount", "refcount"],
-            "formats": ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u4", "<i4"],
-            "offsets": [self.flags_off, self.compound_off, self.lru_off + 8, self.mapping_off,
-                        self.index_off, self.private_off, self.mapcount_off,
-                        self.refcount_off],
-            "itemsize": self.size,
-        })
+        names = ["flags", "compound", "lru_prev", "mapping", "index", "private", "mapcount",
+                 "refcount"]
+        formats = ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u4", "<i4"]
+        offsets = [self.flags_off, self.compound_off, self.lru_off + 8, self.mapping_off,
+                   self.index_off, self.private_off, self.mapcount_off, self.refcount_off]
+        if self.dtor_off is not None:  # a first tail's compound_dtor (5.10-6.5)
+            names.append("dtor")
+            formats.append("u1")
+            offsets.append(self.dtor_off)
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                         "itemsize": self.size})
 
     # --- page_type decisions (usable on scalars or numpy arrays) ----------------------
     def _typed(self, page_type, pgty: str | None, old_bit: int | None):
@@ -298,8 +317,9 @@ class PageMap:
 
     vmemmap: int
     page_size_struct: int
-    # One contiguous array per decoded struct page field (FIELDS: "flags", "compound",
-    # "mapping", "index", "private", "mapcount", "refcount"; dtypes as in
+    # One contiguous array per decoded struct page field (PageLayout.fields: "flags",
+    # "compound", "mapping", "index", "private", "mapcount", "refcount", and "dtor" where
+    # struct page has compound_dtor; dtypes as in
     # PageLayout.dtype()), indexed by pfn; zeros where invalid.
     pages: dict[str, np.ndarray]
     valid: np.ndarray  # bool: a struct page was read
@@ -331,14 +351,14 @@ def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
     s = sections(mm)
     sz = pl.size
     dt = pl.dtype()
-    out = {f: np.zeros(n, dt.fields[f][0]) for f in FIELDS}  # zero pages: holes
+    out = {f: np.zeros(n, dt.fields[f][0]) for f in pl.fields}  # zero pages: holes
     valid = np.zeros(n, bool)
     unreadable = 0
     pps = s.pages_per_section
 
     def put(lo: int, hi: int, raw: bytes) -> None:
         a = np.frombuffer(raw, dt)
-        for f in FIELDS:
+        for f in pl.fields:
             out[f][lo:hi] = a[f]
         valid[lo:hi] = True
 
@@ -455,6 +475,25 @@ def _flag(flags: np.ndarray, bit: int | None) -> np.ndarray:
     return (flags.view(np.uint8)[bit >> 3::8] & np.uint8(1 << (bit & 7))) != 0
 
 
+def _old_hugetlb_heads(pl: PageLayout, pages: dict[str, np.ndarray], is_head: np.ndarray,
+                       tail: np.ndarray) -> np.ndarray | None:
+    """Heads of hugetlb folios on kernels without PGTY_hugetlb (bool per pfn): a PG_head
+    page whose next page is a tail with HUGETLB_PAGE_DTOR in compound_dtor (5.10-6.5) or
+    PG_hugetlb in its flags (6.6-6.9).  None when the kernel has PGTY_hugetlb (the page
+    type says it) or no marking memscope knows."""
+    if pl.pagetype is not None and "PGTY_hugetlb" in pl.pagetype:
+        return None
+    if "dtor" in pages:
+        first_tail = pages["dtor"][1:] == np.uint8(pl.hugetlb_dtor)
+    elif pl.PG_hugetlb is not None:
+        first_tail = _flag(pages["flags"][1:], pl.PG_hugetlb)
+    else:
+        return None
+    out = np.zeros(len(is_head), bool)
+    out[:-1] = is_head[:-1] & tail[1:] & first_tail
+    return out
+
+
 def _build(mm: MM) -> PageMap:
     pl = page_layout(mm)
     zones_ = zones(mm)
@@ -476,6 +515,9 @@ def _build(mm: MM) -> PageMap:
     tcode = _type_codes(pl, pt)
     typed = tcode != T_NONE
     is_head = _flag(flags, pl.PG_head)
+    hugetlb = _old_hugetlb_heads(pl, pages, is_head, tail)
+    if hugetlb is not None:
+        tcode = np.where(hugetlb, u8(T_HUGETLB), tcode)
 
     # Head pages: one table lookup on an 8-bit key (see _head_class_lut); tails "kernel"
     # until they take their head's class below.
