@@ -30,6 +30,8 @@ runs on this machine, kernel addresses are read straight out of QEMU's memory
 else reads of 64 KiB and more go through QEMU's monitor (``monitor memsave`` into tmpfs,
 see :class:`_MemSave`); both are probed once per connection, verified against gdb's own
 reads, and fall back to gdbstub packets whenever they do not deliver.
+``MEMSCOPE_GDB_READS`` forces one path (:func:`read_path`), and :func:`read_counts` says
+how many reads and bytes each path served.
 
 Caches between commands.  Each command used to build its parser and target anew
 (argparse, gdb look-ups, VMCOREINFO and zone reads: ~3 ms of a 0.3 ms buddyinfo).  The
@@ -75,10 +77,69 @@ _KASLR_ALIGN = {"x86_64": 2 << 20, "aarch64": 64 << 10}
 _X86_IMAGE_SIZE = 1 << 30  # KERNEL_IMAGE_SIZE with KASLR (arch/x86/include/asm/page_64_types.h)
 
 # Per gdb session: kernel offsets by (connection, vmlinux), debug-info caches by vmlinux,
-# whether QEMU's monitor can save memory for us, by connection.
+# whether QEMU's monitor can save memory for us, by (connection, read path).
 _offsets: dict[tuple, int] = {}
 _debuginfo: dict[str, "_DebugInfo"] = {}
 _memsave: dict[tuple, "_MemSave | None"] = {}
+
+#: The ways guest memory is read (see the module docstring and :func:`read_path`).
+READ_PATHS = ("auto", "procmem", "memsave", "packets")
+#: What each path served to GdbTarget.read (not the probes' or the KASLR search's own
+#: reads): reads and bytes, and of those the bulk ones (at least FAST_MIN bytes in one
+#: read: what memsave exists for).  See read_counts().
+_served: dict[str, list[int]] = {}
+
+
+def read_path() -> str:
+    """How bulk reads reach guest memory, from ``MEMSCOPE_GDB_READS``:
+
+    - ``auto`` (default): QEMU's memory straight out of /proc/PID/mem when QEMU runs on
+      this machine, else QEMU's monitor (memsave) when it writes where we can read, else
+      gdbstub packets; whichever is probed to work;
+    - ``procmem``: /proc/PID/mem only (an error when it cannot be used);
+    - ``memsave``: QEMU's monitor for reads of FAST_MIN (64 KiB) and more and for
+      promoted REGIONs, gdbstub packets for the rest (what a QEMU whose process we may
+      not read gets); an error when memsave does not work;
+    - ``packets``: gdbstub memory packets only (a remote QEMU, or any other gdbstub).
+
+    The older switches still work when MEMSCOPE_GDB_READS is unset:
+    MEMSCOPE_GDB_MEMSAVE=0 means packets, MEMSCOPE_GDB_PROCMEM=0 memsave."""
+    v = os.environ.get("MEMSCOPE_GDB_READS")
+    if v is None:
+        if os.environ.get("MEMSCOPE_GDB_MEMSAVE", "1") == "0":
+            return "packets"
+        if os.environ.get("MEMSCOPE_GDB_PROCMEM", "1") == "0":
+            return "memsave"
+        return "auto"
+    v = v.strip().lower()
+    if v not in READ_PATHS:
+        raise MemscopeError(f"MEMSCOPE_GDB_READS={v!r}: expected one of "
+                            f"{', '.join(READ_PATHS)}")
+    return v
+
+
+def _count(path: str, size: int) -> None:
+    """Count a read of SIZE bytes that PATH served."""
+    c = _served.setdefault(path, [0, 0, 0, 0])
+    c[0] += 1
+    c[1] += size
+    if size >= FAST_MIN:
+        c[2] += 1
+        c[3] += size
+
+
+def read_counts() -> dict[str, dict[str, int]]:
+    """{path: {"reads", "bytes", "bulk_reads", "bulk_bytes"}} for procmem, memsave and
+    packets: the guest memory each path served to memscope's commands since the last
+    :func:`reset_read_counts` (reads answered from memscope's own caches are not counted;
+    bulk: reads of at least FAST_MIN bytes)."""
+    return {p: dict(zip(("reads", "bytes", "bulk_reads", "bulk_bytes"),
+                        _served.get(p, [0, 0, 0, 0])))
+            for p in READ_PATHS[1:]}
+
+
+def reset_read_counts() -> None:
+    _served.clear()
 #: The target of the current connection, kept from one command to the next while the guest
 #: stays stopped (see session_target): {"key": ..., "target": GdbTarget}.
 _session: dict[str, object] = {}
@@ -436,9 +497,9 @@ def session_target() -> "GdbTarget":
         debuginfo()  # raises the one-line errors, the missing vmlinux first
         _check_connected()
     def key() -> tuple:
-        # the connection, and whether/how QEMU's monitor reads were probed on it (a cleared
-        # _memsave or MEMSCOPE_GDB_MEMSAVE change starts afresh)
-        conn = _connection_key()
+        # the connection, the read path, and whether/how QEMU's monitor reads were probed
+        # for it (a cleared _memsave or a changed MEMSCOPE_GDB_READS starts afresh)
+        conn = (_connection_key(), read_path())
         return conn, inf.num, inf.pid, id(_memsave[conn]) if conn in _memsave else None
 
     target = _session.get("target")
@@ -470,7 +531,7 @@ class _MemSave:
     a qRcmd packet) makes QEMU write guest virtual memory to a file, some 30 times faster
     than gdbstub memory packets (hex, ~2 KiB each).  Used only when a probe shows that QEMU
     writes where we can read (QEMU on this machine) and the bytes agree with gdb's own read
-    of the same address; MEMSCOPE_GDB_MEMSAVE=0 turns it off."""
+    of the same address; used with MEMSCOPE_GDB_READS auto or memsave (:func:`read_path`)."""
 
     def __init__(self):
         import atexit
@@ -517,8 +578,6 @@ class _MemSave:
 
     @classmethod
     def probe(cls, address: int) -> "_MemSave | None":
-        if os.environ.get("MEMSCOPE_GDB_MEMSAVE", "1") == "0":
-            return None
         ms = cls()
         if '"' in ms.path:
             return None
@@ -527,10 +586,12 @@ class _MemSave:
         return ms if want is not None and got == want else None
 
 
-def _memsave_for(address: int) -> _MemSave | None:
-    key = _connection_key()
+def _memsave_for(address: int, path: str) -> _MemSave | None:
+    """QEMU's monitor memsave for the current connection, probed once per read PATH (None
+    for packets, which never asks QEMU's monitor for memory)."""
+    key = (_connection_key(), path)
     if key not in _memsave:
-        _memsave[key] = _MemSave.probe(address)
+        _memsave[key] = None if path == "packets" else _MemSave.probe(address)
     return _memsave[key]
 
 
@@ -595,8 +656,8 @@ class _ProcMem:
     which samples of the region read the same as QEMU's own ``pmemsave`` of them.  Used
     only when that probe finds every RAM region unambiguously and a kernel address reads
     the same as through gdb; otherwise memsave and gdbstub packets, as before.
-    MEMSCOPE_GDB_PROCMEM=0 turns it off.  Reads are never cached here: the process's
-    memory is the guest's memory now."""
+    Used with MEMSCOPE_GDB_READS auto or procmem (:func:`read_path`).  Reads are never
+    cached here: the process's memory is the guest's memory now."""
 
     def __init__(self, fd: int, ram: list[tuple[int, int, int]], pgd: int, levels: int,
                  arch: str = "x86_64", va_bits: int = 48, lpa2: bool = False):
@@ -667,11 +728,10 @@ class _ProcMem:
         return None
 
     @classmethod
-    def probe(cls, target: "GdbTarget") -> "_ProcMem | None":
-        if os.environ.get("MEMSCOPE_GDB_PROCMEM", "1") == "0" \
-                or target.arch not in ("x86_64", "aarch64"):
+    def probe(cls, target: "GdbTarget", fast: "_MemSave | None") -> "_ProcMem | None":
+        """FAST (QEMU's monitor, pmemsave) finds guest RAM in QEMU; without it, None."""
+        if target.arch not in ("x86_64", "aarch64"):
             return None
-        fast = target._fast
         conn = getattr(gdb.selected_inferior(), "connection", None)
         if fast is None or conn is None or not conn.details:
             return None  # QEMU not shown to be local (memsave), or no TCP details
@@ -892,10 +952,10 @@ def _pread(fd: int, address: int, size: int) -> bytes | None:
         return None
 
 
-def _procmem_for(target: "GdbTarget") -> _ProcMem | None:
+def _procmem_for(target: "GdbTarget", fast: "_MemSave | None") -> _ProcMem | None:
     key = _connection_key()
     if key not in _procmem:
-        _procmem[key] = _ProcMem.probe(target)
+        _procmem[key] = _ProcMem.probe(target, fast)
     return _procmem[key]
 
 
@@ -922,9 +982,22 @@ class GdbTarget(Target):
         self._misses: dict[int, int] = {}
         self._reads: dict[tuple[int, int], bytes] = {}
         self._read_bytes = 0
-        self._fast = _memsave_for(self.symbol("linux_banner"))
         self._tlb: dict[int, tuple[int, int]] = {}
-        self._proc = _procmem_for(self)
+        self.read_path = path = read_path()
+        # QEMU's monitor: memsave serves bulk reads (auto, memsave), and pmemsave finds
+        # guest RAM inside QEMU for the direct path (auto, procmem).
+        monitor = _memsave_for(self.symbol("linux_banner"), path)
+        self._proc = _procmem_for(self, monitor) if path in ("auto", "procmem") else None
+        self._fast = monitor if path in ("auto", "memsave") else None
+        if path == "procmem" and self._proc is None:
+            raise MemscopeError(
+                "MEMSCOPE_GDB_READS=procmem: cannot read the guest's memory out of QEMU's "
+                "process (QEMU not on this machine, its /proc/PID/mem not readable, or its "
+                "RAM not found); use auto")
+        if path == "memsave" and self._fast is None:
+            raise MemscopeError(
+                "MEMSCOPE_GDB_READS=memsave: QEMU's monitor cannot save guest memory where "
+                "memscope can read it (QEMU not on this machine?); use auto or packets")
 
     # --- symbols and types --------------------------------------------------------
     def symbol(self, name: str) -> int:
@@ -983,6 +1056,7 @@ class GdbTarget(Target):
         if self._proc is not None and base & KERNEL_HALF:
             data = self._proc.read(base, BLOCK, self._tlb)
             if data is not None:
+                _count("procmem", BLOCK)
                 self._blocks[base] = data
                 return data
         if self._fast is not None:
@@ -994,9 +1068,12 @@ class GdbTarget(Target):
             if n == PROMOTE:
                 region = self._fast.read(rbase, REGION)
                 if region is not None:
+                    _count("memsave", REGION)
                     self._regions[rbase] = region
                     return region[base - rbase:base - rbase + BLOCK]
         data = _try_read(base, BLOCK)
+        if data is not None:
+            _count("packets", BLOCK)
         self._blocks[base] = data
         return data
 
@@ -1015,6 +1092,8 @@ class GdbTarget(Target):
                 data = self._reads.get((address, size))
                 if data is None:
                     data = self._proc.read(address, size, self._tlb)
+                    if data is not None:
+                        _count("procmem", size)
                     if data is not None and self._read_bytes + size <= READ_CACHE_BYTES:
                         self._reads[(address, size)] = data
                         self._read_bytes += size
@@ -1032,7 +1111,9 @@ class GdbTarget(Target):
             else:
                 data = b"".join(parts)
                 return data[address - first:address - first + size]
-            return self._read_direct(address, size)  # raises FaultError, or the block edge
+            data = self._read_direct(address, size)  # raises FaultError, or the block edge
+            _count("packets", size)
+            return data
         data = self._reads.get((address, size))
         if data is None:
             data = self._read_large(address, size)
@@ -1045,10 +1126,13 @@ class GdbTarget(Target):
         if self._fast is not None and size >= FAST_MIN:
             data = self._fast.read(address, size)
             if data is not None:
+                _count("memsave", size)
                 return data
             # fall through: gdb's reads tell exactly what cannot be read
         if size <= CHUNK:
-            return self._read_direct(address, size)
+            data = self._read_direct(address, size)
+            _count("packets", size)
+            return data
         out = bytearray(size)
         for pos in range(0, size, CHUNK):
             n = min(CHUNK, size - pos)
@@ -1056,6 +1140,7 @@ class GdbTarget(Target):
                 out[pos:pos + n] = self._inf.read_memory(address + pos, n)
             except (gdb.MemoryError, gdb.error):
                 raise FaultError(address, size) from None
+        _count("packets", size)
         return bytes(out)
 
     def vmcoreinfo(self) -> bytes:
