@@ -5,7 +5,9 @@ invariants (hypothesis)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from drgn.helpers.linux.mmzone import for_each_online_pgdat
 from hypothesis import given, strategies as st
 
 from memscope.mm import frag as mfrag
@@ -83,18 +85,97 @@ def test_watermarks_and_reserves_equal_zoneinfo(real_kernel):
         assert r.lowmem_reserve == z["protection"]
 
 
-def test_order0_decision_is_free_minus_reserves_above_the_mark(real_kernel):
+def kernel_config(snap, option: str) -> bool:
+    """Whether the lab kernel's own build config sets OPTION=y."""
+    config = (Path(snap.vmlinux).parent / "config").read_text()
+    return f"\n{option}=y\n" in config
+
+
+def zone_order0_truth(prog, snap) -> list[dict]:
+    """Per populated zone, read with drgn from the dump: the inputs of the kernel's order-0
+    watermark check (zone_page_state() clamps a negative counter at 0) and the kernel's
+    answers for each --gfp class, written from mm/page_alloc.c of the snapshot's version:
+
+    fast (ALLOC_WMARK_LOW; ALLOC_CMA for movable under CONFIG_CMA):
+        free - highatomic - (cma unless movable) > low + boost + lowmem_reserve[hz]
+    min, GFP_KERNEL / GFP_HIGHUSER_MOVABLE (ALLOC_WMARK_MIN):
+        free - highatomic - (cma unless movable) > min + boost + lowmem_reserve[hz]
+    min, GFP_ATOMIC (ALLOC_MIN_RESERVE|ALLOC_NON_BLOCK; 5.10: ALLOC_HIGH|ALLOC_HARDER): the
+        mark m loses m/2, then a quarter of the rest; highatomic is usable; checked with
+        the boost, then (boost != 0) without it.
+
+    highatomic: nr_reserved_highatomic in 5.10 and 6.1, nr_free_highatomic in 6.12 and 7.2.
+    hz: ZONE_NORMAL for kernel and atomic, ZONE_MOVABLE for movable (gfp_zone)."""
+    old_ha = snap.kernel.split("-")[0] in ("5.10", "6.1")
+    cma_configured = kernel_config(snap, "CONFIG_CMA")
+    normal, movable = prog["ZONE_NORMAL"].value_(), prog["ZONE_MOVABLE"].value_()
+    out = []
+    for pgdat in for_each_online_pgdat(prog):
+        for zone in pgdat.node_zones:
+            if not zone.present_pages:
+                continue
+            free = max(zone.vm_stat[prog["NR_FREE_PAGES"]].counter.value_(), 0)
+            cma = max(zone.vm_stat[prog["NR_FREE_CMA_PAGES"]].counter.value_(), 0) \
+                if cma_configured else 0
+            ha = (zone.nr_reserved_highatomic if old_ha else zone.nr_free_highatomic).value_()
+            wm = [zone._watermark[i].value_() for i in range(3)]  # WMARK_MIN, LOW, HIGH
+            boost = zone.watermark_boost.value_()
+            lr = [v.value_() for v in zone.lowmem_reserve]
+
+            def atomic_ok(mark: int) -> bool:
+                m = mark - mark // 2
+                m -= m // 4
+                return free - cma > m + lr[normal]
+
+            answers = {
+                "kernel": (free - ha - cma > wm[1] + boost + lr[normal],
+                           free - ha - cma > wm[0] + boost + lr[normal]),
+                "movable": (free - ha > wm[1] + boost + lr[movable],
+                            free - ha > wm[0] + boost + lr[movable]),
+                "atomic": (free - ha - cma > wm[1] + boost + lr[normal],
+                           atomic_ok(wm[0] + boost) or (boost != 0 and atomic_ok(wm[0]))),
+            }
+            out.append({"node": pgdat.node_id.value_(), "zone": zone.name.string_().decode(),
+                        "free": free, "cma": cma, "highatomic": ha, "lr": lr,
+                        "hz": {"kernel": normal, "movable": movable, "atomic": normal},
+                        "answers": answers})
+    return out
+
+
+def test_order0_decisions_equal_the_kernel_formula_on_the_dump(real_kernel):
     mm = mm_for(real_kernel)
-    zt = mm.t.enum("enum zone_type")
-    for gfp, hz in (("kernel", zt["ZONE_NORMAL"]),
-                    ("movable", zt.get("ZONE_MOVABLE", zt["ZONE_NORMAL"]))):
-        for r in mfrag.zone_frag(mm, gfp):
-            ha = r.highatomic["free"] if r.highatomic["free"] is not None \
-                else r.highatomic["reserved"]
-            cma = r.free_cma if gfp == "kernel" else 0
-            free = max(r.free_pages_counter, 0) - ha - cma
-            low = r.watermarks["low"] + r.watermarks["boost"]
-            assert r.orders[0].ok_fast == (free > low + r.lowmem_reserve[hz])
+    truth = zone_order0_truth(mm.t.prog, real_kernel)
+    for gfp in mfrag.GFP_CLASSES:
+        rows = mfrag.zone_frag(mm, gfp)
+        assert [(r.node, r.zone) for r in rows] == [(z["node"], z["zone"]) for z in truth]
+        for r, z in zip(rows, truth):
+            assert (r.orders[0].ok_fast, r.orders[0].ok_min) == z["answers"][gfp], (gfp, z)
+
+
+def test_order0_check_flips_exactly_at_the_dumps_usable_free_pages(real_kernel):
+    """The lab's zones have so much headroom that every decision above is "yes".  Here the
+    mark is moved instead: with the zone state memscope read from the dump, its
+    zone_watermark_ok() for the fast-path flags of GFP_KERNEL and GFP_HIGHUSER_MOVABLE
+    must say yes at the mark usable - lowmem_reserve[hz] - 1 and no at usable -
+    lowmem_reserve[hz], usable being the dump's free - highatomic - (CMA unless movable)
+    read with drgn (a CMA zone tells a movable request that may use CMA pages from one
+    that may not)."""
+    mm = mm_for(real_kernel)
+    truth = zone_order0_truth(mm.t.prog, real_kernel)
+    checked = 0
+    for z, zone in zip(truth, mm.all_zones()):
+        s = mfrag.zone_state(mm, zone)
+        for gfp in ("kernel", "movable"):
+            hz, fast, _ = mfrag.gfp_flags(mm, gfp, 0)
+            assert hz == z["hz"][gfp]
+            usable = z["free"] - z["highatomic"] - (0 if gfp == "movable" else z["cma"])
+            edge = usable - z["lr"][hz]
+            if edge < 1:  # the mark is unsigned: no mark passes
+                continue
+            assert mfrag.zone_watermark_ok(mm, s, 0, edge - 1, hz, fast), (gfp, z)
+            assert not mfrag.zone_watermark_ok(mm, s, 0, edge, hz, fast), (gfp, z)
+            checked += 1
+    assert checked  # every lab case has a zone with free pages above its reserves
 
 
 def test_an_order_above_every_free_block_never_succeeds(real_kernel):
