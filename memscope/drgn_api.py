@@ -194,22 +194,27 @@ def _register() -> bool:
     )
     def _cmd_memscope(prog: drgn.Program, name: str, args: argparse.Namespace,
                       **kwargs: Any) -> int:
+        import sys
+
+        from .cli import _Parser
         from .commands import CommandError, add_subparsers
         from .errors import MemscopeError
         from .target.base import TargetError
 
-        parser = argparse.ArgumentParser(prog="memscope", add_help=False)
+        # The command line's parser: a bad option is one line "memscope: ..." on stderr
+        # (argparse's own prints its usage too).
+        parser = _Parser(prog="memscope", add_help=False)
         add_subparsers(parser)
         try:
             sub = parser.parse_args([args.subcommand, "-f", args.format, *args.rest])
-        except SystemExit:
-            return 2
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 2
         cmd = _commands.COMMANDS[args.subcommand]
         try:
             result = cmd.run(_fresh(prog), sub)
             print(result.render(sub.format), end="")
         except (CommandError, MemscopeError, TargetError) as e:
-            print(f"memscope: {e}")
+            print(f"memscope: {e}", file=sys.stderr)
             return 2
         return result.exit_status
 
