@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-k", "--kernel", action="store_true", help="the running kernel (/proc/kcore)")
     src.add_argument("--qemu", metavar="SOCKET", help="a QEMU guest's QMP socket")
     p.add_argument("-s", "--symbols", metavar="VMLINUX", help="vmlinux with DWARF debug info")
+    p.add_argument("--pause", action="store_true",
+                   help="with --qemu: stop the guest (QMP 'stop') while memscope reads it and "
+                   "let it run again afterwards, whatever happens (errors, Ctrl-C); without "
+                   "it a running guest changes under the read and answers are approximate")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _lab_parser(sub)
     commands.add_subparsers(p)
@@ -160,34 +164,93 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt
 
 
+def _run_command(args) -> int:
+    """Open the target, run the command, print its output; the command's exit status."""
+    from .commands import COMMANDS, CommandError
+    from .mm.zone import MM
+    from .target.base import TargetError
+
+    try:
+        result = COMMANDS[args.command].run(MM(_open_target(args)), args)
+        text = result.render(args.format)
+    except CommandError as e:
+        raise MemscopeError(str(e)) from None
+    except TargetError as e:
+        raise MemscopeError(f"{args.command}: {e}") from None
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return result.exit_status
+
+
+def _run_paused(args) -> int:
+    """--pause: stop the guest over QMP, read it in a child process, let it run again.
+
+    The child holds drgn's QMP connection (QEMU serves one client at a time); only its
+    exit is sure to release the socket, so the parent resumes the guest after the child
+    has ended, and kills the child first on Ctrl-C or SIGTERM."""
+    import signal
+
+    from .target.qmp import paused
+
+    with paused(args.qemu):
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: Ctrl-C is the parent's to handle
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            status = 2
+            try:
+                status = _run_command(args)
+            except MemscopeError as e:
+                print(f"memscope: {e}", file=sys.stderr)
+                status = e.exit_status
+            except BrokenPipeError:
+                status = 0
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        try:
+            _, st = os.waitpid(pid, 0)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+    return os.waitstatus_to_exitcode(st)
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command is None:
             parser.print_usage(sys.stderr)
             print("memscope: a COMMAND is needed (see memscope --help)", file=sys.stderr)
             return 2
         if args.command == "lab":
             return _lab(args)
-        from .commands import COMMANDS, CommandError
-        from .mm.zone import MM
-        from .target.base import TargetError
+        if args.pause and not args.qemu:
+            raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
+                                "running kernel of -k cannot be paused)")
+        if args.pause:
+            return _run_paused(args)
+        note = None  # printed after the output: a live answer is approximate
+        if args.qemu:
+            from .target.qmp import run_state
 
-        cmd = COMMANDS[args.command]
-        try:
-            result = cmd.run(MM(_open_target(args)), args)
-            text = result.render(args.format)
-        except CommandError as e:
-            raise MemscopeError(str(e)) from None
-        except TargetError as e:
-            raise MemscopeError(f"{args.command}: {e}") from None
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return result.exit_status
+            if run_state(args.qemu) == "running":
+                note = ("memscope: note: the guest ran while it was read: the answer is "
+                        "approximate (--pause stops it for the read)")
+        elif args.kernel:
+            note = ("memscope: note: the running kernel changed while it was read: the "
+                    "answer is approximate")
+        status = _run_command(args)
+        if note:
+            print(note, file=sys.stderr)
+        return status
     except MemscopeError as e:
         print(f"memscope: {e}", file=sys.stderr)
         return e.exit_status

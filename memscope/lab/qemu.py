@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import LabError
+from ..target.qmp import QMPConnection
 from .kernels import Kernel
 
 APT_PACKAGE = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-aarch64": "qemu-system-arm"}
@@ -80,42 +80,14 @@ def _connect(path: Path, deadline: float, proc: subprocess.Popen, log: Path,
             time.sleep(0.02)
 
 
-class QMP:
-    """A minimal QMP client.  QEMU serves one QMP client at a time: close this before
-    handing the guest to drgn --qemu."""
+class QMP(QMPConnection):
+    """The lab's QMP client (memscope.target.qmp's, failing with LabError).  QEMU serves
+    one QMP client at a time: close this before handing the guest to drgn --qemu."""
+
+    error = LabError
 
     def __init__(self, path: Path, deadline: float, proc: subprocess.Popen, log: Path):
-        self.sock = _connect(path, deadline, proc, log, "QMP")
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict:
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise LabError("QEMU closed its QMP connection (did it exit?)")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def execute(self, cmd: str, **arguments) -> object:
-        req = {"execute": cmd}
-        if arguments:
-            req["arguments"] = arguments
-        self.file.write(json.dumps(req).encode() + b"\n")
-        self.file.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise LabError(f"QEMU refused {cmd}: {reply['error'].get('desc')}")
-        return reply.get("return")
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
+        super().__init__(_connect(path, deadline, proc, log, "QMP"))
 
 
 class Console:

@@ -235,30 +235,9 @@ def _probe_qmp(address: str, timeout: float = 10.0) -> None:
     """Connect once and wait for QEMU's QMP greeting, so that a dead socket or one held by
     another client (QMP serves one client at a time: a second one is accepted by the kernel
     but never greeted) is a one-line error instead of a hang inside drgn."""
-    import socket
+    from .qmp import connect
 
-    host, sep, port = address.rpartition(":")
-    try:
-        if "/" in address or not sep or not port.isdigit():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            s.connect(address)
-        else:
-            s = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
-    except OSError as e:
-        raise MemscopeError(f"cannot connect to QEMU's QMP socket {address}: "
-                            f"{e.strerror or e} (is the guest running?)") from None
-    try:
-        greeting = s.recv(4096)
-    except socket.timeout:
-        raise MemscopeError(f"QEMU at {address} does not answer within {timeout:.0f} s (another "
-                            "client holds its QMP socket? QMP serves one at a time)") from None
-    except OSError as e:
-        raise MemscopeError(f"cannot talk to QEMU at {address}: {e.strerror or e}") from None
-    finally:
-        s.close()
-    if b'"QMP"' not in greeting:
-        raise MemscopeError(f"{address} is not a QEMU QMP socket (no QMP greeting)")
+    connect(address, timeout).close()
 
 
 def open_qemu(address: str, vmlinux: str | os.PathLike | None) -> drgn.Program:
