@@ -163,6 +163,8 @@ def test_order0_check_flips_exactly_at_the_dumps_usable_free_pages(real_kernel):
     mm = mm_for(real_kernel)
     truth = zone_order0_truth(mm.t.prog, real_kernel)
     checked = 0
+    assert [(zone.node, zone.name) for zone in mm.all_zones()] \
+        == [(z["node"], z["zone"]) for z in truth]
     for z, zone in zip(truth, mm.all_zones()):
         s = mfrag.zone_state(mm, zone)
         for gfp in ("kernel", "movable"):
