@@ -13,6 +13,8 @@ import pytest
 from memscope.lab import cases
 from memscope.lab import runner as labrun
 
+import guests  # tests/guests.py: the frozen guests of the GDB and QMP tests
+
 # gdb embeds the system python; memscope's gdb front end takes tabulate from "memscope's own
 # python".  In the tests that is the python running them (a fresh machine's python3 on PATH
 # may have neither memscope nor tabulate).
@@ -58,7 +60,7 @@ def pytest_sessionfinish(session):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "lab_case" in getattr(item, "fixturenames", ()):
+        if {"lab_case", "frozen_guest"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
 
 
@@ -80,3 +82,29 @@ def lab_case():
 def real_kernel(request, lab_case) -> cases.Snapshot:
     """Each real-kernel lab case in turn: 5.10, 6.1, 6.12, 7.2, 6.12-arm64, 6.12 NUMA."""
     return lab_case(request.param)
+
+
+@pytest.fixture(scope="session", params=list(guests.GUESTS),
+                ids=[f"kernel-{k}" for k in guests.GUESTS])
+def frozen_guest(request, tmp_path_factory) -> guests.Guest:
+    """A frozen guest of each lab kernel in turn (lab run --keep), shared by the GDB and
+    QMP tests: pytest groups the tests by guest, and each guest is stopped as soon as no
+    later test needs it (pytest_runtest_teardown), so one is up at a time."""
+    name = request.param
+    d = tmp_path_factory.mktemp(f"frozen-{name}") / "guest"
+    request.addfinalizer(lambda: guests.stop(d))
+    _frozen[name] = d
+    return guests.boot(name, d)
+
+
+_frozen: dict[str, object] = {}
+
+
+def pytest_runtest_teardown(item, nextitem):
+    name = getattr(getattr(item, "callspec", None), "params", {}).get("frozen_guest")
+    if name is None or name not in _frozen:
+        return
+    later = item.session.items[item.session.items.index(item) + 1:]
+    if not any(getattr(getattr(i, "callspec", None), "params", {}).get("frozen_guest") == name
+               for i in later):
+        guests.stop(_frozen.pop(name))

@@ -1,36 +1,39 @@
 """The GDB backend: gdb attached to a frozen lab guest's gdbstub prints exactly what the drgn
-backend prints on that guest's vmcore, for every registered command and format.
+backend prints on that guest's vmcore, for every registered command, format and flag, on
+every lab kernel (5.10, 6.1, 6.12, 7.2, 6.12 arm64 with gdb-multiarch, the 2-node NUMA
+6.12 guest), through each of the adapter's three ways of reading guest memory on its own.
 
-One frozen guest per architecture (``lab run --keep``: the vmcore and the paused guest are
-the same state) and one gdb run per guest, which executes every command through the real
-``memscope`` gdb command and ends with ``disconnect`` (``detach`` would resume the guest).
+One frozen guest per kernel (``lab run --keep``: the vmcore and the paused guest are the
+same state; tests/guests.py, shared with tests/test_qmp.py) and one gdb run per guest,
+which executes the plan through the real ``memscope`` gdb command once per read path
+(MEMSCOPE_GDB_READS=procmem, memsave, packets; the adapter's counters say which path
+served the reads) and ends with ``disconnect`` (``detach`` would resume the guest).
 Commands are taken from memscope.commands.COMMANDS, so new commands are covered as they
 are registered.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from memscope import cli, commands, lab
-from memscope.errors import LabError
+import guests
+from memscope import commands
 from memscope.lab import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "gdb_scripts" / "memscope.py"
 
-# kernel -> (gdb binary, guest memory in MB)
-GUESTS = {"6.12": ("gdb", 512), "6.12-arm64": ("gdb-multiarch", 1024)}
-ARCH = {"6.12": "x86_64", "6.12-arm64": "aarch64"}
-KASLR_METHODS = {"6.12": ["pc", "scan"], "6.12-arm64": ["vbar", "pc"]}
+KASLR_METHODS = {"x86_64": ["pc", "scan"], "aarch64": ["vbar", "pc"]}
+#: The read paths tested one by one (MEMSCOPE_GDB_READS); "auto" is run too, briefly, to
+#: see which it picks on a local QEMU.
+PATHS = ["procmem", "memsave", "packets"]
 
 LAYOUT_TYPES = ["struct zone", "struct pglist_data", "struct page", "struct free_area",
                 "struct per_cpu_pages", "struct list_head", "struct mem_section",
@@ -42,12 +45,14 @@ SYMBOLS = ["node_data", "node_states", "linux_banner", "init_uts_ns", "vmcoreinf
 ENUMS = ["enum migratetype", "enum zone_type", "enum pageflags", "enum node_states"]
 SIZES = ["struct page", "struct zone", "nodemask_t", "unsigned long", "struct free_area"]
 
-# Runs inside gdb: every (command, format) through the gdb command, output captured, plus
-# what the adapter says about layouts, symbols and the KASLR offset.  Writes JSON.
-DRIVER = r'''
-import json, sys, gdb
-plan = json.load(open(sys.argv_plan))
-out = {"runs": [], "kaslr": {}}
+# Runs inside gdb (PLAN is the path of plan.json): the plan through the gdb command once
+# per read path, cold each time (the kept target dropped), with the adapter's read counters;
+# then the one-line errors, the KASLR methods and what the adapter says about layouts,
+# symbols and enums.  Writes JSON.
+DRIVER = r"""
+import json, os, sys, gdb
+plan = json.load(open(PLAN))
+out = {"phases": {}, "kaslr": {}, "errors": {}}
 def run(line):
     try:
         text = gdb.execute(line, to_string=True)
@@ -57,21 +62,25 @@ def run(line):
     status = int(gdb.convenience_variable("memscope_status"))
     return text, err, status
 gdb.execute("memscope buddyinfo")  # the first command says (on stderr) which offset it found
-import os
 from memscope.target import gdb as tgdb
-out["memsave_used"] = any(v is not None for v in tgdb._memsave.values())
-for argv in plan["runs"]:
-    text, err, status = run("memscope " + " ".join(argv))
-    out["runs"].append({"argv": argv, "out": text, "error": err, "status": status})
-# Again with gdbstub memory packets only (no QEMU monitor memsave for bulk reads).
-os.environ["MEMSCOPE_GDB_MEMSAVE"] = "0"
-tgdb._memsave.clear()
-out["runs_packets"] = []
-for argv in plan["runs"]:
-    text, err, status = run("memscope " + " ".join(argv))
-    out["runs_packets"].append({"argv": argv, "out": text, "error": err, "status": status})
-del os.environ["MEMSCOPE_GDB_MEMSAVE"]
-tgdb._memsave.clear()
+for phase in plan["phases"]:
+    os.environ["MEMSCOPE_GDB_READS"] = phase["path"]
+    tgdb.invalidate_memory()
+    tgdb.reset_read_counts()
+    runs = []
+    for argv in phase["runs"]:
+        text, err, status = run("memscope " + " ".join(argv))
+        runs.append({"out": text, "error": err, "status": status})
+    out["phases"][phase["path"]] = {
+        "runs": runs, "counts": tgdb.read_counts(),
+        "monitor_used": any(k[1] == phase["path"] and v is not None
+                            for k, v in tgdb._memsave.items())}
+for argv in plan["errors"]:
+    out["errors"][" ".join(argv)] = run("memscope " + " ".join(argv))
+os.environ["MEMSCOPE_GDB_READS"] = "bogus"
+out["errors"]["MEMSCOPE_GDB_READS=bogus"] = run("memscope buddyinfo")
+del os.environ["MEMSCOPE_GDB_READS"]
+tgdb.invalidate_memory()
 for m in plan["kaslr_methods"]:
     out["kaslr"][m] = run("memscope kaslr --method " + m)
 out["kaslr"]["auto"] = run("memscope kaslr --detect")
@@ -92,97 +101,103 @@ out["release"] = t.release
 out["arch"] = t.arch
 out["drgn_imported"] = any(m == "drgn" or m.startswith("drgn.") for m in sys.modules)
 json.dump(out, open(plan["output"], "w"))
-'''
+"""
 
-
-def _plan() -> list[list[str]]:
-    """Every registered command in every format it has."""
-    commands._load()
-    return [[name, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
-            for fmt in cmd.formats]
-
-
-@pytest.fixture(scope="module", params=list(GUESTS), ids=[f"kernel-{k}" for k in GUESTS])
-def frozen_guest(request, tmp_path_factory):
-    """A frozen guest (lab run --keep, mixed workload) and its vmcore of the same state."""
-    name = request.param
-    gdb_bin, mem = GUESTS[name]
-    if shutil.which(gdb_bin) is None:
-        pytest.skip(f"{gdb_bin} is not installed (apt-get install {gdb_bin})")
-    d = tmp_path_factory.mktemp(f"gdb-{name}") / "run"
-
-    def stop():
-        with contextlib.suppress(LabError):
-            lab.stop(d)
-
-    request.addfinalizer(stop)
-    meta = lab.run(lab.RunOptions(kernel=name, workload="mixed", mem=mem, mode="keep",
-                                  progress=False), d)
-    return name, d, meta
+#: Bad input inside gdb: the command line's own one-line error (CommandError), and a bad
+#: MEMSCOPE_GDB_READS.
+ERRORS = [["pages", "--pfn", "5-1"], ["pages", "--pfn", "zz"]]
+BAD_READS = "MEMSCOPE_GDB_READS=bogus"
 
 
 @pytest.fixture(scope="module")
 def gdb_run(frozen_guest, tmp_path_factory):
-    """One gdb batch run against the frozen guest: every command, then `disconnect`."""
-    name, d, meta = frozen_guest
-    gdb_bin = GUESTS[name][0]
-    work = tmp_path_factory.mktemp(f"gdbrun-{name}")
-    plan = {"runs": _plan(), "kaslr_methods": KASLR_METHODS[name], "layouts": LAYOUT_TYPES,
-            "symbols": SYMBOLS, "enums": ENUMS, "sizes": SIZES,
+    """One gdb batch run against the frozen guest: the plan once per read path, then
+    `disconnect` (the guest stays paused for the QMP tests)."""
+    g = frozen_guest
+    if not guests.have(g.gdb):
+        pytest.skip(f"{g.gdb} is not installed (apt-get install {g.gdb})")
+    work = tmp_path_factory.mktemp(f"gdbrun-{g.name}")
+    runs = guests.plan(g)
+    phases = [{"path": "auto", "runs": [["buddyinfo", "-f", "json"], ["pages", "-f", "json"]]}]
+    for path in PATHS:
+        (work / f"png-{path}").mkdir()
+        phases.append({"path": path, "runs": [guests.concrete(a, work / f"png-{path}")
+                                              for a in runs]})
+    plan = {"phases": phases, "errors": ERRORS, "kaslr_methods": KASLR_METHODS[g.arch],
+            "layouts": LAYOUT_TYPES, "symbols": SYMBOLS, "enums": ENUMS, "sizes": SIZES,
             "output": str(work / "result.json")}
     (work / "plan.json").write_text(json.dumps(plan))
-    driver = work / "driver.py"
-    driver.write_text(f"import sys\nsys.argv_plan = {str(work / 'plan.json')!r}\n" + DRIVER)
-    cmd = [gdb_bin, "-nx", "-batch", "-iex", "set index-cache enabled on",
-           "-ex", f"file {meta['vmlinux']}",
-           "-ex", f"target remote 127.0.0.1:{meta['gdb_port']}",
-           "-ex", f"source {SCRIPT}",
-           "-ex", "help memscope",
-           "-ex", "memscope nosuchcommand",
-           "-ex", f"source {driver}",
-           "-ex", "disconnect"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    p = guests.gdb_batch(g.gdb, g.vmlinux, g.gdb_port, DRIVER, work)
+    seconds = time.monotonic() - t0
     assert (work / "result.json").exists(), f"gdb failed:\n{p.stdout}\n{p.stderr}"
-    return name, meta, json.loads((work / "result.json").read_text()), p
+    res = json.loads((work / "result.json").read_text())
+    for phase in phases[1:]:
+        for r, argv in zip(res["phases"][phase["path"]]["runs"], runs):
+            r["argv"] = argv
+    print(f"\n{g.name}: gdb run {seconds:.1f} s; reads " + json.dumps(
+        {k: v["counts"] for k, v in res["phases"].items()}))
+    return g, res, p, work
 
 
-_CLI: dict[tuple, tuple[str, int, str]] = {}
+@pytest.mark.parametrize("path", PATHS)
+def test_every_command_and_flag_prints_via_gdb_exactly_what_drgn_prints_on_the_vmcore(
+        gdb_run, path, tmp_path_factory):
+    """Each read path on its own: every command, format and flag (PNGs included) prints
+    via gdb exactly what the command line prints on the vmcore of the same paused guest,
+    and both succeed."""
+    g, res, _, work = gdb_run
+    want, want_png = guests.cli_on_vmcore(g, tmp_path_factory.mktemp(f"cli-{g.name}"))
+    got = [{**r, "err": ""} for r in res["phases"][path]["runs"]]
+    guests.assert_same(got, want, work / f"png-{path}", want_png, f"{g.name} gdb {path}")
 
 
-def _cli(meta, argv) -> tuple[str, int, str]:
-    """What `memscope -c VMCORE -s VMLINUX ARGV` prints (stdout, status, stderr)."""
-    argv = ["-c", meta["snapshots"][0]["vmcore"], "-s", meta["vmlinux"], *argv]
-    if tuple(argv) not in _CLI:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = cli.main(argv)
-        _CLI[tuple(argv)] = out.getvalue(), status, err.getvalue()
-    return _CLI[tuple(argv)]
+@pytest.mark.parametrize("path", PATHS)
+def test_each_read_path_alone_served_the_guest_memory_the_commands_read(gdb_run, path):
+    """The adapter's counters: with MEMSCOPE_GDB_READS=PATH the bulk reads (64 KiB and
+    more in one read) were served by PATH and by no other; procmem serves every read of
+    kernel memory (packets and memsave none at all), memsave leaves only small reads to
+    gdbstub packets, and packets never asks QEMU's monitor for memory."""
+    _, res, _, _ = gdb_run
+    c = res["phases"][path]["counts"]
+    assert c[path]["bulk_reads"] > 0, c
+    for other in PATHS:
+        if other != path:
+            assert c[other]["bulk_reads"] == 0, (other, c)
+    if path == "procmem":
+        assert c["memsave"]["reads"] == c["packets"]["reads"] == 0, c
+    elif path == "memsave":
+        assert c["procmem"]["reads"] == 0, c
+    else:
+        assert c["procmem"]["reads"] == c["memsave"]["reads"] == 0, c
+        assert res["phases"][path]["monitor_used"] is False
 
 
-@pytest.mark.parametrize("reads", ["memsave", "packets"])
-def test_every_command_and_format_prints_via_gdb_exactly_what_drgn_prints_on_the_vmcore(
-        gdb_run, reads):
-    """Bulk reads through QEMU's monitor (memsave, the default when QEMU is local) and
-    through gdbstub memory packets only: both print what drgn prints."""
-    name, meta, res, _ = gdb_run
-    runs = res["runs"] if reads == "memsave" else res["runs_packets"]
-    if reads == "memsave":
-        assert res["memsave_used"], "QEMU's monitor memsave was not used on a local guest"
-    assert runs, "no commands registered"
-    for run in runs:
-        want, status, err = _cli(meta, run["argv"])
-        got = run["out"] if run["error"] is None else run["error"] + "\n"
-        if status == 2:  # the CLI failed: gdb must fail with the same one line
-            assert run["error"] == err.strip(), run["argv"]
-        else:
-            assert run["error"] is None, (run["argv"], run["error"])
-            assert got == want, f"{name}: memscope {' '.join(run['argv'])} differs"
-        assert run["status"] == status, run["argv"]
+def test_auto_reads_a_local_qemus_memory_directly(gdb_run):
+    """The default (QEMU on this machine): /proc/PID/mem serves every read."""
+    _, res, _, _ = gdb_run
+    c = res["phases"]["auto"]["counts"]
+    assert c["procmem"]["bulk_reads"] > 0, c
+    assert c["memsave"]["reads"] == c["packets"]["reads"] == 0, c
+
+
+def test_bad_input_inside_gdb_is_the_command_lines_own_one_line_error(gdb_run,
+                                                                    tmp_path_factory):
+    g, res, _, _ = gdb_run
+    want = guests.run_cli(["-c", g.vmcore, "-s", g.vmlinux], ERRORS,
+                          tmp_path_factory.mktemp("cli-errors"), tmp_path_factory.mktemp("png"))
+    for w in want:
+        text, err, status = res["errors"][" ".join(w["argv"])]
+        assert w["status"] == status == 2 and w["out"] == "" and text is None
+        assert [err] == w["err"].splitlines() and err.startswith("memscope: --pfn "), w
+    text, err, status = res["errors"][BAD_READS]
+    assert (text, status) == (None, 2)
+    assert err == ("memscope: MEMSCOPE_GDB_READS='bogus': expected one of auto, procmem, "
+                   "memsave, packets")
 
 
 def test_kaslr_offset_found_by_each_method_equals_the_dumps_kerneloffset(gdb_run):
-    name, meta, res, p = gdb_run
+    g, res, p, _ = gdb_run
     vi = dict(line.split("=", 1) for line in res["vmcoreinfo"].splitlines() if "=" in line)
     want = f"kernel offset {int(vi['KERNELOFFSET'], 16):#x}\n"
     assert int(vi["KERNELOFFSET"], 16) != 0, "the guest booted without KASLR: nothing tested"
@@ -195,8 +210,8 @@ def test_kaslr_offset_found_by_each_method_equals_the_dumps_kerneloffset(gdb_run
 def test_gdb_adapter_layouts_symbols_enums_equal_the_drgn_adapters(gdb_run):
     from memscope.target.drgn import DrgnTarget, open_core
 
-    name, meta, res, _ = gdb_run
-    t = DrgnTarget(open_core(meta["snapshots"][0]["vmcore"], meta["vmlinux"]))
+    g, res, _, _ = gdb_run
+    t = DrgnTarget(open_core(g.vmcore, g.vmlinux))
     for type_name, got in res["layouts"].items():
         try:
             lay = t.layout(type_name)
@@ -212,23 +227,31 @@ def test_gdb_adapter_layouts_symbols_enums_equal_the_drgn_adapters(gdb_run):
     for s, n in res["sizes"].items():
         assert n == t.sizeof(s), s
     assert res["release"] == t.release
-    assert res["arch"] == t.arch == ARCH[name]
+    assert res["arch"] == t.arch == g.arch
     assert res["vmcoreinfo"].encode() == t.vmcoreinfo()
 
 
 def test_nothing_imported_inside_gdb_imports_drgn(gdb_run):
-    assert gdb_run[2]["drgn_imported"] is False
+    assert gdb_run[1]["drgn_imported"] is False
 
 
-def test_help_memscope_lists_every_command_and_a_bad_command_is_one_line(gdb_run):
-    _, _, _, p = gdb_run
+def test_gdb_says_nothing_on_stderr_but_the_kaslr_note(gdb_run):
+    """No traceback, no warning: the provoked errors went to the driver, not to stderr."""
+    _, _, p, _ = gdb_run
+    lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("memscope: kernel offset ")]
+    assert lines == []
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_plumbing_help_memscope_lists_every_command_and_a_bad_command_is_one_line():
     commands._load()
+    h = _gdb_alone(f"source {SCRIPT}", "help memscope", "memscope nosuchcommand")
     for name in ["kaslr", *commands.COMMANDS]:
-        assert f"\n  {name} " in p.stdout, name
-    bad = [line for line in p.stderr.splitlines() if "nosuchcommand" in line]
+        assert f"\n  {name} " in h.stdout, name
+    bad = [line for line in h.stderr.splitlines() if "nosuchcommand" in line]
     assert bad == ["memscope: argument COMMAND: invalid choice: 'nosuchcommand' (choose from "
                    + ", ".join(repr(n) for n in ["kaslr", *commands.COMMANDS]) + ")"]
-    assert "Traceback" not in p.stderr and "Python Exception" not in p.stderr
+    assert "Traceback" not in h.stderr and "Python Exception" not in h.stderr
 
 
 def _gdb_alone(*ex: str) -> subprocess.CompletedProcess:

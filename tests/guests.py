@@ -1,0 +1,332 @@
+"""Frozen lab guests for the GDB and QMP tests, and the plumbing that runs memscope against
+them: the command line (on a vmcore, or over QMP with ``--qemu``) and the gdb front end.
+
+One frozen guest per lab kernel (``lab run --keep``: the guest stays paused with its
+gdbstub and QMP socket open, and its vmcore is a dump of exactly that paused state).  The
+``frozen_guest`` fixture (tests/conftest.py) boots them one at a time and stops each as
+soon as no later test needs it.
+
+Every comparison runs the same PLAN (every registered command in every format, plus the
+flags that take other paths: ``pages --pfn``, ``pages/pageblocks --png``, ``frag --gfp``
+and ``--proc-file``, ``freelists --no-pcp``) through each backend; what drgn prints on the
+vmcore is the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from memscope import commands, lab
+from memscope.errors import LabError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "gdb_scripts" / "memscope.py"
+
+#: The frozen guests: lab.RunOptions for each (the same kernels, workloads and sizes as
+#: memscope.lab.cases.CASES' real-kernel cases).
+GUESTS: dict[str, dict] = {
+    "5.10": dict(kernel="5.10", workload="mixed"),
+    "6.1": dict(kernel="6.1", workload="mixed"),
+    "6.12": dict(kernel="6.12", workload="mixed"),
+    "7.2": dict(kernel="7.2", workload="mixed"),
+    "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024),
+    "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2, smp=2),
+}
+GDB_BINARY = {"6.12-arm64": "gdb-multiarch"}  # else gdb
+
+
+@dataclasses.dataclass
+class Guest:
+    """A frozen guest handed over by ``lab run --keep`` and its dump."""
+
+    name: str
+    dir: Path
+    meta: dict
+
+    @property
+    def vmcore(self) -> str:
+        return self.meta["snapshots"][0]["vmcore"]
+
+    @property
+    def vmlinux(self) -> str:
+        return self.meta["vmlinux"]
+
+    @property
+    def qmp_socket(self) -> str:
+        return self.meta["qmp_socket"]
+
+    @property
+    def gdb_port(self) -> int:
+        return self.meta["gdb_port"]
+
+    @property
+    def gdb(self) -> str:
+        return GDB_BINARY.get(self.name, "gdb")
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+
+def boot(name: str, d: Path) -> Guest:
+    """Boot guest NAME frozen (lab run --keep) into the new directory D."""
+    # The timeout guards against a hang, not speed: on a shared 2-CPU machine with other
+    # guests booting, a boot and its workload took more than the lab's default 600 s.
+    opts = lab.RunOptions(**GUESTS[name], mode="keep", progress=False, timeout=1800)
+    return Guest(name, d, lab.run(opts, d))
+
+
+def stop(d: Path) -> None:
+    with contextlib.suppress(LabError):
+        lab.stop(d)
+
+
+# --- the plan ---------------------------------------------------------------------------
+PNG = "{png}"  # replaced by a directory of the backend's own
+
+
+def plan(guest: Guest) -> list[list[str]]:
+    """Every command in every format, then the other flags.  ``--pfn`` ranges: the first
+    1024 pfns of RAM (x86_64: pfn 0, reserved, and the legacy hole at 0x9f-0xff), 1024
+    across the middle (the node boundary of the NUMA guest) and the last 1024."""
+    commands._load()
+    runs = [[name, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
+            for fmt in cmd.formats]
+    start = 0x40000 if guest.arch == "aarch64" else 0  # arm64 virt: RAM at 1 GiB
+    n = guest.meta["mem_mb"] << 8  # 4 KiB pages
+    for lo in (start, start + n // 2 - 512, start + n - 1024):
+        span = f"{lo:#x}-{lo + 1023:#x}"
+        runs += [["pages", "--pfn", span, "-f", "json"], ["pages", "--pfn", span]]
+    runs += [["pages", "--png", f"{PNG}/pages.png"],
+             ["pageblocks", "--png", f"{PNG}/pageblocks.png"],
+             ["freelists", "--no-pcp", "-f", "json"],
+             ["frag", "-f", "proc", "--proc-file", "extfrag_index"]]
+    from memscope.mm.frag import GFP_CLASSES
+
+    for gfp in GFP_CLASSES:
+        if gfp != "kernel":  # the default, run above
+            runs += [["frag", "--gfp", gfp, "-f", fmt] for fmt in commands.COMMANDS["frag"].formats]
+    return runs
+
+
+def concrete(argv: list[str], png_dir: Path) -> list[str]:
+    return [a.replace(PNG, str(png_dir)) for a in argv]
+
+
+def png_files(argv: list[str]) -> list[str]:
+    """The file names of the PNGs ARGV writes (relative to its PNG directory)."""
+    return [a[len(PNG) + 1:] for a in argv if a.startswith(PNG + "/")]
+
+
+# --- the command line -------------------------------------------------------------------
+# Runs in a child process: every argv through memscope.cli.main, with the drgn Program
+# opened once (loading a vmlinux's debug info costs ~1 s; the CLI path is otherwise the
+# command line's own), and the QMP connection closed when the child exits.  With --qemu
+# the CLI asks QEMU for the guest's run state (a second QMP client, which QEMU would not
+# serve while the kept Program holds the socket): asked once, before the Program
+# connects; the guest is paused throughout (the tests check before and after).
+_CLI_RUNNER = r'''
+import contextlib, io, json, sys
+from memscope import cli
+from memscope.target import drgn as tdrgn
+req = json.load(open(sys.argv[1]))
+if req["source"][0] == "--qemu":
+    try:
+        from memscope.target import qmp as tqmp
+    except ImportError:
+        tqmp = None
+    if tqmp is not None and hasattr(tqmp, "run_state"):
+        state = tqmp.run_state(req["source"][1])
+        tqmp.run_state = lambda address, state=state: state
+memo = {}
+for fn in ("open_core", "open_qemu"):
+    def cached(a, b, real=getattr(tdrgn, fn), fn=fn):
+        if (fn, a, b) not in memo:
+            memo[(fn, a, b)] = real(a, b)
+        return memo[(fn, a, b)]
+    setattr(tdrgn, fn, cached)
+out = []
+for argv in req["runs"]:
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        status = cli.main(req["source"] + argv)
+    out.append({"argv": argv, "out": o.getvalue(), "err": e.getvalue(), "status": status})
+json.dump(out, open(req["output"], "w"))
+'''
+
+
+def run_cli(source: list[str], runs: list[list[str]], work: Path, png_dir: Path,
+            timeout: float = 1800) -> list[dict]:
+    """memscope SOURCE... ARGV for each argv of RUNS (PNGs into PNG_DIR): a list of
+    {"argv" (as in RUNS), "out", "err", "status"}.  The timeout guards against a hang."""
+    work.mkdir(parents=True, exist_ok=True)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    req = work / "cli-request.json"
+    req.write_text(json.dumps({"source": source, "runs": [concrete(a, png_dir) for a in runs],
+                               "output": str(work / "cli-result.json")}))
+    p = subprocess.run([sys.executable, "-c", _CLI_RUNNER, str(req)], capture_output=True,
+                       text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, f"the CLI runner failed:\n{p.stdout}\n{p.stderr}"
+    result = json.loads((work / "cli-result.json").read_text())
+    for r, argv in zip(result, runs):
+        r["argv"] = argv
+    return result
+
+
+_ON_VMCORE: dict[str, tuple[list[dict], Path]] = {}
+
+
+def cli_on_vmcore(guest: Guest, work: Path) -> tuple[list[dict], Path]:
+    """What the command line prints for the PLAN on the guest's vmcore (the reference),
+    run once per guest: (runs, the directory of its PNGs)."""
+    if guest.vmcore not in _ON_VMCORE:
+        png = work / "png-vmcore"
+        runs = run_cli(["-c", guest.vmcore, "-s", guest.vmlinux], plan(guest), work / "vmcore",
+                       png)
+        _ON_VMCORE[guest.vmcore] = runs, png
+    return _ON_VMCORE[guest.vmcore]
+
+
+def assert_same(got: list[dict], want: list[dict], got_png: Path, want_png: Path,
+                what: str) -> None:
+    """Every run of GOT printed exactly what the same run of WANT printed, both succeeded
+    (status 0, nothing on stderr but gdb's KASLR note), and wrote the same PNG bytes."""
+    assert [g["argv"] for g in got] == [w["argv"] for w in want]
+    for g, w in zip(got, want):
+        cmd = " ".join(w["argv"])
+        assert w["status"] == 0 and w["err"] == "", f"drgn on the vmcore: {cmd}: {w['err']}"
+        assert g["status"] == 0 and not g.get("error") and not g["err"], \
+            f"{what}: {cmd}: {g.get('error') or g['err']}"
+        assert g["out"] == w["out"], f"{what}: memscope {cmd} differs from drgn on the vmcore"
+        for f in png_files(w["argv"]):
+            assert (got_png / f).read_bytes() == (want_png / f).read_bytes(), f"{what}: {f}"
+
+
+# --- QMP --------------------------------------------------------------------------------
+class QMP:
+    """A minimal QMP client (QEMU serves one client at a time: close it before
+    ``--qemu`` connects)."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(120)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rwb")
+        self._read()
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict:
+        while True:
+            line = self.file.readline()
+            assert line, "QEMU closed its QMP socket"
+            msg = json.loads(line)
+            if "event" not in msg:
+                return msg
+
+    def execute(self, cmd: str, **arguments):
+        req = {"execute": cmd, **({"arguments": arguments} if arguments else {})}
+        self.file.write(json.dumps(req).encode() + b"\n")
+        self.file.flush()
+        reply = self._read()
+        assert "error" not in reply, (cmd, reply)
+        return reply["return"]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def qmp(path: str, cmd: str, **arguments):
+    with QMP(path) as q:
+        return q.execute(cmd, **arguments)
+
+
+def dump(path: str, vmcore: Path) -> None:
+    """QMP dump-guest-memory of the (paused) guest into VMCORE, as the lab dumps."""
+    qmp(path, "dump-guest-memory", paging=False, protocol=f"file:{vmcore}")
+
+
+def locks_held(vmcore: Path, vmlinux: str) -> list[str]:
+    """The zone and per-CPU page list (pcp) locks held in the dump, read with drgn's own
+    helpers: a guest paused with one held may be in the middle of moving pages between
+    the free lists, nr_free, NR_FREE_PAGES and the pcp lists (e.g. rmqueue_bulk() takes a
+    batch off the lists and subtracts it from NR_FREE_PAGES once, at the end), so check
+    may rightly find them disagreeing.  Empty: every update of them is complete."""
+    import drgn
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.mmzone import for_each_online_pgdat
+    from drgn.helpers.linux.percpu import per_cpu_ptr
+
+    prog = drgn.Program()
+    prog.set_core_dump(str(vmcore))
+    with contextlib.suppress(drgn.MissingDebugInfoError):
+        prog.load_debug_info([vmlinux])
+
+    def held(lock) -> bool:  # spinlock_t -> raw_spinlock -> arch_spinlock_t (qspinlock)
+        raw = lock.rlock.raw_lock
+        return (raw.val.counter if hasattr(raw, "val") else raw.locked).value_() != 0
+
+    out = []
+    for pgdat in for_each_online_pgdat(prog):
+        for i in range(len(pgdat.node_zones)):
+            zone = pgdat.node_zones[i]
+            name = f"node {pgdat.node_id.value_()} {zone.name.string_().decode()}"
+            if held(zone.lock):
+                out.append(f"{name}: zone->lock")
+            pcp = getattr(zone, "per_cpu_pageset", None)
+            if pcp is None or not pcp.type_.type.has_member("lock"):
+                continue  # 5.10: pcp lists are protected by disabling interrupts
+            for cpu in for_each_possible_cpu(prog):
+                if held(per_cpu_ptr(pcp, cpu).lock):
+                    out.append(f"{name}: cpu {cpu} pcp->lock")
+    return out
+
+
+def status(path: str) -> str:
+    return qmp(path, "query-status")["status"]
+
+
+# --- gdb --------------------------------------------------------------------------------
+def gdb_batch(guest_gdb: str, vmlinux: str, port: int, driver: str, work: Path,
+              end: str = "disconnect", timeout: float = 1200) -> subprocess.CompletedProcess:
+    """gdb attached to the guest's gdbstub with memscope loaded: runs DRIVER (python, with
+    ``PLAN`` the path of work/plan.json), then END (disconnect leaves the guest paused,
+    detach resumes it)."""
+    d = work / "driver.py"
+    d.write_text(f"PLAN = {str(work / 'plan.json')!r}\n" + driver)
+    cmd = [guest_gdb, "-nx", "-batch", "-iex", "set index-cache enabled on",
+           "-ex", f"file {vmlinux}",
+           "-ex", f"target remote 127.0.0.1:{port}",
+           "-ex", f"source {SCRIPT}",
+           "-ex", f"source {d}",
+           "-ex", end]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ})
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None
+
+
+def wait_until(pred, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
