@@ -109,10 +109,10 @@ def read_member(m: Member, buf: bytes | bytearray | memoryview, offset: int = 0,
 
     :param m: from ``Target.layout(...)[name]`` or :func:`member`.
     :param signed: override the signedness taken from M's type name.
-    :raises TargetError: M does not fit in BUF at OFFSET, or is not 1 to 8 bytes."""
+    :raises TargetError: M does not fit in BUF at OFFSET (or has no size)."""
     width = _width(m)
     start = offset + m.offset
-    if not 0 < width <= 9 or start < 0 or start + width > len(buf):
+    if width <= 0 or start < 0 or start + width > len(buf):
         raise TargetError(f"member {m.name} ({width} bytes at {start}) is not in the buffer "
                           f"of {len(buf)} bytes")
     v = int.from_bytes(bytes(buf[start:start + width]), "little")
@@ -153,7 +153,7 @@ def member_values(m: Member, data, itemsize: int | None = None,
         per record), or ``bytes`` of back-to-back records of ITEMSIZE bytes.
     :param itemsize: the record size, needed for ``bytes`` (``Layout.size``).
     :param signed: override the signedness taken from M's type name.
-    :raises TargetError: M lies outside the records."""
+    :raises TargetError: M lies outside the records or is wider than 8 bytes."""
     rows = _records(data, itemsize)
     width = _width(m)
     if not 0 < width <= 8 or m.offset + width > rows.shape[1]:
