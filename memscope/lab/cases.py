@@ -59,7 +59,10 @@ class Snapshot:
 # 2: the truth's pagetypeinfo must agree with its buddyinfo too.
 # 3: ... and every free list's length in the dump with the truth's pagetypeinfo.
 # 4: ... and the global free/file/anon/shmem counters with the truth's vmstat.
-ACCEPTANCE = 4
+# 5: buddyinfo is compared with the dump's nr_free read by drgn, not by memscope.mm; the
+#    truth's extfrag files must match the kernel's formulas on its buddyinfo; meta.json
+#    records every refreeze's reason and each snapshot's accepted_by.
+ACCEPTANCE = 5
 
 
 def case_key(opts: labrun.RunOptions) -> str:

@@ -4,8 +4,9 @@ truth), and keep only snapshots whose dump agrees with the truth.
 The protocol with the guest (see guest/init and guest/snapshot) is line based on the serial
 console: the guest prints ``@@MEMSCOPE-FILE label`` / bytes / ``@@MEMSCOPE-EOF label`` for
 each truth file and then ``@@MEMSCOPE-FREEZE name`` and waits.  The host stops the VM at
-once, dumps it, and compares ``free_area[].nr_free`` in the dump with the truth's
-buddyinfo.  If they differ the kernel moved between the read and the freeze: the host
+once, dumps it, and checks it against the truth with memscope.lab.verify (drgn's own
+helpers, not memscope.mm: ``free_area[].nr_free`` against buddyinfo, and more).  If they
+differ the kernel moved between the read and the freeze: the host
 answers ``again`` and the guest prints its truth anew and refreezes.  A snapshot that never
 agrees within the refreeze bound makes the lab boot the guest again (bounded by ``tries``).
 """
@@ -108,6 +109,9 @@ def run(opts: RunOptions, out: Path) -> dict:
         "workload": str(workload), "workload_name": workload.stem,
         "mem_mb": opts.mem, "cpus": opts.smp, "numa_nodes": opts.numa, "append": opts.append,
         "mode": opts.mode, "tries": 0, "snapshots": [],
+        # {"snapshot", "try", "reason"} for every refreeze; {"try", "reason"} for every
+        # boot given up (verify.judge decides, independently of memscope.mm).
+        "refreezes": [], "retries": [],
     }
     handed_over = False
     try:
@@ -118,6 +122,7 @@ def run(opts: RunOptions, out: Path) -> dict:
         last_error: LabError | None = None
         for attempt in range(1, opts.tries + 1):
             meta["tries"] = attempt
+            meta["snapshots"] = []  # a boot given up keeps none of its snapshots
             _clear_attempt(stage)
             boot = _Boot(kernel, opts, stage, sockdir, initrd, say, meta)
             try:
@@ -126,6 +131,7 @@ def run(opts: RunOptions, out: Path) -> dict:
                 break
             except _Retry as e:
                 last_error = LabError(str(e))
+                meta["retries"].append({"try": attempt, "reason": str(e)})
                 say(f"try {attempt}/{opts.tries}: {e}; booting again")
             finally:
                 if not handed_over:
@@ -315,18 +321,22 @@ class _Boot:
                                f"{self.opts.mem} MB; free space and run again") from None
             raise
         t_dump = time.monotonic()
-        from .verify import dump_disagreement, truth_disagreement
+        from .verify import judge
 
         # Without buddyinfo the truth was garbled on the console (a kernel message in the
         # middle of a marker): print it again, like a truth that moved.
-        why = "the guest's truth arrived incomplete" if "buddyinfo" not in truth else \
-            truth_disagreement(truth)
-        if why is None:
-            why = dump_disagreement(tmp, self.kernel.vmlinux, truth)
+        if "buddyinfo" not in truth:
+            why, accepted_by = "the guest's truth arrived incomplete", []
+        else:
+            verdict = judge(tmp, self.kernel.vmlinux, truth)
+            why, accepted_by = verdict.reason, verdict.accepted_by
         if why is not None:
             tmp.unlink()
             self.say(f"snapshot {name!r}: {why}; refreezing")
-            self.meta["refreezes"] = self.meta.get("refreezes", 0) + 1
+            # Every refreeze is kept with its reason (a state-dependent difference shows
+            # up here rather than vanishing).
+            self.meta["refreezes"].append({"snapshot": "" if name == FINAL else name,
+                                           "try": self.meta["tries"], "reason": why})
             return False
         tmp.rename(vmcore)
         tdir = where / "truth"
@@ -336,10 +346,10 @@ class _Boot:
             p.write_bytes(data)
         snap = {"name": "" if name == FINAL else name, "vmcore": str(vmcore), "truth": str(tdir),
                 "stop_seconds": round(t_stop - t0, 3), "dump_seconds": round(t_dump - t_stop, 3),
-                "files": sorted(truth)}
+                "files": sorted(truth), "accepted_by": accepted_by}
         self.meta["snapshots"].append(snap)
         self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
-                 f"{snap['dump_seconds']} s, agrees with /proc/buddyinfo and pagetypeinfo")
+                 f"{snap['dump_seconds']} s, accepted by {', '.join(accepted_by) or 'no check'}")
         return True
 
     def _hand_over(self) -> None:
