@@ -72,7 +72,13 @@ def lab_case():
     def get(name: str, snapshot: str = "") -> cases.Snapshot:
         key = (name, snapshot)
         if key not in memo:
-            memo[key] = cases.snapshot(name, snapshot)
+            snap = cases.snapshot(name, snapshot)
+            # A case is evidence only if the lab accepted it by checks independent of
+            # memscope (memscope/lab/verify.py): say so loudly otherwise.
+            problem = cases.acceptance_problem(snap)
+            if problem:
+                pytest.fail(problem, pytrace=False)
+            memo[key] = snap
         return memo[key]
 
     return get

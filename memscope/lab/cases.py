@@ -14,7 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from . import kernels, runner as labrun
+from . import kernels, runner as labrun, verify
 
 # The cases the test suite and benchmarks use, by name.
 CASES: dict[str, dict] = {
@@ -53,6 +53,28 @@ class Snapshot:
     @property
     def arch(self) -> str:
         return self.meta["arch"]
+
+    @property
+    def accepted_by(self) -> list[str]:
+        """The checks of memscope/lab/verify.py this snapshot passed when the lab kept it
+        (empty for a case built before they were recorded)."""
+        # The final snapshot lives beside meta.json, a named one in a directory NAME.
+        name = "" if (self.dir / "meta.json").exists() else self.dir.name
+        for rec in self.meta.get("snapshots", []):
+            if rec.get("name") == name:
+                return list(rec.get("accepted_by", []))
+        return []
+
+
+def acceptance_problem(snap: Snapshot) -> str | None:
+    """Why SNAP cannot serve as evidence, or None: every test that reads a case relies on
+    the lab having kept it only after all of verify.CHECKS (drgn's reading of the dump
+    and the kernel's formulas, independent of memscope.mm) ran and passed."""
+    missing = [c for c in verify.CHECKS if c not in snap.accepted_by]
+    if missing:
+        return (f"lab snapshot {snap.vmcore} was not accepted by the independent checks "
+                f"{missing} (accepted_by: {snap.accepted_by}; see its meta.json)")
+    return None
 
 
 # Bump when what makes a snapshot acceptable changes, so that cached cases are rebuilt.
