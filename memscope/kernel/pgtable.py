@@ -1,0 +1,198 @@
+"""One page-table walker for kernel and user address spaces: x86_64 with 4 or 5 levels,
+arm64 with the 4K granule (39-, 48- and 52-bit VA; 52 bits with FEAT_LPA2 descriptors,
+which the lab's arm64 6.12 guest runs on QEMU's ``-cpu max``).
+
+The walker needs the physical address of the top table (the pgd: ``__pa(mm->pgd)``; the
+kernel's is ``init_mm.pgd``, x86_64 ``init_top_pgt`` / arm64 ``swapper_pg_dir``) and a
+callable that reads physical memory, ``read_phys(pa, size) -> bytes | None``.  It returns
+``(physical address of the page or block, its size)``, or None where the address is not
+mapped (or a table cannot be read).
+
+Entries (arch/x86/include/asm/pgtable_types.h; the Arm ARM's VMSAv8-64 descriptors):
+
+- x86_64: _PAGE_PRESENT (bit 0); _PAGE_PSE (bit 7) makes a PUD (1 GiB) or PMD (2 MiB)
+  entry a leaf; the address is bits 12-51 (__PHYSICAL_MASK).  Each level indexes 9 VA
+  bits; 4 levels translate 48-bit VAs, 5 levels (LA57) 57-bit ones.
+- arm64, 4K granule: bit 0 valid; at levels 0-2 bit 1 set is a table, clear a block
+  (level 1: 1 GiB, level 2: 2 MiB); at level 3 bits 1:0 = 0b11 is a page.  The output
+  address is bits 47:12; with FEAT_LPA2 (TCR_EL1.DS, 52-bit VA) bits 49:12 plus OA[51:50]
+  in bits 9:8.  The top level indexes ``va_bits - its shift`` bits: 52-bit VA walks 5
+  levels, the first indexing VA[51:48].  The kernel's VA bits are ``64 - TCR_EL1.T1SZ``
+  (VMCOREINFO ``NUMBER(TCR_EL1_T1SZ)``: a 52-bit kernel on a CPU without LPA2 runs with
+  48), and user space runs with the same (``vabits_actual``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from ..target.base import FaultError, Target, TargetError
+from .addr import KernelLayout, phys_to_virt, x86_pgtable_levels
+
+__all__ = ("Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
+           "kernel_paging", "walk")
+
+MASK64 = (1 << 64) - 1
+X86_PHYS_MASK = 0x000FFFFFFFFFF000  # bits 12-51
+X86_PAGE_PRESENT = 1 << 0
+X86_PAGE_PSE = 1 << 7
+ARM64_OA_MASK = 0x0000FFFFFFFFF000  # bits 47:12
+ARM64_OA_MASK_LPA2 = 0x0003FFFFFFFFF000  # bits 49:12
+
+#: Reads SIZE bytes of physical memory at PA, or None when it cannot.
+PhysRead = Callable[[int, int], "bytes | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Paging:
+    """How the MMU translates an address space: the architecture, the number of levels
+    and the VA bits they translate, and (arm64) whether descriptors are FEAT_LPA2's."""
+
+    arch: str  # "x86_64" or "aarch64"
+    levels: int
+    va_bits: int
+    lpa2: bool = False
+
+    @classmethod
+    def x86_64(cls, levels: int) -> "Paging":
+        """x86_64 with 4 (48-bit VA) or 5 (57-bit VA, LA57) levels."""
+        if levels not in (4, 5):
+            raise TargetError(f"x86_64 has 4 or 5 page-table levels, not {levels}")
+        return cls("x86_64", levels, 48 if levels == 4 else 57)
+
+    @classmethod
+    def arm64(cls, va_bits: int, page_size: int = 4096) -> "Paging":
+        """arm64 with the 4K granule: VA_BITS 39 (3 levels), 48 (4) or 52 (5, LPA2)."""
+        if page_size != 4096:
+            raise TargetError(f"arm64 page tables with {page_size}-byte pages are not "
+                              "walked (4K granule only)")
+        levels = {39: 3, 48: 4, 52: 5}.get(va_bits)
+        if levels is None:
+            raise TargetError(f"arm64 with {va_bits}-bit VA is not walked (39, 48 or 52)")
+        return cls("aarch64", levels, va_bits, lpa2=va_bits == 52)
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        """The VA shift of each level's index, top level first (12 for the last)."""
+        return tuple(12 + 9 * i for i in reversed(range(self.levels)))
+
+
+def kernel_paging(t: Target) -> Paging:
+    """The kernel's paging (see the module for where each number comes from).
+
+    :raises TargetError: an architecture or configuration the walker does not handle."""
+    if t.arch == "x86_64":
+        return Paging.x86_64(x86_pgtable_levels(t))
+    if t.arch == "aarch64":
+        vi = t.vmcoreinfo_fields
+        if "NUMBER(TCR_EL1_T1SZ)" in vi:
+            va_bits = 64 - int(vi["NUMBER(TCR_EL1_T1SZ)"], 0)
+        elif "NUMBER(VA_BITS)" in vi:
+            va_bits = int(vi["NUMBER(VA_BITS)"], 0)
+        else:
+            raise TargetError("VMCOREINFO has neither TCR_EL1_T1SZ nor VA_BITS: cannot "
+                              "tell arm64's page-table shape")
+        return Paging.arm64(va_bits, t.page_size)
+    raise TargetError(f"no page-table walker for architecture {t.arch}")
+
+
+def _canonical(paging: Paging, va: int) -> bool:
+    """Whether VA's bits above va_bits are all 0 or all 1 (the other ones never translate:
+    x86_64 faults, arm64 has no table for them)."""
+    top = va >> paging.va_bits
+    return top == 0 or top == MASK64 >> paging.va_bits
+
+
+def _entry(read_phys: PhysRead, pa: int) -> int | None:
+    raw = read_phys(pa, 8)
+    if raw is None or len(raw) != 8:
+        return None
+    return int.from_bytes(raw, "little")
+
+
+def _walk_x86_64(paging: Paging, pgd: int, va: int, read_phys: PhysRead):
+    table = pgd
+    for shift in paging.shifts:
+        e = _entry(read_phys, table + (va >> shift & 511) * 8)
+        if e is None or not e & X86_PAGE_PRESENT:
+            return None
+        if shift == 12 or shift in (21, 30) and e & X86_PAGE_PSE:
+            return e & X86_PHYS_MASK & ~((1 << shift) - 1), 1 << shift
+        table = e & X86_PHYS_MASK
+    return None
+
+
+def _walk_arm64(paging: Paging, pgd: int, va: int, read_phys: PhysRead):
+    table = pgd
+    oa_mask = ARM64_OA_MASK_LPA2 if paging.lpa2 else ARM64_OA_MASK
+    for i, shift in enumerate(paging.shifts):
+        bits = paging.va_bits - shift if i == 0 else 9
+        e = _entry(read_phys, table + (va >> shift & ((1 << bits) - 1)) * 8)
+        if e is None or not e & 1:
+            return None
+        oa = e & oa_mask
+        if paging.lpa2:
+            oa |= (e & 0x300) << 42  # OA[51:50] from bits 9:8
+        if shift == 12:
+            return (oa, 4096) if e & 2 else None  # 0b01 at level 3 is reserved
+        if not e & 2:  # a block: level 1 (1 GiB) or 2 (2 MiB)
+            if shift not in (21, 30):
+                return None
+            return oa & ~((1 << shift) - 1), 1 << shift
+        table = oa
+    return None
+
+
+def walk(paging: Paging, pgd: int, va: int, read_phys: PhysRead) -> tuple[int, int] | None:
+    """Translate VA through the page tables whose top table is at physical address PGD.
+
+    :param read_phys: reads physical memory (None when it cannot).
+    :return: (physical address of the page or block that maps VA, its size in bytes), or
+        None: not mapped, not canonical, or a table could not be read."""
+    va &= MASK64
+    if not _canonical(paging, va):
+        return None
+    if paging.arch == "aarch64":
+        return _walk_arm64(paging, pgd, va, read_phys)
+    return _walk_x86_64(paging, pgd, va, read_phys)
+
+
+def follow_phys(paging: Paging, pgd: int, va: int, read_phys: PhysRead) -> int | None:
+    """The physical address VA maps to (as drgn's ``follow_phys(mm, va)``), or None."""
+    t = walk(paging, pgd, va, read_phys)
+    if t is None:
+        return None
+    page, size = t
+    return page + (va & (size - 1))
+
+
+class PageTableWalker:
+    """:func:`walk` bound to one address space: ``PageTableWalker(paging, pgd,
+    read_phys).walk(va)``."""
+
+    def __init__(self, paging: Paging, pgd: int, read_phys: PhysRead):
+        self.paging = paging
+        self.pgd = pgd
+        self.read_phys = read_phys
+
+    def walk(self, va: int) -> tuple[int, int] | None:
+        """(physical address of VA's page or block, its size), or None."""
+        return walk(self.paging, self.pgd, va, self.read_phys)
+
+    def follow_phys(self, va: int) -> int | None:
+        """The physical address VA maps to, or None."""
+        return follow_phys(self.paging, self.pgd, va, self.read_phys)
+
+
+def direct_map_reader(t: Target, layout: KernelLayout) -> PhysRead:
+    """A ``read_phys`` for targets that read only virtual memory: physical memory through
+    the kernel's direct map (every RAM page is in it, page tables included)."""
+
+    def read_phys(pa: int, size: int) -> bytes | None:
+        try:
+            return t.read(phys_to_virt(layout, pa), size)
+        except (FaultError, TargetError):
+            return None
+
+    return read_phys
