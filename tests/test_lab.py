@@ -380,3 +380,50 @@ def test_memory_that_moved_while_the_truth_was_read_is_caught(lab_case):
     moved = {**truth, "vmstat": re.sub(r"^nr_free_pages \d+$", f"nr_free_pages {free + 4096}",
                                        vmstat, flags=re.M).encode()}
     assert "nr_free_pages moved" in dump_disagreement(snap.vmcore, snap.vmlinux, moved)
+
+
+def test_an_extfrag_file_that_disagrees_with_buddyinfo_is_caught(lab_case):
+    """6.12: the truth's extfrag files are checked against mm/vmstat.c's formulas on its
+    buddyinfo; one index off by a thousandth (or buddyinfo one block off) is refused."""
+    from memscope.lab.verify import TRUTH_EXTFRAG, judge_truth
+
+    snap = lab_case("6.12")
+    names = ("buddyinfo", "extfrag/unusable_index", "extfrag/extfrag_index")
+    truth = {n: snap.truth(n) for n in names}
+    assert judge_truth(truth).accepted_by == [TRUTH_EXTFRAG]
+    text = truth["extfrag/unusable_index"].decode()
+    field = next(f for f in text.split() if f.startswith("0.") and f != "0.000")
+    bumped = f"0.{int(field[2:]) + 1:03d}" if field != "0.999" else "0.998"
+    moved = {**truth, "extfrag/unusable_index": text.replace(field, bumped, 1).encode()}
+    assert "unusable_index" in judge_truth(moved).reason
+    # buddyinfo without the last zone's largest free blocks: their order's indices change
+    lines = truth["buddyinfo"].decode().splitlines(keepends=True)
+    f = lines[-1].split()
+    top = max(i for i in range(4, len(f)) if int(f[i]))
+    f[top] = "0"
+    lines[-1] = " ".join(f) + "\n"
+    assert "extfrag" in judge_truth({**truth, "buddyinfo": "".join(lines).encode()}).reason
+
+
+def test_verify_imports_neither_memscope_mm_nor_target():
+    """Acceptance must not depend on what it is used to test (the AST of verify.py)."""
+    import ast
+
+    from memscope.lab import verify
+
+    tree = ast.parse(Path(verify.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not [m for m in imported if "mm" in m.split(".") or "target" in m]
+
+
+def test_meta_json_records_acceptance_and_every_refreeze_plumbing(real_kernel):
+    """The shape of the records (the fixture asserts that every check passed)."""
+    meta = real_kernel.meta
+    for rec in meta["refreezes"]:
+        assert set(rec) == {"snapshot", "try", "reason"} and rec["reason"]
+    for rec in meta["retries"]:
+        assert set(rec) == {"try", "reason"} and rec["reason"]
+    assert len(meta["retries"]) == meta["tries"] - 1
+    for snap in meta["snapshots"]:
+        assert snap["accepted_by"]
