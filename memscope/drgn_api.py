@@ -6,6 +6,42 @@ the drgn REPL, returning plain data (dataclasses).
     ZoneBuddyInfo(node=0, zone='DMA', nr_free=[0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 3])
     >>> print(ms.format_pagetypeinfo(ms.pagetypeinfo(prog)), end="")
     >>> [p for p in ms.check(prog).problems]
+    []
+
+(The numbers in the examples are those of the lab's Debian 6.12 x86_64 guest.)
+
+Functions (each takes the Program first; ``memscope COMMAND`` prints what the function of
+the same name returns):
+
+- :func:`buddyinfo`: ``free_area[order].nr_free`` per zone (/proc/buddyinfo).
+- :func:`pagetypeinfo`: free blocks per migratetype and order, pageblocks per
+  migratetype (/proc/pagetypeinfo).
+- :func:`freelists`: every free block on every ``free_list`` and every per-CPU list.
+- :func:`check`: the free lists walked and checked against ``nr_free``, NR_FREE_PAGES
+  and ``pcp->count``.
+- :func:`pages`: every physical page classified, counted per zone.
+- :func:`page_records`: the decoded struct pages of a pfn range.
+- :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
+- :func:`frag`: extfrag/unusable indices and the watermark decision per order.
+- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`: the /proc files, byte for byte.
+- :func:`mm_for`: the per-Program context the functions share.
+
+Records: :class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
+:class:`ZoneFreeLists` / :class:`FreeBlock` / :class:`PcpList`, :class:`CheckReport` /
+:class:`ZoneCheck`, :class:`Problem`, :class:`ZonePages`, :class:`PageRecord`,
+:class:`ZonePageblocks`, :class:`ZoneFrag` (with ``memscope.mm.frag.OrderFrag`` rows).
+
+Units: counts of free blocks are blocks of 2^order pages; ``*_pages`` and counters are
+pages (``prog["PAGE_SIZE"]`` bytes each); pfns are page frame numbers; indices are in
+thousandths.  Zones are listed as the kernel's /proc files list them: online nodes in
+order, then each node's populated zones in ``node_zones[]`` order.
+
+Errors: every function raises :class:`memscope.target.base.TargetError` when the debug
+info lacks a type, member, enumerator or symbol it needs, and its subclass
+:class:`memscope.target.base.FaultError` when a structure it cannot do without (a
+``struct zone``, ``node_data[]``, ``mem_section[]``) cannot be read.  Corruption found
+while walking lists or pages is returned as data (:class:`Problem` records, findings,
+"inconsistent" counts), never raised.
 
 Importing this module also registers the drgn command ``memscope`` (drgn 0.3.0's
 ``drgn.commands`` API), so that in the drgn REPL::
@@ -54,10 +90,23 @@ _MMS: "weakref.WeakKeyDictionary[drgn.Program, MM]" = weakref.WeakKeyDictionary(
 
 
 def mm_for(prog: drgn.Program) -> MM:
-    """The memscope view of PROG (created once per Program and cached).
+    """
+    Return the memscope context of a program: a
+    :class:`memscope.target.drgn.DrgnTarget` on *prog* with the layouts, enumerators and
+    symbols probed so far, created on the first call and cached per Program (weakly: it
+    goes away with the Program).
 
-    On a live target (``prog.set_kernel()``, QMP) each function call walks memory afresh;
-    only layouts are cached."""
+    What the functions of this module cache there is the kernel's, not the snapshot's:
+    on a live target (``prog.set_kernel()``, QMP) :func:`pages`, :func:`page_records`,
+    :func:`pageblocks` and :func:`frag` read everything afresh on each call, and
+    :func:`buddyinfo`, :func:`pagetypeinfo`, :func:`freelists` and :func:`check` read the
+    free lists and counters afresh but keep the zone list (each zone's address, span and
+    page counts) read by the first of them; :func:`pagetypeinfo` also keeps the
+    ``mem_section[]`` entries and pageblock bits of its first call.
+
+    :param prog: the kernel, a vmcore, or a QEMU guest (``drgn.Program``)
+    :return: the context (``memscope.mm.zone.MM``); reads nothing yet
+    """
     try:
         return _MMS[prog]
     except (KeyError, TypeError):
@@ -79,31 +128,104 @@ def _fresh(prog: drgn.Program) -> MM:
 
 
 def buddyinfo(prog: drgn.Program) -> list[ZoneBuddyInfo]:
-    """/proc/buddyinfo's numbers: ``free_area[order].nr_free`` of every populated zone.
+    """
+    Get /proc/buddyinfo's numbers: ``zone->free_area[order].nr_free`` of every populated
+    zone (include/linux/mmzone.h ``struct free_area``), in the order mm/vmstat.c
+    frag_show() walks them (online nodes, then populated zones in ``node_zones[]``
+    order).  :func:`format_buddyinfo` prints them as frag_show_print() does.
 
-    :return: one :class:`ZoneBuddyInfo` (node, zone, nr_free per order) per zone."""
+    >>> buddyinfo(prog)[0]
+    ZoneBuddyInfo(node=0, zone='DMA', nr_free=[0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 3])
+
+    :param prog: the kernel
+    :return: one :class:`ZoneBuddyInfo` per populated zone; ``nr_free[order]`` counts
+        free blocks of 2^order pages, one entry per order (NR_PAGE_ORDERS, the length of
+        ``free_area[]``: 11 on the lab kernels)
+    :raises TargetError: a type or member is missing from the debug info
+    :raises FaultError: a ``struct zone`` or ``node_data[]`` entry cannot be read
+    """
     return _buddy.buddyinfo(_fresh(prog))
 
 
 def pagetypeinfo(prog: drgn.Program) -> PageTypeInfo:
-    """/proc/pagetypeinfo's numbers: free blocks per migratetype and order (list lengths,
-    counted as the kernel does with its 100000 cap) and pageblocks per migratetype.
-    :func:`format_pagetypeinfo` prints it as the kernel does."""
+    """
+    Get /proc/pagetypeinfo's numbers (mm/vmstat.c pagetypeinfo_show()): the length of
+    every ``free_area[order].free_list[migratetype]`` counted as
+    pagetypeinfo_showfree_print() counts it (stopping at 100000 entries), and the
+    pageblocks of each migratetype as pagetypeinfo_showblockcount_print() counts them
+    (``get_pageblock_migratetype()`` of the pfns ``zone_start_pfn + k *
+    pageblock_nr_pages`` below the zone's end that have an online struct page whose
+    ``page_zone()`` is the zone).  Only nodes with memory
+    (``N_MEMORY``) are listed, as pagetypeinfo_show() skips the others.
+    :func:`format_pagetypeinfo` prints the result as the kernel does.
+
+    A cyclic or corrupted list ends its count where the kernel would have looped or
+    faulted; nothing is raised for it (:func:`check` reports it).
+
+    :param prog: the kernel
+    :return: a :class:`PageTypeInfo`: ``pageblock_order``, ``pages_per_block``,
+        ``migratetypes`` (the kernel's ``migratetype_names[]``), ``nodes`` and one
+        :class:`ZonePageTypes` per populated zone of those nodes (``free``: list entries
+        per migratetype and order, ``overflow``: where the count stopped at the cap,
+        ``blocks``: pageblocks per migratetype)
+    :raises TargetError: a type, member or enumerator is missing from the debug info, or
+        the memmap cannot be located (``mem_section``, vmemmap)
+    :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read
+    """
     return _buddy.pagetypeinfo(_fresh(prog))
 
 
 def freelists(prog: drgn.Program, *, pcp: bool = True) -> list[ZoneFreeLists]:
-    """Walk every free list (``free_area[order].free_list[migratetype]``) and, unless
-    ``pcp=False``, every per-CPU page list of every populated zone.
+    """
+    Walk every free list (``zone->free_area[order].free_list[migratetype]``,
+    include/linux/mmzone.h) and, unless *pcp* is false, every per-CPU page list
+    (``struct per_cpu_pages`` ``lists[]`` of every possible CPU: ``zone->per_cpu_pageset``
+    on 5.14+, ``zone->pageset`` on 5.10) of every populated zone.
 
-    :return: one :class:`ZoneFreeLists` per zone: ``blocks`` (FreeBlock: node, zone,
-        order, migratetype, pfn), ``pcp`` (PcpList: cpu, index, order, migratetype, pfns),
-        ``nr_free``, ``pcp_count``, ``free_pages_counter`` and the ``problems`` found."""
+    Every walk is bounded and cycle-checked (:mod:`memscope.mm.freelists` gives the
+    bounds): an entry that is not a struct page of the memmap, an unreadable entry, a
+    cycle, a broken ``prev`` link or a block on two lists ends up in ``problems``, as do
+    the count checks of :func:`check`.
+
+    >>> z = freelists(prog)[1]
+    >>> z.blocks[0]
+    FreeBlock(node=0, zone='DMA32', order=0, migratetype='Unmovable', pfn=26417)
+
+    :param prog: the kernel
+    :param pcp: also walk the per-CPU lists (``pcp`` and ``pcp_count`` stay empty
+        otherwise)
+    :return: one :class:`ZoneFreeLists` per populated zone: ``nr_free`` (blocks per
+        order, as read), ``walked`` (entries found per ``[order][migratetype]``),
+        ``blocks`` (:class:`FreeBlock`: node, zone, order, migratetype, first pfn, in
+        list order), ``pcp`` (:class:`PcpList`: cpu, index in ``pcp->lists[]``, order,
+        migratetype, first pfns), ``pcp_count`` (cpu -> ``pcp->count``, in pages),
+        ``free_pages_counter`` (NR_FREE_PAGES in pages, per-CPU diffs folded in; None if
+        it cannot be read) and ``problems``
+    :raises TargetError: a type or member is missing from the debug info
+    :raises FaultError: a ``struct zone`` cannot be read
+    """
     return _fl.freelists(_fresh(prog), pcp=pcp)
 
 
 @dataclasses.dataclass(frozen=True)
 class ZoneCheck:
+    """
+    The counts :func:`check` compared in one zone.  On a consistent kernel ``walked ==
+    nr_free`` and ``free_pages == free_pages_counter``.
+
+    - ``node``, ``zone``: the node id and the zone's name (``zone->name``).
+    - ``nr_free``: ``free_area[order].nr_free`` per order, as read (blocks).
+    - ``walked``: the blocks found on each order's free lists, all migratetypes.
+    - ``free_pages``: pages in the blocks found on the free lists, those on the
+      MIGRATE_ISOLATE lists excluded (what NR_FREE_PAGES counts: mm/page_alloc.c
+      account_freepages(); older kernels __mod_zone_freepage_state()).
+    - ``free_pages_counter``: ``zone_page_state_snapshot(zone, NR_FREE_PAGES)``
+      (include/linux/vmstat.h): ``zone->vm_stat[]`` plus every possible CPU's
+      ``vm_stat_diff[]``, in pages; None when it cannot be read.
+    - ``pcp_pages``: pages found on the zone's per-CPU lists, all CPUs (each entry
+      counts 2^order pages).
+    """
+
     node: int
     zone: str
     nr_free: list[int]  # free_area[order].nr_free
@@ -115,17 +237,46 @@ class ZoneCheck:
 
 @dataclasses.dataclass(frozen=True)
 class CheckReport:
+    """
+    What :func:`check` found.
+
+    - ``ok``: True when ``problems`` is empty (the command exits 0, else 1).
+    - ``zones``: one :class:`ZoneCheck` per populated zone.
+    - ``problems``: every :class:`Problem` of every zone, zone by zone in walk order:
+      the free lists by order then migratetype (each order's ``nr_free`` check after its
+      lists), then each CPU's per-CPU lists and their ``pcp->count`` check, then the
+      NR_FREE_PAGES check.
+    """
+
     ok: bool
     zones: list[ZoneCheck]
     problems: list[Problem]
 
 
 def check(prog: drgn.Program) -> CheckReport:
-    """Walk the free lists and verify them: every entry a PageBuddy page of the list's
-    order inside the zone, no cycle, no cross-linked or broken list, walked counts equal to
-    ``nr_free`` and to the zone's NR_FREE_PAGES, pcp lists equal to ``pcp->count``.
+    """
+    Walk the free lists and the per-CPU lists of every populated zone (as
+    :func:`freelists`) and verify them against what the kernel keeps: every free-list
+    entry is PageBuddy (``page_type``) with the list's order in ``page->private``
+    (mm/page_alloc.c set_buddy_order()), aligned to its order and inside the zone; no
+    list has a cycle, a wrong ``prev`` link or a block that is also on another list; the
+    blocks on each order's lists number ``free_area[order].nr_free``; their pages, the
+    MIGRATE_ISOLATE lists excluded, equal ``zone_page_state_snapshot(zone,
+    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.
 
-    :return: a :class:`CheckReport`; ``ok`` is False when any problem was found."""
+    On a frozen dump a healthy kernel gives no problem; on a live target lists and
+    counters move under the read and the differences are reported as problems too.
+
+    >>> report = check(prog)
+    >>> report.ok, report.zones[0].free_pages, report.zones[0].free_pages_counter
+    (True, 3808, 3808)
+
+    :param prog: the kernel
+    :return: a :class:`CheckReport`; ``ok`` is False when any :class:`Problem` was
+        found (``kind`` names it: cycle, not_buddy, nr_free_mismatch, ...)
+    :raises TargetError: a type or member is missing from the debug info
+    :raises FaultError: a ``struct zone`` cannot be read
+    """
     mm = _fresh(prog)
     zones = _fl.freelists(mm)
     iso = _fl.walker(mm).isolate
@@ -145,28 +296,105 @@ def _new(prog: drgn.Program) -> MM:
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:
-    """Every physical page classified (buddy, pcp, slab, anon, pagecache, pagetable,
-    reserved, hole, ...), decoded in bulk from the struct page array.
+    """
+    Classify every physical page of every populated zone from its ``struct page``
+    (include/linux/mm_types.h, include/linux/page-flags.h), the whole memmap read in bulk
+    section by section (``mem_section[]``, SPARSEMEM_VMEMMAP), and count the classes per
+    zone.  The classes and the order of the decisions are in :mod:`memscope.mm.page`:
+    hole, buddy, pcp, slab, kmalloc_large, pagetable, hugetlb, offline, reserved, anon,
+    pagecache, free, kernel, other.  A compound page's tails take its head's class.
 
-    :return: one :class:`ZonePages` per zone: ``counts`` (class -> pages), buddy blocks per
-        order, pcp pages, compound tails and pages that changed under the read."""
+    A section whose memmap cannot be read counts as holes; a struct page that
+    contradicts the others (a tail without a PG_head head, overlapping buddy blocks, a
+    pcp page that is PageBuddy or referenced) counts in ``inconsistent`` (none on a
+    frozen dump; a live target changes under the read).
+
+    :param prog: the kernel
+    :return: one :class:`ZonePages` per populated zone: ``counts`` (class -> pages),
+        ``buddy_blocks`` (free blocks per order), ``pcp_pages``, ``compound_tails`` and
+        ``inconsistent`` (pages), and the zone's pfn span
+    :raises TargetError: a type, member or enumerator is missing from the debug info, or
+        the memmap cannot be located (``mem_section``, SECTION_SIZE_BITS, vmemmap)
+    :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read
+    """
     return _page.zone_counts(_new(prog))
 
 
 def page_records(prog: drgn.Program, lo: int, hi: int) -> list[PageRecord]:
-    """The pages of pfns [LO, HI): class, flags, order, refcount, mapcount, ..."""
+    """
+    Get the decoded ``struct page`` of every pfn in [*lo*, *hi*), classified as
+    :func:`pages` classifies it (``memscope pages --pfn LO-HI``).
+
+    >>> page_records(prog, 0x1000, 0x1001)[0].cls
+    'kernel'
+
+    :param prog: the kernel
+    :param lo: first pfn (``lo >= 0``)
+    :param hi: end pfn, exclusive; clipped to the end of the last zone's span
+    :return: one :class:`PageRecord` per pfn, in pfn order (empty when *lo* is past the
+        end); a pfn without a readable struct page, or outside every zone, is a record of
+        class ``"hole"``
+    :raises TargetError: as :func:`pages`
+    :raises FaultError: as :func:`pages`
+    """
     return _page.page_records(_new(prog), lo, hi)
 
 
 def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
-    """Pageblocks per migratetype, skip and isolate bits, and mixed blocks, per zone."""
+    """
+    Get the state of every pageblock of every populated zone: its migratetype, the
+    compaction skip bit and the isolate bit (``mem_section[]->usage->pageblock_flags``,
+    include/linux/pageblock-flags.h, read as mm/page_alloc.c
+    get_pfnblock_flags_mask() reads them), and the "mixed" blocks whose free pages sit on
+    another migratetype's free list than the block's own.
+
+    ``counts`` counts the blocks /proc/pagetypeinfo's "Number of blocks type" counts
+    (mm/vmstat.c pagetypeinfo_showblockcount_print(): the pfns ``zone_start_pfn + k *
+    pageblock_nr_pages`` with an online struct page), except that a block whose page
+    belongs to another zone with an overlapping span (ZONE_MOVABLE, interleaved nodes)
+    is counted here and skipped there; where no spans overlap (every lab case) the two
+    are equal.
+
+    :param prog: the kernel
+    :return: one :class:`ZonePageblocks` per populated zone: ``counts`` (migratetype
+        name -> pageblocks), ``skip``, ``isolate`` (pageblocks), ``mixed`` (block
+        migratetype name -> pageblocks), ``mixed_free_pages`` (pages),
+        ``pageblock_order`` and the zone's pfn span, and ``list_findings`` (strings: what
+        the free-list walk found wrong)
+    :raises TargetError: a type, member or enumerator is missing from the debug info, or
+        the memmap cannot be located
+    :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read
+    """
     return _pageblock.zone_pageblocks(_new(prog))
 
 
 def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
-    """Per zone and order: free pages, unusable free space index, extfrag index, largest
-    free block and whether an allocation of that order would succeed now for GFP
-    ("kernel", "movable" or "atomic"), as ``zone_watermark_ok`` decides."""
+    """
+    Get, per populated zone and per order, the external fragmentation indices and
+    whether an allocation of that order would be granted now.
+
+    - The unusable free space index and the fragmentation index are mm/vmstat.c
+      unusable_free_index() and __fragmentation_index() on ``free_area[].nr_free``
+      (fill_contig_page_info()), as /sys/kernel/debug/extfrag/unusable_index and
+      extfrag_index print them.
+    - The decision is mm/page_alloc.c zone_watermark_fast() / __zone_watermark_ok() for
+      *gfp*'s highest zone and alloc flags, against the low mark (get_page_from_freelist()'s
+      first try, "fast") and the min mark with the class's reserve flags (the slow path
+      before reclaim, "min"); :mod:`memscope.mm.frag` says what is and is not modelled.
+
+    >>> [o.extfrag for o in frag(prog)[1].orders][:2]
+    ['-1.000', '-1.000']
+
+    :param prog: the kernel
+    :param gfp: ``"kernel"`` (GFP_KERNEL), ``"movable"`` (GFP_HIGHUSER_MOVABLE) or
+        ``"atomic"`` (GFP_ATOMIC)
+    :return: one :class:`ZoneFrag` per populated zone, with one
+        ``memscope.mm.frag.OrderFrag`` per order in ``orders``; counters and watermarks
+        in pages, indices in thousandths (int) and as ``"%d.%03d"`` strings
+    :raises TargetError: *gfp* is not one of the three classes (when the kernel has a
+        populated zone), or a type, member or enumerator is missing from the debug info
+    :raises FaultError: a ``struct zone`` cannot be read
+    """
     return _frag.zone_frag(_new(prog), gfp)
 
 
