@@ -9,7 +9,16 @@ from .zone import MM, Zone
 
 @dataclasses.dataclass(frozen=True)
 class ZoneBuddyInfo:
-    """One line of /proc/buddyinfo: free blocks per order in one zone."""
+    """
+    One line of /proc/buddyinfo (mm/vmstat.c frag_show_print()): the free blocks of each
+    order in one zone.
+
+    - ``node``: the node id (``pgdat->node_id``).
+    - ``zone``: the zone's name (``zone->name``: "DMA", "DMA32", "Normal", "Movable").
+    - ``nr_free``: ``zone->free_area[order].nr_free`` indexed by order, one entry per
+      element of ``free_area[]`` (NR_PAGE_ORDERS); each counts free blocks of 2^order
+      pages, on every migratetype's list.
+    """
 
     node: int
     zone: str
@@ -17,8 +26,16 @@ class ZoneBuddyInfo:
 
 
 def buddyinfo(mm: MM) -> list[ZoneBuddyInfo]:
-    """``free_area[order].nr_free`` of every populated zone, as /proc/buddyinfo walks them
-    (online nodes, then populated zones in node_zones order)."""
+    """
+    Get ``free_area[order].nr_free`` of every populated zone, as /proc/buddyinfo walks
+    them (mm/vmstat.c frag_show() and walk_zones_in_node(): online nodes, then populated
+    zones in ``node_zones[]`` order), from one read of each zone's ``free_area[]``.
+
+    :param mm: the context of the target
+    :return: one :class:`ZoneBuddyInfo` per populated zone
+    :raises TargetError: ``struct zone`` or ``struct free_area`` lacks a member
+    :raises FaultError: a zone's ``free_area[]`` cannot be read
+    """
     t = mm.t
     fa_off = mm.zone_layout.offset("free_area")
     nr_off = t.layout("struct free_area").offset("nr_free")
@@ -32,7 +49,13 @@ def buddyinfo(mm: MM) -> list[ZoneBuddyInfo]:
 
 
 def format_buddyinfo(rows: list[ZoneBuddyInfo]) -> str:
-    """/proc/buddyinfo, byte for byte (mm/vmstat.c frag_show_print)."""
+    """
+    Print ROWS as /proc/buddyinfo, byte for byte (mm/vmstat.c frag_show_print():
+    ``"Node %d, zone %8s "`` then ``"%6lu "`` per order, then a newline).
+
+    :param rows: :func:`buddyinfo`'s records
+    :return: the text, one line per zone
+    """
     return "".join(f"Node {r.node}, zone {r.zone:>8} " + "".join(f"{n:6d} " for n in r.nr_free)
                    + "\n" for r in rows)
 
@@ -50,7 +73,19 @@ from . import pageblock as _pb  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class ZonePageTypes:
-    """One zone of /proc/pagetypeinfo."""
+    """
+    One zone of /proc/pagetypeinfo (mm/vmstat.c pagetypeinfo_showfree_print() and
+    pagetypeinfo_showblockcount_print()); keys are migratetype names as the kernel's
+    ``migratetype_names[]`` spells them ("Unmovable", "Movable", ...).
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``free``: migratetype -> entries (blocks of 2^order pages) on
+      ``free_area[order].free_list[migratetype]``, indexed by order; a count stops at
+      100000 as the kernel's does.
+    - ``overflow``: migratetype -> per order, True where the count stopped at 100000
+      (printed ``>100000``).
+    - ``blocks``: migratetype -> pageblocks of that type in the zone.
+    """
 
     node: int
     zone: str
@@ -61,6 +96,19 @@ class ZonePageTypes:
 
 @dataclasses.dataclass(frozen=True)
 class PageTypeInfo:
+    """
+    /proc/pagetypeinfo's numbers (mm/vmstat.c pagetypeinfo_show()).
+
+    - ``pageblock_order``: ``pageblock_order`` (9 on the lab kernels: 2 MiB blocks of
+      4 KiB pages).
+    - ``pages_per_block``: ``pageblock_nr_pages``, 2^pageblock_order pages.
+    - ``migratetypes``: ``migratetype_names[]``, in ``enum migratetype`` order (which
+      entries exist depends on CONFIG_CMA and CONFIG_MEMORY_ISOLATION).
+    - ``zones``: one :class:`ZonePageTypes` per populated zone of the listed nodes.
+    - ``nodes``: the online nodes with memory (``N_MEMORY``), each printed with its own
+      header.
+    """
+
     pageblock_order: int
     pages_per_block: int
     migratetypes: list[str]  # migratetype_names[], in enum order
@@ -69,8 +117,15 @@ class PageTypeInfo:
 
 
 def memory_nodes(mm: MM) -> list[int]:
-    """for_each_online_node() filtered by node_state(nid, N_MEMORY), as pagetypeinfo_show()
-    skips memoryless nodes."""
+    """
+    Get the online nodes with memory: for_each_online_node() filtered by
+    ``node_state(nid, N_MEMORY)`` (the ``node_states[N_MEMORY]`` nodemask), as
+    mm/vmstat.c pagetypeinfo_show() skips memoryless nodes.
+
+    :param mm: the context of the target
+    :return: node ids in increasing order; every online node when the kernel has no
+        N_MEMORY mask or it cannot be read
+    """
     t = mm.t
     nodes = mm.node_ids()
     try:
@@ -83,8 +138,20 @@ def memory_nodes(mm: MM) -> list[int]:
 
 
 def pagetypeinfo(mm: MM) -> PageTypeInfo:
-    """/proc/pagetypeinfo's numbers: free list lengths per migratetype and order (counted
-    as the kernel does, stopping at 100000), and pageblocks per migratetype."""
+    """
+    Get /proc/pagetypeinfo's numbers: the length of every free list per migratetype and
+    order, counted as mm/vmstat.c pagetypeinfo_showfree_print() counts (``list_for_each``
+    stopping at 100000 entries), and the pageblocks per migratetype as
+    pagetypeinfo_showblockcount_print() counts them (every ``zone_start_pfn + k *
+    pageblock_nr_pages`` below the zone's end with an online struct page whose zone is
+    this one, by ``get_pageblock_migratetype()``).
+
+    :param mm: the context of the target
+    :return: a :class:`PageTypeInfo` over the nodes of :func:`memory_nodes`
+    :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
+        located (``mem_section``, vmemmap)
+    :raises FaultError: a zone's ``free_area[]`` or a ``mem_section[]`` root cannot be read
+    """
     w = _fl.walker(mm)
     order = _pb.pageblock_order(mm)
     names = w.migratetype_names
@@ -148,10 +215,15 @@ def _page_zone(mm: MM, pfn: int) -> tuple[int, int] | None:
 
 
 def format_pagetypeinfo(info: PageTypeInfo) -> str:
-    """/proc/pagetypeinfo, byte for byte (mm/vmstat.c pagetypeinfo_show(), identical in
-    5.10-7.2 but for the number of orders and of migratetypes, both read from the kernel).
-    The "Number of mixed blocks" section needs CONFIG_PAGE_OWNER with page_owner=on, which
-    no lab kernel boots with: not printed."""
+    """
+    Print INFO as /proc/pagetypeinfo, byte for byte (mm/vmstat.c pagetypeinfo_show(),
+    identical in 5.10-7.2 but for the number of orders and of migratetypes, both read
+    from the kernel).  The "Number of mixed blocks" section needs CONFIG_PAGE_OWNER with
+    page_owner=on, which no lab kernel boots with: not printed.
+
+    :param info: :func:`pagetypeinfo`'s result
+    :return: the text, one header and two sections per node of ``info.nodes``
+    """
     out = []
     names = info.migratetypes
     for nid in info.nodes:
