@@ -57,7 +57,29 @@ def _ignore(*_args) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """Something wrong found by a walk or a count check (``check`` prints these)."""
+    """
+    Something wrong found by a list walk or a count check (``check`` prints these, one
+    per line, as ``str(problem)``).
+
+    - ``kind``: what is wrong, one of
+      ``cycle`` (an entry comes back: the list never returns to its head),
+      ``outside_memory`` (a link that is not a struct page's list link in the memmap),
+      ``unreadable`` (a list head, struct page or per_cpu_pages cannot be read),
+      ``broken_link`` (an entry's ``prev`` is not the previous entry),
+      ``not_buddy`` (a free-list entry that is not PageBuddy),
+      ``wrong_order`` (``page->private`` is not the list's order),
+      ``misaligned`` (pfn not a multiple of 2^order), ``outside_zone`` (pfn outside the
+      zone's span), ``cross_linked`` (a block also found on another list),
+      ``too_long`` (the walk hit its bound), ``gave_up`` (16 problems on one free list: the
+      rest is not walked), ``nr_free_mismatch`` (``free_area[order].nr_free`` differs
+      from the blocks walked), ``free_pages_counter_mismatch`` (NR_FREE_PAGES differs
+      from the pages walked), ``pcp_count_mismatch`` (``pcp->count`` differs from the
+      pages on that CPU's lists).
+    - ``node``, ``zone``: where (node id, zone name).
+    - ``where``: which list or counter, e.g. ``"free_area[3].free_list[Movable]"``,
+      ``"cpu 1 pcp lists[4]"``, ``"free_area[3]"``, ``"vm_stat[NR_FREE_PAGES]"``.
+    - ``message``: one line, with the pfns and addresses involved (hex).
+    """
 
     kind: str  # cycle, outside_memory, unreadable, broken_link, not_buddy, wrong_order,
     #            misaligned, outside_zone, cross_linked, too_long, nr_free_mismatch,
@@ -73,7 +95,16 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class FreeBlock:
-    """One free buddy block: 2^order pages from ``pfn`` on a zone's free list."""
+    """
+    One free buddy block: 2^order pages from ``pfn`` on a zone's
+    ``free_area[order].free_list[migratetype]`` (include/linux/mmzone.h).
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``order``: the list's order (the block is 2^order pages).
+    - ``migratetype``: the list it is on (the kernel's ``migratetype_names[]``), which
+      can differ from its pageblock's migratetype.
+    - ``pfn``: the block's first page frame number.
+    """
 
     node: int
     zone: str
@@ -84,7 +115,20 @@ class FreeBlock:
 
 @dataclasses.dataclass(frozen=True)
 class PcpList:
-    """One per-CPU page list of a zone: its blocks' first pfns, in list order."""
+    """
+    One per-CPU page list of a zone: ``pcp->lists[index]`` of CPU ``cpu``
+    (``struct per_cpu_pages``, include/linux/mmzone.h), its blocks' first pfns in list
+    order.
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``cpu``: the CPU id (every possible CPU is walked).
+    - ``index``: the index in ``pcp->lists[]`` (mm/page_alloc.c order_to_pindex()).
+    - ``order``: the order of every block on the list (pindex_to_order(); 0 on 5.10).
+    - ``migratetype``: a migratetype name; for the THP lists of order HPAGE_PMD_ORDER
+      (6.1+) ``"Movable"`` and ``"Non-movable"``, or ``"any"`` where the kernel has one
+      THP list.
+    - ``pfns``: the first pfn of each block, in list order (each block is 2^order pages).
+    """
 
     node: int
     zone: str
@@ -97,7 +141,23 @@ class PcpList:
 
 @dataclasses.dataclass
 class ZoneFreeLists:
-    """Everything walked in one zone."""
+    """
+    Everything walked in one zone (:func:`freelists`).
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``nr_free``: ``free_area[order].nr_free`` per order, as read (blocks).
+    - ``walked``: ``[order][migratetype]`` entries found on each free list (blocks;
+      migratetype by ``enum migratetype`` value).
+    - ``blocks``: every :class:`FreeBlock` found, by order, then migratetype, then list
+      order.
+    - ``pcp``: every :class:`PcpList`, by CPU then list index (empty without pcp).
+    - ``pcp_count``: cpu -> ``pcp->count`` (pages; empty without pcp).
+    - ``free_pages_counter``: ``zone_page_state_snapshot(zone, NR_FREE_PAGES)``
+      (include/linux/vmstat.h): ``zone->vm_stat[NR_FREE_PAGES]`` plus every possible
+      CPU's ``vm_stat_diff[NR_FREE_PAGES]``, in pages, not clamped; None when the kernel
+      has no NR_FREE_PAGES enumerator or the counters cannot be read.
+    - ``problems``: the :class:`Problem` records of this zone.
+    """
 
     node: int
     zone: str
@@ -510,6 +570,11 @@ class FreeListWalker:
 
 
 def walker(mm: MM) -> FreeListWalker:
+    """
+    Get the :class:`FreeListWalker` of MM (created once per context and kept there).
+
+    :param mm: the context of the target
+    """
     w = mm.__dict__.get("_freelist_walker")
     if w is None:
         w = mm.__dict__["_freelist_walker"] = FreeListWalker(mm)
@@ -517,7 +582,18 @@ def walker(mm: MM) -> FreeListWalker:
 
 
 def freelists(mm: MM, *, pcp: bool = True) -> list[ZoneFreeLists]:
-    """Walk every populated zone's free lists (and per-CPU lists)."""
+    """
+    Walk every populated zone's free lists and, unless *pcp* is false, its per-CPU lists
+    (bounded, cycle-checked: see the module's documentation).
+
+    :param mm: the context of the target
+    :param pcp: also walk the per-CPU lists
+    :return: one :class:`ZoneFreeLists` per populated zone (online nodes, then
+        ``node_zones[]`` order)
+    :raises TargetError: a type or member is missing from the debug info
+    :raises FaultError: a zone's ``free_area[]`` cannot be read (an unreadable list
+        entry or per_cpu_pages is a :class:`Problem` instead)
+    """
     w = walker(mm)
     return [w.zone(z, pcp=pcp) for z in mm.all_zones()]
 
