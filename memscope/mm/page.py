@@ -717,6 +717,27 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
 # --- records -------------------------------------------------------------------------
 @dataclasses.dataclass
 class ZonePages:
+    """
+    The pages of one zone by class (:func:`zone_counts`, the ``pages`` command).
+
+    Pages are counted over the zone's span, pfns [``start_pfn``, ``end_pfn``); where
+    spans overlap (ZONE_MOVABLE, interleaved nodes) a pfn counts for the later zone in
+    node and ``node_zones[]`` order only.
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``start_pfn``, ``end_pfn``: ``zone->zone_start_pfn`` and ``zone_start_pfn +
+      spanned_pages`` (exclusive).
+    - ``counts``: class -> pages, every class of :data:`CLASSES` present (0 when none);
+      they add up to the pfns of the span the zone owns, holes included.
+    - ``buddy_blocks``: free buddy blocks per order (one entry per ``free_area[]``
+      element), counted from the memmap (first pages that are PageBuddy with the order in
+      ``page->private``), not from the lists.
+    - ``pcp_pages``: pages on the per-CPU lists (``counts["pcp"]``).
+    - ``compound_tails``: pages that are tails of a compound page (whatever their class).
+    - ``inconsistent``: pages whose struct page contradicts the others (see the module's
+      documentation; 0 on a frozen dump).
+    """
+
     node: int
     zone: str
     start_pfn: int
@@ -729,6 +750,17 @@ class ZonePages:
 
 
 def zone_counts(mm: MM) -> list[ZonePages]:
+    """
+    Count the classified pages of every populated zone (the ``pages`` command).
+
+    :param mm: the context of the target (the memmap is decoded once per context)
+    :return: one :class:`ZonePages` per populated zone, online nodes then
+        ``node_zones[]`` order
+    :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
+        located (``mem_section``, SECTION_SIZE_BITS, vmemmap)
+    :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read (an
+        unreadable part of the memmap is holes instead)
+    """
     pm = memmap(mm)
     n = pm.nr_pages
     out = []
@@ -756,7 +788,17 @@ def zone_counts(mm: MM) -> list[ZonePages]:
 
 
 def flag_names(pl: PageLayout, flags: int) -> list[str]:
-    """Names of the set page flags (the canonical PG_ names; aliases skipped)."""
+    """
+    Name the set bits of a ``page->flags`` word from ``enum pageflags``
+    (include/linux/page-flags.h), without the ``PG_`` prefix; of the enumerators that
+    share a bit (aliases such as PG_owner_priv_1 / PG_checked) the first in the enum is
+    used.
+
+    :param pl: the probed struct page layout
+    :param flags: the flags word (callers pass its low 32 bits: the zone, node and
+        section numbers live in the top bits)
+    :return: names in bit order, e.g. ``["uptodate", "lru", "head"]``
+    """
     by_bit: dict[int, str] = {}
     for name, bit in pl.pageflags.items():
         by_bit.setdefault(bit, name)
@@ -765,6 +807,38 @@ def flag_names(pl: PageLayout, flags: int) -> list[str]:
 
 @dataclasses.dataclass
 class PageRecord:
+    """
+    One page's ``struct page`` decoded and classified (:func:`page_records`, ``pages
+    --pfn``).
+
+    - ``pfn``: the page frame number.
+    - ``cls``: its class, a name of :data:`CLASSES` (the module's documentation says how
+      it is decided); ``"hole"`` when there is no readable struct page or the pfn lies
+      outside every zone.
+    - ``flags``: the set ``page->flags`` bits below bit 32 (``flags.f`` on 7.2) of this
+      struct page itself (a tail's word is not its head's), by :func:`flag_names`.
+    - ``order``: the order of the free block this page starts (buddy: ``page->private``
+      of a PageBuddy page; pcp: the list's order), else None.
+    - ``refcount``: ``page->_refcount`` (signed 32-bit).
+    - ``mapcount``: ``page->_mapcount + 1`` (0 for a page mapped nowhere), the raw word of
+      this page alone; None when the word holds a page type instead.
+    - ``page_type``: the type held in the ``_mapcount`` / ``page_type`` word, without
+      prefix: 6.10+ the ``enum pagetype`` name without ``PGTY_`` ("buddy", "slab",
+      "table", "hugetlb", ...); 5.10-6.9 "buddy", "offline" or "table"; a hex number for
+      a type memscope does not know; None when the word is a mapcount.
+    - ``mapping``: ``page->mapping`` as stored (bit 0 PAGE_MAPPING_ANON, bit 1
+      PAGE_MAPPING_MOVABLE).
+    - ``index``: ``page->index`` (7.x ``__folio_index``).
+    - ``private``: ``page->private``.
+    - ``head_pfn``: for a compound tail, its head's pfn (from ``compound_head``, 7.x
+      ``compound_info``), else None.
+    - ``inconsistent``: the struct page contradicts the others (see the module's
+      documentation).
+
+    A pfn without a readable struct page has every other field empty: ``flags=[]``,
+    ``refcount=0``, ``mapping=index=private=0``, the rest None or False.
+    """
+
     pfn: int
     cls: str
     flags: list[str]
@@ -780,7 +854,16 @@ class PageRecord:
 
 
 def page_records(mm: MM, lo: int, hi: int) -> list[PageRecord]:
-    """Pages [lo, hi) of the memmap as records (`pages --pfn`)."""
+    """
+    Get the pages of pfns [*lo*, *hi*) as records (``pages --pfn``).
+
+    :param mm: the context of the target (the memmap is decoded once per context)
+    :param lo: first pfn (``lo >= 0``)
+    :param hi: end pfn, exclusive; clipped to the end of the last zone's span
+    :return: one :class:`PageRecord` per pfn, in pfn order
+    :raises TargetError: as :func:`zone_counts`
+    :raises FaultError: as :func:`zone_counts`
+    """
     pm = memmap(mm)
     pl = page_layout(mm)
     hi = min(hi, pm.nr_pages)
