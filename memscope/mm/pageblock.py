@@ -34,6 +34,17 @@ from .zone import MM, Zone
 
 @dataclasses.dataclass(frozen=True)
 class PageblockBits:
+    """
+    Where a pageblock's state lies in its NR_PAGEBLOCK_BITS bits (``enum pageblock_bits``,
+    include/linux/pageblock-flags.h): bit numbers within the block's group.
+
+    - ``nbits``: NR_PAGEBLOCK_BITS (4 on 5.10-6.12, 8 on 7.2).
+    - ``skip_bit``: PB_migrate_skip (6.16+ PB_compact_skip).
+    - ``isolate_bit``: PB_migrate_isolate (6.16+), None where isolation is the
+      migratetype value MIGRATE_ISOLATE.
+    - ``migratetype_mask``: the migratetype bits (0-2).
+    """
+
     nbits: int  # NR_PAGEBLOCK_BITS
     skip_bit: int
     isolate_bit: int | None  # 7.2+: PB_migrate_isolate; None: isolation is a migratetype
@@ -41,6 +52,12 @@ class PageblockBits:
 
 
 def pageblock_bits(mm: MM) -> PageblockBits:
+    """
+    Probe :class:`PageblockBits` from ``enum pageblock_bits`` in the debug info.
+
+    :param mm: the context of the target
+    :raises TargetError: the kernel has no ``enum pageblock_bits``
+    """
     e = mm.t.enum("enum pageblock_bits")
     if "NR_PAGEBLOCK_BITS" in e:
         nbits = e["NR_PAGEBLOCK_BITS"]
@@ -259,6 +276,34 @@ def zone_blocks(mm: MM, z: Zone) -> ZoneBlocks:
 
 @dataclasses.dataclass
 class ZonePageblocks:
+    """
+    The pageblocks of one zone, counted (:func:`zone_pageblocks`, the ``pageblocks``
+    command).  Blocks are those of :class:`ZoneBlocks`: the pfns ``zone_start_pfn + k *
+    pageblock_nr_pages`` below the zone's end; every count is in pageblocks of
+    2^pageblock_order pages except ``mixed_free_pages``.
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``start_pfn``, ``end_pfn``: ``zone_start_pfn`` and ``zone_start_pfn +
+      spanned_pages`` (exclusive).
+    - ``pageblock_order``: ``pageblock_order`` (9 on the lab kernels).
+    - ``counts``: migratetype name -> blocks of that migratetype
+      (get_pageblock_migratetype(), MIGRATE_ISOLATE for 7.2's isolate bit), blocks
+      without an online struct page left out, as /proc/pagetypeinfo's "Number of blocks
+      type" counts them (mm/vmstat.c pagetypeinfo_showblockcount_print(); unlike it, a
+      block whose page belongs to another zone with an overlapping span is counted).
+    - ``skip``: blocks with the compaction skip bit set (mm/compaction.c
+      set_pageblock_skip()).
+    - ``isolate``: blocks isolated (7.2: PB_migrate_isolate; before: migratetype
+      MIGRATE_ISOLATE).
+    - ``mixed``: block migratetype name -> blocks holding free pages that are on
+      another migratetype's free list.
+    - ``mixed_free_pages``: pages in free blocks on a list other than their block's
+      migratetype.
+    - ``list_findings``: what the free-list walk found wrong with the lists themselves
+      (``str()`` of each :class:`memscope.mm.freelists.Problem`, counter mismatches
+      left out).
+    """
+
     node: int
     zone: str
     start_pfn: int
@@ -273,7 +318,17 @@ class ZonePageblocks:
 
 
 def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
-    """One :class:`ZonePageblocks` per zone with pages: the counts of :func:`zone_blocks`."""
+    """
+    Count the pageblocks of every populated zone (the counts of :func:`zone_blocks`).
+
+    :param mm: the context of the target
+    :return: one :class:`ZonePageblocks` per populated zone, online nodes then
+        ``node_zones[]`` order
+    :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
+        located (``mem_section``, SECTION_SIZE_BITS)
+    :raises FaultError: a ``struct zone``, its ``free_area[]`` or a ``mem_section[]`` root
+        cannot be read (an unreadable ``usage`` map leaves its blocks unknown instead)
+    """
     po = pageblock_order(mm)
     names = migratetype_names(mm)
     out = []
@@ -290,8 +345,14 @@ def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
 
 
 def format_blockcount(mm: MM, rows: list[ZonePageblocks]) -> str:
-    """The "Number of blocks type" section of /proc/pagetypeinfo, byte for byte
-    (pagetypeinfo_showblockcount)."""
+    """
+    Print the "Number of blocks type" section of /proc/pagetypeinfo from ROWS' counts,
+    byte for byte (mm/vmstat.c pagetypeinfo_showblockcount()), starting with its blank
+    line.
+
+    :param mm: the context of the target (for ``migratetype_names[]``)
+    :param rows: :func:`zone_pageblocks`'s records
+    """
     names = migratetype_names(mm)
     s = "\n%-23s" % "Number of blocks type "
     s += "".join("%12s " % n for n in names) + "\n"
