@@ -15,7 +15,18 @@ from ..target.base import Target, TargetError
 
 @dataclasses.dataclass(frozen=True)
 class Zone:
-    """One ``struct zone``: where it is and the counters every command shares."""
+    """
+    One ``struct zone`` (include/linux/mmzone.h): where it is and the counters every
+    command shares, read once per context.
+
+    - ``node``: the node id; ``index``: its index in ``pgdat->node_zones[]`` (``enum
+      zone_type``: ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE, ...).
+    - ``name``: ``zone->name``.
+    - ``address``: the ``struct zone``'s kernel virtual address.
+    - ``zone_start_pfn``; ``spanned_pages``, ``present_pages`` and ``managed_pages``
+      (pages: the span, the pages that exist in it, the pages the buddy allocator
+      manages).  :attr:`end_pfn` is ``zone_start_pfn + spanned_pages`` (exclusive).
+    """
 
     node: int
     index: int  # index in pgdat->node_zones (enum zone_type)
