@@ -122,8 +122,10 @@ def test_superblock_inodes_and_dentry_aliases_match_drgn(real_kernel):
     got_sbs, problems = _walk_entries(t, "struct super_block", sbs.value_(), "s_list",
                                       1 << 12, "super_blocks")
     assert problems == [] and got_sbs == [s.value_() for s in want_sbs]
-    # d_u is a named member of an unnamed union: Target.layout() cannot name its type.
-    alias = drgn.offsetof(prog.type("struct dentry"), "d_u.d_alias")
+    # d_alias: in the named union d_u to 6.x (whose type Target.layout() cannot name: it
+    # has none), in an unnamed one in 7.x.
+    member = "d_alias" if t.layout("struct dentry").has("d_alias") else "d_u.d_alias"
+    alias = drgn.offsetof(prog.type("struct dentry"), member)
     inodes = aliases = 0
     for sb in want_sbs:
         head = sb.s_inodes.address_of_()
@@ -133,7 +135,7 @@ def test_superblock_inodes_and_dentry_aliases_match_drgn(real_kernel):
         assert problems == [] and got == [i.value_() for i in want]
         for inode in want:
             h = inode.i_dentry.address_of_()
-            w = [d.value_() for d in hlist_for_each_entry("struct dentry", h, "d_u.d_alias")]
+            w = [d.value_() for d in hlist_for_each_entry("struct dentry", h, member)]
             problems = []
             g = [n - alias for n in klist.hlist_for_each(t, h.value_(), bound=1 << 20,
                                                          problems=problems)]
@@ -154,3 +156,27 @@ def test_empty_lists(real_kernel):
                 for fl in area.free_list:
                     empty = fl.next.value_() == fl.address_of_().value_()
                     assert klist.list_empty(t, fl.address_of_().value_()) == empty
+
+
+def test_pid_hlists_match_drgn(real_kernel):
+    """Each struct pid's tasks[type] hlists (kernel/pid.c), linked through
+    task_struct.pid_links[type]: init_struct_pid's session and process group hold every
+    kernel thread, each task's own pid its task (an indexed member path)."""
+    prog, t = open_dump(real_kernel)
+    from drgn.helpers.linux.pid import for_each_task
+    pids = {prog["init_struct_pid"].address_of_().value_(): prog["init_struct_pid"].address_of_()}
+    for task in for_each_task(prog):
+        pids.setdefault(task.thread_pid.value_(), task.thread_pid)
+    nodes = 0
+    for pid in pids.values():
+        for typ in range(len(pid.tasks)):
+            head = pid.tasks[typ].address_of_()
+            want = [x.value_() for x in hlist_for_each_entry("struct task_struct", head,
+                                                             f"pid_links[{typ}]")]
+            problems = []
+            got = list(klist.hlist_for_each_entry(t, "struct task_struct", head.value_(),
+                                                   f"pid_links[{typ}]", bound=1 << 22,
+                                                   problems=problems))
+            assert problems == [] and got == want
+            nodes += len(got)
+    assert nodes > 50

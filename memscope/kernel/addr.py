@@ -41,8 +41,8 @@ import dataclasses
 
 from ..target.base import Target, TargetError
 
-__all__ = ("KernelLayout", "kernel_layout", "phys_to_virt", "region", "virt_to_phys",
-           "START_KERNEL_MAP")
+__all__ = ("KernelLayout", "is_kernel_address", "kernel_layout", "phys_to_virt", "region",
+           "virt_to_phys", "START_KERNEL_MAP")
 
 MASK64 = (1 << 64) - 1
 
@@ -83,6 +83,14 @@ class KernelLayout:
     kimage_map_end: int  # the end of what __pa_symbol() translates
     modules_start: int
     modules_end: int
+
+
+def is_kernel_address(p: int) -> bool:
+    """Whether P is in the kernel's half of the address space (bit 63 set, on x86_64 and
+    arm64 alike).  The walks reject other pointers before reading them: NULL and small
+    values are corruption, and a QEMU vmcore read through drgn answers low addresses
+    with physical memory instead of faulting."""
+    return p >> 63 == 1
 
 
 def _vmcoreinfo_number(t: Target, key: str) -> int | None:

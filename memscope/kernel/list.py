@@ -9,7 +9,8 @@ instead of an exception or a hang:
 - at most BOUND entries (the caller's bound, derived from the dump: a counter, the number
   of pages...); one more is ``too_long`` and stops the walk;
 - an entry seen before is a ``cycle`` and stops the walk;
-- a pointer that cannot be read (NULL included) is ``unreadable`` and stops the walk;
+- a pointer that cannot be read, or is not a kernel address (NULL included), is
+  ``unreadable`` and stops the walk;
 - each entry's back link (``prev``; ``pprev`` for hash lists) must point to the entry
   before it, and the head's ``prev`` to the last entry: else ``broken_link`` (the walk
   goes on, as the kernel's forward walk would);
@@ -25,6 +26,7 @@ import struct
 from typing import Callable, Iterator
 
 from ..target.base import FaultError, Target
+from .addr import is_kernel_address
 from .fields import offsetof
 from .problem import Problem, ProblemSink
 
@@ -39,7 +41,10 @@ Reader = Callable[[int, int], bytes]
 
 
 def _links(read: Reader, address: int) -> tuple[int, int] | None:
-    """The two pointers of the list_head or hlist_node at ADDRESS, or None (unreadable)."""
+    """The two pointers of the list_head or hlist_node at ADDRESS, or None (unreadable,
+    or not a kernel address: NULL included)."""
+    if not is_kernel_address(address):
+        return None
     try:
         return _LINK.unpack(read(address, 16))
     except FaultError:
@@ -133,6 +138,8 @@ def hlist_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
     read = read or t.read
     sink = ProblemSink(problems, where or f"hlist {head:#x}")
     try:
+        if not is_kernel_address(head):
+            raise FaultError(head, 8)
         pos = int.from_bytes(read(head, 8), "little")
     except FaultError:
         sink.add("unreadable", f"hlist head {head:#x} cannot be read")

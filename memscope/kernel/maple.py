@@ -25,6 +25,7 @@ import struct
 from typing import Iterator
 
 from ..target.base import FaultError, Target
+from .addr import is_kernel_address
 from .list import Reader
 from .problem import Problem, ProblemSink
 from .xarray import XA_ZERO_ENTRY, xa_is_node
@@ -179,6 +180,8 @@ def mt_for_each(t: Target, mt: int, *, bound: int, problems: list[Problem],
             sink.add("bad_node", f"node pointer {enode:#x} has unknown type {typ}")
         else:
             try:
+                if not is_kernel_address(node):
+                    raise FaultError(node, lay.size)
                 raw = read(node, lay.size)
             except FaultError:
                 raw = None

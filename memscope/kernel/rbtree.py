@@ -15,6 +15,7 @@ import struct
 from typing import Iterator
 
 from ..target.base import FaultError, Target
+from .addr import is_kernel_address
 from .fields import offsetof
 from .list import Reader
 from .problem import Problem, ProblemSink
@@ -75,6 +76,8 @@ def rbtree_inorder_for_each(t: Target, root: int, *, bound: int, problems: list[
                 sink.add("too_long", f"more than {bound} nodes: walk stopped")
                 return
             try:
+                if not is_kernel_address(node):
+                    raise FaultError(node, lay.size)
                 raw = read(node, lay.size)
             except FaultError:
                 sink.add("unreadable", f"node {node:#x} (a child of {parent:#x}) cannot "

@@ -22,6 +22,7 @@ import struct
 from typing import Iterator
 
 from ..target.base import FaultError, Target
+from .addr import is_kernel_address
 from .list import Reader
 from .problem import Problem, ProblemSink
 
@@ -164,6 +165,8 @@ def xa_for_each(t: Target, xa: int, *, bound: int, problems: list[Problem],
             sink.add("too_long", f"more than {max_nodes} nodes: walk stopped")
             return None
         try:
+            if not is_kernel_address(node):
+                raise FaultError(node, lay.size)
             raw = read(node, lay.size)
         except FaultError:
             sink.add("unreadable", f"node {node:#x} (under {parent:#x}) cannot be read")
