@@ -510,17 +510,34 @@ def test_the_heap_process_pages_are_anon(real_kernel):
     assert checked > 20
 
 
+# Where each real-kernel case's workload leaves its pagecache-frag files
+# (fixtures/workloads/pagecache-frag.sh N: files f0 .. f{N-1} of 8 KiB, the even ones
+# deleted): mixed.sh runs it with 3000 in /tmp/pagecache; numa.sh with 1500 on each CPU
+# (node) and moves them to /tmp/node0/pagecache and /tmp/node1/pagecache.
+PAGECACHE_FILES = {
+    "mixed": [("/tmp/pagecache", 3000)],
+    "numa": [("/tmp/node0/pagecache", 1500), ("/tmp/node1/pagecache", 1500)],
+}
+
+
 def test_the_workload_tmpfs_files_are_page_cache(real_kernel):
+    """Both pages of every 50th file the workload kept and of its last one, found with
+    drgn (path lookup, about 0.1 s a file, and the file's page-cache xarray), are page
+    cache."""
     mm = mm_for(real_kernel)
     prog = mm.t.prog
     pm = mpage.memmap(mm)
-    if real_kernel.meta["workload_name"] != "mixed":
-        pytest.skip("the pagecache-frag files belong to the mixed workload")
-    for name in ("f1", "f3", "f2999"):
-        inode = path_lookup(prog, f"/tmp/pagecache/{name}").dentry.d_inode
-        entry = xa_load(inode.i_mapping.i_pages.address_of_(), 0)
-        pfn = page_to_pfn(drgn.cast("struct page *", entry)).value_()
-        assert mpage.CLASSES[pm.cls[pfn]] == "pagecache"
+    checked = 0
+    for directory, n in PAGECACHE_FILES[real_kernel.meta["workload_name"]]:
+        kept = range(1, n, 2)
+        for i in [*kept[::50], kept[-1]]:
+            inode = path_lookup(prog, f"{directory}/f{i}").dentry.d_inode
+            for index in range(2):
+                entry = xa_load(inode.i_mapping.i_pages.address_of_(), index)
+                pfn = page_to_pfn(drgn.cast("struct page *", entry)).value_()
+                assert mpage.CLASSES[pm.cls[pfn]] == "pagecache", (directory, i, index, pfn)
+                checked += 1
+    assert checked >= 60
 
 
 def memscope(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -528,17 +545,32 @@ def memscope(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_pages_pfn_lists_a_range_as_json(lab_case, tmp_path):
-    snap = lab_case("6.12")
-    pm = mpage.memmap(mm_for(snap))
-    lo = int(np.flatnonzero(pm.cls == mpage.C["slab"])[0])
-    p = memscope("-c", str(snap.vmcore), "-s", str(snap.vmlinux), "pages", "--pfn",
-                 f"{lo:#x}-{lo + 15:#x}", "-f", "json")
+def test_pages_pfn_range_holes_and_reserved_pages_are_what_drgn_reads(real_kernel):
+    """`pages --pfn` over the 512 pfns from 16 before the first zone: a pfn is a hole
+    exactly when drgn finds no valid struct page for it or it lies outside every zone's
+    span, its flags name "reserved" exactly when drgn reads PG_reserved, and its class is
+    "reserved" exactly then (outside holes).  The range holds both: x86_64's pfn 0 (before
+    the DMA zone, which starts at pfn 1) and its reserved BIOS pages, arm64's pfns below
+    its RAM."""
+    prog = mm_for(real_kernel).t.prog
+    spans = drgn_zone_spans(prog)
+    lo = max(min(start for start, _ in spans) - 16, 0)
+    hi = lo + 512
+    p = memscope("-c", str(real_kernel.vmcore), "-s", str(real_kernel.vmlinux), "pages",
+                 "--pfn", f"{lo:#x}-{hi - 1:#x}", "-f", "json")
     assert p.returncode == 0, p.stderr
     recs = json.loads(p.stdout)
-    assert [r["pfn"] for r in recs] == list(range(lo, lo + 16))
-    assert [r["cls"] for r in recs] == [mpage.CLASSES[c] for c in pm.cls[lo:lo + 16]]
-    assert recs[0]["cls"] == "slab"
+    assert [r["pfn"] for r in recs] == list(range(lo, hi))
+    valid = drgn_valid_pfns(prog, hi)
+    in_zone = np.zeros(hi, bool)
+    for start, end in spans:
+        in_zone[start:min(end, hi)] = True
+    hole = ~(valid & in_zone)[lo:hi]
+    reserved = drgn_reserved(prog, lo, hi, valid)
+    assert [r["cls"] == "hole" for r in recs] == hole.tolist()
+    assert [r["cls"] == "reserved" for r in recs] == (reserved & ~hole).tolist()
+    assert [("reserved" in r["flags"]) for r in recs] == reserved.tolist()
+    assert hole.any() and (reserved & ~hole).any()
 
 
 def test_pages_png_is_a_png_of_the_map(lab_case, tmp_path):
