@@ -1,6 +1,9 @@
-"""`check` on every real dump, and on copies of a real vmcore whose free lists the test
+"""`check` on every real dump, and on copies of real vmcores whose free lists the test
 corrupted (a cycle, a pointer outside memory, a wrong nr_free, a wrong order, a page that is
-not PageBuddy): a clear message, exit status 1, no hang.  A truncated vmcore and a vmlinux
+not PageBuddy): a clear message, exit status 1, no hang.  The corruptions run on 5.10 (the
+old page_type encoding, a type set by clearing its bit below PAGE_TYPE_BASE), 6.12 (enum
+pagetype in the top byte) and 7.2 (the same, 8-bit pageblock flags, typed large kmalloc);
+the page_type words written are derived from each dump's own debug info and VMCOREINFO.  A truncated vmcore and a vmlinux
 from another kernel are one-line errors with exit status 2."""
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import sys
 import pytest
 
 
-# The corruption tests run on one x86_64 kernel (the file offsets are found the same way
-# on every kernel; one is enough to test the walker's reactions).
+# The unusable-input tests run on one x86_64 kernel; the corruptions on one kernel of each
+# page_type encoding and layout.
 CORRUPT_KERNEL = "6.12"
+CORRUPT_KERNELS = ["5.10", "6.12", "7.2"]
 
 
 def run_cli(*args: str, timeout: float = 300):
@@ -83,15 +87,47 @@ class ElfCore:
                 f.write(old)
 
 
-@pytest.fixture(scope="module")
-def corruptible(lab_case, tmp_path_factory):
+def page_type_words(prog) -> dict[str, list[int]]:
+    """page_type words for a free block's first page, from the dump's own encoding:
+    "buddy" (PageBuddy), "not_buddy" (words the kernel's PageBuddy() refuses: an ordinary
+    unmapped page, another page type, a near miss of the buddy encoding) and "still_buddy"
+    (words PageBuddy() accepts although they differ from the one the kernel writes).
+
+    6.10+ (commit 4ffca5a96678 "mm: support only one page_type per page"): PageBuddy() is
+    ``page_type >> 24 == PGTY_buddy``, from enum pagetype.  5.10/6.1: PageBuddy() is
+    ``(page_type & (PAGE_TYPE_BASE | PG_buddy)) == PAGE_TYPE_BASE``; VMCOREINFO exports
+    PAGE_BUDDY_MAPCOUNT_VALUE (~PG_buddy) and PAGE_OFFLINE_MAPCOUNT_VALUE (~PG_offline);
+    PAGE_TYPE_BASE (0xf0000000, include/linux/page-flags.h) is a #define, in no debug
+    info."""
+    m32 = 0xFFFFFFFF
+    try:
+        enum = {e.name: e.value for e in prog.type("enum pagetype").enumerators}
+    except LookupError:
+        enum = None
+    if enum is not None:
+        buddy = enum["PGTY_buddy"] << 24
+        return dict(buddy=[buddy],
+                    not_buddy=[m32, enum["PGTY_table"] << 24, enum["PGTY_buddy"]],
+                    still_buddy=[buddy | 0x00ABCDEF])
+    info = dict(line.split("=", 1) for line in
+                prog["vmcoreinfo_data"].string_().decode().splitlines() if "=" in line)
+    buddy = int(info["NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)"]) & m32
+    offline = int(info["NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)"]) & m32
+    page_type_base = 0xF0000000
+    return dict(buddy=[buddy],
+                not_buddy=[m32, offline, buddy & ~page_type_base & m32],
+                still_buddy=[buddy & offline])
+
+
+@pytest.fixture(scope="module", params=CORRUPT_KERNELS)
+def corruptible(request, lab_case, tmp_path_factory):
     """A private copy of a real vmcore, and where its free lists are (found with drgn's
     own helpers, in the test only)."""
     import drgn
     from drgn.helpers.linux.list import list_for_each
     from drgn.helpers.linux.mm import follow_phys
 
-    snap = lab_case(CORRUPT_KERNEL)
+    snap = lab_case(request.param)
     copy = tmp_path_factory.mktemp("vmcore") / "vmcore"
     shutil.copyfile(snap.vmcore, copy)
     prog = drgn.Program()
@@ -124,6 +160,10 @@ def corruptible(lab_case, tmp_path_factory):
     best["pages"] = [e - link for e in best["entries"]]
     best["private_off"] = prog.type("struct page").member("private").offset
     best["page_type_off"] = prog.type("struct page").member("page_type").offset
+    best["page_type"] = page_type_words(prog)
+    # The block the page_type tests rewrite is PageBuddy in the dump as the kernel wrote it.
+    page = drgn.Object(prog, "struct page *", best["pages"][3])
+    assert page.page_type.value_() in best["page_type"]["buddy"]
     best["phys"] = phys
     return ElfCore(copy), snap, best
 
@@ -178,13 +218,24 @@ def test_check_reports_a_block_with_the_wrong_order(corruptible):
         assert [p["kind"] for p in ps] == ["wrong_order"]
 
 
-def test_check_reports_a_block_that_is_not_page_buddy(corruptible):
+@pytest.mark.parametrize("which", range(3))
+def test_check_reports_a_block_that_is_not_page_buddy(corruptible, which):
     core, snap, fl = corruptible
     page = fl["pages"][3]
-    with core.patched(fl["phys"](page + fl["page_type_off"]), struct.pack("<I", 0xFFFFFFFF)):
+    word = fl["page_type"]["not_buddy"][which]
+    with core.patched(fl["phys"](page + fl["page_type_off"]), struct.pack("<I", word)):
         ps = _problems(check(core.path, snap.vmlinux, "-f", "json"))
-        assert [p["kind"] for p in ps] == ["not_buddy"]
+        assert [p["kind"] for p in ps] == ["not_buddy"], hex(word)
         assert "is not PageBuddy" in ps[0]["message"]
+
+
+def test_check_accepts_every_page_type_word_the_kernel_calls_page_buddy(corruptible):
+    core, snap, fl = corruptible
+    page = fl["pages"][3]
+    for word in fl["page_type"]["still_buddy"]:
+        with core.patched(fl["phys"](page + fl["page_type_off"]), struct.pack("<I", word)):
+            r = check(core.path, snap.vmlinux, "-f", "json")
+            assert r.returncode == 0, (hex(word), r.stdout + r.stderr)
 
 
 def test_the_corrupting_fixture_restores_the_copy(corruptible):
