@@ -190,7 +190,7 @@ def frag(mm, args) -> Result:
 
     def proc() -> str:
         if args.proc_file == "extfrag_index":
-            return mfrag.format_extfrag_index(rows)
+            return mfrag.format_extfrag_index(rows, mfrag.extfrag_index_width(mm))
         return mfrag.format_unusable_index(rows)
 
     return Result([dataclasses.asdict(r) for r in rows], table, proc)
