@@ -22,7 +22,7 @@ from PIL import Image
 
 from memscope.report import png
 
-from test_pages import buddyinfo
+from test_pages import _heap_task, buddyinfo
 from test_pageblocks import truth_blockcounts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +65,6 @@ def _zones(snap):
     from memscope.mm.page import zones
     from test_pages import mm_for
     return zones(mm_for(snap))
-
-
-def _heap_task(snap) -> tuple[int, str]:
-    """The pid and /proc/PID/maps of the workload's process tracked as "heap"."""
-    for d in snap.dir.joinpath("truth").iterdir():
-        if (d / "label").is_file() and (d / "label").read_text().strip() == "heap":
-            return int(d.name), (d / "maps").read_text()
-    raise AssertionError("no tracked heap process in the truth")
 
 
 def test_the_heap_process_is_drawn_in_the_anon_colour(lab_case, tmp_path):
