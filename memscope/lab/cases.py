@@ -22,8 +22,9 @@ CASES: dict[str, dict] = {
     "6.1": dict(kernel="6.1", workload="mixed"),
     "6.12": dict(kernel="6.12", workload="mixed"),
     "7.2": dict(kernel="7.2", workload="mixed"),
-    "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024),
-    "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2),
+    # 1 GiB guests: their boot and workload take 4-8 minutes of TCG on a busy machine.
+    "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024, timeout=1200),
+    "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2, timeout=1200),
     # Two named snapshots of one run with page-cache work in between, plus the final one.
     "6.12-snapshots": dict(kernel="6.12", workload="snapshots"),
     "6.12-4g": dict(kernel="6.12", workload="mixed", mem=4096),  # benchmarks only
