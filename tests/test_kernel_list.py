@@ -5,7 +5,6 @@ every chain of the inode hash table (an hlist)."""
 from __future__ import annotations
 
 import drgn
-import pytest
 from drgn.helpers.linux.list import (hlist_for_each_entry, list_for_each,
                                      list_for_each_entry)
 from drgn.helpers.linux.mmzone import for_each_online_pgdat

@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
-from ..target.base import FaultError, Target
+from ..target.base import FaultError, Target, TargetError
 from .addr import is_kernel_address
 from .list import Reader
 from .problem import Problem, ProblemSink
@@ -111,8 +111,6 @@ def mtree_load(t: Target, mt: int, index: int, *, advanced: bool = False) -> int
     :param advanced: return zero entries (XA_ZERO_ENTRY) instead of 0.
     :raises FaultError: a node on the way cannot be read.
     :raises TargetError: a node has an unknown type or bad pivots."""
-    from ..target.base import TargetError
-
     lay = _Layout(t)
     entry = t.read_u64(mt + lay.root)
     if not xa_is_node(entry):
