@@ -59,12 +59,25 @@ GFP_CLASSES = ("kernel", "movable", "atomic")
 
 @dataclasses.dataclass(frozen=True)
 class ContigPageInfo:
+    """
+    mm/vmstat.c ``struct contig_page_info``, for one zone and one order: ``free_pages``
+    (pages in every free block), ``free_blocks_total`` (free blocks of every order) and
+    ``free_blocks_suitable`` (how many blocks of the requested order the free blocks of
+    that order and above make).
+    """
+
     free_pages: int
     free_blocks_total: int
     free_blocks_suitable: int
 
 
 def fill_contig_page_info(nr_free: list[int], suitable_order: int) -> ContigPageInfo:
+    """
+    mm/vmstat.c fill_contig_page_info() on one zone's ``free_area[order].nr_free``.
+
+    :param nr_free: free blocks per order
+    :param suitable_order: the order of the request
+    """
     free_pages = total = suitable = 0
     for order, blocks in enumerate(nr_free):
         total += blocks
@@ -300,6 +313,33 @@ def gfp_flags(mm: MM, gfp: str, order: int) -> tuple[int, AllocFlags, AllocFlags
 
 @dataclasses.dataclass
 class OrderFrag:
+    """
+    One order of one zone in :class:`ZoneFrag`: its fragmentation and whether an
+    allocation of that order would be granted now.
+
+    - ``order``: the order (a request for 2^order pages).
+    - ``nr_free``: ``free_area[order].nr_free`` (blocks); ``free_pages``: the pages they
+      hold, ``nr_free << order``.
+    - ``unusable_index``: mm/vmstat.c unusable_free_index(), in thousandths: the part of
+      the zone's free pages in blocks too small for this order (0: none, 1000: all, or no
+      free page at all).
+    - ``extfrag_index``: mm/vmstat.c __fragmentation_index(), in thousandths: -1000 when
+      a block of this order or larger is free (the request would not fail); otherwise
+      towards 0 a failure would be for lack of memory, towards 1000 for fragmentation;
+      negative values above -1000 are possible when few free blocks are left (a zone
+      whose only free block has order ``order - 1`` gives -500); 0 when the zone has no
+      free block.
+    - ``unusable``, ``extfrag``: the same as the kernel prints them, ``"%d.%03d"`` of C's
+      truncating quotient and remainder by 1000 (-1000 is "-1.000", -500 "0.-500");
+      :func:`format_extfrag_index` pads the whole part as 5.16+ does.
+    - ``ok_fast``: mm/page_alloc.c zone_watermark_fast() passes against the low mark
+      (wmark_pages(): ``_watermark[WMARK_LOW]`` + boost) with the fast path's alloc
+      flags (get_page_from_freelist()'s first try).
+    - ``ok_min``: it passes against the min mark with the class's slow-path flags
+      (gfp_to_alloc_flags(), before any reclaim or compaction).
+    - ``succeeds``: ``ok_fast or ok_min``.
+    """
+
     order: int
     nr_free: int
     free_pages: int
@@ -314,6 +354,32 @@ class OrderFrag:
 
 @dataclasses.dataclass
 class ZoneFrag:
+    """
+    One zone of :func:`zone_frag` (the ``frag`` command), for one ``--gfp`` class; every
+    counter in pages.
+
+    - ``node``, ``zone``: node id and zone name.
+    - ``free_pages_counter``: ``zone->vm_stat[NR_FREE_PAGES]`` as stored (signed, not
+      clamped, CPUs' ``vm_stat_diff`` not folded in: unlike
+      :attr:`memscope.mm.freelists.ZoneFreeLists.free_pages_counter`); the watermark
+      checks use it clamped at 0, as zone_page_state() does.
+    - ``watermarks``: ``{"min", "low", "high"}`` from ``zone->_watermark[WMARK_*]``
+      (without the boost) and ``"boost"``: ``zone->watermark_boost`` (0 when the kernel
+      has none); wmark_pages() is the mark plus the boost.
+    - ``lowmem_reserve``: ``zone->lowmem_reserve[]``, one entry per zone type (the pages
+      this zone keeps back from requests whose highest zone is that type).
+    - ``highatomic``: ``{"reserved": zone->nr_reserved_highatomic, "free":
+      zone->nr_free_highatomic}``; "free" is None on kernels without that counter
+      (5.10, 6.1).
+    - ``free_cma``: ``zone->vm_stat[NR_FREE_CMA_PAGES]`` clamped at 0 (0 without the
+      item).
+    - ``gfp``: the class the decisions are for (``"kernel"``, ``"movable"``,
+      ``"atomic"``).
+    - ``largest_free_order``: the highest order with a non-zero ``nr_free``, None when
+      the zone has no free block.
+    - ``orders``: one :class:`OrderFrag` per order, 0 to NR_PAGE_ORDERS - 1.
+    """
+
     node: int
     zone: str
     free_pages_counter: int
@@ -327,6 +393,18 @@ class ZoneFrag:
 
 
 def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
+    """
+    Get the fragmentation indices and the allocation decisions of every populated zone
+    and order, each zone read once (:func:`zone_state`).
+
+    :param mm: the context of the target
+    :param gfp: one of :data:`GFP_CLASSES`: ``"kernel"``, ``"movable"``, ``"atomic"``
+    :return: one :class:`ZoneFrag` per populated zone, online nodes then
+        ``node_zones[]`` order
+    :raises TargetError: *gfp* is not one of :data:`GFP_CLASSES` (raised at the first
+        zone), or a type, member or enumerator is missing from the debug info
+    :raises FaultError: a ``struct zone`` cannot be read
+    """
     out = []
     max_order = mm.nr_orders - 1
     for z in mm.all_zones():
@@ -351,7 +429,10 @@ def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
 
 
 def format_unusable_index(rows: list[ZoneFrag]) -> str:
-    """/sys/kernel/debug/extfrag/unusable_index (mm/vmstat.c unusable_show_print)."""
+    """
+    Print ROWS as /sys/kernel/debug/extfrag/unusable_index (mm/vmstat.c
+    unusable_show_print(): ``"%d.%03d "`` per order).
+    """
     return "".join(f"Node {r.node}, zone {r.zone:>8} "
                    + "".join(f"{o.unusable} " for o in r.orders) + "\n" for r in rows)
 
