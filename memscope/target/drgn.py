@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from pathlib import Path
 
 import drgn
 
 from ..errors import MemscopeError
 from .base import FaultError, Layout, Member, Target, TargetError
+from .elf import PT_LOAD, NotElf64, program_headers
 
 
 _TYPEDEF, _ARRAY = drgn.TypeKind.TYPEDEF, drgn.TypeKind.ARRAY
@@ -174,26 +174,17 @@ def _check_elf_core_size(vmcore: Path) -> None:
     would only fail later, at the first read of a missing part)."""
     try:
         with open(vmcore, "rb") as f:
-            ident = f.read(64)
-            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
-                return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)
-            endian = "<" if ident[5] == 1 else ">"
-            phoff, = struct.unpack_from(endian + "Q", ident, 0x20)
-            phentsize, phnum = struct.unpack_from(endian + "HH", ident, 0x36)
-            f.seek(phoff)
-            raw = f.read(phentsize * phnum)
+            phdrs, phnum = program_headers(f)
             size = os.fstat(f.fileno()).st_size
+    except NotElf64:
+        return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)
     except OSError as e:
         raise MemscopeError(f"{vmcore}: cannot read: {e.strerror}") from None
-    if len(raw) < phentsize * phnum:
+    if len(phdrs) < phnum:
         raise MemscopeError(f"{vmcore}: truncated: the file ends inside its ELF program "
                             "headers")
-    need = 0
-    for i in range(phnum):
-        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(endian + "IIQQQQ", raw,
-                                                                 i * phentsize)
-        if p_type == 1:  # PT_LOAD
-            need = max(need, p_offset + p_filesz)
+    need = max((ph.p_offset + ph.p_filesz for ph in phdrs if ph.p_type == PT_LOAD),
+               default=0)
     if need > size:
         raise MemscopeError(f"{vmcore}: truncated: {size} bytes, but its memory segments "
                             f"need {need}")
