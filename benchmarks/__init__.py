@@ -119,13 +119,14 @@ def cli_args(name: str, fmt: str, **extra) -> argparse.Namespace:
 
 
 def run_command(prog, name: str, fmt: str, **extra) -> str:
-    """One command through the CLI's code path: a fresh target and MM, run, render."""
+    """One command through the CLI's code path: a fresh target and context, run, render."""
     from memscope import commands
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.drgn import DrgnTarget
 
     commands._load()
-    return commands.COMMANDS[name].run(MM(DrgnTarget(prog)), cli_args(name, fmt, **extra)) \
+    args = cli_args(name, fmt, **extra)
+    return commands.COMMANDS[name].run(KernelContext(DrgnTarget(prog)), args) \
         .render(fmt)
 
 

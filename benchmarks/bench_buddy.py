@@ -7,7 +7,7 @@ backend against the closest drgn ways of getting the same answer on the same dum
 - drgn's crash-compatible ``kmem -f`` (``kmem -F`` for freelists: it also lists every
   free page), run through ``DEFAULT_COMMAND_NAMESPACE.run(prog, "crash kmem -f")``.
 
-memscope runs each command through the CLI's code path (a fresh DrgnTarget and MM,
+memscope runs each command through the CLI's code path (a fresh DrgnTarget and context,
 ``COMMANDS[name].run(...)``, rendered in the format named in the table).  Each side opens
 its Program once, outside the timing; the cold time (open + first run on a new Program)
 is reported too.  The answers are compared (column "same answer"); ``kmem -f`` prints
@@ -255,10 +255,10 @@ def _compare(name: str, memscope_out: str, drgn_out) -> bool:
 
 def _memscope_pagetypeinfo(prog) -> list[dict]:
     from memscope.mm import buddy
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.drgn import DrgnTarget
 
-    info = buddy.pagetypeinfo(MM(DrgnTarget(prog)))
+    info = buddy.pagetypeinfo(KernelContext(DrgnTarget(prog)))
     return [{"node": z.node, "zone": z.zone, "free": z.free, "blocks": z.blocks}
             for z in info.zones]
 

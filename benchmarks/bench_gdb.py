@@ -8,7 +8,7 @@ Target (issue 3): GDB within 3x of drgn.
 Boots KERNEL (default 6.12, 4096 MB) with ``lab run --keep`` (a vmcore and the paused guest
 with its gdbstub), then:
 
-- drgn: opens the vmcore once, then runs each command N times on a fresh MM/target (so
+- drgn: opens the vmcore once, then runs each command N times on a fresh context/target (so
   that every run reads and decodes again; drgn keeps its parsed debug info, as gdb does);
 - gdb: one gdb session (``file``, ``target remote``, ``source``), the KASLR offset found
   and the session's one-time probes done by a first ``memscope buddyinfo``, then each
@@ -84,7 +84,7 @@ def main() -> int:
 
     from memscope import commands, lab
     from memscope.errors import LabError
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.drgn import DrgnTarget, open_core
 
     commands._load()
@@ -117,7 +117,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 t = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    cmd.run(MM(DrgnTarget(prog)), ns).render(fmt)
+                    cmd.run(KernelContext(DrgnTarget(prog)), ns).render(fmt)
                 times.append(time.perf_counter() - t)
             drgn_times[name] = times
 

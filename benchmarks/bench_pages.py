@@ -11,7 +11,7 @@ against, on the same dump and in the same run:
    - *dropped*: each chunk dropped as soon as read, so the allocator hands the same
      buffer back each time: the bare copy out of drgn, a floor no decode can reach.
 
-``pages`` runs through the CLI's code path (fresh DrgnTarget and MM, nothing cached,
+``pages`` runs through the CLI's code path (fresh DrgnTarget and context, nothing cached,
 rendered as a table).  The naive loop is timed on a sample of pages spread evenly over
 the memmap (--sample, default 100000; 0: all) and scaled to all valid pages.
 
@@ -33,10 +33,10 @@ from . import DEFAULT_CASE, Row, best_of, open_case, open_prog, render, run_comm
 def _chunks(prog):
     """(address, size) of every read `pages` makes of the memmap, and the pages in them."""
     from memscope.mm import page as mpage
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.drgn import DrgnTarget
 
-    mm = MM(DrgnTarget(prog))
+    mm = KernelContext(DrgnTarget(prog))
     s = mpage.sections(mm)
     sz = mpage.page_layout(mm).size
     vm = mpage.vmemmap_base(mm)
@@ -54,7 +54,7 @@ def run(snap, repeat: int = 7, prog=None, sample: int = 100000, cold: bool = Tru
     from drgn.helpers.linux.mm import PageLRU, PageReserved, PageSlab, pfn_to_page
 
     from memscope.mm import page as mpage
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.drgn import DrgnTarget
 
     warm_file(snap.vmcore)
@@ -82,7 +82,7 @@ def run(snap, repeat: int = 7, prog=None, sample: int = 100000, cold: bool = Tru
             t.read(a, size)
 
     def read_fields():  # the read + field extraction part of `pages` alone
-        m = MM(DrgnTarget(prog))
+        m = KernelContext(DrgnTarget(prog))
         mpage._read_memmap(m, mpage.page_layout(m), mpage.vmemmap_base(m), mpage.max_pfn(m))
 
     pages()

@@ -167,11 +167,11 @@ def _terminated(signum, frame):
 def _run_command(args) -> int:
     """Open the target, run the command, print its output; the command's exit status."""
     from .commands import COMMANDS, CommandError
-    from .mm.zone import MM
+    from .mm.context import KernelContext
     from .target.base import TargetError
 
     try:
-        result = COMMANDS[args.command].run(MM(_open_target(args)), args)
+        result = COMMANDS[args.command].run(KernelContext(_open_target(args)), args)
         text = result.render(args.format)
     except CommandError as e:
         raise MemscopeError(str(e)) from None

@@ -24,7 +24,8 @@ the same name returns):
 - :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`: the /proc files, byte for byte.
-- :func:`mm_for`: the per-Program context the functions share.
+- :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
+  former name).
 
 Records: :class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
 :class:`ZoneFreeLists` / :class:`FreeBlock` / :class:`PcpList`, :class:`CheckReport` /
@@ -77,54 +78,57 @@ from .mm import pageblock as _pageblock
 from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
-from .mm.zone import MM
+from .mm.context import KernelContext
 from .target.drgn import DrgnTarget
 
 __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
            "pageblocks", "frag", "CheckReport", "ZoneCheck", "ZonePages", "PageRecord",
            "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
-           "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "mm_for"]
+           "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
+           "mm_for"]
 
-_MMS: "weakref.WeakKeyDictionary[drgn.Program, MM]" = weakref.WeakKeyDictionary()
+_CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
+    weakref.WeakKeyDictionary()
 
 
-def mm_for(prog: drgn.Program) -> MM:
+def context_for(prog: drgn.Program) -> KernelContext:
     """
     Return the memscope context of a program: a
     :class:`memscope.target.drgn.DrgnTarget` on *prog* with the layouts, enumerators and
     symbols probed so far, created on the first call and cached per Program (weakly: it
     goes away with the Program).
 
-    What the functions of this module cache there is the kernel's, not the snapshot's:
-    on a live target (``prog.set_kernel()``, QMP) :func:`pages`, :func:`page_records`,
-    :func:`pageblocks` and :func:`frag` read everything afresh on each call, and
-    :func:`buddyinfo`, :func:`pagetypeinfo`, :func:`freelists` and :func:`check` read the
-    free lists and counters afresh but keep the zone list (each zone's address, span and
-    page counts) read by the first of them; :func:`pagetypeinfo` also keeps the
-    ``mem_section[]`` entries and pageblock bits of its first call.
+    What the functions of this module keep there is the kernel's, not the snapshot's
+    (layouts, enumerators, derived constants such as ``pageblock_order``): each function
+    drops the context's snapshot state (:meth:`~memscope.mm.context.KernelContext.refresh`)
+    before it reads, so that on a live target (``prog.set_kernel()``, QMP) every call
+    reads the zones, lists, counters and memmap afresh.
 
     :param prog: the kernel, a vmcore, or a QEMU guest (``drgn.Program``)
-    :return: the context (``memscope.mm.zone.MM``); reads nothing yet
+    :return: the context (``memscope.mm.context.KernelContext``); reads nothing yet
     """
     try:
-        return _MMS[prog]
+        return _CONTEXTS[prog]
     except (KeyError, TypeError):
         pass
-    mm = MM(DrgnTarget(prog))
+    ctx = KernelContext(DrgnTarget(prog))
     try:
-        _MMS[prog] = mm
+        _CONTEXTS[prog] = ctx
     except TypeError:  # Program not weak-referenceable: no caching
         pass
-    return mm
+    return ctx
 
 
-def _fresh(prog: drgn.Program) -> MM:
-    # Layouts are cached in the MM; per-walk state (zones, walker) is recomputed per call.
-    mm = mm_for(prog)
-    for k in ("_freelist_walker",):
-        mm.__dict__.pop(k, None)
-    return mm
+#: The former name of :func:`context_for`.
+mm_for = context_for
+
+
+def _fresh(prog: drgn.Program) -> KernelContext:
+    # The probes stay in the context; the snapshot state is read afresh by every call.
+    ctx = context_for(prog)
+    ctx.refresh()
+    return ctx
 
 
 def buddyinfo(prog: drgn.Program) -> list[ZoneBuddyInfo]:
@@ -277,9 +281,9 @@ def check(prog: drgn.Program) -> CheckReport:
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    mm = _fresh(prog)
-    zones = _fl.freelists(mm)
-    iso = _fl.walker(mm).isolate
+    ctx = _fresh(prog)
+    zones = _fl.freelists(ctx)
+    iso = _fl.walker(ctx).isolate
     rows = [ZoneCheck(z.node, z.zone, z.nr_free, [sum(x) for x in z.walked],
                       sum(z.walked[o][mt] << o for o in range(len(z.walked))
                           for mt in range(len(z.walked[o])) if mt != iso),
@@ -287,12 +291,6 @@ def check(prog: drgn.Program) -> CheckReport:
             for z in zones]
     problems = [p for z in zones for p in z.problems]
     return CheckReport(not problems, rows, problems)
-
-
-def _new(prog: drgn.Program) -> MM:
-    # The struct page decode is cached per MM: a new MM on the same target (whose layout
-    # cache is kept) decodes memory afresh, as a live target needs.
-    return MM(mm_for(prog).t)
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:
@@ -317,7 +315,7 @@ def pages(prog: drgn.Program) -> list[ZonePages]:
         the memmap cannot be located (``mem_section``, SECTION_SIZE_BITS, vmemmap)
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read
     """
-    return _page.zone_counts(_new(prog))
+    return _page.zone_counts(_fresh(prog))
 
 
 def page_records(prog: drgn.Program, lo: int, hi: int) -> list[PageRecord]:
@@ -337,7 +335,7 @@ def page_records(prog: drgn.Program, lo: int, hi: int) -> list[PageRecord]:
     :raises TargetError: as :func:`pages`
     :raises FaultError: as :func:`pages`
     """
-    return _page.page_records(_new(prog), lo, hi)
+    return _page.page_records(_fresh(prog), lo, hi)
 
 
 def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
@@ -365,7 +363,7 @@ def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
         the memmap cannot be located
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read
     """
-    return _pageblock.zone_pageblocks(_new(prog))
+    return _pageblock.zone_pageblocks(_fresh(prog))
 
 
 def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
@@ -395,7 +393,7 @@ def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
         populated zone), or a type, member or enumerator is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    return _frag.zone_frag(_new(prog), gfp)
+    return _frag.zone_frag(_fresh(prog), gfp)
 
 
 # --- drgn command registration -------------------------------------------------------

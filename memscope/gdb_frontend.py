@@ -131,7 +131,7 @@ def run(argv: list[str]) -> int:
     MemscopeError (and friends) for failures; the gdb command turns them into one line."""
     from memscope.commands import COMMANDS, CommandError
     from memscope.errors import MemscopeError
-    from memscope.mm.zone import MM
+    from memscope.mm.context import KernelContext
     from memscope.target.base import TargetError
     from memscope.target.gdb import session_target
 
@@ -149,7 +149,7 @@ def run(argv: list[str]) -> int:
     cmd = COMMANDS[args.command]
     target = session_target()
     try:
-        result = cmd.run(MM(target), args)
+        result = cmd.run(KernelContext(target), args)
         text = result.render(args.format)
     except CommandError as e:
         raise MemscopeError(str(e)) from None

@@ -45,17 +45,17 @@ from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.xarray import xa_for_each, xa_load
 
 from memscope.mm import page as mpage
-from memscope.mm.zone import MM
+from memscope.mm.context import KernelContext
 from memscope.target.drgn import DrgnTarget, open_core
 
 ROOT = Path(__file__).resolve().parents[1]
-_MM: dict[str, MM] = {}
+_MM: dict[str, KernelContext] = {}
 
 
-def mm_for(snap) -> MM:
+def mm_for(snap) -> KernelContext:
     key = str(snap.vmcore)
     if key not in _MM:
-        _MM[key] = MM(DrgnTarget(open_core(snap.vmcore, snap.vmlinux)))
+        _MM[key] = KernelContext(DrgnTarget(open_core(snap.vmcore, snap.vmlinux)))
     return _MM[key]
 
 

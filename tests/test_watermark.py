@@ -67,7 +67,7 @@ class _Enums:
 
 @dataclasses.dataclass
 class Kernel:
-    """The part of an MM that frag's decision reads, as each Debian kernel has it."""
+    """The part of a KernelContext that frag's decision reads, as each Debian kernel has it."""
 
     name: str
     cma: bool  # CONFIG_CMA: MIGRATE_CMA exists

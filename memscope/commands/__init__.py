@@ -1,8 +1,8 @@
 """The analysis commands, shared by every front end (CLI, GDB, drgn).
 
 A command is a name, its arguments (argparse, so that the CLI and GDB parse the same flags)
-and a function from (MM, parsed arguments) to a :class:`Result`.  Front ends only choose a
-target and print the result in the requested format.
+and a function from (KernelContext, parsed arguments) to a :class:`Result`.  Front ends only
+choose a target and print the result in the requested format.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from ..mm.zone import MM
+from ..mm.context import KernelContext
 
 FORMATS = ("table", "json", "proc")
 
@@ -48,7 +48,7 @@ class CommandError(Exception):
 class Command:
     name: str
     help: str
-    run: Callable[[MM, argparse.Namespace], Result]
+    run: Callable[[KernelContext, argparse.Namespace], Result]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     formats: tuple[str, ...] = ("table", "json")
 
@@ -60,7 +60,7 @@ def command(name: str, help: str, *, formats: tuple[str, ...] = ("table", "json"
             arguments: Callable[[argparse.ArgumentParser], None] | None = None):
     """Register the decorated function as the command NAME."""
 
-    def register(fn: Callable[[MM, argparse.Namespace], Result]):
+    def register(fn: Callable[[KernelContext, argparse.Namespace], Result]):
         COMMANDS[name] = Command(name, help, fn, arguments, formats)
         return fn
 

@@ -60,9 +60,9 @@ from . import Result, command
 
 @command("buddyinfo", "free blocks per order in each zone (free_area[].nr_free)",
          formats=("table", "json", "proc"))
-def buddyinfo(mm, args) -> Result:
-    rows = buddy.buddyinfo(mm)
-    orders = list(range(mm.nr_orders))
+def buddyinfo(ctx, args) -> Result:
+    rows = buddy.buddyinfo(ctx)
+    orders = list(range(ctx.nr_orders))
 
     def table() -> str:
         return tabulate([[r.node, r.zone, *r.nr_free] for r in rows],
@@ -74,11 +74,11 @@ def buddyinfo(mm, args) -> Result:
 
 @command("pagetypeinfo", "free blocks per migratetype and order, pageblocks per migratetype",
          formats=("table", "json", "proc"))
-def pagetypeinfo(mm, args) -> Result:
-    info = buddy.pagetypeinfo(mm)
+def pagetypeinfo(ctx, args) -> Result:
+    info = buddy.pagetypeinfo(ctx)
 
     def table() -> str:
-        orders = list(range(mm.nr_orders))
+        orders = list(range(ctx.nr_orders))
         free = tabulate(
             [[z.node, z.zone, mt, *[(">" if o else "") + str(n)
                                     for n, o in zip(z.free[mt], z.overflow[mt])]]
@@ -102,8 +102,8 @@ def _freelists_args(p) -> None:
 
 @command("freelists", "every free block on the buddy free lists and the per-CPU lists",
          arguments=_freelists_args)
-def freelists(mm, args) -> Result:
-    zones = fl.freelists(mm, pcp=not getattr(args, "no_pcp", False))
+def freelists(ctx, args) -> Result:
+    zones = fl.freelists(ctx, pcp=not getattr(args, "no_pcp", False))
     data = [{
         "node": z.node, "zone": z.zone, "nr_free": z.nr_free,
         "blocks": [{"order": b.order, "migratetype": b.migratetype, "pfn": b.pfn}
@@ -142,9 +142,9 @@ def freelists(mm, args) -> Result:
 
 @command("check", "walk the free lists and verify them against nr_free and NR_FREE_PAGES "
          "(exit status 1 when anything is wrong)")
-def check(mm, args) -> Result:
-    zones = fl.freelists(mm)
-    w = fl.walker(mm)
+def check(ctx, args) -> Result:
+    zones = fl.freelists(ctx)
+    w = fl.walker(ctx)
     problems = [p for z in zones for p in z.problems]
     rows = []
     for z in zones:

@@ -59,10 +59,10 @@ def _write(path: str, data: bytes) -> None:
 
 @command("pages", "classify every physical page (struct page decoded in bulk)",
          arguments=_pages_args)
-def pages(mm, args) -> Result:
+def pages(ctx, args) -> Result:
     if args.pfn:
         lo, hi = _pfn_range(args.pfn)
-        recs = mpage.page_records(mm, lo, hi)
+        recs = mpage.page_records(ctx, lo, hi)
 
         def table() -> str:
             return tabulate([[f"{r.pfn:#x}", r.cls + ("!" if r.inconsistent else ""),
@@ -76,25 +76,25 @@ def pages(mm, args) -> Result:
 
         return Result([dataclasses.asdict(r) for r in recs], table)
 
-    rows = mpage.zone_counts(mm)
-    pm = mpage.memmap(mm)
+    rows = mpage.zone_counts(ctx)
+    pm = mpage.memmap(ctx)
     if args.png:
         from ..report import png
 
         counts = {c: int(np.count_nonzero(pm.cls == i)) for i, c in enumerate(mpage.CLASSES)}
         zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
-        title = (f"{mm.t.release}: physical memory, pfn 0-{pm.nr_pages - 1:#x} "
-                 f"({png.human_bytes(pm.nr_pages * mm.t.page_size)})")
-        row = 1 << mpb.pageblock_order(mm)
+        title = (f"{ctx.t.release}: physical memory, pfn 0-{pm.nr_pages - 1:#x} "
+                 f"({png.human_bytes(pm.nr_pages * ctx.t.page_size)})")
+        row = 1 << mpb.pageblock_order(ctx)
         _write(args.png, png.page_map(pm.cls, list(mpage.CLASSES), counts, zones, row, title,
-                                      mm.t.page_size))
+                                      ctx.t.page_size))
     classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
     data = [dataclasses.asdict(r) for r in rows]
     if pm.pcp_findings:
         data.append({"findings": pm.pcp_findings})
 
     def table() -> str:
-        kb = mm.t.page_size // 1024
+        kb = ctx.t.page_size // 1024
         body = [[r.node, r.zone, *[r.counts[c] for c in classes], r.compound_tails,
                  r.inconsistent] for r in rows]
         tot = ["", "total", *[sum(r.counts[c] for r in rows) for c in classes],
@@ -120,26 +120,26 @@ def _pageblocks_args(p) -> None:
 
 @command("pageblocks", "migratetype, skip and isolate bits of every pageblock; mixed blocks",
          formats=("table", "json", "proc"), arguments=_pageblocks_args)
-def pageblocks(mm, args) -> Result:
-    rows = mpb.zone_pageblocks(mm)
-    names = mpb.migratetype_names(mm)
+def pageblocks(ctx, args) -> Result:
+    rows = mpb.zone_pageblocks(ctx)
+    names = mpb.migratetype_names(ctx)
     if args.png:
         from ..report import png
 
-        po = mpb.pageblock_order(mm)
-        zones_ = mm.all_zones()
+        po = mpb.pageblock_order(ctx)
+        zones_ = ctx.all_zones()
         nblocks = max(z.end_pfn for z in zones_) + (1 << po) - 1 >> po
         blocks = []
         for zi, z in enumerate(zones_):
-            b = mpb.zone_blocks(mm, z)
+            b = mpb.zone_blocks(ctx, z)
             blocks += zip(b.block.tolist(), b.migratetype.tolist(), [zi] * len(b.block),
                           b.skip.tolist(), b.isolate.tolist(), b.mixed.tolist())
         counts = {n: sum(r.counts[n] for r in rows) for n in names}
-        title = (f"{mm.t.release}: {nblocks} pageblocks of {1 << po} pages, "
+        title = (f"{ctx.t.release}: {nblocks} pageblocks of {1 << po} pages, "
                  f"pfn 0-{(nblocks << po) - 1:#x}")
         _write(args.png, png.pageblock_map(
             names, blocks, [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn)
-                            for z in zones_], po, nblocks, title, counts, mm.t.page_size))
+                            for z in zones_], po, nblocks, title, counts, ctx.t.page_size))
 
     def table() -> str:
         out = tabulate([[r.node, r.zone, *[r.counts[n] for n in names], r.skip, r.isolate,
@@ -155,7 +155,7 @@ def pageblocks(mm, args) -> Result:
         return out
 
     return Result([dataclasses.asdict(r) for r in rows], table,
-                  lambda: mpb.format_blockcount(mm, rows).lstrip("\n"))
+                  lambda: mpb.format_blockcount(ctx, rows).lstrip("\n"))
 
 
 def _frag_args(p) -> None:
@@ -168,8 +168,8 @@ def _frag_args(p) -> None:
 
 @command("frag", "fragmentation indices and allocation feasibility per zone and order",
          formats=("table", "json", "proc"), arguments=_frag_args)
-def frag(mm, args) -> Result:
-    rows = mfrag.zone_frag(mm, args.gfp)
+def frag(ctx, args) -> Result:
+    rows = mfrag.zone_frag(ctx, args.gfp)
 
     def table() -> str:
         out = []
@@ -190,7 +190,7 @@ def frag(mm, args) -> Result:
 
     def proc() -> str:
         if args.proc_file == "extfrag_index":
-            return mfrag.format_extfrag_index(rows, mfrag.extfrag_index_width(mm))
+            return mfrag.format_extfrag_index(rows, mfrag.extfrag_index_width(ctx))
         return mfrag.format_unusable_index(rows)
 
     return Result([dataclasses.asdict(r) for r in rows], table, proc)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .zone import MM, Zone
+from .context import KernelContext
+from .zone import Zone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,25 +26,25 @@ class ZoneBuddyInfo:
     nr_free: list[int]  # index = order
 
 
-def buddyinfo(mm: MM) -> list[ZoneBuddyInfo]:
+def buddyinfo(ctx: KernelContext) -> list[ZoneBuddyInfo]:
     """
     Get ``free_area[order].nr_free`` of every populated zone, as /proc/buddyinfo walks
     them (mm/vmstat.c frag_show() and walk_zones_in_node(): online nodes, then populated
     zones in ``node_zones[]`` order), from one read of each zone's ``free_area[]``.
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :return: one :class:`ZoneBuddyInfo` per populated zone
     :raises TargetError: ``struct zone`` or ``struct free_area`` lacks a member
     :raises FaultError: a zone's ``free_area[]`` cannot be read
     """
-    t = mm.t
-    fa_off = mm.zone_layout.offset("free_area")
+    t = ctx.t
+    fa_off = ctx.zone_layout.offset("free_area")
     nr_off = t.layout("struct free_area").offset("nr_free")
     out = []
-    for z in mm.all_zones():
-        raw = t.read(z.address + fa_off, mm.nr_orders * mm.free_area_size)
-        counts = [int.from_bytes(raw[o * mm.free_area_size + nr_off:][:8], "little")
-                  for o in range(mm.nr_orders)]
+    for z in ctx.all_zones():
+        raw = t.read(z.address + fa_off, ctx.nr_orders * ctx.free_area_size)
+        counts = [int.from_bytes(raw[o * ctx.free_area_size + nr_off:][:8], "little")
+                  for o in range(ctx.nr_orders)]
         out.append(ZoneBuddyInfo(z.node, z.name, counts))
     return out
 
@@ -116,18 +117,18 @@ class PageTypeInfo:
     nodes: list[int]  # nodes with memory (N_MEMORY), each printed with its own header
 
 
-def memory_nodes(mm: MM) -> list[int]:
+def memory_nodes(ctx: KernelContext) -> list[int]:
     """
     Get the online nodes with memory: for_each_online_node() filtered by
     ``node_state(nid, N_MEMORY)`` (the ``node_states[N_MEMORY]`` nodemask), as
     mm/vmstat.c pagetypeinfo_show() skips memoryless nodes.
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :return: node ids in increasing order; every online node when the kernel has no
         N_MEMORY mask or it cannot be read
     """
-    t = mm.t
-    nodes = mm.node_ids()
+    t = ctx.t
+    nodes = ctx.node_ids()
     try:
         n_memory = t.enum_value("enum node_states", "N_MEMORY")
         size = t.sizeof("nodemask_t")
@@ -137,7 +138,7 @@ def memory_nodes(mm: MM) -> list[int]:
     return [n for n in nodes if bits >> n & 1]
 
 
-def pagetypeinfo(mm: MM) -> PageTypeInfo:
+def pagetypeinfo(ctx: KernelContext) -> PageTypeInfo:
     """
     Get /proc/pagetypeinfo's numbers: the length of every free list per migratetype and
     order, counted as mm/vmstat.c pagetypeinfo_showfree_print() counts (``list_for_each``
@@ -146,39 +147,39 @@ def pagetypeinfo(mm: MM) -> PageTypeInfo:
     pageblock_nr_pages`` below the zone's end with an online struct page whose zone is
     this one, by ``get_pageblock_migratetype()``).
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :return: a :class:`PageTypeInfo` over the nodes of :func:`memory_nodes`
     :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
         located (``mem_section``, vmemmap)
     :raises FaultError: a zone's ``free_area[]`` or a ``mem_section[]`` root cannot be read
     """
-    w = _fl.walker(mm)
-    order = _pb.pageblock_order(mm)
+    w = _fl.walker(ctx)
+    order = _pb.pageblock_order(ctx)
     names = w.migratetype_names
-    nodes = memory_nodes(mm)
+    nodes = memory_nodes(ctx)
     zones = []
-    for z in mm.all_zones():
+    for z in ctx.all_zones():
         if z.node not in nodes:
             continue
         counts, flags = w.free_list_counts(z)
-        free = {name: [counts[o][mt] for o in range(mm.nr_orders)]
+        free = {name: [counts[o][mt] for o in range(ctx.nr_orders)]
                 for mt, name in enumerate(names)}
-        over = {name: [flags[o][mt] for o in range(mm.nr_orders)]
+        over = {name: [flags[o][mt] for o in range(ctx.nr_orders)]
                 for mt, name in enumerate(names)}
-        mts = _pb.pageblock_migratetypes(mm, z).astype(np.int64)
+        mts = _pb.pageblock_migratetypes(ctx, z).astype(np.int64)
         # page_zone(page) != zone: a pageblock start that belongs to another zone (zones
         # that interleave, e.g. ZONE_MOVABLE or NUMA nodes sharing a span) is skipped.
-        mts = _own_zone_only(mm, z, mts, order)
+        mts = _own_zone_only(ctx, z, mts, order)
         hist = np.bincount(mts[(mts >= 0) & (mts < len(names))], minlength=len(names))
         zones.append(ZonePageTypes(z.node, z.name, free, over,
                                    {name: int(hist[i]) for i, name in enumerate(names)}))
     return PageTypeInfo(order, 1 << order, names, zones, nodes)
 
 
-def _own_zone_only(mm: MM, z: Zone, mts: np.ndarray, order: int) -> np.ndarray:
+def _own_zone_only(ctx: KernelContext, z: Zone, mts: np.ndarray, order: int) -> np.ndarray:
     """Drop block starts that another zone's span also covers unless their page's zone
     (page->flags) says it is Z.  Spans that overlap nothing need no page reads."""
-    others = [o for o in mm.all_zones(populated_only=False)
+    others = [o for o in ctx.all_zones(populated_only=False)
               if o.address != z.address and o.spanned_pages
               and o.zone_start_pfn < z.end_pfn and z.zone_start_pfn < o.end_pfn]
     if not others:
@@ -188,21 +189,21 @@ def _own_zone_only(mm: MM, z: Zone, mts: np.ndarray, order: int) -> np.ndarray:
     for i, pfn in enumerate(pfns):
         if out[i] < 0 or not any(o.zone_start_pfn <= pfn < o.end_pfn for o in others):
             continue
-        nz = _page_zone(mm, int(pfn))
+        nz = _page_zone(ctx, int(pfn))
         if nz is not None and nz != (z.node, z.index):
             out[i] = -1
     return out
 
 
-def _page_zone(mm: MM, pfn: int) -> tuple[int, int] | None:
+def _page_zone(ctx: KernelContext, pfn: int) -> tuple[int, int] | None:
     """(node, zone index) from page->flags: with SPARSEMEM_VMEMMAP the top bits are
     NODES_WIDTH (= NODES_SHIFT, log2 of node_data[]'s length) then ZONES_WIDTH (from
     MAX_NR_ZONES) (include/linux/page-flags-layout.h)."""
-    t = mm.t
-    w = _fl.walker(mm)
+    t = ctx.t
+    w = _fl.walker(ctx)
     try:
         flags = t.read_u64(w.vmemmap + pfn * w.page_size)
-        nodes = mm.pgdat_layout  # noqa: F841 (layout probe keeps node_data cached)
+        nodes = ctx.pgdat_layout  # noqa: F841 (layout probe keeps node_data cached)
         max_numnodes = int(t.vmcoreinfo_fields.get("LENGTH(node_data)", "1"))
         nzones = t.enum_value("enum zone_type", "__MAX_NR_ZONES")
     except TargetError:

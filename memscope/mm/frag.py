@@ -52,7 +52,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..target.base import TargetError
-from .zone import MM, Zone
+from .context import KernelContext
+from .zone import Zone
 
 GFP_CLASSES = ("kernel", "movable", "atomic")
 
@@ -118,16 +119,17 @@ def fmt_index(v: int, width: int = 0) -> str:
 _PRETTY_EXTFRAG = b"%2d.%03d "
 
 
-def extfrag_index_width(mm: MM) -> int:
+def extfrag_index_width(ctx: KernelContext) -> int:
     """The width extfrag_show_print() gives each index's whole part: 2 ("%2d.%03d ") since
     "mm: vmstat.c: make extfrag_index show more pretty" (v5.16), none ("%d.%03d ") before.
     A format string is in no debug info: it is looked for in the kernel's own read-only
     data (__start_rodata to __end_rodata), where the lab's 6.1, 6.12 and 7.2 kernels hold
     it once and 5.10 not at all."""
-    cached = mm.__dict__.get("_extfrag_width")
-    if cached is not None:
-        return cached
-    t = mm.t
+    return ctx.probe("extfrag_width", lambda: _extfrag_width(ctx.t))
+
+
+def _extfrag_width(t) -> int:
+    """Search the kernel's rodata for the 5.16+ format (see :func:`extfrag_index_width`)."""
     width = 0
     if t.has_symbol("__start_rodata") and t.has_symbol("__end_rodata"):
         start, end = t.symbol("__start_rodata"), t.symbol("__end_rodata")
@@ -142,7 +144,6 @@ def extfrag_index_width(mm: MM) -> int:
                 width = 2
                 break
             tail = data[-(len(_PRETTY_EXTFRAG) - 1):]
-    mm.__dict__["_extfrag_width"] = width
     return width
 
 
@@ -163,9 +164,9 @@ class ZoneState:
     vm_stat_free_raw: int  # the atomic counter before clamping
 
 
-def zone_state(mm: MM, z: Zone) -> ZoneState:
-    t = mm.t
-    zl = mm.zone_layout
+def zone_state(ctx: KernelContext, z: Zone) -> ZoneState:
+    t = ctx.t
+    zl = ctx.zone_layout
     raw = t.read(z.address, zl.size)
 
     def u(off: int, size: int = 8, signed: bool = False) -> int:
@@ -175,7 +176,7 @@ def zone_state(mm: MM, z: Zone) -> ZoneState:
     nmt = fa["free_list"].array_length
     fa_base = zl.offset("free_area")
     nr_free, nonempty = [], []
-    for o in range(mm.nr_orders):
+    for o in range(ctx.nr_orders):
         b = fa_base + o * fa.size
         nr_free.append(u(b + fa.offset("nr_free")))
         row = []
@@ -228,7 +229,8 @@ class AllocFlags:
         return self.min_reserve or self.non_block or self.highatomic
 
 
-def __zone_watermark_unusable_free(mm: MM, s: ZoneState, order: int, f: AllocFlags) -> int:
+def __zone_watermark_unusable_free(ctx: KernelContext, s: ZoneState, order: int,
+                                   f: AllocFlags) -> int:
     """__zone_watermark_unusable_free(): the free pages request F may not count."""
     unusable = (1 << order) - 1
     if not f.reserves:
@@ -237,17 +239,17 @@ def __zone_watermark_unusable_free(mm: MM, s: ZoneState, order: int, f: AllocFla
         # the whole reserve (nr_reserved_highatomic, 5.10 and 6.1).
         unusable += s.nr_free_highatomic if s.nr_free_highatomic is not None \
             else s.nr_reserved_highatomic
-    if "MIGRATE_CMA" in mm.migratetypes and not f.cma:  # #ifdef CONFIG_CMA
+    if "MIGRATE_CMA" in ctx.migratetypes and not f.cma:  # #ifdef CONFIG_CMA
         unusable += s.free_cma
     return unusable
 
 
-def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zoneidx: int,
+def zone_watermark_ok(ctx: KernelContext, s: ZoneState, order: int, mark: int, highest_zoneidx: int,
                       f: AllocFlags) -> bool:
     """__zone_watermark_ok(z, order, mark, highest_zoneidx, alloc_flags, free_pages) with
     free_pages = zone_page_state(z, NR_FREE_PAGES)."""
-    mt = mm.migratetypes
-    free_pages = s.free_pages - __zone_watermark_unusable_free(mm, s, order, f)
+    mt = ctx.migratetypes
+    free_pages = s.free_pages - __zone_watermark_unusable_free(ctx, s, order, f)
     mn = mark
     if f.min_reserve:
         mn -= mn // 2
@@ -258,7 +260,7 @@ def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zonei
     if order == 0:
         return True
     pcptypes = mt.get("MIGRATE_PCPTYPES", 3)
-    for o in range(order, mm.nr_orders):
+    for o in range(order, ctx.nr_orders):
         if not s.nr_free[o]:
             continue
         row = s.list_nonempty[o]
@@ -271,7 +273,7 @@ def zone_watermark_ok(mm: MM, s: ZoneState, order: int, mark: int, highest_zonei
     return False
 
 
-def zone_watermark_fast(mm: MM, s: ZoneState, order: int, highest_zoneidx: int,
+def zone_watermark_fast(ctx: KernelContext, s: ZoneState, order: int, highest_zoneidx: int,
                         f: AllocFlags) -> bool:
     """zone_watermark_fast(z, order, wmark_pages(z, f.wmark), highest_zoneidx, alloc_flags,
     gfp_mask), as get_page_from_freelist() calls it (the same in 5.10, 6.1, 6.12, 7.2)."""
@@ -279,27 +281,27 @@ def zone_watermark_fast(mm: MM, s: ZoneState, order: int, highest_zoneidx: int,
     if order == 0:
         # The order-0 shortcut: answers yes only where __zone_watermark_ok would too.
         usable_free = s.free_pages
-        usable_free -= min(usable_free, __zone_watermark_unusable_free(mm, s, 0, f))
+        usable_free -= min(usable_free, __zone_watermark_unusable_free(ctx, s, 0, f))
         if usable_free > mark + s.lowmem_reserve[highest_zoneidx]:
             return True
-    if zone_watermark_ok(mm, s, order, mark, highest_zoneidx, f):
+    if zone_watermark_ok(ctx, s, order, mark, highest_zoneidx, f):
         return True
     # Boosting is ignored for order-0 GFP_ATOMIC checks against the min watermark.  The
     # kernel's condition is __GFP_ATOMIC in 5.10 and 6.1 and ALLOC_MIN_RESERVE (__GFP_HIGH)
     # since "mm: discard __GFP_ATOMIC" (v6.3); of the --gfp classes only "atomic" has either.
     if order == 0 and f.min_reserve and s.boost and f.wmark == "min":
-        return zone_watermark_ok(mm, s, 0, s.watermark["min"], highest_zoneidx, f)
+        return zone_watermark_ok(ctx, s, 0, s.watermark["min"], highest_zoneidx, f)
     return False
 
 
-def gfp_flags(mm: MM, gfp: str, order: int) -> tuple[int, AllocFlags, AllocFlags]:
+def gfp_flags(ctx: KernelContext, gfp: str, order: int) -> tuple[int, AllocFlags, AllocFlags]:
     """(highest_zoneidx, fast-path flags, slow-path flags before reclaim) for GFP.
 
     Fast path: ``alloc_flags = ALLOC_WMARK_LOW`` in __alloc_pages(), plus ALLOC_CMA for a
     movable request from prepare_alloc_pages() (gfp_to_alloc_flags_cma(); 5.10:
     current_alloc_flags()).  Slow path: gfp_to_alloc_flags(gfp_mask, order)."""
-    zt = mm.t.enum("enum zone_type")
-    cma = "MIGRATE_CMA" in mm.migratetypes
+    zt = ctx.t.enum("enum zone_type")
+    cma = "MIGRATE_CMA" in ctx.migratetypes
     if gfp == "kernel":
         return zt["ZONE_NORMAL"], AllocFlags("low"), AllocFlags("min")
     if gfp == "movable":
@@ -392,12 +394,12 @@ class ZoneFrag:
     orders: list[OrderFrag]
 
 
-def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
+def zone_frag(ctx: KernelContext, gfp: str = "kernel") -> list[ZoneFrag]:
     """
     Get the fragmentation indices and the allocation decisions of every populated zone
     and order, each zone read once (:func:`zone_state`).
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :param gfp: one of :data:`GFP_CLASSES`: ``"kernel"``, ``"movable"``, ``"atomic"``
     :return: one :class:`ZoneFrag` per populated zone, online nodes then
         ``node_zones[]`` order
@@ -406,21 +408,21 @@ def zone_frag(mm: MM, gfp: str = "kernel") -> list[ZoneFrag]:
     :raises FaultError: a ``struct zone`` cannot be read
     """
     out = []
-    max_order = mm.nr_orders - 1
-    for z in mm.all_zones():
-        s = zone_state(mm, z)
+    max_order = ctx.nr_orders - 1
+    for z in ctx.all_zones():
+        s = zone_state(ctx, z)
         rows = []
-        for o in range(mm.nr_orders):
+        for o in range(ctx.nr_orders):
             info = fill_contig_page_info(s.nr_free, o)
             ui = unusable_free_index(o, info)
             fi = fragmentation_index(o, info, max_order)
-            hz, fast, slow = gfp_flags(mm, gfp, o)
+            hz, fast, slow = gfp_flags(ctx, gfp, o)
             hz = min(hz, len(s.lowmem_reserve) - 1)
-            ok_f = zone_watermark_fast(mm, s, o, hz, fast)
-            ok_m = zone_watermark_fast(mm, s, o, hz, slow)
+            ok_f = zone_watermark_fast(ctx, s, o, hz, fast)
+            ok_m = zone_watermark_fast(ctx, s, o, hz, slow)
             rows.append(OrderFrag(o, s.nr_free[o], s.nr_free[o] << o, ui, fmt_index(ui), fi,
                                   fmt_index(fi), ok_f, ok_m, ok_f or ok_m))
-        largest = max((o for o in range(mm.nr_orders) if s.nr_free[o]), default=None)
+        largest = max((o for o in range(ctx.nr_orders) if s.nr_free[o]), default=None)
         out.append(ZoneFrag(z.node, z.name, s.vm_stat_free_raw,
                             {**s.watermark, "boost": s.boost}, s.lowmem_reserve,
                             {"reserved": s.nr_reserved_highatomic,

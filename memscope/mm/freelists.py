@@ -33,7 +33,8 @@ from functools import cached_property
 
 from ..target.base import FaultError, TargetError
 from .page import page_layout, pcp_layout, pindex_to_order, vmemmap_base
-from .zone import MM, Zone
+from .context import KernelContext
+from .zone import Zone
 
 #: A list walk stops after this many problems (the rest of the list cannot be trusted).
 MAX_PROBLEMS_PER_LIST = 16
@@ -173,11 +174,11 @@ class ZoneFreeLists:
 class FreeListWalker:
     """Layouts for the walks, probed once per target."""
 
-    def __init__(self, mm: MM):
-        self.mm = mm
-        self.t = mm.t
+    def __init__(self, ctx: KernelContext):
+        self.ctx = ctx
+        self.t = ctx.t
         t = self.t
-        self.pl = page_layout(mm)
+        self.pl = page_layout(ctx)
         page = t.layout("struct page")
         self.page_size = page.size
         # 6.1+: buddy_list / pcp_list alias lru (commit bf75f200569d); 5.10: lru.
@@ -191,7 +192,7 @@ class FreeListWalker:
         self.fa_list_off = fa.offset("free_list")
         self.fa_nr_free_off = fa.offset("nr_free")
         self.nr_lists = fa["free_list"].array_length
-        self.zone_fa_off = mm.zone_layout.offset("free_area")
+        self.zone_fa_off = ctx.zone_layout.offset("free_area")
         # Bulk-read memmap pieces (see _page), and PageBuddy per page_type word.
         self._per_region = max(1, REGION // self.page_size)
         self._regions: dict[int, bytes] = {}
@@ -207,11 +208,11 @@ class FreeListWalker:
 
     @cached_property
     def vmemmap(self) -> int:
-        return vmemmap_base(self.mm)
+        return vmemmap_base(self.ctx)
 
     @cached_property
     def end_pfn(self) -> int:
-        return max(z.end_pfn for z in self.mm.all_zones(populated_only=False))
+        return max(z.end_pfn for z in self.ctx.all_zones(populated_only=False))
 
     @cached_property
     def migratetype_names(self) -> list[str]:
@@ -219,7 +220,7 @@ class FreeListWalker:
         depends on CONFIG_CMA / CONFIG_MEMORY_ISOLATION and, from 7.x, on nothing: the
         enum always has CMA)."""
         t = self.t
-        n = self.mm.migratetypes["MIGRATE_TYPES"]
+        n = self.ctx.migratetypes["MIGRATE_TYPES"]
         try:
             base = t.symbol("migratetype_names")
             ptrs = struct.unpack(f"<{n}Q", t.read(base, 8 * n))
@@ -230,7 +231,7 @@ class FreeListWalker:
                      "RECLAIMABLE": "Reclaimable", "HIGHATOMIC": "HighAtomic", "CMA": "CMA",
                      "ISOLATE": "Isolate"}
             by_val = {}
-            for k, v in self.mm.migratetypes.items():
+            for k, v in self.ctx.migratetypes.items():
                 k = k.removeprefix("MIGRATE_")
                 if k in names and v < n:
                     by_val.setdefault(v, names[k])
@@ -238,7 +239,7 @@ class FreeListWalker:
 
     @cached_property
     def isolate(self) -> int | None:
-        return self.mm.migratetypes.get("MIGRATE_ISOLATE")
+        return self.ctx.migratetypes.get("MIGRATE_ISOLATE")
 
     def page_to_pfn(self, page: int) -> int | None:
         pfn, rem = divmod((page - self.vmemmap) & _MASK64, self.page_size)
@@ -347,9 +348,9 @@ class FreeListWalker:
     def free_area(self, z: Zone) -> tuple[list[int], list[list[int]]]:
         """(free_area[order].nr_free, free_area[order].free_list[mt].next) of zone Z, from
         one read of its free_area[] array."""
-        raw = self.t.read(z.address + self.zone_fa_off, self.mm.nr_orders * self.fa_size)
+        raw = self.t.read(z.address + self.zone_fa_off, self.ctx.nr_orders * self.fa_size)
         nr_free, firsts = [], []
-        for o in range(self.mm.nr_orders):
+        for o in range(self.ctx.nr_orders):
             base = o * self.fa_size
             nr_free.append(int.from_bytes(raw[base + self.fa_nr_free_off:][:8], "little"))
             firsts.append(list(struct.unpack_from(f"<{2 * self.nr_lists}Q", raw,
@@ -360,7 +361,7 @@ class FreeListWalker:
         """[order][mt] (entries, overflow) of every free list of Z, as pagetypeinfo counts."""
         _, firsts = self.free_area(z)
         counts, over = [], []
-        for order in range(self.mm.nr_orders):
+        for order in range(self.ctx.nr_orders):
             c, f = [], []
             for mt in range(self.nr_lists):
                 n, o = self.count_list(self.free_list_head(z, order, mt),
@@ -373,14 +374,14 @@ class FreeListWalker:
 
     # --- a zone -----------------------------------------------------------------------
     def zone(self, z: Zone, *, pcp: bool = True) -> ZoneFreeLists:
-        mm, t = self.mm, self.t
+        ctx, t = self.ctx, self.t
         problems: list[Problem] = []
         names = self.migratetype_names
         nr_free, firsts = self.free_area(z)
-        walked = [[0] * self.nr_lists for _ in range(mm.nr_orders)]
+        walked = [[0] * self.nr_lists for _ in range(ctx.nr_orders)]
         blocks: list[FreeBlock] = []
         owner: dict[int, str] = {}  # pfn -> list it was found on (cross-links)
-        for order in range(mm.nr_orders):
+        for order in range(ctx.nr_orders):
             bound = min(z.spanned_pages >> order, 2 * nr_free[order] + 1024) + 1
             for mt in range(self.nr_lists):
                 mtname = names[mt] if mt < len(names) else str(mt)
@@ -421,7 +422,7 @@ class FreeListWalker:
             # NR_FREE_PAGES counts buddy pages on every list but MIGRATE_ISOLATE's
             # (account_freepages(), __mod_zone_freepage_state(): isolated pages are not
             # free for allocation); pcp pages were taken off it when they left the buddy.
-            pages = sum(walked[o][mt] << o for o in range(mm.nr_orders)
+            pages = sum(walked[o][mt] << o for o in range(ctx.nr_orders)
                         for mt in range(self.nr_lists) if mt != self.isolate)
             if pages != counter:
                 problems.append(Problem(
@@ -459,7 +460,7 @@ class FreeListWalker:
         """(zone member of the __percpu pointer, offset of vm_stat_diff in what it points
         to).  5.14+ (commit 28f836b6777b): zone->per_cpu_zonestats (struct
         per_cpu_zonestat); 5.10: zone->pageset (struct per_cpu_pageset)."""
-        zl, t = self.mm.zone_layout, self.t
+        zl, t = self.ctx.zone_layout, self.t
         try:
             if zl.has("per_cpu_zonestats"):
                 return (zl.offset("per_cpu_zonestats"),
@@ -477,7 +478,7 @@ class FreeListWalker:
             return None
         t = self.t
         try:
-            v = t.read_int(z.address + self.mm.zone_layout.offset("vm_stat") + 8 * item, 8,
+            v = t.read_int(z.address + self.ctx.zone_layout.offset("vm_stat") + 8 * item, 8,
                            signed=True)
             if self._stat_diff is not None:
                 member, diff_off = self._stat_diff
@@ -494,7 +495,7 @@ class FreeListWalker:
     def _pcp_layout(self) -> tuple[int, int, int, int, int]:
         """(zone member, offset of struct per_cpu_pages in what it points to, count
         offset, lists offset, number of lists): :func:`memscope.mm.page.pcp_layout`."""
-        return pcp_layout(self.mm)
+        return pcp_layout(self.ctx)
 
     @cached_property
     def _pcp_size(self) -> int:
@@ -509,8 +510,8 @@ class FreeListWalker:
         two, non-movable then movable, commit 5d0a661d808f; one when the array is one
         shorter).  5.10: one order-0 list per pcp migratetype."""
         names = self.migratetype_names
-        pcptypes = self.mm.migratetypes.get("MIGRATE_PCPTYPES", 3)
-        order = pindex_to_order(self.mm, index, nlists)
+        pcptypes = self.ctx.migratetypes.get("MIGRATE_PCPTYPES", 3)
+        order = pindex_to_order(self.ctx, index, nlists)
         if nlists <= pcptypes or index < pcptypes * 4:
             return order, names[index % pcptypes]
         if nlists - pcptypes * 4 == 1:
@@ -569,24 +570,22 @@ class FreeListWalker:
         return out, counts
 
 
-def walker(mm: MM) -> FreeListWalker:
+def walker(ctx: KernelContext) -> FreeListWalker:
     """
-    Get the :class:`FreeListWalker` of MM (created once per context and kept there).
+    Get the :class:`FreeListWalker` of the context: created once per snapshot, as it
+    keeps the memmap pieces it read.
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     """
-    w = mm.__dict__.get("_freelist_walker")
-    if w is None:
-        w = mm.__dict__["_freelist_walker"] = FreeListWalker(mm)
-    return w
+    return ctx.snapshot("freelist_walker", lambda: FreeListWalker(ctx))
 
 
-def freelists(mm: MM, *, pcp: bool = True) -> list[ZoneFreeLists]:
+def freelists(ctx: KernelContext, *, pcp: bool = True) -> list[ZoneFreeLists]:
     """
     Walk every populated zone's free lists and, unless *pcp* is false, its per-CPU lists
     (bounded, cycle-checked: see the module's documentation).
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :param pcp: also walk the per-CPU lists
     :return: one :class:`ZoneFreeLists` per populated zone (online nodes, then
         ``node_zones[]`` order)
@@ -594,8 +593,8 @@ def freelists(mm: MM, *, pcp: bool = True) -> list[ZoneFreeLists]:
     :raises FaultError: a zone's ``free_area[]`` cannot be read (an unreadable list
         entry or per_cpu_pages is a :class:`Problem` instead)
     """
-    w = walker(mm)
-    return [w.zone(z, pcp=pcp) for z in mm.all_zones()]
+    w = walker(ctx)
+    return [w.zone(z, pcp=pcp) for z in ctx.all_zones()]
 
 
 __all__ = ["FreeBlock", "PcpList", "Problem", "ZoneFreeLists", "FreeListWalker", "freelists",

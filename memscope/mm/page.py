@@ -2,9 +2,9 @@
 
 The whole memmap of a target is read once, section by section (``mem_section[]``, 2 MiB
 reads of the vmemmap region per 128 MiB section on x86_64), and viewed through a numpy
-structured dtype built from the probed ``struct page`` layout.  The decode is cached on
-the :class:`~memscope.mm.zone.MM` object and shared by ``pages``, ``pageblocks``, ``frag``
-and whoever else needs pages (:func:`memmap`).
+structured dtype built from the probed ``struct page`` layout.  The decode is kept in the
+snapshot state of the :class:`~memscope.mm.context.KernelContext` and shared by ``pages``,
+``pageblocks``, ``frag`` and whoever else needs pages (:func:`memmap`).
 
 Classification (:func:`classify`), in the order the decisions are taken:
 
@@ -51,7 +51,8 @@ from functools import cached_property
 import numpy as np
 
 from ..target.base import FaultError, Target, TargetError
-from .zone import MM, Zone
+from .context import KernelContext
+from .zone import Zone
 
 # Class codes (uint8) and names, in the order used for tables and maps.
 CLASSES = ("hole", "buddy", "pcp", "slab", "kmalloc_large", "pagetable", "hugetlb", "offline",
@@ -201,17 +202,15 @@ def _mask_from_vmcoreinfo(vi: dict, key: str, default: int) -> int:
     return ~int(v, 0) & 0xFFFFFFFF
 
 
-def page_is_buddy(mm: MM, page_type) -> np.ndarray:
+def page_is_buddy(ctx: KernelContext, page_type) -> np.ndarray:
     """PageBuddy for one page_type word or an array of them (the decision shared by every
     command that needs it: see :meth:`PageLayout.is_buddy`)."""
-    return page_layout(mm).is_buddy(page_type)
+    return page_layout(ctx).is_buddy(page_type)
 
 
-def page_layout(mm: MM) -> PageLayout:
-    pl = mm.__dict__.get("_page_layout")
-    if pl is None:
-        pl = mm.__dict__["_page_layout"] = PageLayout(mm.t)
-    return pl
+def page_layout(ctx: KernelContext) -> PageLayout:
+    """The :class:`PageLayout` of the target's kernel (a probe)."""
+    return ctx.probe("page_layout", lambda: PageLayout(ctx.t))
 
 
 @dataclasses.dataclass
@@ -230,27 +229,22 @@ class Sections:
         return self.present() & ((self.mem_map & SECTION_IS_ONLINE) != 0)
 
 
-def sections(mm: MM) -> Sections:
-    s = mm.__dict__.get("_sections")
-    if s is None:
-        s = mm.__dict__["_sections"] = _read_sections(mm)
-    return s
+def sections(ctx: KernelContext) -> Sections:
+    """``mem_section[]`` as read for this snapshot."""
+    return ctx.snapshot("sections", lambda: _read_sections(ctx))
 
 
-def zones(mm: MM) -> list[Zone]:
-    """mm.all_zones(), read once per MM (the memmap decode is a snapshot too)."""
-    z = mm.__dict__.get("_page_zones")
-    if z is None:
-        z = mm.__dict__["_page_zones"] = mm.all_zones()
-    return z
+def zones(ctx: KernelContext) -> list[Zone]:
+    """ctx.all_zones(), one list per snapshot (the memmap decode is a snapshot too)."""
+    return ctx.snapshot("page_zones", ctx.all_zones)
 
 
-def max_pfn(mm: MM) -> int:
-    return max(z.end_pfn for z in zones(mm))
+def max_pfn(ctx: KernelContext) -> int:
+    return max(z.end_pfn for z in zones(ctx))
 
 
-def _read_sections(mm: MM) -> Sections:
-    t = mm.t
+def _read_sections(ctx: KernelContext) -> Sections:
+    t = ctx.t
     vi = t.vmcoreinfo_fields
     page_shift = t.page_size.bit_length() - 1
     if "NUMBER(SECTION_SIZE_BITS)" not in vi:
@@ -265,7 +259,7 @@ def _read_sections(mm: MM) -> Sections:
     else:
         roots_addr = t.read_u64(t.symbol("mem_section"))
     per_root = t.page_size // ms.size
-    nr = (max_pfn(mm) + pps - 1) // pps
+    nr = (max_pfn(ctx) + pps - 1) // pps
     nroots = (nr + per_root - 1) // per_root
     roots = np.frombuffer(t.read(roots_addr, 8 * nroots), "<u8")
     mem_map = np.zeros(nr, np.uint64)
@@ -284,9 +278,9 @@ def _read_sections(mm: MM) -> Sections:
     return Sections(pps, mem_map, usage)
 
 
-def vmemmap_base(mm: MM) -> int:
+def vmemmap_base(ctx: KernelContext) -> int:
     """The address of pfn 0's struct page (SPARSEMEM_VMEMMAP)."""
-    t = mm.t
+    t = ctx.t
     if t.arch == "x86_64":
         try:  # randomized by KASLR
             v = t.read_u64(t.symbol("vmemmap_base"))
@@ -305,7 +299,7 @@ def vmemmap_base(mm: MM) -> int:
                 - (t.read_u64(t.symbol("memstart_addr")) >> shift) * sz) & (2**64 - 1)
     # Last resort: a present section's encoded mem_map is vmemmap itself
     # (sparse_encode_mem_map(): mem_map - section_nr_to_pfn(pnum)).
-    s = sections(mm)
+    s = sections(ctx)
     for m in s.mem_map[s.present()]:
         return int(m) & ~0xFFF
     raise TargetError("cannot find vmemmap (no vmemmap_base, VMCOREINFO vmemmap, or section)")
@@ -341,14 +335,14 @@ class PageMap:
 FIELDS = ("flags", "compound", "mapping", "index", "private", "mapcount", "refcount")
 
 
-def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
+def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int):
     """Read the memmap section by section and keep each field in its own array.
 
     Each chunk read is viewed in place (np.frombuffer with the struct page dtype) and its
     fields are copied out while the chunk is still in the CPU cache; no copy of the whole
     memmap is ever made (the field arrays are what the classification reads, contiguous)."""
-    t = mm.t
-    s = sections(mm)
+    t = ctx.t
+    s = sections(ctx)
     sz = pl.size
     dt = pl.dtype()
     out = {f: np.zeros(n, dt.fields[f][0]) for f in pl.fields}  # zero pages: holes
@@ -383,12 +377,9 @@ def _read_memmap(mm: MM, pl: PageLayout, vmemmap: int, n: int):
     return out, valid, unreadable
 
 
-def memmap(mm: MM) -> PageMap:
-    """The decoded and classified memmap of MM's target, computed once and cached."""
-    pm = mm.__dict__.get("_pagemap")
-    if pm is None:
-        pm = mm.__dict__["_pagemap"] = _build(mm)
-    return pm
+def memmap(ctx: KernelContext) -> PageMap:
+    """The decoded and classified memmap of the target, computed once per snapshot."""
+    return ctx.snapshot("pagemap", lambda: _build(ctx))
 
 
 def _zone_ids(zones: list[Zone], n: int) -> np.ndarray:
@@ -494,12 +485,12 @@ def _old_hugetlb_heads(pl: PageLayout, pages: dict[str, np.ndarray], is_head: np
     return out
 
 
-def _build(mm: MM) -> PageMap:
-    pl = page_layout(mm)
-    zones_ = zones(mm)
-    n = max_pfn(mm)
-    vm = vmemmap_base(mm)
-    pages, valid, unreadable = _read_memmap(mm, pl, vm, n)
+def _build(ctx: KernelContext) -> PageMap:
+    pl = page_layout(ctx)
+    zones_ = zones(ctx)
+    n = max_pfn(ctx)
+    vm = vmemmap_base(ctx)
+    pages, valid, unreadable = _read_memmap(ctx, pl, vm, n)
     flags = pages["flags"]
     pt = pages["mapcount"]
     ref = pages["refcount"]
@@ -538,7 +529,7 @@ def _build(mm: MM) -> PageMap:
         is_buddy = pl.is_buddy(pt)
     bud = np.flatnonzero(head & is_buddy)
     bo = pages["private"][bud]
-    good = bo < mm.nr_orders
+    good = bo < ctx.nr_orders
     bad[bud[~good]] = True
     bud, bo = bud[good], bo[good].astype(np.int64)
     cover = _cover(n, bud, bo)
@@ -558,7 +549,7 @@ def _build(mm: MM) -> PageMap:
         last = np.where(ok, allocated[np.maximum(k, 0)], 0)
         dist = blank - last
         span = np.left_shift(1, np.ceil(np.log2(dist + 1.0)).astype(np.int64))
-        ok &= (dist < (1 << (mm.nr_orders - 1))) & (last % span == 0) & (cls[last] == C["kernel"])
+        ok &= (dist < (1 << (ctx.nr_orders - 1))) & (last % span == 0) & (cls[last] == C["kernel"])
         cls[blank[ok]] = C["kernel"]
 
     # Compound tails take their head's class.
@@ -580,7 +571,7 @@ def _build(mm: MM) -> PageMap:
 
     # Per-CPU lists.
     findings: list[str] = []
-    pcp_pfns, pcp_orders = _pcp_pages(mm, pl, vm, n, findings, comp, valid)
+    pcp_pfns, pcp_orders = _pcp_pages(ctx, pl, vm, n, findings, comp, valid)
     if len(pcp_pfns):
         bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
         pc = _expand(n, pcp_pfns, pcp_orders)
@@ -613,10 +604,10 @@ def _expand(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
 
 
 # --- per-CPU page lists --------------------------------------------------------------
-def pcp_layout(mm: MM) -> tuple[int, int, int, int, int]:
+def pcp_layout(ctx: KernelContext) -> tuple[int, int, int, int, int]:
     """(zone member offset, offset of the pcp struct in what it points to, count offset,
     lists offset, number of lists) for this kernel."""
-    t, zl = mm.t, mm.zone_layout
+    t, zl = ctx.t, ctx.zone_layout
     if zl.has("per_cpu_pageset"):
         # 5.14+ (commit 28f836b6777b "mm/page_alloc: split per cpu page lists and zone
         # stats"): zone->per_cpu_pageset is a __percpu struct per_cpu_pages.
@@ -630,20 +621,20 @@ def pcp_layout(mm: MM) -> tuple[int, int, int, int, int]:
             pcp["lists"].array_length)
 
 
-def pindex_to_order(mm: MM, pindex: int, nlists: int) -> int:
+def pindex_to_order(ctx: KernelContext, pindex: int, nlists: int) -> int:
     """mm/page_alloc.c pindex_to_order(): 3 lists (one per PCPTYPE) per order up to
     PAGE_ALLOC_COSTLY_ORDER (3), then the THP lists of order HPAGE_PMD_ORDER."""
-    pcptypes = mm.migratetypes.get("MIGRATE_PCPTYPES", 3)
+    pcptypes = ctx.migratetypes.get("MIGRATE_PCPTYPES", 3)
     if nlists <= pcptypes:  # 5.10: order-0 only
         return 0
     low = pcptypes * 4
     if pindex >= low:
         # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page of 8-byte entries.
-        return (mm.t.page_size // 8).bit_length() - 1
+        return (ctx.t.page_size // 8).bit_length() - 1
     return pindex // pcptypes
 
 
-def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str],
+def _pcp_pages(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int, findings: list[str],
                nxt: np.ndarray, valid: np.ndarray):
     """(pfns, orders) of every page block on every per-CPU list of every zone.
 
@@ -651,9 +642,9 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     number of entries); a cycle, a pointer outside the memmap or an overlong list becomes a
     finding.  The next pointers come from the decoded memmap (``pcp_list.next`` is the
     word after flags), not from one read per page."""
-    t = mm.t
+    t = ctx.t
     try:
-        zoff, pcp_in, count_off, lists_off, nlists = pcp_layout(mm)
+        zoff, pcp_in, count_off, lists_off, nlists = pcp_layout(ctx)
     except TargetError as e:
         findings.append(f"per-CPU lists not decoded: {e}")
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -670,7 +661,7 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
     nxt_v = memoryview(np.ascontiguousarray(nxt, dtype=np.uint64))
     valid_v = memoryview(np.ascontiguousarray(valid, dtype=bool))
     entry0 = pl.lru_off + vmemmap  # pcp_list.next points at page->pcp_list (the lru word)
-    for z in zones(mm):
+    for z in zones(ctx):
         try:
             ptr = t.read_u64(z.address + zoff)
         except FaultError:
@@ -686,7 +677,7 @@ def _pcp_pages(mm: MM, pl: PageLayout, vmemmap: int, n: int, findings: list[str]
                 continue
             for li in range(nlists):
                 head_addr = base + lists_off + 16 * li
-                o = pindex_to_order(mm, li, nlists)
+                o = pindex_to_order(ctx, li, nlists)
                 node = int(heads[2 * li])
                 seen = set()
                 steps = 0
@@ -749,11 +740,11 @@ class ZonePages:
     inconsistent: int
 
 
-def zone_counts(mm: MM) -> list[ZonePages]:
+def zone_counts(ctx: KernelContext) -> list[ZonePages]:
     """
     Count the classified pages of every populated zone (the ``pages`` command).
 
-    :param mm: the context of the target (the memmap is decoded once per context)
+    :param ctx: the context of the target (the memmap is decoded once per context)
     :return: one :class:`ZonePages` per populated zone, online nodes then
         ``node_zones[]`` order
     :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
@@ -761,7 +752,7 @@ def zone_counts(mm: MM) -> list[ZonePages]:
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read (an
         unreadable part of the memmap is holes instead)
     """
-    pm = memmap(mm)
+    pm = memmap(ctx)
     n = pm.nr_pages
     out = []
     for i, z in enumerate(pm.zones):
@@ -781,7 +772,7 @@ def zone_counts(mm: MM) -> list[ZonePages]:
         out.append(ZonePages(
             z.node, z.name, z.zone_start_pfn, z.end_pfn,
             {name: int(c[i2]) for i2, name in enumerate(CLASSES)},
-            [int(x) for x in np.bincount(bo, minlength=mm.nr_orders)],
+            [int(x) for x in np.bincount(bo, minlength=ctx.nr_orders)],
             int(c[C["pcp"]]), int(np.count_nonzero(part(pm.tail))),
             int(np.count_nonzero(part(pm.inconsistent)))))
     return out
@@ -853,19 +844,19 @@ class PageRecord:
     inconsistent: bool
 
 
-def page_records(mm: MM, lo: int, hi: int) -> list[PageRecord]:
+def page_records(ctx: KernelContext, lo: int, hi: int) -> list[PageRecord]:
     """
     Get the pages of pfns [*lo*, *hi*) as records (``pages --pfn``).
 
-    :param mm: the context of the target (the memmap is decoded once per context)
+    :param ctx: the context of the target (the memmap is decoded once per context)
     :param lo: first pfn (``lo >= 0``)
     :param hi: end pfn, exclusive; clipped to the end of the last zone's span
     :return: one :class:`PageRecord` per pfn, in pfn order
     :raises TargetError: as :func:`zone_counts`
     :raises FaultError: as :func:`zone_counts`
     """
-    pm = memmap(mm)
-    pl = page_layout(mm)
+    pm = memmap(ctx)
+    pl = page_layout(ctx)
     hi = min(hi, pm.nr_pages)
     out = []
     typenames = {v: k[5:] for k, v in (pl.pagetype or {}).items()}

@@ -29,7 +29,8 @@ import numpy as np
 from ..target.base import FaultError, TargetError
 from . import freelists as fl
 from . import page as pg
-from .zone import MM, Zone
+from .context import KernelContext
+from .zone import Zone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +52,14 @@ class PageblockBits:
     migratetype_mask: int = 0x7
 
 
-def pageblock_bits(mm: MM) -> PageblockBits:
+def pageblock_bits(ctx: KernelContext) -> PageblockBits:
     """
     Probe :class:`PageblockBits` from ``enum pageblock_bits`` in the debug info.
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :raises TargetError: the kernel has no ``enum pageblock_bits``
     """
-    e = mm.t.enum("enum pageblock_bits")
+    e = ctx.t.enum("enum pageblock_bits")
     if "NR_PAGEBLOCK_BITS" in e:
         nbits = e["NR_PAGEBLOCK_BITS"]
     else:
@@ -70,47 +71,50 @@ def pageblock_bits(mm: MM) -> PageblockBits:
     return PageblockBits(nbits, skip, e.get("PB_migrate_isolate"))
 
 
-def pageblock_order(mm: MM) -> int:
+def pageblock_order(ctx: KernelContext) -> int:
     """pageblock_order.  It is a macro on every lab kernel (HPAGE_PMD_ORDER capped by the
     top buddy order); a variable with CONFIG_HUGETLB_PAGE_SIZE_VARIABLE.  Otherwise it is
     derived from the size of ``struct mem_section_usage`` as sparse_init allocated them:
     the usage structs of a node's boot sections are packed at mem_section_usage_size() =
     sizeof(struct mem_section_usage) + the bitmap, and the bitmap holds
     NR_PAGEBLOCK_BITS bits per pageblock of a section."""
-    cached = mm.__dict__.get("_pageblock_order")
-    if cached is not None:
-        return cached
-    t = mm.t
+    return ctx.probe("pageblock_order", lambda: _pageblock_order(ctx))
+
+
+def _pageblock_order(ctx: KernelContext) -> int:
+    """Compute :func:`pageblock_order` (not cached)."""
+    t = ctx.t
     order = None
     if t.has_symbol("pageblock_order"):
         order = t.read_u32(t.symbol("pageblock_order"))
     else:
-        s = pg.sections(mm)
+        s = pg.sections(ctx)
         use = s.usage[s.present() & (s.usage != 0)].astype(np.int64)
         strides = Counter(int(d) for d in np.diff(use) if d > 0)
         base = t.layout("struct mem_section_usage").offset("pageblock_flags")
-        nbits = pageblock_bits(mm).nbits
+        nbits = pageblock_bits(ctx).nbits
         for stride, _ in strides.most_common(1):
             blocks = (stride - base) * 8 // nbits
             if blocks > 0 and blocks & (blocks - 1) == 0 and s.pages_per_section % blocks == 0:
                 order = (s.pages_per_section // blocks).bit_length() - 1
         if order is None:
             # Fallback: HPAGE_PMD_ORDER (a page of 8-byte entries), capped as the kernel does.
-            order = min((t.page_size // 8).bit_length() - 1, mm.nr_orders - 1)
-    mm.__dict__["_pageblock_order"] = order
+            order = min((t.page_size // 8).bit_length() - 1, ctx.nr_orders - 1)
     return order
 
 
-def _all_flags(mm: MM) -> np.ndarray:
+def _all_flags(ctx: KernelContext) -> np.ndarray:
     """The NR_PAGEBLOCK_BITS value of every pageblock of pfns [0, max_pfn) (uint8);
-    0xff where the section has no usage map."""
-    cached = mm.__dict__.get("_pageblock_flags")
-    if cached is not None:
-        return cached
-    t = mm.t
-    s = pg.sections(mm)
-    po = pageblock_order(mm)
-    bits = pageblock_bits(mm)
+    0xff where the section has no usage map; read once per snapshot."""
+    return ctx.snapshot("pageblock_flags", lambda: _read_all_flags(ctx))
+
+
+def _read_all_flags(ctx: KernelContext) -> np.ndarray:
+    """Read :func:`_all_flags` from every section's usage map (not cached)."""
+    t = ctx.t
+    s = pg.sections(ctx)
+    po = pageblock_order(ctx)
+    bits = pageblock_bits(ctx)
     per_sec = s.pages_per_section >> po
     nbytes = (per_sec * bits.nbits + 7) // 8
     base = t.layout("struct mem_section_usage").offset("pageblock_flags")
@@ -130,15 +134,14 @@ def _all_flags(mm: MM) -> np.ndarray:
             b = np.unpackbits(raw, bitorder="little").reshape(-1, bits.nbits)
             vals = np.packbits(b, axis=1, bitorder="little")[:, 0]
         out[nr * per_sec:(nr + 1) * per_sec] = vals[:per_sec]
-    mm.__dict__["_pageblock_flags"] = out
     return out
 
 
-def _online_pfn(mm: MM, pfns: np.ndarray) -> np.ndarray:
+def _online_pfn(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
     """pfn_to_online_page() != NULL: the section is online and, with ZONE_DEVICE (Debian
     has it), the pfn's subsection is in usage->subsection_map (pfn_section_valid)."""
-    t = mm.t
-    s = pg.sections(mm)
+    t = ctx.t
+    s = pg.sections(ctx)
     nr = pfns // s.pages_per_section
     ok = s.online()[nr]
     sub_shift = (21 - (t.page_size.bit_length() - 1))  # SUBSECTION_SHIFT 21 (2 MiB)
@@ -156,29 +159,29 @@ def _online_pfn(mm: MM, pfns: np.ndarray) -> np.ndarray:
     return ok
 
 
-def pageblock_migratetypes(mm: MM, zone: Zone) -> np.ndarray:
+def pageblock_migratetypes(ctx: KernelContext, zone: Zone) -> np.ndarray:
     """The migratetype of each pageblock of ZONE, as get_pageblock_migratetype() returns it
     (MIGRATE_ISOLATE when 7.2's isolate bit is set), for the pageblocks containing
     zone_start_pfn + k * pageblock_nr_pages, k = 0, 1, ... while < zone_end_pfn: the blocks
     /proc/pagetypeinfo counts (pagetypeinfo_showblockcount_print).  -1 where the kernel
     skips the pfn (no online struct page there).  numpy int16 array."""
-    po = pageblock_order(mm)
-    bits = pageblock_bits(mm)
-    flags = _all_flags(mm)
+    po = pageblock_order(ctx)
+    bits = pageblock_bits(ctx)
+    flags = _all_flags(ctx)
     pfns = np.arange(zone.zone_start_pfn, zone.end_pfn, 1 << po, dtype=np.int64)
     f = flags[pfns >> po].astype(np.int16)
     mt = f & bits.migratetype_mask
     if bits.isolate_bit is not None:
         mt = np.where((f >> bits.isolate_bit) & 1 == 1,
-                      mm.migratetypes.get("MIGRATE_ISOLATE", mt), mt)
-    ok = (f != 0xFF) & _online_pfn(mm, pfns)
+                      ctx.migratetypes.get("MIGRATE_ISOLATE", mt), mt)
+    ok = (f != 0xFF) & _online_pfn(ctx, pfns)
     return np.where(ok, mt, -1).astype(np.int16)
 
 
-def migratetype_names(mm: MM) -> list[str]:
+def migratetype_names(ctx: KernelContext) -> list[str]:
     """Names as /proc/pagetypeinfo prints them (the kernel's migratetype_names[]), by value:
     :attr:`memscope.mm.freelists.FreeListWalker.migratetype_names`."""
-    return fl.walker(mm).migratetype_names
+    return fl.walker(ctx).migratetype_names
 
 
 # --- free lists ------------------------------------------------------------------------
@@ -186,18 +189,19 @@ def migratetype_names(mm: MM) -> list[str]:
 _COUNTER_PROBLEMS = ("nr_free_mismatch", "free_pages_counter_mismatch")
 
 
-def free_lists(mm: MM, zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
+def free_lists(ctx: KernelContext,
+               zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
     """The pfns of the first pages of the free blocks on each ``free_area[order]
     .free_list[migratetype]`` of ZONE: {(order, migratetype): pfns}, plus findings.
 
     The lists are walked by :meth:`memscope.mm.freelists.FreeListWalker.zone` (bounded,
     cycle-detecting, on bulk-read struct pages); its problems with the lists are the
     findings."""
-    w = fl.walker(mm)
+    w = fl.walker(ctx)
     zl = w.zone(zone, pcp=False)
     index = {(w.migratetype_names[mt] if mt < len(w.migratetype_names) else str(mt)): mt
              for mt in range(w.nr_lists)}
-    pfns: dict[tuple[int, int], list[int]] = {(o, mt): [] for o in range(mm.nr_orders)
+    pfns: dict[tuple[int, int], list[int]] = {(o, mt): [] for o in range(ctx.nr_orders)
                                               for mt in range(w.nr_lists)}
     for b in zl.blocks:
         pfns[(b.order, index[b.migratetype])].append(b.pfn)
@@ -236,13 +240,13 @@ class ZoneBlocks:
     list_findings: list[str]
 
 
-def zone_blocks(mm: MM, z: Zone) -> ZoneBlocks:
+def zone_blocks(ctx: KernelContext, z: Zone) -> ZoneBlocks:
     """:class:`ZoneBlocks` of zone Z, from the pageblock bits (usage->pageblock_flags) and
     the zone's free lists (walked by :func:`free_lists`)."""
-    po = pageblock_order(mm)
-    bits = pageblock_bits(mm)
-    flags = _all_flags(mm)
-    iso = mm.migratetypes.get("MIGRATE_ISOLATE")
+    po = pageblock_order(ctx)
+    bits = pageblock_bits(ctx)
+    flags = _all_flags(ctx)
+    iso = ctx.migratetypes.get("MIGRATE_ISOLATE")
     block = np.arange(z.zone_start_pfn, z.end_pfn, 1 << po, dtype=np.int64) >> po
     inside = block < len(flags)
     f = np.where(inside, flags[np.where(inside, block, 0)], 0xFF)
@@ -254,7 +258,7 @@ def zone_blocks(mm: MM, z: Zone) -> ZoneBlocks:
         isolate = known & ((f & bits.migratetype_mask) == iso)
     else:
         isolate = np.zeros(len(block), bool)
-    lists, findings = free_lists(mm, z)
+    lists, findings = free_lists(ctx, z)
     mixed_blocks: dict[int, set[int]] = {}
     mixed_pages = 0
     for (o, lmt), pfns in lists.items():
@@ -268,7 +272,7 @@ def zone_blocks(mm: MM, z: Zone) -> ZoneBlocks:
         for b, m in zip((pfns[off] >> po).tolist(), bmt[off].tolist()):
             mixed_blocks.setdefault(int(m), set()).add(b)
     every_mixed = sorted(set().union(*mixed_blocks.values())) if mixed_blocks else []
-    return ZoneBlocks(z, block, pageblock_migratetypes(mm, z), skip, isolate,
+    return ZoneBlocks(z, block, pageblock_migratetypes(ctx, z), skip, isolate,
                       np.isin(block, every_mixed),
                       {m: len(bs) for m, bs in sorted(mixed_blocks.items())}, mixed_pages,
                       findings)
@@ -317,11 +321,11 @@ class ZonePageblocks:
     list_findings: list[str]
 
 
-def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
+def zone_pageblocks(ctx: KernelContext) -> list[ZonePageblocks]:
     """
     Count the pageblocks of every populated zone (the counts of :func:`zone_blocks`).
 
-    :param mm: the context of the target
+    :param ctx: the context of the target
     :return: one :class:`ZonePageblocks` per populated zone, online nodes then
         ``node_zones[]`` order
     :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
@@ -329,11 +333,11 @@ def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
     :raises FaultError: a ``struct zone``, its ``free_area[]`` or a ``mem_section[]`` root
         cannot be read (an unreadable ``usage`` map leaves its blocks unknown instead)
     """
-    po = pageblock_order(mm)
-    names = migratetype_names(mm)
+    po = pageblock_order(ctx)
+    names = migratetype_names(ctx)
     out = []
-    for z in mm.all_zones():
-        b = zone_blocks(mm, z)
+    for z in ctx.all_zones():
+        b = zone_blocks(ctx, z)
         counts = {names[i]: int(np.count_nonzero(b.migratetype == i))
                   for i in range(len(names))}
         mixed = {names[m]: n for m, n in b.mixed_by_type.items() if m < len(names)}
@@ -344,16 +348,16 @@ def zone_pageblocks(mm: MM) -> list[ZonePageblocks]:
     return out
 
 
-def format_blockcount(mm: MM, rows: list[ZonePageblocks]) -> str:
+def format_blockcount(ctx: KernelContext, rows: list[ZonePageblocks]) -> str:
     """
     Print the "Number of blocks type" section of /proc/pagetypeinfo from ROWS' counts,
     byte for byte (mm/vmstat.c pagetypeinfo_showblockcount()), starting with its blank
     line.
 
-    :param mm: the context of the target (for ``migratetype_names[]``)
+    :param ctx: the context of the target (for ``migratetype_names[]``)
     :param rows: :func:`zone_pageblocks`'s records
     """
-    names = migratetype_names(mm)
+    names = migratetype_names(ctx)
     s = "\n%-23s" % "Number of blocks type "
     s += "".join("%12s " % n for n in names) + "\n"
     for r in rows:
