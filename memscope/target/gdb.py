@@ -50,6 +50,7 @@ import struct
 import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside gdb)
 
 from ..errors import MemscopeError
+from ..kernel.pgtable import PageTableWalker, Paging
 from .base import FaultError, Layout, Member, Target, TargetError
 
 MASK64 = (1 << 64) - 1
@@ -595,7 +596,6 @@ def _memsave_for(address: int, path: str) -> _MemSave | None:
     return _memsave[key]
 
 
-_PHYS_MASK = 0x000FFFFFFFFFF000  # x86_64 page-table entry: physical address bits 12-51
 _START_KERNEL_MAP = 0xFFFFFFFF80000000  # x86_64 __START_KERNEL_map (__pa_symbol)
 _procmem: dict[tuple, "_ProcMem | None"] = {}
 #: Bytes sampled at the top of each guest RAM range to find it in QEMU (see _ProcMem).
@@ -659,18 +659,12 @@ class _ProcMem:
     Used with MEMSCOPE_GDB_READS auto or procmem (:func:`read_path`).  Reads are never
     cached here: the process's memory is the guest's memory now."""
 
-    def __init__(self, fd: int, ram: list[tuple[int, int, int]], pgd: int, levels: int,
-                 arch: str = "x86_64", va_bits: int = 48, lpa2: bool = False):
+    def __init__(self, fd: int, ram: list[tuple[int, int, int]], pgd: int, paging: Paging):
         self.fd = fd
         self.ram = ram  # (guest physical start, end, host address), sorted
         self.pgd = pgd  # physical address of init_top_pgt / swapper_pg_dir
-        self.levels = levels
-        self.arch = arch
-        # arm64 (4K granule): the top level indexes VA bits [va_bits-1, top shift]; with
-        # FEAT_LPA2 (TCR_EL1.DS, 52-bit VA) descriptors hold OA[49:12] in bits 49:12 and
-        # OA[51:50] in bits 9:8 (else bits 47:12, and 9:8 are shareability).
-        self.va_bits = va_bits
-        self.lpa2 = lpa2
+        self.paging = paging
+        self.walker = PageTableWalker(paging, pgd, self.phys)
 
     def phys(self, pa: int, size: int) -> bytes | None:
         for start, end, hva in self.ram:
@@ -683,49 +677,9 @@ class _ProcMem:
         return None
 
     def walk(self, va: int) -> tuple[int, int] | None:
-        """(physical address of VA's page, page size) from the kernel's page tables."""
-        if self.arch == "aarch64":
-            return self._walk_arm64(va)
-        table = self.pgd
-        shifts = (48, 39, 30, 21, 12)[5 - self.levels:]
-        for shift in shifts:
-            raw = self.phys(table + ((va >> shift) & 511) * 8, 8)
-            if raw is None:
-                return None
-            e = int.from_bytes(raw, "little")
-            if not e & 1:  # _PAGE_PRESENT
-                return None
-            if shift == 12 or (shift in (21, 30) and e & 0x80):  # 4K, or _PAGE_PSE
-                return e & _PHYS_MASK & ~((1 << shift) - 1), 1 << shift
-            table = e & _PHYS_MASK
-        return None
-
-    def _walk_arm64(self, va: int) -> tuple[int, int] | None:
-        """arm64, 4K granule, TTBR1 (kernel) half: the VMSAv8-64 stage 1 walk from
-        swapper_pg_dir.  Block entries (1G at level 1, 2M at level 2) and contiguous runs
-        (each entry still holds its own output address) are plain mappings."""
-        table = self.pgd
-        shifts = (48, 39, 30, 21, 12)[5 - self.levels:]
-        oa_mask = 0x0003FFFFFFFFF000 if self.lpa2 else 0x0000FFFFFFFFF000
-        for i, shift in enumerate(shifts):
-            bits = self.va_bits - shift if i == 0 else 9
-            raw = self.phys(table + ((va >> shift) & ((1 << bits) - 1)) * 8, 8)
-            if raw is None:
-                return None
-            e = int.from_bytes(raw, "little")
-            if not e & 1:  # invalid
-                return None
-            oa = e & oa_mask
-            if self.lpa2:
-                oa |= (e & 0x300) << 42  # OA[51:50] from bits 9:8
-            if shift == 12:
-                return (oa, 4096) if e & 2 else None  # level 3: 0b11 page, 0b01 reserved
-            if not e & 2:  # a block descriptor: only levels 1 (1G) and 2 (2M) here
-                if shift not in (21, 30):
-                    return None
-                return oa & ~((1 << shift) - 1), 1 << shift
-            table = oa
-        return None
+        """(physical address of VA's page or block, its size) from the kernel's page
+        tables (memscope/kernel/pgtable.py), or None."""
+        return self.walker.walk(va)
 
     @classmethod
     def probe(cls, target: "GdbTarget", fast: "_MemSave | None") -> "_ProcMem | None":
@@ -822,7 +776,7 @@ class _ProcMem:
             if int.from_bytes(target._read_direct(target.symbol("__pgtable_l5_enabled"), 4),
                               "little"):
                 levels = 5
-        pm = cls(fd, ram, pgd, levels)
+        pm = cls(fd, ram, pgd, Paging.x86_64(levels))
         # a kernel text address and a direct-map one read as gdb reads them
         banner = target.symbol("linux_banner")
         probe = [banner]
@@ -848,15 +802,14 @@ class _ProcMem:
         if info.get("PAGESIZE") != "4096" or "NUMBER(TCR_EL1_T1SZ)" not in info:
             return None
         va_bits = 64 - int(info["NUMBER(TCR_EL1_T1SZ)"], 0)
-        levels = {39: 3, 48: 4, 52: 5}.get(va_bits)
-        if levels is None:
+        if va_bits not in (39, 48, 52):
             return None
         voff = target._gdb_read_u64(target.symbol("kimage_voffset"))
         if "NUMBER(kimage_voffset)" in info and int(info["NUMBER(kimage_voffset)"], 0) != voff:
             return None
         pgd_va = target.symbol("swapper_pg_dir")
         pgd = (pgd_va - voff) & MASK64
-        pm = cls(fd, ram, pgd, levels, "aarch64", va_bits, va_bits == 52)
+        pm = cls(fd, ram, pgd, Paging.arm64(va_bits))
         # the table itself, as gdb reads it through the kernel's mapping: not all zeros
         want = target._read_direct(pgd_va, 4096)
         if want.count(0) == len(want) or pm.phys(pgd, 4096) != want:
