@@ -1,0 +1,143 @@
+"""What gdb's debug info says about the kernel: the vmlinux gdb loaded, link-time addresses
+of symbols, struct layouts (flattened exactly as the drgn adapter flattens them), enums and
+sizes, cached per vmlinux; and bytes of the vmlinux file itself.  Imported only inside gdb."""
+
+from __future__ import annotations
+
+import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside gdb)
+
+from ..errors import MemscopeError
+from .base import Layout, Member, TargetError
+from .elf import PT_LOAD, NotElf64, ProgramHeader, program_headers
+from .gdb_connection import KERNEL_HALF, _u64
+
+#: Debug-info caches by vmlinux path (dropped by gdb_session.forget).
+_debuginfo: dict[str, "_DebugInfo"] = {}
+
+
+def vmlinux_path() -> str:
+    """The file of the objfile that defines linux_banner (the kernel's vmlinux)."""
+    try:
+        sym = gdb.lookup_global_symbol("linux_banner")
+    except gdb.error:
+        sym = None
+    if sym is None or sym.symtab is None:
+        raise MemscopeError("no kernel symbols in gdb: load the guest's vmlinux first "
+                            "with 'file VMLINUX'")
+    return sym.symtab.objfile.filename
+
+
+class _DebugInfo:
+    """What gdb's debug info says (link-time addresses, layouts), cached per vmlinux."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.symbols: dict[str, int | None] = {}
+        self.layouts: dict[str, Layout] = {}
+        self.enums: dict[str, dict[str, int]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def link_address(self, name: str) -> int | None:
+        """The address gdb has for NAME (before the kernel offset), or None."""
+        if name in self.symbols:
+            return self.symbols[name]
+        addr = None
+        for lookup in (gdb.lookup_global_symbol, gdb.lookup_static_symbol):
+            try:
+                sym = lookup(name)
+                if sym is not None and (sym.is_variable or sym.is_function):
+                    a = sym.value().address
+                    if a is not None:
+                        addr = _u64(a)
+                        break
+            except (gdb.error, RuntimeError):
+                continue
+        if addr is None and name.replace("_", "").isalnum():
+            # ELF-only symbols (no DWARF), e.g. _stext or __per_cpu_start on some builds.
+            try:
+                addr = _u64(gdb.parse_and_eval(f"(unsigned long)&'{name}'"))
+            except gdb.error:
+                addr = None
+        self.symbols[name] = addr
+        return addr
+
+    def type(self, type_name: str):
+        try:
+            t = gdb.lookup_type(type_name)
+        except gdb.error:
+            raise TargetError(f"type {type_name} not found in the debug info") from None
+        while t.code == gdb.TYPE_CODE_TYPEDEF:
+            t = t.target()
+        return t
+
+
+def _type_name(t) -> str:
+    # gdb spells an anonymous struct "struct {...}", drgn "struct <anonymous>": use drgn's,
+    # so that both adapters give identical layouts.
+    return str(t).replace("{...}", "<anonymous>")
+
+
+def _flatten(t, base: int, out: dict[str, Member]) -> None:
+    """Members of struct/union T at BASE, anonymous struct/union members flattened in, the
+    first of two equal names winning: exactly what target/drgn.py's _flatten does."""
+    for f in t.fields():
+        if getattr(f, "is_base_class", False) or not hasattr(f, "bitpos"):
+            continue
+        mt = f.type
+        while mt.code == gdb.TYPE_CODE_TYPEDEF:
+            mt = mt.target()
+        off = base + f.bitpos // 8
+        if not f.name:
+            if mt.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                _flatten(mt, off, out)
+            continue
+        if f.name in out:
+            continue
+        name = _type_name(f.type)
+        length = None
+        if mt.code == gdb.TYPE_CODE_ARRAY:
+            if name.endswith("[]"):
+                length = None  # flexible array member: drgn says no length
+            else:
+                lo, hi = mt.range()
+                length = hi - lo + 1
+        try:
+            size = mt.sizeof if not (length is None and mt.code == gdb.TYPE_CODE_ARRAY) else 0
+        except gdb.error:
+            size = 0
+        out[f.name] = Member(f.name, off, size, name, length, f.bitpos % 8, f.bitsize or None)
+
+
+def _elf_file_read(path: str, vaddr: int, size: int) -> bytes:
+    """SIZE bytes at link address VADDR in the ELF file PATH (its PT_LOAD segments)."""
+    with open(path, "rb") as f:
+        for ph in _load_segments(path, f):
+            if ph.p_vaddr <= vaddr and vaddr + size <= ph.p_vaddr + ph.p_filesz:
+                f.seek(ph.p_offset + vaddr - ph.p_vaddr)
+                return f.read(size)
+    raise MemscopeError(f"{path}: no loadable segment holds {vaddr:#x}")
+
+
+def _elf_first_load(path: str) -> int:
+    """The link address of the first PT_LOAD segment in the kernel (upper) half."""
+    with open(path, "rb") as f:
+        for ph in _load_segments(path, f):
+            if ph.p_vaddr & KERNEL_HALF:
+                return ph.p_vaddr
+    raise MemscopeError(f"{path}: no kernel-half loadable segment (is this a vmlinux?)")
+
+
+def _load_segments(path: str, f) -> list[ProgramHeader]:
+    try:
+        phdrs, _ = program_headers(f)
+    except NotElf64:
+        raise MemscopeError(f"{path}: not a 64-bit ELF file") from None
+    return [ph for ph in phdrs if ph.p_type == PT_LOAD]
+
+
+def debuginfo() -> _DebugInfo:
+    path = vmlinux_path()
+    di = _debuginfo.get(path)
+    if di is None:
+        di = _debuginfo[path] = _DebugInfo(path)
+    return di

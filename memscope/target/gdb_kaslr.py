@@ -1,0 +1,132 @@
+"""KASLR.  Debian kernels randomize where the kernel image sits (KASLR), so the addresses in
+vmlinux are off by a constant (the kernel offset).  :func:`kernel_offset` finds it without
+``nokaslr``: every candidate offset is checked by reading ``linux_banner`` at the candidate
+address and comparing it, byte for byte, with the banner stored in the vmlinux file.  The
+candidates, cheapest first:
+
+1. 0 (the guest booted with ``nokaslr``, or gdb's symbols are already relocated);
+2. arm64: ``VBAR_EL1`` (QEMU's gdbstub calls it ``VBAR``) holds the address of the kernel's
+   exception ``vectors``, so the offset is ``VBAR_EL1 - &vectors`` exactly;
+3. the program counter of every vCPU that is in the kernel: the offset is the PC minus some
+   address inside the kernel text, a multiple of the KASLR alignment (2 MiB on x86_64,
+   64 KiB on arm64), which leaves a few hundred candidates;
+4. x86_64 only: every 2 MiB step of the 1 GiB kernel image area (512 reads, ~30 ms).
+
+The offset is cached per gdb connection and vmlinux.  Per-CPU symbols of x86_64 (linked at
+0 in the .data..percpu section) are not relocated, as the kernel does not relocate them:
+only addresses in the upper (kernel) half move.
+
+Finding the offset does not drop a kept target: gdb_session's kernel_offset and
+set_kernel_offset, which the gdb commands call, do.  Imported only inside gdb."""
+
+from __future__ import annotations
+
+import os
+
+import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside gdb)
+
+from ..errors import MemscopeError
+from .gdb_connection import (KERNEL_HALF, MASK64, _arch, _check_connected, _connection_key,
+                             _register, _try_read)
+from .gdb_debuginfo import _DebugInfo, _elf_file_read, _elf_first_load, debuginfo
+
+_KASLR_ALIGN = {"x86_64": 2 << 20, "aarch64": 64 << 10}
+_X86_IMAGE_SIZE = 1 << 30  # KERNEL_IMAGE_SIZE with KASLR (arch/x86/include/asm/page_64_types.h)
+
+#: Kernel offsets by (connection, vmlinux).
+_offsets: dict[tuple, int] = {}
+
+
+def _kernel_pcs() -> list[int]:
+    """The PC of every vCPU that is in the kernel (upper half)."""
+    pcs = []
+    inf = gdb.selected_inferior()
+    current = gdb.selected_thread()
+    try:
+        for th in inf.threads():
+            try:
+                th.switch()
+                pc = _register("pc")
+            except gdb.error:
+                continue
+            if pc is not None and pc & KERNEL_HALF and pc not in pcs:
+                pcs.append(pc)
+    finally:
+        if current is not None and current.is_valid():
+            current.switch()
+    return pcs
+
+
+#: The ways of finding the kernel offset, cheapest first (see the module docstring).
+METHODS = ("zero", "vbar", "pc", "scan")
+
+
+def detect_kernel_offset(debuginfo: _DebugInfo, arch: str,
+                         methods: tuple[str, ...] = METHODS) -> tuple[int, str]:
+    """(offset, how it was found) by the first of METHODS that finds it."""
+    path = debuginfo.path
+    banner_link = debuginfo.link_address("linux_banner")
+    text = debuginfo.link_address("_text")
+    etext = debuginfo.link_address("_etext")
+    if banner_link is None or text is None or etext is None:
+        raise MemscopeError("no kernel symbols in gdb: load the guest's vmlinux first "
+                            "with 'file VMLINUX'")
+    # gdb's addresses may already be relocated (symbol-file -o): map back to the file.
+    file_bias = text - _elf_first_load(path)
+    raw = _elf_file_read(path, banner_link - file_bias, 512)
+    want = raw.split(b"\0", 1)[0] + b"\0"
+
+    def good(off: int) -> bool:
+        return _try_read(banner_link + off, len(want)) == want
+
+    if "zero" in methods and good(0):
+        return 0, "vmlinux addresses as loaded (no KASLR or already relocated)"
+    if arch == "aarch64" and "vbar" in methods:
+        vectors = debuginfo.link_address("vectors")
+        for reg in ("VBAR_EL1", "VBAR"):
+            vbar = _register(reg)
+            if vbar is not None and vectors is not None:
+                off = (vbar - vectors) & MASK64
+                if good(off):
+                    return off, f"{reg} - &vectors"
+    align = _KASLR_ALIGN[arch]
+    tried = set()
+    for pc in _kernel_pcs() if "pc" in methods else ():
+        # pc = (some address in [_text, _etext)) + offset, offset a multiple of ALIGN.
+        hi, lo = pc - text, pc - etext
+        off = hi - hi % align
+        while off > lo - align and len(tried) < 4096:
+            if off not in tried:
+                tried.add(off)
+                if good(off):
+                    return off & MASK64, "a vCPU's program counter"
+            off -= align
+    if arch == "x86_64" and "scan" in methods:
+        for off in range(0, _X86_IMAGE_SIZE, align):
+            if off not in tried and good(off):
+                return off, "a scan of the kernel image area"
+    raise MemscopeError(
+        f"cannot find the kernel's KASLR offset: linux_banner of {os.path.basename(path)} is "
+        "nowhere in the guest (is this vmlinux the guest's kernel?); give it by hand with "
+        "'memscope kaslr OFFSET' (e.g. KERNELOFFSET from the guest's VMCOREINFO)")
+
+
+def kernel_offset(force: bool = False, quiet: bool = False,
+                  methods: tuple[str, ...] = METHODS) -> int:
+    """The kernel offset for the current connection, found once and cached."""
+    di = debuginfo()
+    _check_connected()
+    key = (_connection_key(), di.path)
+    if force or key not in _offsets:
+        off, how = detect_kernel_offset(di, _arch(), methods)
+        _offsets[key] = off
+        if not quiet:
+            gdb.write(f"memscope: kernel offset {off:#x} (KASLR), found from {how}\n",
+                      gdb.STDERR)
+    return _offsets[key]
+
+
+def set_kernel_offset(offset: int) -> None:
+    di = debuginfo()
+    _check_connected()
+    _offsets[(_connection_key(), di.path)] = offset & MASK64
