@@ -31,15 +31,19 @@ from memscope.errors import LabError
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "gdb_scripts" / "memscope.py"
 
-#: The frozen guests: lab.RunOptions for each (the same kernels, workloads and sizes as
-#: memscope.lab.cases.CASES' real-kernel cases).
+#: The frozen guests: lab.RunOptions for each (the kernels and sizes of
+#: memscope.lab.cases.CASES' real-kernel cases; tests/frozen-workload.sh: every kind of
+#: page without the minutes-long compaction and memory fill of "mixed", which only the
+#: comparisons with /proc need; kept out of fixtures/workloads, whose every file is part
+#: of each lab case's cache key).
+FROZEN_WORKLOAD = str(Path(__file__).resolve().parent / "frozen-workload.sh")
 GUESTS: dict[str, dict] = {
-    "5.10": dict(kernel="5.10", workload="mixed"),
-    "6.1": dict(kernel="6.1", workload="mixed"),
-    "6.12": dict(kernel="6.12", workload="mixed"),
-    "7.2": dict(kernel="7.2", workload="mixed"),
-    "6.12-arm64": dict(kernel="6.12-arm64", workload="mixed", mem=1024),
-    "6.12-numa": dict(kernel="6.12", workload="numa", mem=1024, numa=2, smp=2),
+    "5.10": dict(kernel="5.10", workload=FROZEN_WORKLOAD),
+    "6.1": dict(kernel="6.1", workload=FROZEN_WORKLOAD),
+    "6.12": dict(kernel="6.12", workload=FROZEN_WORKLOAD),
+    "7.2": dict(kernel="7.2", workload=FROZEN_WORKLOAD),
+    "6.12-arm64": dict(kernel="6.12-arm64", workload=FROZEN_WORKLOAD, mem=1024),
+    "6.12-numa": dict(kernel="6.12", workload=FROZEN_WORKLOAD, mem=1024, numa=2, smp=2),
 }
 GDB_BINARY = {"6.12-arm64": "gdb-multiarch"}  # else gdb
 
