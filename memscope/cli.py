@@ -166,20 +166,12 @@ def _terminated(signum, frame):
 
 def _run_command(args) -> int:
     """Open the target, run the command, print its output; the command's exit status."""
-    from .commands import COMMANDS, CommandError
-    from .mm.context import KernelContext
-    from .target.base import TargetError
+    from .commands import execute
 
-    try:
-        result = COMMANDS[args.command].run(KernelContext(_open_target(args)), args)
-        text = result.render(args.format)
-    except CommandError as e:
-        raise MemscopeError(str(e)) from None
-    except TargetError as e:
-        raise MemscopeError(f"{args.command}: {e}") from None
+    text, status = execute(_open_target(args), args)
     sys.stdout.write(text)
     sys.stdout.flush()
-    return result.exit_status
+    return status
 
 
 def _run_paused(args) -> int:

@@ -423,9 +423,8 @@ def _register() -> bool:
         import sys
 
         from .cli import _Parser
-        from .commands import CommandError, add_subparsers
+        from .commands import add_subparsers, execute
         from .errors import MemscopeError
-        from .target.base import TargetError
 
         # The command line's parser: a bad option is one line "memscope: ..." on stderr
         # (argparse's own prints its usage too).
@@ -435,14 +434,13 @@ def _register() -> bool:
             sub = parser.parse_args([args.subcommand, "-f", args.format, *args.rest])
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 2
-        cmd = _commands.COMMANDS[args.subcommand]
         try:
-            result = cmd.run(_fresh(prog), sub)
-            print(result.render(sub.format), end="")
-        except (CommandError, MemscopeError, TargetError) as e:
+            text, status = execute(context_for(prog), sub)
+        except MemscopeError as e:
             print(f"memscope: {e}", file=sys.stderr)
-            return 2
-        return result.exit_status
+            return e.exit_status
+        print(text, end="")
+        return status
 
     return True
 

@@ -129,10 +129,8 @@ def _kaslr(args) -> None:
 def run(argv: list[str]) -> int:
     """Run one memscope command line inside gdb; returns the exit status.  Raises
     MemscopeError (and friends) for failures; the gdb command turns them into one line."""
-    from memscope.commands import COMMANDS, CommandError
+    from memscope.commands import execute
     from memscope.errors import MemscopeError
-    from memscope.mm.context import KernelContext
-    from memscope.target.base import TargetError
     from memscope.target.gdb import session_target
 
     try:
@@ -146,18 +144,10 @@ def run(argv: list[str]) -> int:
     if args.command == "kaslr":
         _kaslr(args)
         return 0
-    cmd = COMMANDS[args.command]
-    target = session_target()
-    try:
-        result = cmd.run(KernelContext(target), args)
-        text = result.render(args.format)
-    except CommandError as e:
-        raise MemscopeError(str(e)) from None
-    except TargetError as e:
-        raise MemscopeError(f"{args.command}: {e}") from None
+    text, status = execute(session_target(), args)
     gdb.write(text)
     gdb.flush()
-    return result.exit_status
+    return status
 
 
 def _one_line(e: BaseException) -> str:

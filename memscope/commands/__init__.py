@@ -2,7 +2,8 @@
 
 A command is a name, its arguments (argparse, so that the CLI and GDB parse the same flags)
 and a function from (KernelContext, parsed arguments) to a :class:`Result`.  Front ends only
-choose a target and print the result in the requested format.
+choose a target, call :func:`execute` (which runs the command, renders it and turns every
+failure into one :class:`~memscope.errors.MemscopeError` line) and print what it returns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import dataclasses
 import json
 from typing import Any, Callable
 
+from ..errors import MemscopeError
 from ..mm.context import KernelContext
+from ..target.base import Target, TargetError
 
 FORMATS = ("table", "json", "proc")
 
@@ -65,6 +68,35 @@ def command(name: str, help: str, *, formats: tuple[str, ...] = ("table", "json"
         return fn
 
     return register
+
+
+def execute(target: Target | KernelContext, args: argparse.Namespace) -> tuple[str, int]:
+    """
+    Run one command as every front end (CLI, GDB, drgn) runs it: take the context of
+    *target* (a new one for a :class:`Target`; a :class:`KernelContext` given is refreshed,
+    keeping its probes but reading memory afresh), run ``args.command`` with *args*, and
+    render the result in ``args.format``.
+
+    :param target: the target to read, or a context kept by the caller
+    :param args: the parsed arguments of the command (its subparser's namespace)
+    :return: the rendered text and the exit status (1 when the command found a problem)
+    :raises MemscopeError: with the one-line message to print (exit status 2): bad
+        arguments for the command, or a type, symbol or read the command needs is missing
+        (then the message starts with the command's name)
+    """
+    if isinstance(target, KernelContext):
+        ctx = target
+        ctx.refresh()
+    else:
+        ctx = KernelContext(target)
+    try:
+        result = COMMANDS[args.command].run(ctx, args)
+        text = result.render(args.format)
+    except CommandError as e:
+        raise MemscopeError(str(e)) from None
+    except TargetError as e:
+        raise MemscopeError(f"{args.command}: {e}") from None
+    return text, result.exit_status
 
 
 def add_subparsers(parser: argparse.ArgumentParser) -> None:
