@@ -32,7 +32,7 @@ import struct
 from functools import cached_property
 
 from ..target.base import FaultError, TargetError
-from .page import page_layout, pcp_layout, pindex_to_order, vmemmap_base
+from .page import page_layout, pcp_layout, pcp_set_up, pindex_to_order, vmemmap_base
 from .context import KernelContext
 from .zone import Zone
 
@@ -539,6 +539,8 @@ class FreeListWalker:
                                         f"per_cpu_pages at {base:#x} cannot be read"))
                 continue
             count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
+            if not pcp_set_up(count, raw[lists_off:lists_off + 16 * nlists]):
+                continue  # early in boot: not initialised yet (mm/page.py pcp_set_up)
             firsts = struct.unpack_from(f"<{2 * nlists}Q", raw, lists_off)[0::2]
             counts[cpu] = count
             pages = 0

@@ -243,13 +243,62 @@ def max_pfn(ctx: KernelContext) -> int:
     return max(z.end_pfn for z in zones(ctx))
 
 
+#: include/linux/mmzone.h: a subsection is 2 MiB on every architecture.
+SUBSECTION_SHIFT = 21
+
+
+def section_size_bits_from_debuginfo(t) -> int:
+    """SECTION_SIZE_BITS without VMCOREINFO (a guest stopped before the kernel wrote it, or
+    a kernel built without it), from the debug info: ``struct mem_section_usage``'s
+    ``subsection_map`` is DECLARE_BITMAP(, SUBSECTIONS_PER_SECTION), SUBSECTIONS_PER_SECTION
+    = 1 << (SECTION_SIZE_BITS - SUBSECTION_SHIFT) (commit f1eca35a0dc7, v5.3).  The bitmap
+    is whole longs, so one long says only "at most 27" (x86_64's and arm64 4K's 27): the
+    largest value it allows is taken, and :func:`_check_sections` rejects it when the
+    memory says otherwise.
+
+    :raises TargetError: no ``subsection_map`` in the debug info."""
+    m = t.layout("struct mem_section_usage")["subsection_map"]
+    if not m.array_length:
+        raise TargetError("struct mem_section_usage.subsection_map has no length: cannot "
+                          "tell SECTION_SIZE_BITS without VMCOREINFO")
+    bits = m.array_length * 8 * t.sizeof("unsigned long")
+    return SUBSECTION_SHIFT + bits.bit_length() - 1
+
+
+def section_size_bits(t) -> tuple[int, bool]:
+    """(SECTION_SIZE_BITS, whether it was derived rather than read from VMCOREINFO)."""
+    vi = t.vmcoreinfo_fields
+    if "NUMBER(SECTION_SIZE_BITS)" in vi:
+        return int(vi["NUMBER(SECTION_SIZE_BITS)"]), False
+    return section_size_bits_from_debuginfo(t), True
+
+
+def _check_sections(t, roots_addr: int, nr: int, per_root: int, ms, bits: int) -> None:
+    """A derived SECTION_SIZE_BITS must agree with mem_section[]: the section holding the
+    last pfn is present (SECTION_MARKED_PRESENT, bit 0 of section_mem_map) and no section
+    after it in the same root is (a too-large value leaves present sections past the end
+    of memory; a too-small one finds the last section absent).
+
+    :raises TargetError: they disagree."""
+    last = nr - 1
+    r, i = divmod(last, per_root)
+    root = t.read_u64(roots_addr + 8 * r)
+    raw = t.read(root, per_root * ms.size) if root else b""
+    mo = ms.offset("section_mem_map")
+    present = [j for j in range(len(raw) // ms.size)
+               if int.from_bytes(raw[j * ms.size + mo:j * ms.size + mo + 8], "little") & 1]
+    if not present or present[-1] != i:
+        raise TargetError(f"SECTION_SIZE_BITS {bits} (derived from the debug info, "
+                          "VMCOREINFO has none) disagrees with mem_section[]: the last "
+                          "present section is not the one holding the last pfn")
+
+
 def _read_sections(ctx: KernelContext) -> Sections:
     t = ctx.t
     vi = t.vmcoreinfo_fields
     page_shift = t.page_size.bit_length() - 1
-    if "NUMBER(SECTION_SIZE_BITS)" not in vi:
-        raise TargetError("VMCOREINFO has no SECTION_SIZE_BITS (not SPARSEMEM?)")
-    pps = 1 << (int(vi["NUMBER(SECTION_SIZE_BITS)"]) - page_shift)
+    bits, derived = section_size_bits(t)
+    pps = 1 << (bits - page_shift)
     ms = t.layout("struct mem_section")
     # SPARSEMEM_EXTREME (every Debian kernel): mem_section is a pointer to an array of
     # NR_SECTION_ROOTS pointers, each to a page of struct mem_section.  VMCOREINFO's
@@ -260,6 +309,8 @@ def _read_sections(ctx: KernelContext) -> Sections:
         roots_addr = t.read_u64(t.symbol("mem_section"))
     per_root = t.page_size // ms.size
     nr = (max_pfn(ctx) + pps - 1) // pps
+    if derived:
+        _check_sections(t, roots_addr, nr, per_root, ms, bits)
     nroots = (nr + per_root - 1) // per_root
     roots = np.frombuffer(t.read(roots_addr, 8 * nroots), "<u8")
     mem_map = np.zeros(nr, np.uint64)
@@ -634,6 +685,15 @@ def pindex_to_order(ctx: KernelContext, pindex: int, nlists: int) -> int:
     return pindex // pcptypes
 
 
+def pcp_set_up(count: int, lists: bytes) -> bool:
+    """Whether a CPU's ``struct per_cpu_pages`` has been set up: per_cpu_pages_init()
+    (mm/page_alloc.c) runs INIT_LIST_HEAD on every ``lists[]`` head, so a head is never
+    all zeros afterwards.  Early in boot (before setup_per_cpu_pageset(), or for the CPUs
+    whose boot_pageset is not initialised yet) the count and every head are still zero:
+    such lists are not there yet, not broken."""
+    return count != 0 or any(lists)
+
+
 def _pcp_pages(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int, findings: list[str],
                nxt: np.ndarray, valid: np.ndarray):
     """(pfns, orders) of every page block on every per-CPU list of every zone.
@@ -674,6 +734,8 @@ def _pcp_pages(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int, finding
                 heads = np.frombuffer(t.read(base + lists_off, 16 * nlists), "<u8")
             except FaultError:
                 findings.append(f"node {z.node} zone {z.name} cpu {cpu}: pcp unreadable")
+                continue
+            if not pcp_set_up(count, heads.tobytes()):
                 continue
             for li in range(nlists):
                 head_addr = base + lists_off + 16 * li

@@ -69,7 +69,13 @@ def pgdat(ctx: KernelContext, nid: int) -> int:
     """NODE_DATA(nid): ``node_data[nid]``, or ``&contig_page_data`` without NUMA."""
     t = ctx.t
     if t.has_symbol("node_data"):
-        return t.read_u64(t.symbol("node_data") + 8 * nid)
+        addr = t.read_u64(t.symbol("node_data") + 8 * nid)
+        if not addr:
+            # alloc_node_data() (setup_arch -> numa init) has not run: the kernel is early
+            # in boot (e.g. stopped at start_kernel), before memblock sets up the nodes.
+            raise TargetError(f"the memory-management structures are not set up yet "
+                              f"(node_data[{nid}] is NULL: the kernel is early in boot)")
+        return addr
     return t.symbol("contig_page_data")
 
 
