@@ -19,9 +19,11 @@ import pytest
 
 
 # The unusable-input tests run on one x86_64 kernel; the corruptions on one kernel of each
-# page_type encoding and layout.
+# page_type encoding and layout.  6.12's mixed case fills its memory until DMA32 has no
+# top-order block (its longest free list has 3 entries): its corruptions use the snapshots
+# case, the same kernel with plenty free.
 CORRUPT_KERNEL = "6.12"
-CORRUPT_KERNELS = ["5.10", "6.12", "7.2"]
+CORRUPT_KERNELS = ["5.10", "6.12-snapshots", "7.2"]
 
 
 def run_cli(*args: str, timeout: float = 300):
