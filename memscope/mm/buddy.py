@@ -67,6 +67,7 @@ __all__ = ["ZoneBuddyInfo", "Zone", "buddyinfo", "format_buddyinfo"]
 # --- /proc/pagetypeinfo ------------------------------------------------------------------
 import numpy as np  # noqa: E402
 
+from ..kernel.nodemask import for_each_node_state  # noqa: E402
 from ..target.base import TargetError  # noqa: E402
 from . import freelists as _fl  # noqa: E402
 from . import pageblock as _pb  # noqa: E402
@@ -127,15 +128,12 @@ def memory_nodes(ctx: KernelContext) -> list[int]:
     :return: node ids in increasing order; every online node when the kernel has no
         N_MEMORY mask or it cannot be read
     """
-    t = ctx.t
     nodes = ctx.node_ids()
     try:
-        n_memory = t.enum_value("enum node_states", "N_MEMORY")
-        size = t.sizeof("nodemask_t")
-        bits = int.from_bytes(t.read(t.symbol("node_states") + n_memory * size, size), "little")
+        with_memory = set(for_each_node_state(ctx.t, "N_MEMORY"))
     except TargetError:
         return nodes
-    return [n for n in nodes if bits >> n & 1]
+    return [n for n in nodes if n in with_memory]
 
 
 def pagetypeinfo(ctx: KernelContext) -> PageTypeInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from ..kernel.nodemask import for_each_online_node
 from ..target.base import TargetError
 
 if TYPE_CHECKING:
@@ -51,17 +52,14 @@ class Zone:
 
 
 def node_ids(ctx: KernelContext) -> list[int]:
-    """The online nodes, in order (for_each_online_node)."""
+    """The online nodes, in order (for_each_online_node); node 0 alone without
+    ``node_data[]`` or when ``node_states[N_ONLINE]`` cannot be read."""
     t = ctx.t
     if t.has_symbol("node_data"):
         try:
-            n_online = t.enum_value("enum node_states", "N_ONLINE")
-            mask_size = t.sizeof("nodemask_t")
-            base = t.symbol("node_states") + n_online * mask_size
-            bits = int.from_bytes(t.read(base, mask_size), "little")
+            return list(for_each_online_node(t))
         except TargetError:
-            bits = 1
-        return [i for i in range(mask_size * 8) if bits >> i & 1]
+            return [0]
     return [0]
 
 
