@@ -169,8 +169,16 @@ def _run_command(args) -> int:
     from .commands import execute
 
     text, status = execute(_open_target(args), args)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    if sys.stdout is None:
+        raise MemscopeError("standard output is closed: nowhere to print the answer")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise MemscopeError(f"cannot write the answer to standard output: "
+                            f"{e.strerror or e}") from None
     return status
 
 
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
+    # drgn loads its plugins (memscope's own %memscope among them) while a program opens,
+    # from C code that reports and drops a Ctrl-C arriving then; the command line needs none.
+    os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ found problems.  ``pages --pfn A-B``: a list of pages ``{"pfn", "cls", "flags", 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 from tabulate import tabulate
@@ -26,13 +27,16 @@ from ..mm import pageblock as mpb
 from . import CommandError, Result, command
 
 
+_PFN = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+)")
+
+
 def _pfn_range(s: str) -> tuple[int, int]:
-    try:
-        a, sep, b = s.partition("-")
-        lo = int(a, 0)
-        hi = int(b, 0) + 1 if sep else lo + 1
-    except ValueError:
-        raise CommandError(f"--pfn {s!r}: expected A-B (decimal or 0x hex), e.g. 0x1000-0x10ff")
+    a, sep, b = s.partition("-")
+    if not _PFN.fullmatch(a) or (sep and not _PFN.fullmatch(b)):
+        raise CommandError(f"--pfn {s!r}: expected A-B or A (decimal or 0x hex), "
+                           "e.g. 0x1000-0x10ff")
+    lo = int(a, 0)
+    hi = int(b, 0) + 1 if sep else lo + 1
     if hi <= lo:
         raise CommandError(f"--pfn {s!r}: empty range")
     if hi - lo > 1 << 20:
@@ -43,6 +47,15 @@ def _pfn_range(s: str) -> tuple[int, int]:
 def _pages_args(p) -> None:
     p.add_argument("--pfn", metavar="A-B", help="list the pages of pfns A..B (inclusive)")
     p.add_argument("--png", metavar="FILE", help="write a physical memory map (PNG)")
+
+
+def _new_file(path: str) -> None:
+    """Refuse, before any work, a --png path that exists (the user's file stays)."""
+    import os
+
+    if os.path.lexists(path):
+        raise CommandError(f"{path} exists: memscope does not overwrite files; "
+                           "name a new file")
 
 
 def _write(path: str, data: bytes) -> None:
@@ -60,6 +73,10 @@ def _write(path: str, data: bytes) -> None:
 @command("pages", "classify every physical page (struct page decoded in bulk)",
          arguments=_pages_args)
 def pages(ctx, args) -> Result:
+    if args.pfn and args.png:
+        raise CommandError("--png draws the whole memory; it does not combine with --pfn")
+    if args.png:
+        _new_file(args.png)
     if args.pfn:
         lo, hi = _pfn_range(args.pfn)
         recs = mpage.page_records(ctx, lo, hi)
@@ -121,6 +138,8 @@ def _pageblocks_args(p) -> None:
 @command("pageblocks", "migratetype, skip and isolate bits of every pageblock; mixed blocks",
          formats=("table", "json", "proc"), arguments=_pageblocks_args)
 def pageblocks(ctx, args) -> Result:
+    if args.png:
+        _new_file(args.png)
     rows = mpb.zone_pageblocks(ctx)
     names = mpb.migratetype_names(ctx)
     if args.png:

@@ -912,14 +912,17 @@ def page_records(ctx: KernelContext, lo: int, hi: int) -> list[PageRecord]:
 
     :param ctx: the context of the target (the memmap is decoded once per context)
     :param lo: first pfn (``lo >= 0``)
-    :param hi: end pfn, exclusive; clipped to the end of the last zone's span
+    :param hi: end pfn, exclusive (``hi <= max_pfn``, the end of the last zone's span)
     :return: one :class:`PageRecord` per pfn, in pfn order
-    :raises TargetError: as :func:`zone_counts`
+    :raises TargetError: a range that is empty, starts below 0 or ends past the last pfn
+        (the message says the memory's extent), or as :func:`zone_counts`
     :raises FaultError: as :func:`zone_counts`
     """
     pm = memmap(ctx)
     pl = page_layout(ctx)
-    hi = min(hi, pm.nr_pages)
+    if not 0 <= lo < hi <= pm.nr_pages:
+        raise TargetError(f"pfns {lo:#x}-{hi - 1:#x} are not within this kernel's memory "
+                          f"(pfn 0-{pm.nr_pages - 1:#x})")
     out = []
     typenames = {v: k[5:] for k, v in (pl.pagetype or {}).items()}
     for pfn in range(lo, hi):

@@ -24,6 +24,7 @@ Nothing is drawn over a map's pixels but those marks.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
@@ -293,4 +294,9 @@ def write_png(path, data: bytes) -> None:
     """Write PNG bytes to PATH, a new file: an existing file is never overwritten
     (FileExistsError)."""
     with open(path, "xb") as f:
-        f.write(data)
+        try:
+            f.write(data)
+        except BaseException:  # a half-written picture is not left behind
+            f.close()
+            os.unlink(path)
+            raise

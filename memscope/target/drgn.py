@@ -158,6 +158,10 @@ def _readable_file(path: Path) -> None:
 
     if stat.S_ISDIR(st.st_mode):
         raise MemscopeError(f"{path}: is a directory")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        # a FIFO or a character device would be read without end (or cannot seek)
+        raise MemscopeError(f"{path}: not a regular file (a pipe or device cannot be "
+                            "read as a dump or an ELF file)")
     if not os.access(path, os.R_OK):
         raise MemscopeError(f"{path}: permission denied")
 
@@ -204,9 +208,31 @@ def _load_debug_info(prog: drgn.Program, vmlinux) -> None:
     try:
         prog["init_uts_ns"]
     except (KeyError, LookupError):
-        raise MemscopeError(
-            f"{vmlinux or 'the default vmlinux'} does not match this kernel "
-            "(its debug info was not accepted for the dump's kernel release)") from None
+        if vmlinux is None:
+            raise MemscopeError("no debug info for this kernel: give its vmlinux with -s "
+                                "VMLINUX (Debian: linux-image-RELEASE-dbg; lab runs: the "
+                                "\"vmlinux\" of DIR/meta.json)") from None
+        raise MemscopeError(f"{vmlinux}: {_why_not_debug_info(Path(vmlinux))}") from None
+
+
+def _why_not_debug_info(path: Path) -> str:
+    """Why the file PATH gave drgn no kernel debug info: not ELF, no DWARF, or another
+    kernel's."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF":
+            return "not an ELF file (-s takes the kernel's vmlinux with DWARF debug info)"
+        f.seek(0)
+        try:
+            from .elf import section_names
+            names = section_names(f)
+        except Exception:  # noqa: BLE001 - a damaged ELF file
+            return "a damaged or truncated ELF file"
+    if ".debug_info" not in names:
+        return ("has no DWARF debug info (stripped?): give the vmlinux of the -dbg package "
+                "(Debian: /usr/lib/debug/boot/vmlinux-RELEASE)")
+    return ("does not match this kernel (its debug info was not accepted for the dump's "
+            "kernel release)")
 
 
 def open_live(vmlinux: str | os.PathLike | None) -> drgn.Program:

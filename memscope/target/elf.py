@@ -8,13 +8,46 @@ import dataclasses
 import struct
 from typing import BinaryIO
 
-__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers")
+__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers", "section_names")
 
 PT_LOAD = 1
 
 
 class NotElf64(ValueError):
     """The file does not start with a 64-bit ELF header."""
+
+
+def _header(f: BinaryIO) -> tuple[bytes, str]:
+    f.seek(0)
+    ident = f.read(64)
+    if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
+        raise NotElf64()
+    return ident, "<" if ident[5] == 1 else ">"
+
+
+def section_names(f: BinaryIO) -> set[str]:
+    """The names of the sections of the ELF64 file F (e.g. ".debug_info" when it has DWARF).
+
+    :raises NotElf64: F does not start with an ELF64 header.
+    :raises ValueError: the section table or its string table lies outside the file."""
+    ident, endian = _header(f)
+    e_shoff, = struct.unpack_from(endian + "Q", ident, 0x28)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(endian + "HHH", ident, 0x3A)
+    f.seek(e_shoff)
+    table = f.read(e_shentsize * e_shnum)
+    if not e_shnum or len(table) < e_shentsize * e_shnum or e_shstrndx >= e_shnum:
+        raise ValueError("truncated ELF section table")
+    # Elf64_Shdr: sh_name (u32) at 0, sh_offset (u64) at 0x18, sh_size (u64) at 0x20.
+    str_off, str_size = struct.unpack_from(endian + "QQ", table, e_shstrndx * e_shentsize + 0x18)
+    f.seek(str_off)
+    strtab = f.read(str_size)
+    if len(strtab) < str_size:
+        raise ValueError("truncated ELF section name table")
+    names = set()
+    for i in range(e_shnum):
+        name, = struct.unpack_from(endian + "I", table, i * e_shentsize)
+        names.add(strtab[name:strtab.find(b"\0", name)].decode(errors="replace"))
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +65,7 @@ def program_headers(f: BinaryIO) -> tuple[list[ProgramHeader], int]:
     be (``e_phnum``: fewer were read when the file ends inside the table).
 
     :raises NotElf64: F does not start with an ELF64 header."""
-    f.seek(0)
-    ident = f.read(64)
-    if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
-        raise NotElf64()
-    endian = "<" if ident[5] == 1 else ">"
+    ident, endian = _header(f)
     e_phoff, = struct.unpack_from(endian + "Q", ident, 0x20)
     e_phentsize, e_phnum = struct.unpack_from(endian + "HH", ident, 0x36)
     f.seek(e_phoff)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from typing import Iterator
 
@@ -42,13 +43,19 @@ class QMPConnection:
                 return msg
 
     def execute(self, cmd: str, **arguments) -> object:
-        """Run CMD with ARGUMENTS; its ``return`` value.  Raises QMPError."""
+        """Run CMD with ARGUMENTS; its ``return`` value.  Raises ``self.error`` when QEMU
+        refuses, stops answering (the socket's timeout) or answers garbage."""
         req: dict = {"execute": cmd}
         if arguments:
             req["arguments"] = arguments
-        self.file.write(json.dumps(req).encode() + b"\n")
-        self.file.flush()
-        reply = self._read()
+        try:
+            self.file.write(json.dumps(req).encode() + b"\n")
+            self.file.flush()
+            reply = self._read()
+        except TimeoutError:
+            raise self.error(f"QEMU did not answer {cmd} in time") from None
+        except (OSError, ValueError) as e:
+            raise self.error(f"QEMU's answer to {cmd} is unusable: {e}") from None
         if "error" in reply:
             raise self.error(f"QEMU refused {cmd}: {reply['error'].get('desc')}")
         return reply.get("return")
@@ -62,9 +69,22 @@ class QMPConnection:
 def connect(address: str, timeout: float = 10.0) -> QMPConnection:
     """A QMP session with the QEMU at ADDRESS (a Unix socket path, or HOST:PORT).
     Raises MemscopeError (one line) when nothing answers within TIMEOUT seconds."""
+    import stat
+
     host, sep, port = address.rpartition(":")
+    unix = "/" in address or not sep or not port.isdigit()
+    if unix:
+        try:
+            mode = os.stat(address).st_mode
+        except FileNotFoundError:
+            raise MemscopeError(f"{address}: no such QMP socket") from None
+        except OSError as e:
+            raise MemscopeError(f"{address}: {e.strerror or e}") from None
+        if not stat.S_ISSOCK(mode):
+            raise MemscopeError(f"{address} is not a socket (QEMU's -qmp unix:PATH,server=on "
+                                "makes one)")
     try:
-        if "/" in address or not sep or not port.isdigit():
+        if unix:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(timeout)
             s.connect(address)
@@ -84,9 +104,13 @@ def connect(address: str, timeout: float = 10.0) -> QMPConnection:
     except QMPError as e:
         s.close()
         raise QMPError(f"{address}: {e}") from None
-    except (OSError, ValueError) as e:
+    except ValueError:
         s.close()
-        raise MemscopeError(f"cannot talk to QEMU at {address}: {e}") from None
+        raise MemscopeError(f"{address} is not a QEMU QMP socket (its greeting is not "
+                            "QMP's JSON)") from None
+    except OSError as e:
+        s.close()
+        raise MemscopeError(f"cannot talk to QEMU at {address}: {e.strerror or e}") from None
 
 
 def run_state(address: str) -> str:
