@@ -574,31 +574,40 @@ def memscope(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_pages_pfn_range_holes_and_reserved_pages_are_what_drgn_reads(real_kernel):
-    """`pages --pfn` over the 512 pfns from 16 before the first zone: a pfn is a hole
+    """`pages --pfn` over two windows of 512 pfns: from 16 before the first zone, and from
+    the kernel image's first pfn (found with drgn's follow_phys of _text).  A pfn is a hole
     exactly when drgn finds no valid struct page for it or it lies outside every zone's
     span, its flags name "reserved" exactly when drgn reads PG_reserved, and its class is
-    "reserved" exactly then (outside holes).  The range holds both: x86_64's pfn 0 (before
-    the DMA zone, which starts at pfn 1) and its reserved BIOS pages, arm64's pfns below
-    its RAM."""
+    "reserved" exactly then (outside holes).  The windows hold both: x86_64's pfn 0
+    (before the DMA zone, which starts at pfn 1) and arm64's pfns below its RAM are holes;
+    the kernel image is reserved."""
+    from drgn.helpers.linux.mm import follow_phys
+
     prog = mm_for(real_kernel).t.prog
     spans = drgn_zone_spans(prog)
-    lo = max(min(start for start, _ in spans) - 16, 0)
-    hi = lo + 512
-    p = memscope("-c", str(real_kernel.vmcore), "-s", str(real_kernel.vmlinux), "pages",
-                 "--pfn", f"{lo:#x}-{hi - 1:#x}", "-f", "json")
-    assert p.returncode == 0, p.stderr
-    recs = json.loads(p.stdout)
-    assert [r["pfn"] for r in recs] == list(range(lo, hi))
-    valid = drgn_valid_pfns(prog, hi)
-    in_zone = np.zeros(hi, bool)
-    for start, end in spans:
-        in_zone[start:min(end, hi)] = True
-    hole = ~(valid & in_zone)[lo:hi]
-    reserved = drgn_reserved(prog, lo, hi, valid)
-    assert [r["cls"] == "hole" for r in recs] == hole.tolist()
-    assert [r["cls"] == "reserved" for r in recs] == (reserved & ~hole).tolist()
-    assert [("reserved" in r["flags"]) for r in recs] == reserved.tolist()
-    assert hole.any() and (reserved & ~hole).any()
+    first = max(min(start for start, _ in spans) - 16, 0)
+    image = int(follow_phys(prog["init_mm"].address_of_(), prog.symbol("_text").address)) \
+        // mm_for(real_kernel).t.page_size
+    holes = reserved_pages = 0
+    for lo in (first, image):
+        hi = lo + 512
+        p = memscope("-c", str(real_kernel.vmcore), "-s", str(real_kernel.vmlinux), "pages",
+                     "--pfn", f"{lo:#x}-{hi - 1:#x}", "-f", "json")
+        assert p.returncode == 0, p.stderr
+        recs = json.loads(p.stdout)
+        assert [r["pfn"] for r in recs] == list(range(lo, hi))
+        valid = drgn_valid_pfns(prog, hi)
+        in_zone = np.zeros(hi, bool)
+        for start, end in spans:
+            in_zone[start:min(end, hi)] = True
+        hole = ~(valid & in_zone)[lo:hi]
+        reserved = drgn_reserved(prog, lo, hi, valid)
+        assert [r["cls"] == "hole" for r in recs] == hole.tolist()
+        assert [r["cls"] == "reserved" for r in recs] == (reserved & ~hole).tolist()
+        assert [("reserved" in r["flags"]) for r in recs] == reserved.tolist()
+        holes += int(hole.sum())
+        reserved_pages += int((reserved & ~hole).sum())
+    assert holes and reserved_pages
 
 
 def test_pages_png_is_a_png_of_the_map(lab_case, tmp_path):
