@@ -26,7 +26,7 @@ from test_pages import _heap_task, buddyinfo
 from test_pageblocks import truth_blockcounts
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["6.12", "5.10", "6.12-numa"]
+CASES = ["6.12", "5.10", "6.12-numa", "6.12-arm64"]
 
 
 def draw(snap, cmd: str, out: Path) -> tuple[np.ndarray, dict[str, int]]:
@@ -51,7 +51,7 @@ def test_page_map_pixels_are_the_guests_free_and_hugetlb_pages(lab_case, tmp_pat
     per_pixel = g["px_x"] * g["px_y"]
     mi = {line.split(":")[0]: int(line.split()[1])
           for line in snap.truth_text("meminfo").splitlines()}
-    rows = -(-max(z.end_pfn for z in _zones(snap)) // g["pages_per_row"])
+    rows = -(-(max(z.end_pfn for z in _zones(snap)) - g["origin_pfn"]) // g["pages_per_row"])
     m = rgb[g["map_y"]:g["map_y"] + rows * g["px_y"],
             g["map_x"]:g["map_x"] + g["pages_per_row"] * g["px_x"]]
     free = sum(n << o for zone in buddyinfo(snap) for o, n in enumerate(zone))
@@ -85,8 +85,9 @@ def test_the_heap_process_is_drawn_in_the_anon_colour(lab_case, tmp_path):
                 pfn = follow_pfn(task_mm, addr).value_()
             except drgn.FaultError:
                 continue
-            x = g["map_x"] + (pfn % g["pages_per_row"]) * g["px_x"]
-            y = g["map_y"] + (pfn // g["pages_per_row"]) * g["px_y"]
+            q = pfn - g["origin_pfn"]
+            x = g["map_x"] + (q % g["pages_per_row"]) * g["px_x"]
+            y = g["map_y"] + (q // g["pages_per_row"]) * g["px_y"]
             assert tuple(rgb[y, x]) == png.CLASS_COLOURS["anon"], (hex(addr), pfn)
             checked += 1
     assert checked > 100
@@ -101,8 +102,9 @@ def test_pageblock_map_squares_are_pagetypeinfos_block_counts(lab_case, tmp_path
                   if line.startswith("Number of blocks type"))
     names = header.split()[4:]
     want = {n: sum(counts[i] for counts in truth.values()) for i, n in enumerate(names)}
-    nblocks = max(z.end_pfn for z in _zones(snap)) + (1 << g["pageblock_order"]) - 1 \
-        >> g["pageblock_order"]
+    po = g["pageblock_order"]
+    nblocks = (max(z.end_pfn for z in _zones(snap)) + (1 << po) - 1 >> po) \
+        - (g["origin_pfn"] >> po)
     got = dict.fromkeys(names, 0)
     colours = {png.MIGRATETYPE_COLOURS[n]: n for n in names}
     for b in range(nblocks):

@@ -98,13 +98,15 @@ def pages(ctx, args) -> Result:
     if args.png:
         from ..report import png
 
-        counts = {c: int(np.count_nonzero(pm.cls == i)) for i, c in enumerate(mpage.CLASSES)}
-        zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
-        title = (f"{ctx.t.release}: physical memory, pfn 0-{pm.nr_pages - 1:#x} "
-                 f"({png.human_bytes(pm.nr_pages * ctx.t.page_size)})")
         row = 1 << mpb.pageblock_order(ctx)
-        _write(args.png, png.page_map(pm.cls, list(mpage.CLASSES), counts, zones, row, title,
-                                      ctx.t.page_size))
+        origin = min(z.zone_start_pfn for z in pm.zones) // row * row  # the first zone's row
+        cls = pm.cls[origin:]
+        counts = {c: int(np.count_nonzero(cls == i)) for i, c in enumerate(mpage.CLASSES)}
+        zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
+        title = (f"{ctx.t.release}: physical memory, pfn {origin:#x}-{pm.nr_pages - 1:#x} "
+                 f"({png.human_bytes(len(cls) * ctx.t.page_size)})")
+        _write(args.png, png.page_map(cls, list(mpage.CLASSES), counts, zones, row, title,
+                                      ctx.t.page_size, origin))
     classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
     data = [dataclasses.asdict(r) for r in rows]
     if pm.pcp_findings:
@@ -147,7 +149,8 @@ def pageblocks(ctx, args) -> Result:
 
         po = mpb.pageblock_order(ctx)
         zones_ = ctx.all_zones()
-        nblocks = max(z.end_pfn for z in zones_) + (1 << po) - 1 >> po
+        origin = min(z.zone_start_pfn for z in zones_) >> po << po  # the first zone's block
+        nblocks = (max(z.end_pfn for z in zones_) + (1 << po) - 1 >> po) - (origin >> po)
         blocks = []
         for zi, z in enumerate(zones_):
             b = mpb.zone_blocks(ctx, z)
@@ -155,10 +158,11 @@ def pageblocks(ctx, args) -> Result:
                           b.skip.tolist(), b.isolate.tolist(), b.mixed.tolist())
         counts = {n: sum(r.counts[n] for r in rows) for n in names}
         title = (f"{ctx.t.release}: {nblocks} pageblocks of {1 << po} pages, "
-                 f"pfn 0-{(nblocks << po) - 1:#x}")
+                 f"pfn {origin:#x}-{origin + (nblocks << po) - 1:#x}")
         _write(args.png, png.pageblock_map(
             names, blocks, [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn)
-                            for z in zones_], po, nblocks, title, counts, ctx.t.page_size))
+                            for z in zones_], po, nblocks, title, counts, ctx.t.page_size,
+            origin))
 
     def table() -> str:
         out = tabulate([[r.node, r.zone, *[r.counts[n] for n in names], r.skip, r.isolate,

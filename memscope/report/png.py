@@ -12,11 +12,14 @@ and a label where each node's zone starts, and a legend with each colour's page 
 count.  The geometry is stored in the PNG's text chunks (``memscope:map_x``,
 ``memscope:map_y``, ``memscope:px_x``, ``memscope:px_y`` and ``memscope:pages_per_row``
 in the page map, ``memscope:blocks_per_row`` and ``memscope:pageblock_order`` in the
-pageblock map), so that a pixel can be mapped back to its pfn: in the page map pfn ``p``
-is drawn at ``x = map_x + (p % pages_per_row) * px_x``, ``y = map_y + (p //
-pages_per_row) * px_y``; in the pageblock map its block ``b = p >> pageblock_order`` is
-the square at ``x = map_x + (b % blocks_per_row) * px_x``, ``y = map_y + (b //
-blocks_per_row) * px_y``, whose pixel (x + 2, y + 2) has the migratetype's colour (the marks
+pageblock map, ``memscope:origin_pfn`` in both: a map starts at the first zone's first
+row, not at pfn 0, so that RAM placed high, as arm64's at 1 GiB, is not drawn below a
+band of holes), so that a pixel can be mapped back to its pfn: in the page map pfn ``p``
+(``q = p - origin_pfn``) is drawn at ``x = map_x + (q % pages_per_row) * px_x``,
+``y = map_y + (q // pages_per_row) * px_y``; in the pageblock map its block ``b = (p -
+origin_pfn) >> pageblock_order`` is the square at ``x = map_x + (b % blocks_per_row) *
+px_x``, ``y = map_y + (b // blocks_per_row) * px_y``, whose pixel (x + 2, y + 2) has the
+migratetype's colour (the marks
 are a frame at the square's edge, a frame one pixel inside it and a dot in its middle).
 Nothing is drawn over a map's pixels but those marks.
 """
@@ -181,12 +184,13 @@ def _zone_marks(c: _Picture, x0: int, x1: int, label_x: int, top: int, px_y: int
 
 def page_map(cls: np.ndarray, class_names: list[str], counts: dict[str, int],
              zones: list[tuple[str, int, int]], row_pages: int, title: str,
-             page_size: int = 4096) -> bytes:
+             page_size: int = 4096, origin_pfn: int = 0) -> bytes:
     """The page map as PNG bytes.
 
-    CLS: class code per pfn (indexes CLASS_NAMES), from pfn 0; COUNTS: pages per class
-    name; ZONES: (label, start_pfn, end_pfn) per zone; ROW_PAGES: pages per row (a
-    pageblock); PAGE_SIZE in bytes (the axis is in physical addresses)."""
+    CLS: class code per pfn (indexes CLASS_NAMES), from pfn ORIGIN_PFN (a multiple of
+    ROW_PAGES); COUNTS: pages per class name; ZONES: (label, start_pfn, end_pfn) per zone;
+    ROW_PAGES: pages per row (a pageblock); PAGE_SIZE in bytes (the axis is in physical
+    addresses)."""
     n = len(cls)
     rows = (n + row_pages - 1) // row_pages
     px_y = max(1, min(4, 768 // max(rows, 1)))
@@ -203,7 +207,8 @@ def page_map(cls: np.ndarray, class_names: list[str], counts: dict[str, int],
                  top + (len(items) + 4) * LINE)
     c = _Picture(legend_x + 330, height)
     c.text(6, 4, title)
-    c.text(6, 4 + LINE, f"one pixel per page ({human_bytes(page_size)}), one row per "
+    cell = "one pixel" if px_x == px_y == 1 else f"{px_x} x {px_y} pixels"
+    c.text(6, 4 + LINE, f"{cell} per page ({human_bytes(page_size)}), one row per "
            f"{row_pages} pages ({human_bytes(row_pages * page_size)})")
     palette = np.array([c.ink(CLASS_COLOURS.get(nm, UNKNOWN)) for nm in class_names],
                        np.uint8)
@@ -217,18 +222,19 @@ def page_map(cls: np.ndarray, class_names: list[str], counts: dict[str, int],
         last = n - (rows - 1) * row_pages
         c.rect(axis_w + last * px_x, top + (rows - 1) * px_y, (row_pages - last) * px_x, px_y,
                BG)
-    _address_axis(c, axis_w, top, rows, px_y, row_pages * page_size, 0)
+    _address_axis(c, axis_w, top, rows, px_y, row_pages * page_size, origin_pfn * page_size)
     _zone_marks(c, axis_w, axis_w + map_w, label_x, top, px_y, zones,
-                lambda pfn: pfn // row_pages, page_size)
+                lambda pfn: (pfn - origin_pfn) // row_pages, page_size)
     c.legend(legend_x, top, "pages by class", items)
-    c.meta.update(pages_per_row=str(row_pages), map_x=str(axis_w),
+    c.meta.update(pages_per_row=str(row_pages), origin_pfn=str(origin_pfn), map_x=str(axis_w),
                   map_y=str(top), px_x=str(px_x), px_y=str(px_y))
     return c.png()
 
 
 def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, bool, bool]],
                   zones: list[tuple[str, int, int]], pageblock_order: int, nr_blocks: int,
-                  title: str, counts: dict[str, int], page_size: int = 4096) -> bytes:
+                  title: str, counts: dict[str, int], page_size: int = 4096,
+                  origin_pfn: int = 0) -> bytes:
     """The pageblock map as PNG bytes.
 
     BLOCKS: (block index, migratetype value or -1, zone index, skip, isolate, mixed), from
@@ -254,6 +260,7 @@ def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, b
     c.rect(axis_w, top, map_w, rows * sq, MIGRATETYPE_COLOURS["none"])
     n_skip = n_iso = n_mixed = 0
     for b, mt, _zi, skip, iso, mixed in blocks:
+        b -= origin_pfn >> pageblock_order
         x = axis_w + (b % per_row) * sq
         y = top + (b // per_row) * sq
         name = mt_names[mt] if 0 <= mt < len(mt_names) else "none"
@@ -267,9 +274,9 @@ def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, b
         if skip:
             c.rect(x + sq // 2 - 2, y + sq // 2 - 2, 3, 3, FG)
             n_skip += 1
-    _address_axis(c, axis_w, top, rows, sq, per_row * block_bytes, 0)
+    _address_axis(c, axis_w, top, rows, sq, per_row * block_bytes, origin_pfn * page_size)
     _zone_marks(c, axis_w, axis_w + map_w, label_x, top, sq, zones,
-                lambda pfn: (pfn >> pageblock_order) // per_row, page_size)
+                lambda pfn: ((pfn - origin_pfn) >> pageblock_order) // per_row, page_size)
     y = c.legend(legend_x, top, "pageblocks by migratetype", items)
     grey = (200, 200, 200)
     c.text(legend_x, y, "marks")
@@ -285,7 +292,7 @@ def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, b
     c.rect(legend_x, y + 2, 16, 11, grey)
     c.frame(legend_x + 1, y + 3, 14, 9, BG)
     c.text(legend_x + 22, y, f"isolated  {n_iso} blocks")
-    c.meta.update(blocks_per_row=str(per_row), map_x=str(axis_w), map_y=str(top), px_x=str(sq), px_y=str(sq),
+    c.meta.update(blocks_per_row=str(per_row), origin_pfn=str(origin_pfn), map_x=str(axis_w), map_y=str(top), px_x=str(sq), px_y=str(sq),
                   pageblock_order=str(pageblock_order))
     return c.png()
 
