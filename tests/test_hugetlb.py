@@ -2,7 +2,7 @@
 the hugetlb pool's own lists read with drgn.
 
 The mixed and numa workloads reserve 16 x 2 MiB hugetlb pages (vm.nr_hugepages) that no
-process uses: every one sits free on ``hstates[0].hugepage_freelists[node]``.  6.10+ types
+process uses: every one sits free on the default hstate's ``hugepage_freelists[node]``.  6.10+ types
 them PGTY_hugetlb; 5.10 and 6.1 mark the folio's first tail with HUGETLB_PAGE_DTOR, which
 `pages` once read as "free" (refcount 0, neither buddy nor pcp)."""
 
@@ -34,11 +34,11 @@ def test_hugetlb_pages_equal_meminfo_hugepages_total(real_kernel):
 
 def test_every_page_of_every_free_hugetlb_folio_is_hugetlb(real_kernel):
     """The folios on the pool's free lists (drgn's list helper over
-    hstates[0].hugepage_freelists[]), each 2^order pages, are hugetlb in `pages`."""
+    hstates[default_hstate_idx].hugepage_freelists[]), each 2^order pages, are hugetlb in `pages`."""
     mm = mm_for(real_kernel)
     prog = mm.t.prog
     pm = mpage.memmap(mm)
-    h = prog["hstates"][0]
+    h = prog["hstates"][prog["default_hstate_idx"]]  # vm.nr_hugepages sizes this one
     order = int(h.order)
     heads = []
     for node in range(len(h.hugepage_freelists)):
