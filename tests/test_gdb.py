@@ -97,6 +97,15 @@ out["symbols"] = {s: (t.symbol(s) if t.has_symbol(s) else None) for s in plan["s
 out["enums"] = {e: t.enum(e) for e in plan["enums"]}
 out["sizes"] = {s: t.sizeof(s) for s in plan["sizes"]}
 out["vmcoreinfo"] = t.vmcoreinfo().decode()
+from memscope.mm.context import KernelContext
+from memscope.kernel import addr as kaddr, kallsyms
+ctx = KernelContext(t)
+out["symbolize"] = {str(a): kallsyms.format_symbol(ctx, a)
+                    for a in [t.symbol(s) + 5 for s in plan["symbols"] if t.has_symbol(s)]
+                    + plan["addresses"]}
+lay = kaddr.kernel_layout(t)
+out["phys"] = {str(a): t.read_phys(kaddr.virt_to_phys(lay, a), 256).hex()
+               for a in [t.symbol("linux_banner"), t.symbol("init_uts_ns")]}
 out["release"] = t.release
 out["arch"] = t.arch
 out["drgn_imported"] = any(m == "drgn" or m.startswith("drgn.") for m in sys.modules)
@@ -107,6 +116,16 @@ json.dump(out, open(plan["output"], "w"))
 #: MEMSCOPE_GDB_READS.
 ERRORS = [["pages", "--pfn", "5-1"], ["pages", "--pfn", "zz"]]
 BAD_READS = "MEMSCOPE_GDB_READS=bogus"
+
+
+def _module_addresses(g) -> list[int]:
+    """Some addresses inside the guest's modules' text (read with drgn on its vmcore)."""
+    from drgn.helpers.linux.kallsyms import for_each_module, module_kallsyms
+    from memscope.target.drgn import open_core
+
+    prog = open_core(g.vmcore, g.vmlinux)
+    return [s.address + s.size // 2 for m in for_each_module(prog)
+            for s in module_kallsyms(m) if s.size][:20]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +144,7 @@ def gdb_run(frozen_guest, tmp_path_factory):
                                               for a in runs]})
     plan = {"phases": phases, "errors": ERRORS, "kaslr_methods": KASLR_METHODS[g.arch],
             "layouts": LAYOUT_TYPES, "symbols": SYMBOLS, "enums": ENUMS, "sizes": SIZES,
-            "output": str(work / "result.json")}
+            "addresses": _module_addresses(g), "output": str(work / "result.json")}
     (work / "plan.json").write_text(json.dumps(plan))
     t0 = time.monotonic()
     p = guests.gdb_batch(g.gdb, g.vmlinux, g.gdb_port, DRIVER, work)
@@ -229,6 +248,25 @@ def test_gdb_adapter_layouts_symbols_enums_equal_the_drgn_adapters(gdb_run):
     assert res["release"] == t.release
     assert res["arch"] == t.arch == g.arch
     assert res["vmcoreinfo"].encode() == t.vmcoreinfo()
+
+
+def test_gdb_symbolizes_and_reads_physical_memory_as_drgn_does_on_the_vmcore(gdb_run):
+    """Target.read_phys and kernel.kallsyms (%pS) through the gdb adapter equal the drgn
+    adapter's on the same state; the module addresses exercise module symbol tables."""
+    from memscope.kernel import addr as kaddr, kallsyms
+    from memscope.mm.context import KernelContext
+    from memscope.target.drgn import DrgnTarget, open_core
+
+    g, res, _, _ = gdb_run
+    t = DrgnTarget(open_core(g.vmcore, g.vmlinux))
+    ctx = KernelContext(t)
+    assert res["symbolize"] and any("[" in v for v in res["symbolize"].values())
+    for a, got in res["symbolize"].items():
+        assert got == kallsyms.format_symbol(ctx, int(a)), a
+    lay = kaddr.kernel_layout(t)
+    for a, got in res["phys"].items():
+        assert got == t.read_phys(kaddr.virt_to_phys(lay, int(a)), 256).hex() \
+            == t.read(int(a), 256).hex(), a
 
 
 def test_nothing_imported_inside_gdb_imports_drgn(gdb_run):

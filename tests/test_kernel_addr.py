@@ -215,3 +215,17 @@ def test_physical_reads_give_the_same_walk(real_kernel):
     vas += [va.va_start.value_() for va in for_each_vmap_area(prog)]
     for va in vas:
         assert phys.walk(va) == walker.walk(va), hex(va)
+
+
+def test_read_phys_reads_what_the_direct_map_and_the_kernel_image_map(real_kernel):
+    """Target.read_phys at virt_to_phys(VA) gives the bytes a virtual read of VA gives (the
+    dump's physical and virtual views are separate paths in drgn: PT_LOAD p_paddr, and the
+    page tables or p_vaddr), for the kernel image and for direct-map pages."""
+    prog, t = open_dump(real_kernel)
+    lay = addr.kernel_layout(t)
+    image = [t.symbol(s) for s in ("linux_banner", "init_uts_ns", "_stext")]
+    pgdat = prog["node_data"][0].value_() if "node_data" in prog else prog["contig_page_data"].address_
+    mms = [task.mm.value_() for task in for_each_task(prog) if task.mm]
+    direct = [pgdat, mms[0], mms[-1]]  # struct mm_struct: slab objects in the direct map
+    for va in image + direct:
+        assert t.read_phys(addr.virt_to_phys(lay, va), 512) == t.read(va, 512), hex(va)

@@ -104,6 +104,13 @@ class Target:
         """SIZE bytes at virtual ADDRESS; raises FaultError."""
         raise NotImplementedError
 
+    def read_phys(self, address: int, size: int) -> bytes:
+        """SIZE bytes at physical ADDRESS.
+
+        :raises FaultError: the target does not hold those bytes.
+        :raises TargetError: the target cannot read physical memory at all."""
+        raise TargetError(f"{type(self).__name__} cannot read physical memory")
+
     def vmcoreinfo(self) -> bytes:
         raise NotImplementedError
 

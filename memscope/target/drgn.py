@@ -113,6 +113,14 @@ class DrgnTarget(Target):
         except drgn.FaultError:
             raise FaultError(address, size) from None
 
+    def read_phys(self, address: int, size: int) -> bytes:
+        """SIZE bytes at physical ADDRESS (a vmcore's PT_LOAD physical addresses, /proc/kcore's
+        direct map, QEMU's guest memory)."""
+        try:
+            return self.prog.read(address, size, True)
+        except (drgn.FaultError, ValueError):
+            raise FaultError(address, size) from None
+
     def vmcoreinfo(self) -> bytes:
         # drgn exposes the VMCOREINFO note it found (in the dump, or from the live kernel).
         try:

@@ -51,6 +51,7 @@ class GdbTarget(Target):
         self._reads: dict[tuple[int, int], bytes] = {}
         self._read_bytes = 0
         self._tlb: dict[int, tuple[int, int]] = {}
+        self._layout = None  # memscope.kernel.addr.KernelLayout, for read_phys
         self.read_path = path = read_path()
         # QEMU's monitor: memsave serves bulk reads (auto, memsave), and pmemsave finds
         # guest RAM inside QEMU for the direct path (auto, procmem).
@@ -210,6 +211,27 @@ class GdbTarget(Target):
                 raise FaultError(address, size) from None
         _count("packets", size)
         return bytes(out)
+
+    def read_phys(self, address: int, size: int) -> bytes:
+        """SIZE bytes at guest physical ADDRESS: out of QEMU's process or through its
+        monitor (``pmemsave``) where the read path allows, else through the kernel's direct
+        map (gdb's stub reads virtual memory only; the direct map holds all of RAM)."""
+        if self._proc is not None:
+            data = self._proc.phys(address, size)
+            if data is not None:
+                return data
+        if self._fast is not None:
+            data = self._fast.pread_phys(address, size)
+            if data is not None:
+                return data
+        from ..kernel.addr import kernel_layout, phys_to_virt
+        if self._layout is None:
+            self._layout = kernel_layout(self)
+        try:
+            va = phys_to_virt(self._layout, address)
+        except TargetError:
+            raise FaultError(address, size) from None
+        return self.read(va, size)
 
     def vmcoreinfo(self) -> bytes:
         # The guest's own VMCOREINFO text (kernel/crash_core.c, vmcoreinfo_data[] and its
