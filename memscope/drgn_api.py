@@ -23,7 +23,10 @@ the same name returns):
 - :func:`page_records`: the decoded struct pages of a pfn range.
 - :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
-- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`: the /proc files, byte for byte.
+- :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
+  :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
+- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`: the
+  /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
   former name).
 
@@ -79,6 +82,8 @@ from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm.context import KernelContext
+from .mm import vmalloc as _vmalloc
+from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
 from .target.drgn import DrgnTarget
 
 __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
@@ -86,7 +91,8 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
-           "mm_for"]
+           "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
+           "VmallocArea", "CallerUsage"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -394,6 +400,41 @@ def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
     :raises FaultError: a ``struct zone`` cannot be read
     """
     return _frag.zone_frag(_fresh(prog), gfp)
+
+
+def vmallocinfo(prog: drgn.Program) -> VmallocInfo:
+    """
+    Get every line of /proc/vmallocinfo (mm/vmalloc.c ``vmalloc_info_show()``): the busy
+    vmap areas in the kernel's list order (``vmap_area_list`` up to v6.8, each
+    ``vmap_nodes[i].busy`` list from v6.9), then the lazily freed ones ("unpurged"), with
+    each version's rules (:mod:`memscope.mm.vmalloc`).  :func:`format_vmallocinfo` prints
+    them as the kernel does, callers as ``%pS`` (the kernel's own kallsyms).
+
+    >>> vmallocinfo(prog).areas[1].caller_name
+    'acpi_os_map_iomem+0x1a9/0x1e0'
+
+    :param prog: the kernel
+    :return: a :class:`VmallocInfo`: ``areas``, one :class:`VmallocArea` per line (sizes
+        in bytes, guard page included; ``nr_pages`` in pages; ``nodes`` pages per node),
+        and ``problems``, what the bounded list walks found (a cycle, an unreadable
+        entry), as :class:`memscope.kernel.problem.Problem` records
+    :raises TargetError: the kernel has none of the lists, or a type or member is missing
+        from the debug info
+    """
+    return _vmalloc.vmallocinfo(_fresh(prog))
+
+
+def vmalloc_by_caller(prog: drgn.Program) -> list[CallerUsage]:
+    """
+    Get vmalloc use per allocating function and kind of area, largest first (what
+    ``memscope vmalloc`` prints).
+
+    :param prog: the kernel
+    :return: one :class:`CallerUsage` per (caller, kind): areas, bytes (guard pages
+        included) and pages mapped
+    :raises TargetError: as :func:`vmallocinfo`
+    """
+    return _vmalloc.by_caller(_vmalloc.vmallocinfo(_fresh(prog)))
 
 
 # --- drgn command registration -------------------------------------------------------

@@ -113,6 +113,9 @@ def add_subparsers(parser: argparse.ArgumentParser) -> None:
 
 
 def _load() -> None:
-    # Importing the modules registers their commands.
-    from . import buddy  # noqa: F401
-    from . import pages  # noqa: F401
+    """Import every module of this package: importing one registers its commands."""
+    import importlib
+    import pkgutil
+
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")

@@ -31,7 +31,7 @@ from .fields import offsetof
 from .problem import Problem, ProblemSink
 
 __all__ = ("hlist_for_each", "hlist_for_each_entry", "list_for_each",
-           "list_for_each_entry", "list_empty")
+           "list_for_each_entry", "list_empty", "llist_for_each_entry")
 
 _LINK = struct.Struct("<QQ")  # {next, prev} and {next, pprev}: two pointers
 _MASK64 = (1 << 64) - 1
@@ -181,3 +181,39 @@ def hlist_for_each_entry(t: Target, type_name: str, head: int, member: str, *, b
     off = offsetof(t, type_name, member)
     for pos in hlist_for_each(t, head, bound=bound, problems=problems, where=where, read=read):
         yield (pos - off) & _MASK64
+
+
+def llist_for_each_entry(t: Target, type_name: str, first: int, member: str, *, bound: int,
+                         problems: list[Problem], where: str | None = None,
+                         read: Reader | None = None) -> Iterator[int]:
+    """Iterate over the structures on a lock-less list (include/linux/llist.h: ``struct
+    llist_node { next }``, NULL-terminated) starting at node FIRST (``head->first``), as
+    ``llist_for_each_entry(pos, first, member)`` does, bounded and checked (a singly
+    linked list has no back links to check; cycles and unreadable nodes are found).
+
+    :param first: address of the first ``struct llist_node`` (0: an empty list).
+    :return: iterator of entry addresses (``type_name *``), in list order.
+    """
+    read = read or t.read
+    off = offsetof(t, type_name, member)
+    sink = ProblemSink(problems, where or f"llist {first:#x}")
+    pos, n = first, 0
+    visited: set[int] = set()
+    while pos:
+        if pos in visited:
+            sink.add("cycle", f"node {pos:#x} comes back after {n} nodes")
+            return
+        if n >= bound:
+            sink.add("too_long", f"more than {bound} nodes: walk stopped")
+            return
+        try:
+            if not is_kernel_address(pos):
+                raise FaultError(pos, 8)
+            nxt = int.from_bytes(read(pos, 8), "little")
+        except FaultError:
+            sink.add("unreadable", f"node {n} at {pos:#x} cannot be read")
+            return
+        visited.add(pos)
+        n += 1
+        yield (pos - off) & _MASK64
+        pos = nxt

@@ -1,0 +1,62 @@
+"""vmalloc areas (memscope.mm.vmalloc, ``vmallocinfo``, ``vmalloc --by-caller``) on every
+lab kernel.
+
+Answer keys: drgn's ``for_each_vmap_area()`` (the busy areas), the guest's /proc/meminfo
+(VmallocUsed is the kernel's own count of vmalloc'ed pages: ``vmalloc_nr_pages()``, or
+NR_VMALLOC on 7.2) and the guest's /proc/vmallocinfo (whose caller column is checked
+in tests/test_kernel_kallsyms.py)."""
+
+from __future__ import annotations
+
+import re
+
+from drgn.helpers.linux.mm import for_each_vmap_area
+
+from kernel_dumps import PatchedTarget, open_dump
+from memscope.kernel.fields import offsetof
+from memscope.mm import vmalloc
+from memscope.mm.context import KernelContext
+
+
+def _info(snap):
+    _prog, t = open_dump(snap)
+    return vmalloc.vmallocinfo(KernelContext(t))
+
+
+def test_the_busy_areas_are_drgns(real_kernel):
+    prog, t = open_dump(real_kernel)
+    info = _info(real_kernel)
+    assert info.problems == []
+    # printed: each busy area with a vm_struct, or (v6.2+) marked VMAP_RAM (0x1); with
+    # the per-node lists (v6.9+) a vm_struct still VM_UNINITIALIZED (0x20) is left out
+    nodes = "vmap_nodes" in prog
+    want = [va.value_() for va in for_each_vmap_area(prog)
+            if (va.vm and not (nodes and va.vm.flags.value_() & 0x20))
+            or (not va.vm and (not hasattr(va, "flags") or va.flags.value_() & 1))]
+    got = [a.vmap_area for a in info.areas if a.kind != "unpurged"]
+    assert sorted(got) == sorted(want)
+    assert len(got) > 50
+
+
+def test_vmalloc_pages_add_up_to_meminfos_vmallocused(real_kernel):
+    info = _info(real_kernel)
+    used_kb = int(re.search(r"^VmallocUsed:\s+(\d+) kB$", real_kernel.truth_text("meminfo"),
+                            re.M).group(1))
+    rows = vmalloc.by_caller(info)
+    pages = sum(r.pages for r in rows if "vmalloc" in r.kind.split("+"))
+    assert pages * 4 == used_kb
+    assert sum(r.areas for r in rows) == len(info.areas)
+    assert rows == sorted(rows, key=lambda r: (-r.bytes, -r.areas, r.caller, r.kind))
+
+
+def test_a_cycle_in_the_busy_list_is_a_problem_not_a_hang(real_kernel):
+    prog, real = open_dump(real_kernel)
+    info = _info(real_kernel)
+    busy = [a.vmap_area for a in info.areas if a.kind == "vm_struct"]
+    t = PatchedTarget(real)
+    off = offsetof(real, "struct vmap_area", "list")
+    # the 10th area's next points back at the 5th: the walk must see a cycle
+    t.patch(busy[10] + off, busy[5] + off)
+    got = vmalloc.vmallocinfo(KernelContext(t))
+    assert [p.kind for p in got.problems][:1] == ["cycle"]
+    assert len(got.areas) < len(info.areas)
