@@ -25,8 +25,9 @@ the same name returns):
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
-- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`: the
-  /proc files, byte for byte.
+- :func:`ps`: every process or thread; :func:`maps`: a process's VMAs.
+- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
+  :func:`format_maps`: the /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
   former name).
 
@@ -82,7 +83,11 @@ from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm.context import KernelContext
+from .mm import task as _task
+from .mm import vma as _vma
 from .mm import vmalloc as _vmalloc
+from .mm.task import Task
+from .mm.vma import Vma, format_maps
 from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
 from .target.drgn import DrgnTarget
 
@@ -92,7 +97,7 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
-           "VmallocArea", "CallerUsage"]
+           "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -435,6 +440,34 @@ def vmalloc_by_caller(prog: drgn.Program) -> list[CallerUsage]:
     :raises TargetError: as :func:`vmallocinfo`
     """
     return _vmalloc.by_caller(_vmalloc.vmallocinfo(_fresh(prog)))
+
+
+def ps(prog: drgn.Program, threads: bool = False) -> list[Task]:
+    """
+    Get every process (with *threads*, every thread) as ``memscope ps`` lists them: the
+    task list from ``init_task`` (pid 0 included), each with its state letter as /proc
+    prints it, its CPU and its RSS counters (:mod:`memscope.mm.task`).
+
+    :param prog: the kernel
+    :param threads: list every thread of every process
+    :return: one :class:`Task` per process or thread; ``rss`` in pages per counter
+    :raises TargetError: a type or member is missing from the debug info
+    """
+    return _task.tasks(_fresh(prog), threads)
+
+
+def maps(prog: drgn.Program, pid: int) -> list[Vma]:
+    """
+    Get process *pid*'s VMAs as /proc/PID/maps lists them (fs/proc/task_mmu.c
+    ``show_map_vma()``; :mod:`memscope.mm.vma`); :func:`format_maps` prints the file.
+
+    :param prog: the kernel
+    :param pid: the process (thread-group leader) id
+    :return: one :class:`Vma` per mapping in address order, the gate VMA last
+    :raises TargetError: no such process, a kernel thread, or a missing type or member
+    """
+    ctx = _fresh(prog)
+    return _vma.vmas(ctx, _task.find_task(ctx, pid))
 
 
 # --- drgn command registration -------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Processes: ``ps`` and ``maps PID``.
+
+JSON output (``--format json``), stable keys:
+
+``ps``: a list, one object per process (``--threads``: per thread), in the kernel's
+task-list order (init_task, pid 0, first)::
+
+    {"pid": int, "tgid": int, "ppid": int, "comm": str, "state": str, "cpu": int,
+     "kthread": bool, "task": int, "mm": int,
+     "rss": {"file": int, "anon": int, "swap": int, "shmem": int}}   # pages; {} without mm
+
+``maps PID``: a list, one object per VMA (/proc/PID/maps' lines)::
+
+    {"start": int, "end": int, "perms": str, "pgoff": int, "dev": [int, int], "ino": int,
+     "name": str, "file": bool, "vma": int}
+
+``maps`` exits with status 1 when the VMA walk found a problem (a cycle, an unreadable
+VMA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tabulate import tabulate
+
+from ..mm import task as _task, vma as _vma
+from . import CommandError, Result, command
+
+
+def _ps_args(p) -> None:
+    p.add_argument("--threads", action="store_true", help="every thread, not only processes")
+
+
+@command("ps", "every process (or thread): pid, parent, state, CPU, RSS from the mm counters",
+         arguments=_ps_args)
+def ps(ctx, args) -> Result:
+    tasks = _task.tasks(ctx, threads=getattr(args, "threads", False))
+    kb = ctx.t.page_size // 1024
+    data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "state": x.state,
+             "cpu": x.cpu, "kthread": x.kthread, "task": x.task, "mm": x.mm, "rss": x.rss}
+            for x in tasks]
+
+    def table() -> str:
+        rows = [[x.pid, x.ppid, x.cpu, x.state, f"{x.task:#x}",
+                 x.rss_pages * kb if x.mm else "", x.rss.get("anon", 0) * kb if x.mm else "",
+                 x.rss.get("file", 0) * kb if x.mm else "",
+                 x.rss.get("shmem", 0) * kb if x.mm else "",
+                 f"[{x.comm}]" if x.kthread else x.comm] for x in tasks]
+        return tabulate(rows, headers=["pid", "ppid", "cpu", "st", "task", "rss kB",
+                                       "anon kB", "file kB", "shmem kB", "comm"]) + "\n"
+
+    return Result(data, table)
+
+
+def _maps_args(p) -> None:
+    p.add_argument("pid", help="the process id (its thread-group leader's)")
+
+
+@command("maps", "a process's VMAs, as /proc/PID/maps prints them",
+         formats=("table", "json", "proc"), arguments=_maps_args)
+def maps(ctx, args) -> Result:
+    try:
+        pid = int(args.pid, 10)
+    except ValueError:
+        raise CommandError(f"maps: pid {args.pid!r} is not a decimal number") from None
+    tasks = [x for x in _task.tasks(ctx) if x.tgid == pid]
+    if not tasks:
+        raise CommandError(f"maps: no process with pid {pid}")
+    problems: list = []
+    vmas = _vma.vmas(ctx, tasks[0], problems)
+    data = [{**{k: v for k, v in dataclasses.asdict(m).items()}, "perms": m.perms,
+             "dev": list(m.dev)} for m in vmas]
+
+    def table() -> str:
+        rows = [[f"{m.start:#x}", f"{m.end:#x}", (m.end - m.start) // 1024, m.perms,
+                 f"{m.pgoff:#x}" if m.file else "", f"{m.dev[0]:02x}:{m.dev[1]:02x}"
+                 if m.file else "", m.ino or "", m.name] for m in vmas]
+        out = tabulate(rows, headers=["start", "end", "kB", "perms", "offset", "dev",
+                                      "inode", "name"]) + "\n"
+        return out + "".join(f"problem: {p}\n" for p in problems)
+
+    return Result(data, table, lambda: _vma.format_maps(vmas),
+                  exit_status=1 if problems else 0)

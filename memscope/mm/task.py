@@ -1,0 +1,171 @@
+"""Tasks (``struct task_struct``) and what ``ps`` and /proc/PID/status say of them.
+
+- The thread-group leaders are on ``init_task.tasks``; a group's threads on
+  ``signal->thread_head`` through ``task->thread_node`` (include/linux/sched/signal.h
+  ``for_each_process_thread()``), both walked bounded by ``nr_threads``.
+- The state letter is fs/proc/array.c ``task_state_array[task_state_index()]``:
+  ``fls((__state | exit_state) & TASK_REPORT)``, TASK_IDLE reported as ``I``, a task
+  waiting on an rtlock or frozen as ``D``.  ``task_struct.state`` became ``__state`` in
+  v5.14 (commit 2f064a59a11f).  The TASK_* bits are #defines (not in the debug info); the
+  ones used here have kept their values since v5.10 but TASK_FROZEN (v6.1, commit
+  f5d39b020809).
+- The CPU: ``task_struct.cpu``, or ``thread_info.cpu`` since v5.16 (commit bcf9033e5449).
+- RSS as /proc/PID/status prints it: ``mm->rss_stat.count[]`` (atomic_long) up to v6.1
+  (with SPLIT_RSS_COUNTING a task's cached deltas are not in it, nor in /proc); since
+  v6.2 (commit f1a7941243c1) ``mm->rss_stat[]`` are ``percpu_counter``s, which /proc
+  sums with every CPU's part (``get_mm_counter_sum()``, "mm: fix the inaccurate memory
+  statistics issue for users", v6.16, in the Debian 6.12 and 7.2 kernels; kernels
+  6.2-6.15 without it print the global part alone, which can be off by the per-CPU
+  batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..kernel import list as klist, percpu
+from ..kernel.fields import member, offsetof, read_member
+from ..kernel.problem import Problem
+from ..target.base import TargetError
+from .context import KernelContext
+
+__all__ = ("Task", "find_task", "tasks")
+
+PF_KTHREAD = 0x00200000
+# include/linux/sched.h
+TASK_REPORT = 0x7F  # RUNNING .. PARKED: the states /proc reports
+TASK_IDLE = 0x2 | 0x400  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+TASK_RTLOCK_WAIT = 0x1000
+TASK_FROZEN = 0x8000
+_STATES = "RSDTtXZPI"  # task_state_array[]: running, sleeping, disk sleep, stopped, ...
+#: The mm counters' indices (include/linux/mm_types_task.h, an anonymous enum: not
+#: reachable by name in the debug info; in this order since v4.5, commit eca56ff906bd)
+_MM_COUNTERS = ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task: ``task`` the ``struct task_struct`` address; ``pid`` (the thread's id),
+    ``tgid`` (the process's), ``ppid`` (the real parent's tgid); ``comm``; ``state`` the
+    letter /proc prints (R, S, D, T, t, X, Z, P, I); ``cpu`` the CPU it last ran on;
+    ``kthread`` a kernel thread (PF_KTHREAD); ``mm`` its ``struct mm_struct`` or 0;
+    ``rss`` pages per counter as /proc/PID/status prints them (``{"file", "anon", "swap",
+    "shmem"}``; empty without an mm)."""
+
+    task: int
+    pid: int
+    tgid: int
+    ppid: int
+    comm: str
+    state: str
+    cpu: int
+    kthread: bool
+    mm: int
+    rss: dict[str, int]
+
+    @property
+    def rss_pages(self) -> int:
+        """VmRSS in pages: file + anon + shmem."""
+        return self.rss["file"] + self.rss["anon"] + self.rss["shmem"]
+
+
+def _state_letter(state: int, exit_state: int) -> str:
+    """task_state_index() as a letter of task_state_array[]."""
+    s = (state | exit_state) & TASK_REPORT
+    if state & TASK_IDLE == TASK_IDLE:
+        s = TASK_REPORT + 1
+    if state & (TASK_RTLOCK_WAIT | TASK_FROZEN):
+        s = 0x2
+    return _STATES[s.bit_length()]
+
+
+class _Reader:
+    def __init__(self, ctx: KernelContext):
+        t = self.t = ctx.t
+        self.ts = t.layout("struct task_struct")
+        self.state = self.ts["__state" if self.ts.has("__state") else "state"]
+        self.cpu = member(t, "struct task_struct",
+                          "cpu" if self.ts.has("cpu") else "thread_info.cpu")
+        self.mm = t.layout("struct mm_struct")
+        rss = self.mm["rss_stat"]
+        self.counters = {name: i for i, name in enumerate(_MM_COUNTERS)}
+        if rss.type_name.startswith("struct percpu_counter"):
+            # v6.2: struct percpu_counter rss_stat[NR_MM_COUNTERS]
+            pc = t.layout("struct percpu_counter")
+            self.percpu = (pc.size, pc.offset("count"), pc.offset("counters"))
+        else:
+            self.percpu = None
+        self.rss_off = rss.offset
+        self.rss_count = 0 if self.percpu else offsetof(t, "struct mm_rss_stat", "count")
+
+    def task(self, addr: int) -> Task:
+        t = self.t
+        buf = t.read(addr, self.ts.size)
+        comm = bytes(buf[self.ts.offset("comm"):self.ts.offset("comm") + 16])
+        parent = read_member(self.ts["real_parent"], buf)
+        ppid = t.read_u32(parent + self.ts.offset("tgid")) if parent else 0
+        mm = read_member(self.ts["mm"], buf)
+        rss = self._rss(mm) if mm else {}
+        flags = read_member(self.ts["flags"], buf)
+        return Task(addr, read_member(self.ts["pid"], buf), read_member(self.ts["tgid"], buf),
+                    ppid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                    _state_letter(read_member(self.state, buf),
+                                  read_member(self.ts["exit_state"], buf)),
+                    read_member(self.cpu, buf), bool(flags & PF_KTHREAD), mm, rss)
+
+    def _rss(self, mm: int) -> dict[str, int]:
+        t = self.t
+        rss = {}
+        for name, i in self.counters.items():
+            key = name[3:].lower().replace("pages", "").replace("swapents", "swap")
+            if self.percpu:
+                size, count_off, counters_off = self.percpu
+                at = mm + self.rss_off + i * size
+                count = t.read_int(at + count_off, 8, signed=True)
+                parts = sum(t.read_int(p, 4, signed=True)
+                            for _, p in percpu.per_cpu_ptrs(t, t.read_u64(at + counters_off)))
+                rss[key] = max(count + parts, 0)  # percpu_counter_sum_positive()
+            else:
+                v = t.read_int(mm + self.rss_off + self.rss_count + 8 * i, 8, signed=True)
+                rss[key] = max(v, 0)
+        return rss
+
+
+def tasks(ctx: KernelContext, threads: bool = False,
+          problems: list[Problem] | None = None) -> list[Task]:
+    """Every process (``for_each_process()``), or with THREADS every thread
+    (``for_each_process_thread()``), in the kernel's list order (init_task first).
+
+    :param problems: where the bounded list walks put what they find (a cycle, a broken
+        link); None: they are dropped.
+    :raises TargetError: a type or member is missing from the debug info."""
+    t = ctx.t
+    problems = [] if problems is None else problems
+    r = _Reader(ctx)
+    bound = t.read_u32(t.symbol("nr_threads")) + 1 if t.has_symbol("nr_threads") else 1 << 22
+    init = t.symbol("init_task")
+    leaders = [init, *klist.list_for_each_entry(t, "struct task_struct",
+                                                init + r.ts.offset("tasks"), "tasks",
+                                                bound=bound, problems=problems,
+                                                where="init_task.tasks")]
+    if not threads:
+        return [r.task(a) for a in leaders]
+    sig = t.layout("struct signal_struct")
+    out = []
+    for leader in leaders:
+        signal = t.read_u64(leader + r.ts.offset("signal"))
+        members = list(klist.list_for_each_entry(
+            t, "struct task_struct", signal + sig.offset("thread_head"), "thread_node",
+            bound=bound, problems=problems, where=f"task {leader:#x} signal->thread_head"))
+        out += [r.task(a) for a in (members or [leader])]
+    return out
+
+
+def find_task(ctx: KernelContext, pid: int) -> Task:
+    """The thread-group leader whose tgid is PID.
+
+    :raises TargetError: no such process."""
+    for task in tasks(ctx):
+        if task.tgid == pid:
+            return task
+    raise TargetError(f"no process with pid {pid}")

@@ -1,0 +1,282 @@
+"""A process's address space: its VMAs as /proc/PID/maps prints them
+(fs/proc/task_mmu.c ``show_map_vma()``, ``get_vma_name()``).
+
+- The VMAs: ``mm->mmap``, a list through ``vm_next`` (to v6.0), the maple tree
+  ``mm->mm_mt`` since v6.1 (commit d4af56c5c7c6, "mm: start tracking VMAs with maple
+  tree"), both walked bounded by ``mm->map_count``.
+- A line: ``start-end perms offset major:minor inode``, padded to 72 columns (``25 +
+  sizeof(void *) * 6 - 1``) before the name; perms from VM_READ/WRITE/EXEC/MAYSHARE; the
+  offset, device and inode only for a file mapping (``i_sb->s_dev``, ``i_ino``).
+- The name, in ``get_vma_name()``'s order: a file's path (``d_path()`` through the
+  dentry and mount chain up to the task's root, `` (deleted)`` for an unlinked file), or
+  ``[anon_shmem:NAME]`` for a named shared anonymous mapping; a special mapping's own
+  name (``[vdso]``, ``[vvar]``...: ``vm_special_mapping.name``); ``[heap]`` for a VMA that
+  meets ``[start_brk, brk]``; ``[stack]`` for the one holding ``start_stack``;
+  ``[anon:NAME]`` (CONFIG_ANON_VMA_NAME, ``vm_area_struct.anon_name``, v5.17).
+- The gate VMA last: x86_64's ``[vsyscall]`` page unless ``vsyscall_mode`` is NONE
+  (Debian's default: none is printed on the lab kernels).
+
+The VM_* bits are #defines, not in the debug info; the four used here are unchanged
+since long before v5.10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..kernel import list as klist, maple
+from ..kernel.fields import member, read_member
+from ..kernel.problem import Problem
+from ..target.base import FaultError, TargetError
+from .context import KernelContext
+from .task import Task
+
+__all__ = ("Vma", "format_maps", "vmas")
+
+VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80
+#: arch/x86/entry/vsyscall: the gate page, and vsyscall_mode's NONE (enum {EMULATE,
+#: XONLY, NONE})
+VSYSCALL_ADDR = 0xFFFFFFFFFF600000
+VSYSCALL_NONE, VSYSCALL_XONLY = 2, 1
+_PAD = 25 + 8 * 6 - 1
+_MAX_PATH_DEPTH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Vma:
+    """One VMA: ``start``/``end`` virtual addresses; ``flags`` the vm_flags; ``pgoff`` the
+    file offset in bytes (0 without a file); ``dev`` (major, minor) and ``ino`` of the
+    file's inode ((0, 0) and 0 without one); ``name`` what /proc/PID/maps prints after the
+    padding ("" for an anonymous mapping without a name); ``file`` whether it maps a
+    file; ``vma`` the ``struct vm_area_struct`` address (0 for the gate VMA)."""
+
+    start: int
+    end: int
+    flags: int
+    pgoff: int
+    dev: tuple[int, int]
+    ino: int
+    name: str
+    file: bool
+    vma: int
+
+    @property
+    def perms(self) -> str:
+        f = self.flags
+        return ("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-") + \
+            ("x" if f & VM_EXEC else "-") + ("s" if f & VM_MAYSHARE else "p")
+
+
+class _Paths:
+    """d_path() for (vfsmount, dentry) pairs, relative to a root (vfsmount, dentry)."""
+
+    def __init__(self, ctx: KernelContext):
+        t = self.t = ctx.t
+        self.dentry = t.layout("struct dentry")
+        self.qstr_name = member(t, "struct dentry", "d_name.name")
+        self.qstr_len = member(t, "struct dentry", "d_name.len") \
+            if _has_path(t, "struct dentry", "d_name.len") else None
+        self.mount = t.layout("struct mount")
+        self.mnt_in_mount = self.mount.offset("mnt")
+        vm = t.layout("struct vfsmount")
+        self.mnt_root = vm.offset("mnt_root")
+
+    def name(self, dentry: int) -> bytes:
+        t = self.t
+        ptr = t.read_u64(dentry + self.qstr_name.offset)
+        if self.qstr_len is not None:
+            n = t.read_u32(dentry + self.qstr_len.offset)
+            return t.read(ptr, n) if n else b""
+        return t.read_cstr(ptr, 256).encode()
+
+    def d_path(self, mnt: int, dentry: int, root: tuple[int, int]) -> str:
+        """prepend_path(): names up the dentry tree, crossing to the mount point at each
+        mount's root, until ROOT or a mount with no parent."""
+        t = self.t
+        parts: list[bytes] = []
+        mount = mnt - self.mnt_in_mount
+        for _ in range(_MAX_PATH_DEPTH):
+            if (mnt, dentry) == root:
+                break
+            parent = t.read_u64(dentry + self.dentry.offset("d_parent"))
+            if dentry == t.read_u64(mnt + self.mnt_root) or dentry == parent:
+                pmount = t.read_u64(mount + self.mount.offset("mnt_parent"))
+                if pmount == mount:
+                    break  # the global root, or an internal mount
+                dentry = t.read_u64(mount + self.mount.offset("mnt_mountpoint"))
+                mount = pmount
+                mnt = mount + self.mnt_in_mount
+                continue
+            parts.append(self.name(dentry))
+            dentry = parent
+        else:
+            raise TargetError(f"path of dentry {dentry:#x} deeper than {_MAX_PATH_DEPTH}")
+        path = b"/" + b"/".join(reversed(parts))
+        # seq_path(m, path, "\n"): a newline in a name prints as \012
+        return path.decode(errors="replace").replace("\n", "\\012")
+
+
+def _has_path(t, type_name: str, path: str) -> bool:
+    try:
+        member(t, type_name, path)
+        return True
+    except TargetError:
+        return False
+
+
+class _Reader:
+    def __init__(self, ctx: KernelContext):
+        t = self.t = ctx.t
+        self.ctx = ctx
+        self.v = t.layout("struct vm_area_struct")
+        self.mm = t.layout("struct mm_struct")
+        self.file = t.layout("struct file")
+        self.inode = t.layout("struct inode")
+        self.sb = t.layout("struct super_block")
+        self.paths = _Paths(ctx)
+        self.f_mnt = member(t, "struct file", "f_path.mnt").offset
+        self.f_dentry = member(t, "struct file", "f_path.dentry").offset
+        self.special = {t.symbol(s) for s in ("special_mapping_vmops",
+                                              "legacy_special_mapping_vmops")
+                        if t.has_symbol(s)}
+        self.page_shift = t.page_size.bit_length() - 1
+
+    def vma(self, addr: int, mm: dict, root: tuple[int, int]) -> Vma:
+        t = self.t
+        buf = t.read(addr, self.v.size)
+        start = read_member(self.v["vm_start"], buf)
+        end = read_member(self.v["vm_end"], buf)
+        flags = read_member(self.v["vm_flags"], buf)
+        f = read_member(self.v["vm_file"], buf)
+        anon_name = self._anon_name(buf, f)
+        if f:
+            inode = t.read_u64(f + self.file.offset("f_inode"))
+            sb = t.read_u64(inode + self.inode.offset("i_sb"))
+            s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
+            ino = t.read_u64(inode + self.inode.offset("i_ino"))
+            pgoff = read_member(self.v["vm_pgoff"], buf) << self.page_shift
+            if anon_name is not None:
+                name = f"[anon_shmem:{anon_name}]"
+            else:
+                dentry = t.read_u64(f + self.f_dentry)
+                name = self.paths.d_path(t.read_u64(f + self.f_mnt), dentry, root)
+                if self._unlinked(dentry):
+                    name += " (deleted)"
+            return Vma(start, end, flags, pgoff, (s_dev >> 20, s_dev & 0xFFFFF), ino, name,
+                       True, addr)
+        name = ""
+        ops = read_member(self.v["vm_ops"], buf)
+        if ops and ops in self.special:
+            # special_mapping_name(): ((struct vm_special_mapping *)vm_private_data)->name
+            sm = read_member(self.v["vm_private_data"], buf)
+            name = t.read_cstr(t.read_u64(sm), 64) if sm else ""
+        elif start <= mm["brk"] and end >= mm["start_brk"]:
+            name = "[heap]"
+        elif start <= mm["start_stack"] <= end:
+            name = "[stack]"
+        elif anon_name is not None:
+            name = f"[anon:{anon_name}]"
+        return Vma(start, end, flags, 0, (0, 0), 0, name, False, addr)
+
+    def _anon_name(self, buf: bytes, file: int) -> str | None:
+        """anon_vma_name(): up to v6.6 ``anon_name`` shares a union with ``shared`` (the
+        file's interval tree node) and names anonymous VMAs only; from v6.7 (commit
+        d09e8ca6cb93, "mm: anonymous shared memory naming") it is a member of its own and
+        names shared anonymous (shmem) VMAs too."""
+        if not self.v.has("anon_name"):
+            return None
+        if file and self.v.has("shared") and \
+                self.v.offset("anon_name") == self.v.offset("shared"):
+            return None
+        p = read_member(self.v["anon_name"], buf)
+        if not p:
+            return None
+        off = self.t.layout("struct anon_vma_name").offset("name")
+        return self.t.read_cstr(p + off, 256)
+
+    def _unlinked(self, dentry: int) -> bool:
+        """d_unlinked(): not hashed and not a root."""
+        t = self.t
+        d = self.paths.dentry
+        pprev = t.read_u64(dentry + d.offset("d_hash") + 8)
+        parent = t.read_u64(dentry + d.offset("d_parent"))
+        return pprev == 0 and parent != dentry
+
+
+def vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None) -> list[Vma]:
+    """The VMAs of TASK's address space in address order, the gate VMA last, as
+    /proc/PID/maps lists them (see the module).
+
+    :param problems: where the bounded VMA walk puts what it finds.
+    :raises TargetError: TASK has no address space (a kernel thread), or a type is
+        missing from the debug info."""
+    t = ctx.t
+    if not task.mm:
+        raise TargetError(f"pid {task.pid} ({task.comm}) has no address space "
+                          "(a kernel thread)")
+    problems = [] if problems is None else problems
+    r = _Reader(ctx)
+    mm = task.mm
+    mmbuf = t.read(mm, r.mm.size)
+    fields = {k: read_member(r.mm[k], mmbuf) for k in ("brk", "start_brk", "start_stack",
+                                                       "map_count")}
+    ts = t.layout("struct task_struct")
+    fs = t.read_u64(task.task + ts.offset("fs"))
+    root = (t.read_u64(fs + member(t, "struct fs_struct", "root.mnt").offset),
+            t.read_u64(fs + member(t, "struct fs_struct", "root.dentry").offset))
+    bound = fields["map_count"]
+    if r.mm.has("mm_mt"):
+        addrs = [e for _, _, e in maple.mt_for_each(t, mm + r.mm.offset("mm_mt"), bound=bound,
+                                                    problems=problems, where="mm_mt")]
+    else:
+        addrs = list(_vm_next_list(t, read_member(r.mm["mmap"], mmbuf),
+                                   r.v.offset("vm_next"), bound, problems))
+    out = []
+    for a in addrs:
+        try:
+            out.append(r.vma(a, fields, root))
+        except FaultError as e:
+            problems.append(Problem("unreadable", "vma", f"vma {a:#x}: {e}"))
+    gate = _gate_vma(t)
+    if gate:
+        out.append(gate)
+    return out
+
+
+def _vm_next_list(t, first: int, next_off: int, bound: int, problems: list[Problem]):
+    """mm->mmap, linked through vm_next (NULL-terminated, to v6.0): a lock-less list's
+    walk, with each vm_next (which points at the next VMA, not at its vm_next) read as a
+    pointer to the next vm_next."""
+
+    def read(address: int, size: int) -> bytes:
+        nxt = int.from_bytes(t.read(address, 8), "little")
+        return (nxt + next_off if nxt else 0).to_bytes(8, "little")
+
+    if not first:
+        return
+    yield from klist.llist_for_each_entry(t, "struct vm_area_struct", first + next_off,
+                                          "vm_next", bound=bound, problems=problems,
+                                          where="mm->mmap", read=read)
+
+
+def _gate_vma(t) -> Vma | None:
+    if not t.has_symbol("vsyscall_mode"):
+        return None
+    mode = t.read_u32(t.symbol("vsyscall_mode"))
+    if mode == VSYSCALL_NONE:
+        return None
+    flags = VM_EXEC if mode == VSYSCALL_XONLY else VM_READ | VM_EXEC
+    return Vma(VSYSCALL_ADDR, VSYSCALL_ADDR + 4096, flags, 0, (0, 0), 0, "[vsyscall]",
+               False, 0)
+
+
+def format_maps(vmas: list[Vma]) -> str:
+    """/proc/PID/maps' text."""
+    out = []
+    for v in vmas:
+        head = (f"{v.start:08x}-{v.end:08x} {v.perms} {v.pgoff:08x} "
+                f"{v.dev[0]:02x}:{v.dev[1]:02x} {v.ino} ")
+        if v.name:
+            head = head.ljust(_PAD) + " " + v.name
+        out.append(head + "\n")
+    return "".join(out)
