@@ -95,3 +95,50 @@ def test_a_cycle_in_the_vma_chain_is_a_problem_not_a_hang(real_kernel):
     got = mvma.vmas(KernelContext(t), mtask.find_task(KernelContext(t), pid), problems)
     assert [p.kind for p in problems] == ["cycle"]
     assert [v.start for v in got] == [v.start for v in good[:4]]
+
+
+def test_maps_rss_totals_are_smaps_rollups_lines(real_kernel):
+    _prog, t = open_dump(real_kernel)
+    ctx = KernelContext(t)
+    for pid in _tracked(real_kernel):
+        roll = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$",
+                                                 real_kernel.truth_text(f"{pid}/smaps_rollup"),
+                                                 re.M)}
+        text, status = commands.execute(ctx, argparse.Namespace(
+            command="maps", format="json", pid=str(pid), rss=True))
+        import json
+        total = json.loads(text)["total"]
+        assert status == 0
+        assert total == {"Rss": roll["Rss"], "Anonymous": roll["Anonymous"],
+                         "Swap": roll["Swap"]}
+        assert total["Rss"] > 70000  # heap.sh's awk: ~75 MB of strings
+
+
+def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
+    """Every page of the tracked process's largest VMA: a leaf of walk_range() where drgn's
+    follow_phys() translates it (to the same physical address), none where it faults."""
+    import drgn
+    from drgn.helpers.linux.mm import follow_phys
+
+    from memscope.kernel import addr as kaddr
+    from memscope.kernel.pgtable import kernel_paging, walk_range
+
+    prog, t = open_dump(real_kernel)
+    ctx = KernelContext(t)
+    x = mtask.find_task(ctx, _tracked(real_kernel)[0])
+    big = max((v for v in mvma.vmas(ctx, x) if v.vma), key=lambda v: v.end - v.start)
+    pgd = kaddr.virt_to_phys(kaddr.kernel_layout(t),
+                             t.read_u64(x.mm + t.layout("struct mm_struct").offset("pgd")))
+    leaves = {lf.va: lf for lf in walk_range(kernel_paging(t), pgd, big.start, big.end,
+                                             lambda pa, n: t.read_phys(pa, n))}
+    mm = drgn.Object(prog, "struct mm_struct *", x.mm)
+    step = t.page_size
+    assert len(leaves) > 300
+    for va in range(big.start, big.end, step):
+        try:
+            want = follow_phys(mm, va).value_()
+        except drgn.FaultError:
+            want = None
+        leaf = leaves.get(va)
+        got = leaf.pa if leaf is not None and leaf.present else None
+        assert got == want, hex(va)

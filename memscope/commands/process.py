@@ -14,6 +14,10 @@ task-list order (init_task, pid 0, first)::
     {"start": int, "end": int, "perms": str, "pgoff": int, "dev": [int, int], "ino": int,
      "name": str, "file": bool, "vma": int}
 
+``maps PID --rss``: {"vmas": [{"start", "end", "perms", "name", "rss_kb", "anon_kb",
+"swap_kb"}], "total": {"Rss": kB, "Anonymous": kB, "Swap": kB}, "problems": [...]}, the
+totals as /proc/PID/smaps_rollup's lines of the same names.
+
 ``maps`` exits with status 1 when the VMA walk found a problem (a cycle, an unreadable
 VMA).
 """
@@ -55,6 +59,9 @@ def ps(ctx, args) -> Result:
 
 def _maps_args(p) -> None:
     p.add_argument("pid", help="the process id (its thread-group leader's)")
+    p.add_argument("--rss", action="store_true",
+                   help="walk the page tables: resident, anonymous and swapped-out kB per "
+                        "VMA, with totals (smaps_rollup's Rss, Anonymous, Swap)")
 
 
 @command("maps", "a process's VMAs, as /proc/PID/maps prints them",
@@ -68,6 +75,11 @@ def maps(ctx, args) -> Result:
     if not tasks:
         raise CommandError(f"maps: no process with pid {pid}")
     problems: list = []
+    if getattr(args, "rss", False):
+        if args.format == "proc":
+            raise CommandError("maps --rss has no /proc format (smaps_rollup's totals are "
+                               "in the table and the JSON)")
+        return _maps_rss(ctx, tasks[0], problems)
     vmas = _vma.vmas(ctx, tasks[0], problems)
     data = [{**{k: v for k, v in dataclasses.asdict(m).items()}, "perms": m.perms,
              "dev": list(m.dev)} for m in vmas]
@@ -82,3 +94,25 @@ def maps(ctx, args) -> Result:
 
     return Result(data, table, lambda: _vma.format_maps(vmas),
                   exit_status=1 if problems else 0)
+
+
+def _maps_rss(ctx, task, problems) -> Result:
+    rows = _vma.vma_rss(ctx, task, problems)
+    kb = ctx.t.page_size // 1024
+    total = {k: sum(getattr(r, k) for r in rows) * kb for k in ("resident", "anon", "swap")}
+    data = {"vmas": [{"start": r.vma.start, "end": r.vma.end, "perms": r.vma.perms,
+                      "name": r.vma.name, "rss_kb": r.resident * kb, "anon_kb": r.anon * kb,
+                      "swap_kb": r.swap * kb} for r in rows],
+            "total": {"Rss": total["resident"], "Anonymous": total["anon"],
+                      "Swap": total["swap"]},
+            "problems": [dataclasses.asdict(p) for p in problems]}
+
+    def table() -> str:
+        body = [[f"{r.vma.start:#x}", f"{r.vma.end:#x}", r.vma.perms, r.resident * kb,
+                 r.anon * kb, r.swap * kb, r.vma.name] for r in rows]
+        body.append(["total", "", "", total["resident"], total["anon"], total["swap"], ""])
+        out = tabulate(body, headers=["start", "end", "perms", "rss kB", "anon kB",
+                                      "swap kB", "name"]) + "\n"
+        return out + "".join(f"problem: {p}\n" for p in problems)
+
+    return Result(data, table, exit_status=1 if problems else 0)

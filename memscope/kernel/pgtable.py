@@ -27,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import numpy as np
+
 from ..target.base import FaultError, Target, TargetError
 from .addr import KernelLayout, phys_to_virt, x86_pgtable_levels
 
-__all__ = ("Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
-           "kernel_paging", "walk")
+__all__ = ("Leaf", "Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
+           "kernel_paging", "walk", "walk_range")
 
 MASK64 = (1 << 64) - 1
 X86_PHYS_MASK = 0x000FFFFFFFFFF000  # bits 12-51
@@ -142,6 +144,101 @@ def _walk_arm64(paging: Paging, pgd: int, va: int, read_phys: PhysRead):
             return oa & ~((1 << shift) - 1), 1 << shift
         table = oa
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A last-level entry found by :func:`walk_range`: ``va`` the first address it maps,
+    ``size`` bytes (4 KiB, or a 2 MiB / 1 GiB block), ``entry`` the raw descriptor,
+    ``present`` whether it maps memory (x86_64: _PAGE_PRESENT or _PAGE_PROTNONE; arm64:
+    valid) and ``pa`` the physical address it maps (0 when not present: the entry is a
+    swap or migration entry, whatever is not empty), ``special`` the PTE's software
+    "special" bit (x86_64 _PAGE_SPECIAL, bit 9; arm64 PTE_SPECIAL, bit 56): no struct page
+    backs it for ``vm_normal_page()`` (the zero page, PFN maps)."""
+
+    va: int
+    size: int
+    entry: int
+    present: bool
+    pa: int
+    special: bool
+
+
+X86_PAGE_PROTNONE = 1 << 8
+X86_PAGE_SPECIAL = 1 << 9
+ARM64_PTE_SPECIAL = 1 << 56
+
+
+def _table(read_phys: PhysRead, pa: int) -> np.ndarray | None:
+    raw = read_phys(pa, 4096)
+    if raw is None or len(raw) != 4096:
+        return None
+    return np.frombuffer(raw, "<u8")
+
+
+def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRead,
+               problems: list | None = None) -> list[Leaf]:
+    """Every non-empty leaf entry mapping [START, END) (user or kernel addresses), in
+    address order: present pages and blocks, and non-present entries that are not empty
+    (swap and migration entries).  Each table is read whole (one 4 KiB physical read).
+
+    :param problems: a table that cannot be read is appended here as a string (its
+        range is skipped); None: skipped silently.
+    :return: the leaves; an empty list for a non-canonical range."""
+    out: list[Leaf] = []
+    start &= MASK64
+    if end <= start or not _canonical(paging, start):
+        return out
+    arm = paging.arch == "aarch64"
+    oa_mask = (ARM64_OA_MASK_LPA2 if paging.lpa2 else ARM64_OA_MASK) if arm else X86_PHYS_MASK
+    top_bits = paging.va_bits - paging.shifts[0]
+
+    def oa(e: int) -> int:
+        a = e & oa_mask
+        if arm and paging.lpa2:
+            a |= (e & 0x300) << 42
+        return a
+
+    def present(e: int) -> bool:
+        return bool(e & 1) if arm else bool(e & (X86_PAGE_PRESENT | X86_PAGE_PROTNONE))
+
+    def visit(table_pa: int, level: int, base: int) -> None:
+        shift = paging.shifts[level]
+        entries = _table(read_phys, table_pa)
+        if entries is None:
+            if problems is not None:
+                problems.append(f"page table at {table_pa:#x} (level {level}) cannot be read")
+            return
+        bits = top_bits if level == 0 else 9
+        span = 1 << shift
+        lo = max(start, base)
+        first = (lo - base) >> shift
+        last = min((end - 1 - base) >> shift, (1 << bits) - 1)
+        idx = np.flatnonzero(entries[first:last + 1]) + first
+        for i in idx.tolist():
+            e = int(entries[i])
+            va = (base + i * span) & MASK64
+            if shift == 12:
+                p = present(e) and (not arm or bool(e & 2))
+                out.append(Leaf(va, span, e, p, oa(e) if p else 0,
+                                bool(e & (ARM64_PTE_SPECIAL if arm else X86_PAGE_SPECIAL))))
+                continue
+            if not present(e):
+                out.append(Leaf(va, span, e, False, 0, False))  # e.g. a PMD migration entry
+                continue
+            block = (not e & 2) if arm else bool(e & X86_PAGE_PSE)
+            if block:
+                if shift in (21, 30):
+                    out.append(Leaf(va, span, e, True, oa(e) & ~(span - 1),
+                                    bool(e & (ARM64_PTE_SPECIAL if arm else X86_PAGE_SPECIAL))))
+                continue
+            visit(oa(e), level + 1, va)
+
+    # the top table indexes the VA bits below va_bits; the upper half (kernel addresses)
+    # starts over at index 0 with the sign bits set
+    sign = start & ~(MASK64 >> (64 - paging.va_bits))
+    visit(pgd, 0, sign)
+    return out
 
 
 def walk(paging: Paging, pgd: int, va: int, read_phys: PhysRead) -> tuple[int, int] | None:

@@ -280,3 +280,88 @@ def format_maps(vmas: list[Vma]) -> str:
             head = head.ljust(_PAD) + " " + v.name
         out.append(head + "\n")
     return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class VmaRss:
+    """What a VMA's page tables map (fs/proc/task_mmu.c ``smaps_pte_entry()`` /
+    ``smaps_pmd_entry()``), in pages: ``resident`` present entries backed by a struct page
+    (``vm_normal_page()``: not the zero page, not a PFN map; a 2 MiB block counts 512),
+    ``anon`` those whose folio is anonymous (``folio->mapping & PAGE_MAPPING_ANON``),
+    ``swap`` non-present entries that are not empty (swap entries: migration entries are
+    counted too, which a frozen dump holds only mid-migration)."""
+
+    vma: Vma
+    resident: int
+    anon: int
+    swap: int
+
+
+def _read_phys(ctx: KernelContext):
+    from ..kernel.addr import kernel_layout
+    from ..kernel.pgtable import direct_map_reader
+
+    t = ctx.t
+    try:
+        t.read_phys(0, 8)
+    except TargetError as e:
+        if not isinstance(e, FaultError):
+            return direct_map_reader(t, kernel_layout(t))
+
+    def read_phys(pa: int, size: int) -> bytes | None:
+        try:
+            return t.read_phys(pa, size)
+        except FaultError:
+            return None
+
+    return read_phys
+
+
+def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
+            ) -> list[VmaRss]:
+    """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map, walked from
+    ``mm->pgd`` (:func:`memscope.kernel.pgtable.walk_range`); anonymous pages are told by
+    the decoded memmap (:func:`memscope.mm.page.memmap`).
+
+    :param problems: a page table that cannot be read is recorded here (its range counts
+        nothing).
+    :raises TargetError: as :func:`vmas`."""
+    import numpy as np
+
+    from ..kernel.addr import kernel_layout, virt_to_phys
+    from ..kernel.pgtable import kernel_paging, walk_range
+    from . import page as _page
+
+    t = ctx.t
+    problems = [] if problems is None else problems
+    out_vmas = vmas(ctx, task, problems)
+    mm = t.layout("struct mm_struct")
+    pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
+    paging = kernel_paging(t)
+    read_phys = _read_phys(ctx)
+    pm = _page.memmap(ctx)
+    anon_code = _page.C["anon"]
+    shift = t.page_size.bit_length() - 1
+    out = []
+    for v in out_vmas:
+        if not v.vma:  # the gate VMA: the kernel's page, in no process's tables
+            out.append(VmaRss(v, 0, 0, 0))
+            continue
+        errors: list[str] = []
+        leaves = walk_range(paging, pgd, v.start, v.end, read_phys, errors)
+        problems += [Problem("unreadable", f"pid {task.pid} vma {v.start:#x}", m)
+                     for m in errors]
+        resident = anon = swap = 0
+        for leaf in leaves:
+            n = leaf.size >> shift
+            if not leaf.present:
+                swap += n
+                continue
+            if leaf.special:
+                continue
+            pfns = np.arange(leaf.pa >> shift, (leaf.pa >> shift) + n)
+            pfns = pfns[pfns < pm.nr_pages]
+            resident += len(pfns)
+            anon += int(np.count_nonzero(pm.cls[pfns] == anon_code))
+        out.append(VmaRss(v, resident, anon, swap))
+    return out
