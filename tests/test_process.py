@@ -129,8 +129,11 @@ def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
     big = max((v for v in mvma.vmas(ctx, x) if v.vma), key=lambda v: v.end - v.start)
     pgd = kaddr.virt_to_phys(kaddr.kernel_layout(t),
                              t.read_u64(x.mm + t.layout("struct mm_struct").offset("pgd")))
-    leaves = {lf.va: lf for lf in walk_range(kernel_paging(t), pgd, big.start, big.end,
-                                             lambda pa, n: t.read_phys(pa, n))}
+    leaves = {}
+    for lf in walk_range(kernel_paging(t), pgd, big.start, big.end,
+                         lambda pa, n: t.read_phys(pa, n)):
+        for off in range(0, lf.size, t.page_size):  # a 2 MiB block: each of its pages
+            leaves[lf.va + off] = (lf, off)
     mm = drgn.Object(prog, "struct mm_struct *", x.mm)
     step = t.page_size
     assert len(leaves) > 300
@@ -139,6 +142,6 @@ def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
             want = follow_phys(mm, va).value_()
         except drgn.FaultError:
             want = None
-        leaf = leaves.get(va)
-        got = leaf.pa if leaf is not None and leaf.present else None
+        leaf, off = leaves.get(va, (None, 0))
+        got = leaf.pa + off if leaf is not None and leaf.present else None
         assert got == want, hex(va)
