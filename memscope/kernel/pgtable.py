@@ -32,7 +32,7 @@ import numpy as np
 from ..target.base import FaultError, Target, TargetError
 from .addr import KernelLayout, phys_to_virt, x86_pgtable_levels
 
-__all__ = ("Leaf", "Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
+__all__ = ("LEVEL_NAMES", "Leaf", "Step", "walk_steps", "Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
            "kernel_paging", "walk", "walk_range")
 
 MASK64 = (1 << 64) - 1
@@ -239,6 +239,47 @@ def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRe
     sign = start & ~(MASK64 >> (64 - paging.va_bits))
     visit(pgd, 0, sign)
     return out
+
+
+#: The kernel's names of the levels, top first, by number of levels (x86_64 and arm64
+#: fold the same way: P4D exists only with 5 levels, PUD with 4 or more).
+LEVEL_NAMES = {3: ("PGD", "PMD", "PTE"), 4: ("PGD", "PUD", "PMD", "PTE"),
+               5: ("PGD", "P4D", "PUD", "PMD", "PTE")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One level of a translation (:func:`walk_steps`): the level's name (PGD ... PTE),
+    the physical address of the table read, the index used, the entry's physical address
+    and its raw value (None when it could not be read)."""
+
+    level: str
+    table: int
+    index: int
+    entry_pa: int
+    entry: int | None
+
+
+def walk_steps(paging: Paging, pgd: int, va: int, read_phys: PhysRead
+               ) -> tuple[list[Step], tuple[int, int] | None]:
+    """:func:`walk`, level by level, as crash's ``vtop`` shows it.
+
+    :return: the entries read, top first, and the result of :func:`walk` (physical
+        address of the page or block and its size, or None)."""
+    va &= MASK64
+    steps: list[Step] = []
+    names = LEVEL_NAMES[paging.levels]
+
+    def recording(pa: int, size: int) -> bytes | None:
+        raw = read_phys(pa, size)
+        level = len(steps)
+        shift = paging.shifts[level]
+        table = pa - 8 * ((va >> shift) & 511) if level else pgd
+        steps.append(Step(names[level], table, (pa - table) // 8, pa,
+                          int.from_bytes(raw, "little") if raw and len(raw) == 8 else None))
+        return raw
+
+    return steps, walk(paging, pgd, va, recording)
 
 
 def walk(paging: Paging, pgd: int, va: int, read_phys: PhysRead) -> tuple[int, int] | None:

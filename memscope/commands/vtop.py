@@ -1,0 +1,96 @@
+"""``vtop [--pid PID] ADDR``: a virtual address translated step by step, like crash's
+``vtop``, and what the physical page is.
+
+JSON output::
+
+    {"address": int, "pid": int | null, "pgd": int,      # pgd: physical address
+     "steps": [{"level": "PGD" | "P4D" | "PUD" | "PMD" | "PTE", "table": int,
+                "index": int, "entry_pa": int, "entry": int | null}],
+     "physical": int | null, "page_size": int | null,   # null: not mapped
+     "page": {"pfn": int, "class": str, "flags": [str]} | null}
+
+Without ``--pid`` the kernel's own tables (``init_mm.pgd``) translate ADDR; with it the
+process's (``mm->pgd``).  On arm64 the upper half always goes through the kernel's tables
+(TTBR1, ``swapper_pg_dir``) and the lower half through the process's (TTBR0); without a
+process the lower half maps nothing (``steps`` empty).  An address the tables do not map is an answer (exit 0), not an
+error.
+"""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from ..kernel.addr import kernel_layout, virt_to_phys
+from ..kernel.pgtable import kernel_paging, walk_steps
+from ..mm import page as _page, task as _task
+from ..mm.vma import _read_phys
+from . import CommandError, Result, command
+
+
+def _args(p) -> None:
+    p.add_argument("address", help="the virtual address (hex with 0x, or decimal)")
+    p.add_argument("--pid", help="translate in this process's address space")
+
+
+def _number(text: str, what: str) -> int:
+    try:
+        return int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+    except ValueError:
+        raise CommandError(f"vtop: {what} {text!r} is not a number") from None
+
+
+@command("vtop", "translate a virtual address through the page tables, level by level",
+         arguments=_args)
+def vtop(ctx, args) -> Result:
+    t = ctx.t
+    va = _number(args.address, "address")
+    if not 0 <= va < 1 << 64:
+        raise CommandError(f"vtop: address {args.address} is not a 64-bit address")
+    lay = kernel_layout(t)
+    pid = None
+    mm_pgd = t.layout("struct mm_struct").offset("pgd")
+    kernel_pgd = t.read_u64(t.symbol("init_mm") + mm_pgd)
+    if getattr(args, "pid", None) is not None:
+        pid = _number(args.pid, "pid")
+        task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
+        if task is None:
+            raise CommandError(f"vtop: no process with pid {pid}")
+        if not task.mm:
+            raise CommandError(f"vtop: pid {pid} ({task.comm}) has no address space")
+        pgd_va = t.read_u64(task.mm + mm_pgd)
+    else:
+        pgd_va = kernel_pgd
+    if t.arch == "aarch64" and va >> 63:
+        pgd_va = kernel_pgd  # TTBR1: the kernel's half, whatever the process
+    if t.arch == "aarch64" and not va >> 63 and pgd_va == kernel_pgd:
+        # TTBR0 of the kernel's own init_mm maps nothing: no user half without a process
+        steps, res, pgd = [], None, virt_to_phys(lay, pgd_va)
+    else:
+        pgd = virt_to_phys(lay, pgd_va)
+        steps, res = walk_steps(kernel_paging(t), pgd, va, _read_phys(ctx))
+    phys = size = page = None
+    if res is not None:
+        block, size = res
+        phys = block + (va & (size - 1))
+        pfn = phys // t.page_size
+        try:
+            rec = _page.page_records(ctx, pfn, pfn + 1)[0]
+            page = {"pfn": pfn, "class": rec.cls, "flags": rec.flags}
+        except Exception:  # noqa: BLE001 - a pfn outside the memmap (MMIO): no struct page
+            page = {"pfn": pfn, "class": "no struct page", "flags": []}
+    data = {"address": va, "pid": pid, "pgd": pgd,
+            "steps": [s.__dict__ for s in steps], "physical": phys, "page_size": size,
+            "page": page}
+
+    def table() -> str:
+        rows = [[s.level, f"{s.table:#x}", s.index, f"{s.entry_pa:#x}",
+                 "unreadable" if s.entry is None else f"{s.entry:#018x}"] for s in steps]
+        out = f"VIRTUAL {va:#x}" + (f" (pid {pid})" if pid is not None else " (kernel)")
+        out += f"  pgd at physical {pgd:#x}\n"
+        out += tabulate(rows, headers=["level", "table", "index", "entry at", "entry"]) + "\n"
+        if phys is None:
+            return out + "not mapped\n"
+        out += f"PHYSICAL {phys:#x} ({size // 1024} KiB {'page' if size == t.page_size else 'block'})\n"
+        return out + f"PAGE pfn {page['pfn']:#x}: {page['class']} {' '.join(page['flags'])}\n"
+
+    return Result(data, table)
