@@ -25,7 +25,8 @@ the same name returns):
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
-- :func:`ps`: every process or thread; :func:`maps`: a process's VMAs.
+- :func:`ps`: every process or thread; :func:`maps`: a process's VMAs; :func:`heap`: its
+  malloc heap walked chunk by chunk.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
   :func:`format_maps`: the /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
@@ -83,7 +84,9 @@ from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm.context import KernelContext
+from .mm import heap as _heap
 from .mm import task as _task
+from .mm.heap import HeapReport
 from .mm import vma as _vma
 from .mm import vmalloc as _vmalloc
 from .mm.task import Task
@@ -97,7 +100,8 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
-           "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma"]
+           "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma",
+           "heap", "HeapReport"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -468,6 +472,24 @@ def maps(prog: drgn.Program, pid: int) -> list[Vma]:
     """
     ctx = _fresh(prog)
     return _vma.vmas(ctx, _task.find_task(ctx, pid))
+
+
+def heap(prog: drgn.Program, pid: int) -> HeapReport:
+    """
+    Get process *pid*'s glibc malloc heap as ``memscope heap`` shows it: the brk heap
+    ``[start_brk, brk)`` read through the process's page tables and walked chunk by chunk
+    (``struct malloc_chunk`` headers), tcache entries told apart, and the anonymous
+    mappings that hold malloc mmap chunks (:mod:`memscope.mm.heap`).
+
+    :param prog: the kernel
+    :param pid: the process id
+    :return: a :class:`HeapReport` (addresses and sizes in bytes; ``missing`` the heap
+        pages not mapped or not in the dump; ``tiles`` whether the chunks cover the heap
+        exactly, the top chunk ending at ``brk``)
+    :raises TargetError: no such process, or a kernel thread
+    """
+    ctx = _fresh(prog)
+    return _heap.heap(ctx, _task.find_task(ctx, pid))
 
 
 # --- drgn command registration -------------------------------------------------------

@@ -145,3 +145,21 @@ def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
         leaf, off = leaves.get(va, (None, 0))
         got = leaf.pa + off if leaf is not None and leaf.present else None
         assert got == want, hex(va)
+
+
+def test_heap_walk_tiles_the_brk_heap_and_finds_the_workloads_allocations(real_kernel):
+    """heap.sh's awk made 300000 small strings (each its own malloc from the brk heap) and
+    three strings of 20, 16 and 12 MB (each a malloc mmap: over the 128 KiB threshold)."""
+    from memscope.mm import heap as mheap
+
+    _prog, t = open_dump(real_kernel)
+    ctx = KernelContext(t)
+    x = mtask.find_task(ctx, _tracked(real_kernel)[0])
+    h = mheap.heap(ctx, x)
+    assert h.error is None and h.tiles
+    assert int(h.address[0]) == h.first_chunk and int(h.address[-1] + h.size[-1]) == h.brk
+    assert (h.address[1:] == h.address[:-1] + h.size[:-1]).all()
+    assert h.count("in use") >= 300000
+    for n in (20_000_000, 16_000_000, 12_000_000):
+        assert sum(1 for _, _, c in h.mmapped if n < c <= n + 2 * t.page_size) == 1, n
+    assert h.tcache_problems == []

@@ -116,3 +116,56 @@ def _maps_rss(ctx, task, problems) -> Result:
         return out + "".join(f"problem: {p}\n" for p in problems)
 
     return Result(data, table, exit_status=1 if problems else 0)
+
+
+def _heap_args(p) -> None:
+    p.add_argument("pid", help="the process id")
+
+
+@command("heap", "a process's malloc heap: the brk heap walked chunk by chunk, and malloc's "
+                 "mmaps", arguments=_heap_args)
+def heap(ctx, args) -> Result:
+    from ..mm import heap as _heap
+
+    try:
+        pid = int(args.pid, 10)
+    except ValueError:
+        raise CommandError(f"heap: pid {args.pid!r} is not a decimal number") from None
+    task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
+    if task is None:
+        raise CommandError(f"heap: no process with pid {pid}")
+    if not task.mm:
+        raise CommandError(f"heap: pid {pid} ({task.comm}) has no address space")
+    h = _heap.heap(ctx, task)
+    counts = {s: h.count(s) for s in _heap.STATES}
+    data = {"pid": pid, "start_brk": h.start_brk, "brk": h.brk, "first_chunk": h.first_chunk,
+            "resident": h.resident, "missing": [list(m) for m in h.missing],
+            "chunks": counts, "tiles": h.tiles, "error": h.error,
+            "by_size": {str(k): v for k, v in h.by_size.items()},
+            "top": int(h.size[-1]) if h.tiles else None,
+            "mmapped": [{"start": a, "end": b, "chunk_size": c} for a, b, c in h.mmapped],
+            "tcache_problems": h.tcache_problems}
+
+    def table() -> str:
+        out = [f"pid {pid} ({task.comm}): brk heap {h.start_brk:#x}-{h.brk:#x} "
+               f"({(h.brk - h.start_brk) // 1024} KiB, {h.resident // 1024} KiB resident), "
+               f"malloc's chunks from {h.first_chunk:#x}"]
+        for lo, hi in h.missing:
+            out.append(f"not in the dump or not mapped: {lo:#x}-{hi:#x}")
+        if h.error:
+            out.append(f"walk stopped: {h.error}")
+        out.append(f"{len(h.address)} chunks: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+                   + ("; they tile the heap exactly, the top chunk ends at brk" if h.tiles
+                      else "; they do NOT tile the heap"))
+        rows = sorted(h.by_size.items(), key=lambda kv: -kv[0] * sum(kv[1].values()))[:20]
+        out.append(tabulate([[size, *(d.get(s, 0) for s in _heap.STATES),
+                              size * sum(d.values())] for size, d in rows],
+                            headers=["chunk size", *_heap.STATES, "bytes"]))
+        if h.mmapped:
+            out.append("")
+            out.append(tabulate([[f"{a:#x}", f"{b:#x}", c] for a, b, c in h.mmapped],
+                                headers=["mmap start", "end", "chunk size"]))
+        out += [f"problem: {p}" for p in h.tcache_problems]
+        return "\n".join(out) + "\n"
+
+    return Result(data, table, exit_status=0 if h.tiles and not h.tcache_problems else 1)

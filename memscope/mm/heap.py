@@ -1,0 +1,263 @@
+"""A process's memory as glibc's malloc sees it, read from the kernel's side.
+
+- The brk heap is ``[mm->start_brk, mm->brk)``: malloc's main arena grows it with
+  ``sbrk()``.  Its pages are read through the process's page tables
+  (:func:`memscope.kernel.pgtable.walk_range`); a page the tables do not map (never
+  touched, swapped out) or the dump does not hold is reported, not guessed.
+- The chunk walk (glibc malloc/malloc.c, ``struct malloc_chunk``): each chunk starts
+  with ``mchunk_prev_size`` and ``mchunk_size`` (8 bytes each on 64-bit); the size's low
+  bits are PREV_INUSE (1), IS_MMAPPED (2) and NON_MAIN_ARENA (4); the next chunk starts
+  ``size & ~7`` bytes later.  The first chunk sits at ``start_brk`` (sbrk returns a
+  page-aligned break, already MALLOC_ALIGNMENT-aligned); the last one is the top chunk,
+  which must end exactly at ``brk``.  A chunk is in use when the next chunk's PREV_INUSE
+  is set: chunks in tcache and fastbins keep it set, so they count as in use here unless
+  found in the tcache (``tcache_perthread_struct``, the heap's first chunk since glibc
+  2.26: ``counts[64]`` of u16 then ``entries[64]``; glibc >= 2.32 protects each
+  ``next`` pointer as ``(pos >> 12) ^ ptr``).  Fastbins live in ``main_arena``, which a
+  static binary keeps in its own data segment without symbols: not searched.
+- Direct mmaps: malloc serves a request of at least ``M_MMAP_THRESHOLD`` (128 KiB by
+  default) with its own anonymous mapping, whose first chunk header says IS_MMAPPED and
+  whose size fits the mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+
+from ..kernel.addr import kernel_layout, virt_to_phys
+from ..kernel.pgtable import kernel_paging, walk_range
+from ..target.base import TargetError
+from .context import KernelContext
+from .task import Task
+from .vma import _read_phys, vmas
+
+__all__ = ("STATES", "HeapReport", "heap")
+
+PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 1, 2, 4
+SIZE_BITS = 7
+MIN_CHUNK = 32
+MMAP_THRESHOLD = 128 << 10
+TCACHE_BINS = 64
+#: A walk stops after this many chunks (a 64 GiB heap of minimum-size chunks).
+MAX_CHUNKS = 1 << 31
+
+
+#: A chunk's state, as HeapReport.state codes index it.
+STATES = ("in use", "free", "tcache", "top")
+
+
+@dataclasses.dataclass
+class HeapReport:
+    """What :func:`heap` found, sizes in bytes.
+
+    ``start_brk``/``brk`` the heap's bounds; ``first_chunk`` where malloc's chunks start
+    (``start_brk`` unless something took memory with sbrk() before malloc); ``resident`` bytes of it the page tables map;
+    ``missing`` (start, end) ranges of the heap whose pages are not mapped or not in the
+    dump; the walk, one entry per chunk in address order (empty when it could not
+    start): ``address`` of each header, ``size`` in bytes (flags cleared) and ``state``,
+    an index into :data:`STATES` (in use, free, tcache, top); ``tiles`` whether the chunks
+    cover [first_chunk, brk) exactly, the top chunk last; ``error`` why the walk stopped
+    early (a corrupt size, a page missing under a header), or None; ``by_size`` per chunk
+    size (bytes) the number of chunks of each state; ``mmapped`` (start, end, chunk size)
+    of anonymous mappings that hold a malloc mmap chunk; ``tcache_problems`` tcache
+    entries that are not chunks of the heap."""
+
+    pid: int
+    start_brk: int
+    brk: int
+    first_chunk: int
+    resident: int
+    missing: list[tuple[int, int]]
+    address: np.ndarray  # uint64
+    size: np.ndarray  # uint64
+    state: np.ndarray  # uint8, index into STATES
+    tiles: bool
+    error: str | None
+    by_size: dict[int, dict[str, int]]
+    mmapped: list[tuple[int, int, int]]
+    tcache_problems: list[str]
+
+    def count(self, state: str) -> int:
+        """Chunks in STATE (one of :data:`STATES`)."""
+        return int(np.count_nonzero(self.state == STATES.index(state)))
+
+
+class _UserMemory:
+    """A process's memory read through its page tables, page by page."""
+
+    def __init__(self, ctx: KernelContext, task: Task):
+        t = ctx.t
+        self.t = t
+        self.read_phys = _read_phys(ctx)
+        mm = t.layout("struct mm_struct")
+        self.pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
+        self.paging = kernel_paging(t)
+        self.page = t.page_size
+
+    def pages(self, start: int, end: int) -> dict[int, bytes]:
+        """{page address: its bytes} for every page of [START, END) the tables map and the
+        target holds."""
+        out = {}
+        for leaf in walk_range(self.paging, self.pgd, start, end, self.read_phys):
+            if not leaf.present:
+                continue
+            lo, hi = max(leaf.va, start - start % self.page), min(leaf.va + leaf.size, end)
+            data = self.read_phys(leaf.pa + (lo - leaf.va), hi - lo)
+            if data is None or len(data) != hi - lo:
+                continue
+            for off in range(0, hi - lo, self.page):
+                out[lo + off] = data[off:off + self.page]
+        return out
+
+
+def _missing(pages: dict[int, bytes], start: int, end: int, size: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for p in range(start - start % size, end, size):
+        if p not in pages:
+            if out and out[-1][1] == p:
+                out[-1] = (out[-1][0], p + size)
+            else:
+                out.append((p, p + size))
+    return out
+
+
+def _tcache(pages: dict[int, bytes], first: int, page: int, lo: int, hi: int,
+            problems: list[str]) -> set[int]:
+    """Chunk addresses held in the tcache whose tcache_perthread_struct is the chunk at
+    FIRST (glibc >= 2.26); safe-linking (2.32) is recognised per pointer."""
+
+    def u64(addr: int) -> int | None:
+        p = pages.get(addr - addr % page)
+        if p is None or addr % page > page - 8:
+            return None
+        return struct.unpack_from("<Q", p, addr % page)[0]
+
+    def u16(addr: int) -> int | None:
+        p = pages.get(addr - addr % page)
+        return None if p is None else struct.unpack_from("<H", p, addr % page)[0]
+
+    held: set[int] = set()
+    counts_at = first + 16
+    entries_at = counts_at + 2 * TCACHE_BINS
+    for b in range(TCACHE_BINS):
+        n = u16(counts_at + 2 * b)
+        mem = u64(entries_at + 8 * b)
+        if not n or not mem:
+            continue
+        seen = 0
+        while mem and seen < n:
+            if not lo + 16 <= mem < hi or mem % 16:
+                problems.append(f"tcache bin {b}: entry {mem:#x} is not a chunk of the heap")
+                break
+            held.add(mem - 16)
+            seen += 1
+            nxt = u64(mem)
+            if nxt is None:
+                break
+            # glibc 2.32 safe-linking: next = (&e->next >> 12) ^ real next
+            demangled = (mem >> 12) ^ nxt
+            mem = demangled if nxt and (lo <= demangled < hi or not lo <= nxt < hi) else nxt
+    return held
+
+
+def heap(ctx: KernelContext, task: Task) -> HeapReport:
+    """The brk heap of TASK walked chunk by chunk, and its malloc mmaps (see the module).
+
+    :raises TargetError: TASK has no address space."""
+    t = ctx.t
+    if not task.mm:
+        raise TargetError(f"pid {task.pid} ({task.comm}) has no address space")
+    mm = t.layout("struct mm_struct")
+    start = t.read_u64(task.mm + mm.offset("start_brk"))
+    brk = t.read_u64(task.mm + mm.offset("brk"))
+    um = _UserMemory(ctx, task)
+    pages = um.pages(start, brk) if brk > start else {}
+    size = um.page
+    missing = _missing(pages, start, brk, size) if brk > start else []
+    resident = sum(min(p + size, brk) - max(p, start) for p in pages)
+
+    # The heap's words at every 16-byte step as Python ints (a chunk header is 16-aligned:
+    # its size field is the second word), with whether the page under each is held.
+    nslot = (brk - start) // 16 if brk > start else 0
+    buf = bytearray(nslot * 16)
+    held_slot = bytearray(nslot)
+    per_page = size // 16
+    for p, data in pages.items():
+        lo, hi = max(p, start), min(p + size, start + nslot * 16)
+        if hi <= lo:
+            continue
+        buf[lo - start:hi - start] = data[lo - p:hi - p]
+        held_slot[(lo - start) // 16:(hi - start) // 16] = b"\1" * ((hi - lo) // 16)
+    fields = np.frombuffer(bytes(buf), "<u8")[1::2].tolist() if nslot else []
+    del per_page
+
+    def walk(pos: int) -> tuple[list[tuple[int, int]], int, str | None]:
+        raw: list[tuple[int, int]] = []  # (address, size field)
+        i, end = (pos - start) // 16, nslot
+        while i < end and len(raw) < MAX_CHUNKS:
+            if not held_slot[i]:
+                return raw, start + 16 * i, \
+                    f"chunk header at {start + 16 * i:#x} is on a page the dump does not hold"
+            field = fields[i]
+            csize = field & ~SIZE_BITS
+            if csize < MIN_CHUNK or csize % 16 or i + csize // 16 > end:
+                return raw, start + 16 * i, f"chunk at {start + 16 * i:#x} has a bad size {field:#x}"
+            raw.append((start + 16 * i, field))
+            i += csize // 16
+        return raw, start + 16 * i, None
+
+    # malloc's first sbrk() need not be the first: a static binary's TLS block comes from
+    # sbrk() before malloc runs (__libc_setup_tls).  malloc's heap starts at its
+    # mp_.sbrk_base, which a symbol-less static binary does not name.  Its first chunk is
+    # the tcache_perthread_struct (glibc >= 2.26: 0x290 bytes with u16 counts, 0x250 with
+    # u8 counts before 2.30), in use: take the first 16-aligned place in the first 64 KiB
+    # that holds such a header and from which the chunks tile to brk; else the first
+    # place from which any chunks tile to brk.
+    first = start
+    raw, pos, error = walk(start)
+    if error is not None or pos != brk:
+        limit = min(64 << 10, nslot * 16)
+        cands = [c for c in range(0, limit, 16) if held_slot[c // 16]]
+        tcache_like = [c for c in cands if fields[c // 16] in (0x291, 0x251)]
+        others = set(tcache_like)
+        for cand in tcache_like + [c for c in cands if c not in others]:
+            r2, p2, e2 = walk(start + cand)
+            if e2 is None and p2 == brk and r2 and r2[0][1] & PREV_INUSE:
+                first, raw, pos, error = start + cand, r2, p2, None
+                break
+    tiles = error is None and pos == brk and bool(raw)
+    problems: list[str] = []
+    held = _tcache(pages, raw[0][0], size, start, brk, problems) if raw else set()
+    addr = np.array([a for a, _ in raw], np.uint64)
+    field = np.array([f for _, f in raw], np.uint64)
+    state = np.full(len(raw), STATES.index("in use"), np.uint8)
+    if len(raw) > 1:
+        free = (field[1:] & np.uint64(PREV_INUSE)) == 0
+        state[:-1][free] = STATES.index("free")
+    if held:
+        state[np.isin(addr, np.array(sorted(held), np.uint64))] = STATES.index("tcache")
+    if tiles:
+        state[-1] = STATES.index("top")
+    csize = field & ~np.uint64(SIZE_BITS)
+    by_size: dict[int, dict[str, int]] = {}
+    if len(raw):
+        keys, counts = np.unique(csize * np.uint64(8) + state, return_counts=True)
+        for k, n in zip(keys.tolist(), counts.tolist()):
+            by_size.setdefault(k // 8, {})[STATES[k % 8]] = n
+    mmapped = []
+    for v in vmas(ctx, task):
+        if v.file or v.name or not v.vma or v.end - v.start < MMAP_THRESHOLD:
+            continue
+        head = um.pages(v.start, v.start + 16).get(v.start)
+        if head is None:
+            continue
+        prev, word = struct.unpack_from("<QQ", head)
+        msize = word & ~SIZE_BITS
+        if word & IS_MMAPPED and prev % 16 == 0 and MMAP_THRESHOLD <= msize + prev \
+                <= v.end - v.start:
+            mmapped.append((v.start, v.end, msize))
+    return HeapReport(task.pid, start, brk, first, resident, missing, addr, csize, state,
+                      tiles, error, dict(sorted(by_size.items())), mmapped, problems)
