@@ -60,3 +60,37 @@ def test_a_cycle_in_the_busy_list_is_a_problem_not_a_hang(real_kernel):
     got = vmalloc.vmallocinfo(KernelContext(t))
     assert [p.kind for p in got.problems][:1] == ["cycle"]
     assert len(got.areas) < len(info.areas)
+
+
+def test_vmalloc_png_draws_each_area_page_in_its_kinds_colour(real_kernel, tmp_path):
+    """Every page of every area is one pixel (or px x px) of its kind's colour, guard pages
+    dark: the picture's pixel counts per colour are the pages per kind, plus the legend's
+    swatch (14 x 9 pixels inside its frame)."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    from memscope import commands
+    from memscope.report import png
+
+    _prog, t = open_dump(real_kernel)
+    ctx = KernelContext(t)
+    out = tmp_path / "v.png"
+    commands.execute(ctx, argparse.Namespace(command="vmalloc", format="table", png=str(out),
+                                             by_caller=False))
+    im = Image.open(out)
+    px = int(im.text["memscope:px_x"])
+    rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(rgb, axis=0, return_counts=True)
+    got = {tuple(c): int(n) for c, n in zip(colours.tolist(), counts.tolist())}
+    info = vmalloc.vmallocinfo(ctx)
+    page = t.page_size
+    want: dict[str, int] = {}
+    for a in info.areas:
+        kind = a.kind if a.kind != "vm_struct" else (a.kinds[0] if a.kinds else "other")
+        guard = page if a.kind == "vm_struct" and a.size > page and not a.flags & 0x40 else 0
+        want[kind] = want.get(kind, 0) + (a.size - guard) // page
+        want["guard"] = want.get("guard", 0) + guard // page
+    for kind, pages in want.items():
+        assert got.get(png.VMALLOC_COLOURS[kind], 0) == pages * px * px + 14 * 9, kind

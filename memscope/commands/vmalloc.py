@@ -68,12 +68,29 @@ def _vmalloc_args(p) -> None:
     p.add_argument("--by-caller", action="store_true",
                    help="areas, bytes and pages per caller and kind, largest first "
                         "(the default view)")
+    p.add_argument("--png", metavar="FILE",
+                   help="also draw the vmalloc range: areas by kind, guard pages, lazily "
+                        "freed areas (a new file)")
 
 
 @command("vmalloc", "vmalloc usage per caller and kind (from the vmap areas)",
          arguments=_vmalloc_args)
 def vmalloc(ctx, args) -> Result:
+    from .pages import _new_file, _write
+
+    png_path = getattr(args, "png", None)
+    if png_path:
+        _new_file(png_path)
     info = vm.vmallocinfo(ctx)
+    if png_path:
+        from ..report import png
+
+        page = ctx.t.page_size
+        areas = [(a.start, a.end, _kind(a), page if a.kind == "vm_struct" and a.size > page
+                  and not a.flags & VM_NO_GUARD else 0) for a in info.areas]
+        _write(png_path, png.vmalloc_map(
+            areas, f"vmalloc areas of {ctx.t.release}: {len(areas)} areas, "
+                   f"{png.human_bytes(sum(a.size for a in info.areas))}", page))
     rows = vm.by_caller(info)
     data = [dataclasses.asdict(r) for r in rows]
 
@@ -86,3 +103,14 @@ def vmalloc(ctx, args) -> Result:
         return out + "\n" + "".join(f"problem: {p}\n" for p in info.problems)
 
     return Result(data, table, exit_status=1 if info.problems else 0)
+
+
+#: include/linux/vmalloc.h: the area has no guard page
+VM_NO_GUARD = 0x40
+
+
+def _kind(a: vm.VmallocArea) -> str:
+    """The colour an area gets in the picture: its first flag word, or its line kind."""
+    if a.kind != "vm_struct":
+        return a.kind
+    return a.kinds[0] if a.kinds else "other"

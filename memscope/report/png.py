@@ -69,7 +69,7 @@ def _font(size: int = FONT_SIZE):
 
 def human_bytes(n: int) -> str:
     """'512 MiB', '1.5 GiB', '640 KiB': binary units, at most one decimal."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
             v = n / (1 << shift)
             return f"{v:.0f} {unit}" if v == int(v) or v >= 100 else f"{v:.1f} {unit}"
@@ -294,6 +294,80 @@ def pageblock_map(mt_names: list[str], blocks: list[tuple[int, int, int, bool, b
     c.text(legend_x + 22, y, f"isolated  {n_iso} blocks")
     c.meta.update(blocks_per_row=str(per_row), origin_pfn=str(origin_pfn), map_x=str(axis_w), map_y=str(top), px_x=str(sq), px_y=str(sq),
                   pageblock_order=str(pageblock_order))
+    return c.png()
+
+
+#: vmalloc areas by kind (memscope.mm.vmalloc), their guard pages, and the unused space
+#: between areas inside a drawn stretch.
+VMALLOC_COLOURS = {
+    "vmalloc": (60, 110, 220), "vmap": (60, 170, 60), "ioremap": (230, 150, 30),
+    "vm_map_ram": (170, 60, 170), "user": (0, 200, 200), "dma-coherent": (220, 50, 50),
+    "sparse": (120, 80, 40), "other": (130, 130, 150), "unpurged": (200, 200, 200),
+    "guard": (40, 40, 40), "unused": (245, 245, 245),
+}
+
+
+def vmalloc_map(areas: list[tuple[int, int, str, int]], title: str, page_size: int = 4096,
+                row_pages: int = 512, max_gap: int = 16 << 20) -> bytes:
+    """The vmalloc range as PNG bytes: one pixel per page, ROW_PAGES pages a row, the
+    areas coloured by kind (VMALLOC_COLOURS) with their guard pages dark.  The range is
+    mostly empty (32 TiB on x86_64): stretches of areas closer than MAX_GAP bytes are
+    drawn, each under a label with its address, and a gap between two stretches is a
+    labelled break, not drawn to scale.
+
+    AREAS: (start, end, kind, guard bytes at the end), any order."""
+    areas = sorted(areas)
+    stretches: list[list] = []
+    for a in areas:
+        if stretches and a[0] - stretches[-1][-1][1] <= max_gap:
+            stretches[-1].append(a)
+        else:
+            stretches.append([a])
+    row_bytes = row_pages * page_size
+    counts: dict[str, int] = {}
+    for start, end, kind, _guard in areas:
+        counts[kind] = counts.get(kind, 0) + 1
+    axis_w, top = 190, 2 * LINE + 8
+    px = max(1, min(2, 1024 // row_pages))
+    plans = []
+    y = top
+    for st in stretches:
+        base = st[0][0] - st[0][0] % row_bytes
+        end = st[-1][1]
+        rows = (end - base + row_bytes - 1) // row_bytes
+        plans.append((st, base, rows, y + LINE))
+        y += LINE + rows * px + LINE
+    items = [(k, VMALLOC_COLOURS.get(k, UNKNOWN), f"{n} areas") for k, n in sorted(counts.items())]
+    items += [("guard", VMALLOC_COLOURS["guard"], "guard pages"),
+              ("unused", VMALLOC_COLOURS["unused"], "no area")]
+    legend_x = axis_w + row_pages * px + 20
+    c = _Picture(legend_x + 260, max(y + 8, top + (len(items) + 3) * LINE))
+    c.text(6, 4, title)
+    c.text(6, 4 + LINE, f"one pixel per page ({human_bytes(page_size)}), one row per "
+           f"{row_pages} pages ({human_bytes(row_bytes)}); stretches more than "
+           f"{human_bytes(max_gap)} apart are drawn apart")
+    prev_end = None
+    for st, base, rows, y0 in plans:
+        gap = f" ({human_bytes(st[0][0] - prev_end)} after the last)" if prev_end else ""
+        c.text(6, y0 - LINE, f"{st[0][0]:#x} - {st[-1][1]:#x}{gap}", GRID_TEXT)
+        c.rect(axis_w, y0, row_pages * px, rows * px, VMALLOC_COLOURS["unused"])
+        pix = np.full(rows * row_pages, c.ink(VMALLOC_COLOURS["unused"]), np.uint8)
+        for start, end, kind, guard in st:
+            lo, hi = (start - base) // page_size, (end - base) // page_size
+            g = guard // page_size
+            pix[lo:hi - g] = c.ink(VMALLOC_COLOURS.get(kind, UNKNOWN))
+            pix[hi - g:hi] = c.ink(VMALLOC_COLOURS["guard"])
+        img = pix.reshape(rows, row_pages)
+        if px > 1:
+            img = np.repeat(np.repeat(img, px, axis=0), px, axis=1)
+        c.img[y0:y0 + img.shape[0], axis_w:axis_w + img.shape[1]] = img
+        step = max(rows // 4, -(-2 * LINE // px))  # labels at least two lines apart
+        for r in range(step, rows, step):
+            c.rect(axis_w - 6, y0 + r * px, 6, 1, FG)
+            c.text(4, y0 + r * px - LINE // 2, f"{base + r * row_bytes:#x}", GRID_TEXT)
+        prev_end = st[-1][1]
+    c.legend(legend_x, top, "vmalloc areas by kind", items)
+    c.meta.update(pages_per_row=str(row_pages), px_x=str(px), px_y=str(px), map_x=str(axis_w))
     return c.png()
 
 
