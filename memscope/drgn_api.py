@@ -27,6 +27,7 @@ the same name returns):
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
 - :func:`ps`: every process or thread; :func:`maps`: a process's VMAs; :func:`heap`: its
   malloc heap walked chunk by chunk.
+- :func:`mempools`: every mempool found in the kernel's data and slab objects.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
   :func:`format_maps`: the /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
@@ -85,6 +86,8 @@ from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm.context import KernelContext
 from .mm import heap as _heap
+from .mm import mempool as _mempool
+from .mm.mempool import Mempool, MempoolScan
 from .mm import task as _task
 from .mm.heap import HeapReport
 from .mm import vma as _vma
@@ -101,7 +104,7 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
            "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma",
-           "heap", "HeapReport"]
+           "heap", "HeapReport", "mempools", "Mempool", "MempoolScan"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -490,6 +493,20 @@ def heap(prog: drgn.Program, pid: int) -> HeapReport:
     """
     ctx = _fresh(prog)
     return _heap.heap(ctx, _task.find_task(ctx, pid))
+
+
+def mempools(prog: drgn.Program) -> MempoolScan:
+    """
+    Find every mempool (mm/mempool.c ``mempool_t``): the kernel keeps no list of them, so
+    the kernel image's data and every slab object are scanned for the kernel's own
+    mempool callbacks and each hit is checked (:mod:`memscope.mm.mempool`).
+
+    :param prog: the kernel
+    :return: a :class:`MempoolScan`: ``pools`` (:class:`Mempool` records: element sizes
+        in bytes, counts in elements) and ``rejected``, hits the checks refused
+    :raises TargetError: the kernel has no mempool callbacks
+    """
+    return _mempool.mempools(_fresh(prog))
 
 
 # --- drgn command registration -------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Mempools (memscope.mm.mempool; ``mempools``, ``mempool``) on every lab kernel.
+
+Answer keys: drgn's reading of the same dump: the block layer's global bio_set
+``fs_bio_set`` (its ``bio_pool`` and ``bvec_pool``) must be found, and every pool found
+must be a ``mempool_t`` whose fields and element array drgn reads the same."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import drgn
+import pytest
+
+from kernel_dumps import open_dump
+from memscope import commands
+from memscope.errors import MemscopeError
+from memscope.mm import mempool
+from memscope.mm.context import KernelContext
+
+
+def _scan(snap):
+    _prog, t = open_dump(snap)
+    return mempool.mempools(KernelContext(t))
+
+
+def test_fs_bio_sets_pools_are_found(real_kernel):
+    prog, _t = open_dump(real_kernel)
+    scan = _scan(real_kernel)
+    by_addr = {p.address: p for p in scan.pools}
+    bs = prog["fs_bio_set"]
+    for member in ("bio_pool", "bvec_pool"):
+        pool = bs.member_(member)
+        p = by_addr[pool.address_of_().value_()]
+        assert p.found == "global" and p.owner.startswith("fs_bio_set+")
+        assert (p.min_nr, p.curr_nr) == (pool.min_nr.value_(), pool.curr_nr.value_())
+        cache = drgn.cast("struct kmem_cache *", pool.pool_data)
+        assert (p.backing, p.cache, p.element_size) == (
+            "slab", cache.name.string_().decode(), cache.object_size.value_())
+    assert scan.count("slab") > 0  # mempool_create()d pools live in kmalloc objects
+
+
+def test_every_pool_found_is_a_mempool_as_drgn_reads_it(real_kernel):
+    prog, _t = open_dump(real_kernel)
+    scan = _scan(real_kernel)
+    callbacks = {prog[n].address_of_().value_() for n in
+                 ("mempool_alloc_slab", "mempool_kmalloc", "mempool_alloc_pages")
+                 if n in prog}
+    for p in scan.pools:
+        m = drgn.Object(prog, "mempool_t *", p.address)
+        assert m.alloc.value_() in callbacks
+        assert (p.min_nr, p.curr_nr) == (m.min_nr.value_(), m.curr_nr.value_())
+        assert list(p.elements) == [m.elements[i].value_() for i in range(m.curr_nr)]
+        assert all(p.elements)
+    assert len(scan.pools) >= 8
+
+
+def test_bad_input_is_one_line(real_kernel):
+    _prog, t = open_dump(real_kernel)
+    for arg, msg in (("nosuchsymbol", "no symbol"), ("0x1000", "is not a mempool_t"),
+                     ("fs_bio_set", "is not a mempool_t")):
+        with pytest.raises(MemscopeError, match=msg):
+            commands.execute(t, argparse.Namespace(command="mempool", format="table",
+                                                   pool=arg))
+
+
+def test_one_pool_lists_its_elements(real_kernel):
+    prog, t = open_dump(real_kernel)
+    addr = prog["fs_bio_set"].bio_pool.address_of_().value_()
+    text, status = commands.execute(t, argparse.Namespace(command="mempool", format="json",
+                                                          pool=hex(addr)))
+    got = json.loads(text)
+    pool = prog["fs_bio_set"].bio_pool
+    assert got["elements"] == [pool.elements[i].value_() for i in range(pool.curr_nr)]
+    assert status == 0
