@@ -111,7 +111,10 @@ def cli_args(name: str, fmt: str, **extra) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     if cmd.add_arguments:
         cmd.add_arguments(p)
-    ns = p.parse_args([])
+    # positional arguments (a pid, an address) come from EXTRA, as the command line's would
+    positional = [str(extra[a.dest]) for a in p._actions if not a.option_strings
+                  and a.dest in extra]
+    ns = p.parse_args(positional)
     ns.command, ns.format = name, fmt
     for k, v in extra.items():
         setattr(ns, k, v)

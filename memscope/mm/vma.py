@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ..kernel import list as klist, maple
 from ..kernel.fields import member, read_member
 from ..kernel.problem import Problem
@@ -289,7 +291,8 @@ class VmaRss:
     (``vm_normal_page()``: not the zero page, not a PFN map; a 2 MiB block counts 512),
     ``anon`` those whose folio is anonymous (``folio->mapping & PAGE_MAPPING_ANON``),
     ``swap`` non-present entries that are not empty (swap entries: migration entries are
-    counted too, which a frozen dump holds only mid-migration)."""
+    counted too, which a frozen dump holds only mid-migration).  Only the struct pages of
+    the resident pfns (and their folio heads) are read, not the whole memmap."""
 
     vma: Vma
     resident: int
@@ -321,13 +324,11 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
             ) -> list[VmaRss]:
     """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map, walked from
     ``mm->pgd`` (:func:`memscope.kernel.pgtable.walk_range`); anonymous pages are told by
-    the decoded memmap (:func:`memscope.mm.page.memmap`).
+    their folio's ``mapping``.
 
     :param problems: a page table that cannot be read is recorded here (its range counts
         nothing).
     :raises TargetError: as :func:`vmas`."""
-    import numpy as np
-
     from ..kernel.addr import kernel_layout, virt_to_phys
     from ..kernel.pgtable import kernel_paging, walk_range
     from . import page as _page
@@ -339,29 +340,66 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
     pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
     paging = kernel_paging(t)
     read_phys = _read_phys(ctx)
-    pm = _page.memmap(ctx)
-    anon_code = _page.C["anon"]
     shift = t.page_size.bit_length() - 1
-    out = []
+    max_pfn = _page.max_pfn(ctx)
+    walked = []
     for v in out_vmas:
         if not v.vma:  # the gate VMA: the kernel's page, in no process's tables
-            out.append(VmaRss(v, 0, 0, 0))
+            walked.append((v, np.zeros(0, np.int64), 0))
             continue
         errors: list[str] = []
         leaves = walk_range(paging, pgd, v.start, v.end, read_phys, errors)
         problems += [Problem("unreadable", f"pid {task.pid} vma {v.start:#x}", m)
                      for m in errors]
-        resident = anon = swap = 0
-        for leaf in leaves:
-            n = leaf.size >> shift
-            if not leaf.present:
-                swap += n
-                continue
-            if leaf.special:
-                continue
-            pfns = np.arange(leaf.pa >> shift, (leaf.pa >> shift) + n)
-            pfns = pfns[pfns < pm.nr_pages]
-            resident += len(pfns)
-            anon += int(np.count_nonzero(pm.cls[pfns] == anon_code))
-        out.append(VmaRss(v, resident, anon, swap))
+        pfns = [np.arange(lf.pa >> shift, (lf.pa >> shift) + (lf.size >> shift))
+                for lf in leaves if lf.present and not lf.special]
+        swap = sum(lf.size >> shift for lf in leaves if not lf.present)
+        p = np.concatenate(pfns) if pfns else np.zeros(0, np.int64)
+        walked.append((v, p[p < max_pfn], swap))
+    allp = np.concatenate([p for _, p, _ in walked]) if walked else np.zeros(0, np.int64)
+    anon_pfns = _anon_pfns(ctx, np.unique(allp))
+    return [VmaRss(v, len(p), int(np.count_nonzero(np.isin(p, anon_pfns))), swap)
+            for v, p, swap in walked]
+
+
+def _struct_page_words(ctx: KernelContext, pfns: np.ndarray, offs: tuple[int, ...]
+                       ) -> list[np.ndarray]:
+    """The 8-byte words at OFFS of the struct pages of PFNS (sorted, unique), read in
+    runs of consecutive pfns (one read per run); 0 where a run cannot be read."""
+    from . import page as _page
+
+    t = ctx.t
+    pl = _page.page_layout(ctx)
+    vm = _page.vmemmap_base(ctx)
+    out = [np.zeros(len(pfns), np.uint64) for _ in offs]
+    if not len(pfns):
+        return out
+    breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
+    for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(pfns)].tolist()):
+        first = int(pfns[lo])
+        try:
+            raw = t.read(vm + first * pl.size, (hi - lo) * pl.size)
+        except FaultError:
+            continue
+        rec = np.frombuffer(raw, np.uint8).reshape(hi - lo, pl.size)
+        for k, off in enumerate(offs):
+            out[k][lo:hi] = rec[:, off:off + 8].copy().view("<u8").ravel()
     return out
+
+
+def _anon_pfns(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
+    """The pfns among PFNS whose folio is anonymous (``folio_test_anon()``: the head's
+    ``mapping & PAGE_MAPPING_ANON``), reading only their struct pages (and their heads')."""
+    from . import page as _page
+
+    pl = _page.page_layout(ctx)
+    mapping, info = _struct_page_words(ctx, pfns, (pl.mapping_off, pl.compound_off))
+    tail = (info & np.uint64(1)) == 1
+    if tail.any():
+        heads = _page._heads(pl, _page.vmemmap_base(ctx), pfns[tail], info[tail])
+        uh, inv = np.unique(heads, return_inverse=True)
+        (hmap,) = _struct_page_words(ctx, uh, (pl.mapping_off,))
+        mapping = mapping.copy()
+        mapping[tail] = hmap[inv]
+    return pfns[(mapping & np.uint64(_page.PAGE_MAPPING_ANON)) != 0]
+
