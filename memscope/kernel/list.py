@@ -59,7 +59,10 @@ def list_empty(t: Target, head: int) -> bool:
 
 
 def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
-                  where: str | None = None, read: Reader | None = None) -> Iterator[int]:
+                  where: str | None = None, read: Reader | None = None,
+                  sink: ProblemSink | None = None,
+                  entry_problem: Callable[[int, int], tuple[str, str] | None] | None = None,
+                  describe: Callable[[int, int], str] | None = None) -> Iterator[int]:
     """Iterate over the ``struct list_head`` entries of the list at HEAD (head excluded),
     as ``list_for_each(pos, head)`` does, bounded and checked (see the module).
 
@@ -69,10 +72,18 @@ def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
     :param problems: problems found are appended here.
     :param where: the ``where`` of the problems (default: the head's address).
     :param read: reads memory instead of ``t.read`` (same contract).
+    :param sink: collects the problems instead of a new sink on *problems*: a caller that
+        checks each entry itself shares one problem limit with the walk this way.
+    :param entry_problem: ``entry_problem(n, pos)`` is called before entry N (from 0) at
+        POS is read; a ``(kind, message)`` it returns is recorded and ends the walk (e.g.
+        a pointer that is not inside the array the entries must live in).
+    :param describe: ``describe(n, pos)`` names entry N in messages (default ``"entry N
+        at POS"``); called after *entry_problem* accepted the entry.
     :return: iterator of entry addresses (``struct list_head *``), in list order.
     """
     read = read or t.read
-    sink = ProblemSink(problems, where or f"list {head:#x}")
+    if sink is None:
+        sink = ProblemSink(problems, where or f"list {head:#x}")
     links = _links(read, head)
     if links is None:
         sink.add("unreadable", f"list head {head:#x} cannot be read")
@@ -89,14 +100,20 @@ def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
         if n >= bound:
             sink.add("too_long", f"more than {bound} entries: walk stopped")
             return
+        if entry_problem is not None:
+            bad = entry_problem(n, nxt)
+            if bad is not None:
+                sink.add(*bad)
+                return
         links = _links(read, nxt)
         if links is None:
             sink.add("unreadable", f"entry {n} at {nxt:#x} (after {prev:#x}) cannot be read")
             return
         nn, pp = links
         if pp != prev:
-            sink.add("broken_link", f"entry {n} at {nxt:#x}: prev {pp:#x} is not the "
-                     f"previous entry {prev:#x}")
+            name = describe(n, nxt) if describe else f"entry {n} at {nxt:#x}"
+            sink.add("broken_link", f"{name}: prev {pp:#x} is not the previous entry "
+                     f"{prev:#x}")
             if sink.full:
                 return
         visited.add(nxt)
