@@ -13,6 +13,13 @@ changes under the read yields *problems* (records), never an exception or a hang
 - a list gives up after :data:`MAX_PROBLEMS_PER_LIST` problems (on a live target a walk
   that wandered onto another list finds non-buddy pages at once).
 
+The walk is :func:`memscope.kernel.list.list_for_each` (cycle, bound, ``prev`` links, the
+head's ``prev``), fed with struct pages from the memmap read in bulk pieces
+(:meth:`FreeListWalker.walk`).  There is one per-CPU list walk
+(:meth:`FreeListWalker.pcp`), which the page classification (:mod:`memscope.mm.page`)
+uses too.  Problems are :class:`memscope.kernel.problem.Problem` records with ``node``
+and ``zone`` filled in (kinds: :data:`PROBLEM_KINDS`); :func:`check` sums them up.
+
 Layout probes (each names the kernel change it follows):
 
 - free-list link: ``page->buddy_list`` (6.1+, commit bf75f200569d "mm/page_alloc: add
@@ -21,7 +28,7 @@ Layout probes (each names the kernel change it follows):
   with ``lists[NR_PCP_LISTS]`` indexed by ``order_to_pindex()`` and linked through
   ``page->pcp_list``; 5.10 ``zone->pageset`` (struct per_cpu_pageset {.pcp}) with
   ``lists[MIGRATE_PCPTYPES]`` of order-0 pages linked through ``page->lru``.
-- PageBuddy: see :meth:`memscope.mm.page.PageLayout.is_buddy` (enum pagetype's PGTY_buddy
+- PageBuddy: see :meth:`memscope.mm.memmap.PageLayout.is_buddy` (enum pagetype's PGTY_buddy
   in 6.10+, the PAGE_TYPE_BASE/PG_buddy mask before).
 """
 
@@ -32,7 +39,7 @@ import struct
 from functools import cached_property
 from typing import Callable
 
-from ..kernel.list import list_for_each
+from ..kernel.list import BadEntry, list_for_each
 from ..kernel.percpu import per_cpu_ptrs
 from ..kernel.problem import MAX_PROBLEMS, Problem, ProblemSink
 from ..target.base import FaultError, TargetError
@@ -48,6 +55,7 @@ MAX_PROBLEMS_PER_LIST = MAX_PROBLEMS
 PAGETYPEINFO_CAP = 100000
 
 _MASK64 = (1 << 64) - 1
+_LINK = struct.Struct("<QQ")  # struct list_head {next, prev}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -300,35 +308,40 @@ class FreeListWalker:
             is ignored)."""
         sink = problem if isinstance(problem, ProblemSink) else _CallbackSink(problem)
         head_links = first if isinstance(first, (bytes, bytearray)) else None
-        cur: list = [0, 0, b"", 0]  # the entry being read: address, pfn, buffer, offset
-        vmemmap, end_pfn = self.vmemmap, self.end_pfn
+        cur = [0, b"", 0]  # the entry last read: pfn, buffer, offset
+        vmemmap, end_pfn, size = self.vmemmap, self.end_pfn, self.page_size
+        per_region, regions = self._per_region, self._regions
+        unpack = _LINK.unpack_from
 
-        def entry_problem(n: int, pos: int):
+        def entry_links(n: int, pos: int) -> tuple[int, int]:
             page = (pos - link) & _MASK64
-            pfn = self.page_to_pfn(page)
-            if pfn is None:
-                return ("outside_memory", f"entry {n} points to {pos:#x}, which is not a "
-                        f"struct page's list link (memmap {vmemmap:#x}..pfn {end_pfn:#x})")
-            try:
-                buf, off = self._page(pfn)
-            except FaultError:
-                return ("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} cannot be "
-                        "read")
-            cur[:] = pos, pfn, buf, off
-            return None
+            pfn, rem = divmod((page - vmemmap) & _MASK64, size)
+            if rem or pfn >= end_pfn:
+                raise BadEntry("outside_memory", f"entry {n} points to {pos:#x}, which is "
+                               f"not a struct page's list link (memmap {vmemmap:#x}..pfn "
+                               f"{end_pfn:#x})")
+            r, i = divmod(pfn, per_region)
+            buf = regions.get(r)
+            if buf is not None:
+                off = i * size
+            else:
+                try:
+                    buf, off = self._page(pfn)
+                except FaultError:
+                    raise BadEntry("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} "
+                                   "cannot be read") from None
+            cur[0], cur[1], cur[2] = pfn, buf, off
+            return unpack(buf, off + link)
 
         def read(address: int, size: int) -> bytes:
-            if address == cur[0]:  # the entry entry_problem() has just fetched
-                o = cur[3] + link
-                return cur[2][o:o + size]
             if address == head and head_links is not None:
                 return head_links[:size]
             return self.t.read(address, size)
 
         for _ in list_for_each(self.t, head, bound=bound, problems=sink.problems, sink=sink,
-                               read=read, entry_problem=entry_problem,
-                               describe=lambda n, pos: f"pfn {cur[1]:#x}"):
-            yield cur[1], cur[2], cur[3]
+                               read=read, entry_links=entry_links,
+                               describe=lambda n, pos: f"pfn {cur[0]:#x}"):
+            yield cur[0], cur[1], cur[2]
 
     def count_list(self, head: int, cap: int = PAGETYPEINFO_CAP,
                    first: bytes | None = None) -> tuple[int, bool]:
@@ -392,7 +405,9 @@ class FreeListWalker:
                     walked[order][mt] += 1
                     blocks.append(FreeBlock(z.node, z.name, order, mtname, pfn))
                     self._check_free_page(z, order, pfn, buf, off, sink.add)
-                    self._cross_link(owner, pfn, where, sink)
+                    if pfn in owner:
+                        sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
+                    owner[pfn] = where
                     if sink.full:
                         break
             total = sum(walked[order])
@@ -415,15 +430,6 @@ class FreeListWalker:
                     z.node, z.name))
         return ZoneFreeLists(z.node, z.name, nr_free, walked, blocks, pcps, pcp_count,
                              counter, problems)
-
-    @staticmethod
-    def _cross_link(owner: dict[int, str], pfn: int, where: str, sink: ProblemSink) -> None:
-        """Record that PFN is on the list WHERE; a ``cross_linked`` problem when another
-        list (free or per-CPU) of the zone holds it too."""
-        other = owner.get(pfn)
-        if other is not None:
-            sink.add("cross_linked", f"pfn {pfn:#x} is also on {other}")
-        owner[pfn] = where
 
     def _check_free_page(self, z: Zone, order: int, pfn: int, buf: bytes, off: int,
                          problem) -> None:
@@ -570,9 +576,11 @@ class FreeListWalker:
                                            2 * max(count, 0) + 1024, sink,
                                            raw[head:head + 16]):
                     pfns.append(pfn)
-                    self._cross_link(owner, pfn, where, sink)
-                    if sink.full:
-                        break
+                    if pfn in owner:  # a block on two lists
+                        sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
+                        if sink.full:
+                            break
+                    owner[pfn] = where
                 pages += len(pfns) << order
                 out.append(PcpList(z.node, z.name, cpu, li, order, mtname, pfns))
             if pages != count:
@@ -712,14 +720,16 @@ class CheckReport:
 
 def check(ctx: KernelContext) -> CheckReport:
     """
-    Walk the free lists and the per-CPU lists of every populated zone (as
-    :func:`freelists`) and verify them against what the kernel keeps: every free-list
-    entry is PageBuddy (``page_type``) with the list's order in ``page->private``
-    (mm/page_alloc.c set_buddy_order()), aligned to its order and inside the zone; no
-    list has a cycle, a wrong ``prev`` link or a block that is also on another list; the
-    blocks on each order's lists number ``free_area[order].nr_free``; their pages, the
-    MIGRATE_ISOLATE lists excluded, equal ``zone_page_state_snapshot(zone,
-    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.
+    Check every populated zone's buddy lists against the kernel's own bookkeeping (the
+    ``check`` command and :func:`memscope.drgn_api.check`): the walks of
+    :func:`freelists` (free lists and per-CPU lists, each entry PageBuddy with the list's
+    order in ``page->private``, aligned, inside the zone, on one list only) and the counts
+    they are held to:
+
+    - per order: blocks walked == ``free_area[order].nr_free``;
+    - per zone: :func:`free_pages` of the walk == NR_FREE_PAGES
+      (``zone_page_state_snapshot()``);
+    - per CPU: pages on the pcp lists == ``pcp->count``.
 
     :param ctx: the context of the target
     :return: a :class:`CheckReport` (``ok`` is False when any :class:`Problem` was found)

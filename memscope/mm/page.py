@@ -54,7 +54,7 @@ from ..target.base import TargetError
 from .context import KernelContext
 # The memmap plumbing and the one pcp walk, importable from here as before the split
 # (memscope.mm.memmap, memscope.mm.freelists).
-from .freelists import pcp_layout, pcp_set_up, pindex_to_order, walker
+from .freelists import pcp_layout, pcp_set_up, pindex_to_order, walker  # noqa: F401
 from .memmap import (FIELDS, OLD_PG_BUDDY, OLD_PG_OFFLINE, PAGE_TYPE_BASE,  # noqa: F401
                      SECTION_HAS_MEM_MAP, SECTION_IS_ONLINE, SECTION_MARKED_PRESENT,
                      SUBSECTION_SHIFT, PageField, PageLayout, Sections, _check_sections,

@@ -29,7 +29,7 @@ import numpy as np
 from ..kernel.problem import Problem
 from ..target.base import FaultError, TargetError
 from . import freelists as fl
-from . import page as pg
+from . import memmap
 from .context import KernelContext
 from .zone import Zone
 
@@ -89,7 +89,7 @@ def _pageblock_order(ctx: KernelContext) -> int:
     if t.has_symbol("pageblock_order"):
         order = t.read_u32(t.symbol("pageblock_order"))
     else:
-        s = pg.sections(ctx)
+        s = memmap.sections(ctx)
         use = s.usage[s.present() & (s.usage != 0)].astype(np.int64)
         strides = Counter(int(d) for d in np.diff(use) if d > 0)
         base = t.layout("struct mem_section_usage").offset("pageblock_flags")
@@ -113,7 +113,7 @@ def _all_flags(ctx: KernelContext) -> np.ndarray:
 def _read_all_flags(ctx: KernelContext) -> np.ndarray:
     """Read :func:`_all_flags` from every section's usage map (not cached)."""
     t = ctx.t
-    s = pg.sections(ctx)
+    s = memmap.sections(ctx)
     po = pageblock_order(ctx)
     bits = pageblock_bits(ctx)
     per_sec = s.pages_per_section >> po
@@ -142,10 +142,10 @@ def _online_pfn(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
     """pfn_to_online_page() != NULL: the section is online and, with ZONE_DEVICE (Debian
     has it), the pfn's subsection is in usage->subsection_map (pfn_section_valid)."""
     t = ctx.t
-    s = pg.sections(ctx)
+    s = memmap.sections(ctx)
     nr = pfns // s.pages_per_section
     ok = s.online()[nr]
-    sub_shift = (21 - (t.page_size.bit_length() - 1))  # SUBSECTION_SHIFT 21 (2 MiB)
+    sub_shift = memmap.SUBSECTION_SHIFT - (t.page_size.bit_length() - 1)
     smap_off = t.layout("struct mem_section_usage").offset("subsection_map")
     smaps: dict[int, int] = {}
     for i in np.flatnonzero(ok):
