@@ -41,8 +41,9 @@ Errors: every function raises :class:`memscope.target.base.TargetError` when the
 info lacks a type, member, enumerator or symbol it needs, and its subclass
 :class:`memscope.target.base.FaultError` when a structure it cannot do without (a
 ``struct zone``, ``node_data[]``, ``mem_section[]``) cannot be read.  Corruption found
-while walking lists or pages is returned as data (:class:`Problem` records, findings,
-"inconsistent" counts), never raised.
+while walking lists is returned as data (:class:`Problem` records, the one record type
+of every walk: ``memscope.kernel.problem.Problem``), a struct page that contradicts the
+others as "inconsistent" counts, never raised.
 
 Importing this module also registers the drgn command ``memscope`` (drgn 0.3.0's
 ``drgn.commands`` API), so that in the drgn REPL::
@@ -302,8 +303,8 @@ def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
     :return: one :class:`ZonePageblocks` per populated zone: ``counts`` (migratetype
         name -> pageblocks), ``skip``, ``isolate`` (pageblocks), ``mixed`` (block
         migratetype name -> pageblocks), ``mixed_free_pages`` (pages),
-        ``pageblock_order`` and the zone's pfn span, and ``list_findings`` (strings: what
-        the free-list walk found wrong)
+        ``pageblock_order`` and the zone's pfn span, and ``list_findings``
+        (:class:`Problem` records: what the free-list walk found wrong with the lists)
     :raises TargetError: a type, member or enumerator is missing from the debug info, or
         the memmap cannot be located
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read

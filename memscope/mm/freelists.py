@@ -174,7 +174,9 @@ class ZoneFreeLists:
 
 
 class FreeListWalker:
-    """Layouts for the walks, probed once per target."""
+    """The walks of one snapshot (:func:`walker`): the layouts they need, and the memmap
+    pieces read so far (:meth:`_page`), shared by the free-list walks, the pcp walk and
+    pagetypeinfo's counts."""
 
     def __init__(self, ctx: KernelContext):
         self.ctx = ctx
@@ -314,6 +316,7 @@ class FreeListWalker:
         unpack = _LINK.unpack_from
 
         def entry_links(n: int, pos: int) -> tuple[int, int]:
+            # page_to_pfn() and _page()'s cached case, inlined: the walks' hot path.
             page = (pos - link) & _MASK64
             pfn, rem = divmod((page - vmemmap) & _MASK64, size)
             if rem or pfn >= end_pfn:

@@ -1,12 +1,15 @@
-"""Every struct page, decoded in bulk: the memmap (include/linux/mm_types.h, page-flags.h).
+"""Every struct page classified: what each physical page is (include/linux/mm_types.h,
+page-flags.h), counted per zone and listed per pfn.
 
-The whole memmap of a target is read once, section by section (``mem_section[]``, 2 MiB
-reads of the vmemmap region per 128 MiB section on x86_64), and viewed through a numpy
-structured dtype built from the probed ``struct page`` layout.  The decode is kept in the
-snapshot state of the :class:`~memscope.mm.context.KernelContext` and shared by ``pages``,
-``pageblocks``, ``frag`` and whoever else needs pages (:func:`memmap`).
+The struct pages come from :mod:`memscope.mm.memmap` (the whole memmap read once, in bulk,
+decoded into one numpy array per field) and the per-CPU lists from the one pcp walk of
+:mod:`memscope.mm.freelists`.  The classified memmap (:class:`PageMap`, :func:`memmap`)
+is kept in the snapshot state of the :class:`~memscope.mm.context.KernelContext` and
+shared by ``pages``, ``pageblocks``, ``frag`` and whoever else needs pages.  The names of
+the memmap plumbing (``page_layout``, ``sections``, ``vmemmap_base``...) and of the pcp
+layout (``pcp_layout``, ``pindex_to_order``, ``pcp_set_up``) stay importable from here.
 
-Classification (:func:`classify`), in the order the decisions are taken:
+Classification (:func:`memmap`), in the order the decisions are taken:
 
 ``hole``        no struct page: the section is absent, or its memmap cannot be read, or the
                 pfn lies outside every zone's span.
@@ -40,7 +43,10 @@ Compound tails take their head's class (so that a slab of order 3 counts 8 slab 
 A page is *inconsistent* when its struct page contradicts the rest: a tail whose head is
 not PG_head, a buddy order out of range, buddy blocks that overlap, a pcp page that is
 PageBuddy or referenced.  A frozen dump has none; a live target (``--qemu``, ``-k``)
-changes under the read and reports them instead of failing.
+changes under the read and reports them instead of failing.  This is a property of each
+page (:attr:`PageMap.inconsistent`, counted per zone), kept beside its class; what the
+walks find wrong with the lists themselves is :class:`~memscope.kernel.problem.Problem`
+records (:attr:`PageMap.pcp_findings`).
 """
 
 from __future__ import annotations
