@@ -336,10 +336,10 @@ class FreeListWalker:
             cur[0], cur[1], cur[2] = pfn, buf, off
             return unpack(buf, off + link)
 
-        def read(address: int, size: int) -> bytes:
+        def read(address: int, nbytes: int) -> bytes:  # the head only
             if address == head and head_links is not None:
-                return head_links[:size]
-            return self.t.read(address, size)
+                return head_links[:nbytes]
+            return self.t.read(address, nbytes)
 
         for _ in list_for_each(self.t, head, bound=bound, problems=sink.problems, sink=sink,
                                read=read, entry_links=entry_links,
