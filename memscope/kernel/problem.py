@@ -45,6 +45,16 @@ class Problem:
     node: int | None = None
     zone: str | None = None
 
+    def __post_init__(self) -> None:
+        # The mm walks' former record took (kind, node, zone, where, message): a call in
+        # that order must fail here, not make a record with the fields swapped.
+        if not (isinstance(self.where, str) and isinstance(self.message, str)
+                and (self.node is None or isinstance(self.node, int))
+                and (self.zone is None or isinstance(self.zone, str))):
+            raise TypeError("Problem(kind, where, message, node=None, zone=None): "
+                            f"got where={self.where!r}, message={self.message!r}, "
+                            f"node={self.node!r}, zone={self.zone!r}")
+
     def to_json(self) -> dict:
         """The record as JSON data, keys in the order every command prints them: ``kind``,
         ``node``, ``zone``, ``where``, ``message`` (``node`` and ``zone`` null when
