@@ -47,8 +47,9 @@ Errors: every function raises :class:`memscope.target.base.TargetError` when the
 info lacks a type, member, enumerator or symbol it needs, and its subclass
 :class:`memscope.target.base.FaultError` when a structure it cannot do without (a
 ``struct zone``, ``node_data[]``, ``mem_section[]``) cannot be read.  Corruption found
-while walking lists or pages is returned as data (:class:`Problem` records, findings,
-"inconsistent" counts), never raised.
+while walking lists is returned as data (:class:`Problem` records, the one record type
+of every walk: ``memscope.kernel.problem.Problem``), a struct page that contradicts the
+others as "inconsistent" counts, never raised.
 
 Importing this module also registers the drgn command ``memscope`` (drgn 0.3.0's
 ``drgn.commands`` API), so that in the drgn REPL::
@@ -67,7 +68,6 @@ of them on one Program reads the debug info once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import weakref
 from typing import Any
 
@@ -77,7 +77,8 @@ from .mm import buddy as _buddy
 from .mm import freelists as _fl
 from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyinfo, \
     format_pagetypeinfo
-from .mm.freelists import FreeBlock, PcpList, Problem, ZoneFreeLists
+from .mm.freelists import CheckReport, FreeBlock, PcpList, Problem, ZoneCheck, \
+    ZoneFreeLists
 from .mm import frag as _frag
 from .mm import page as _page
 from .mm import pageblock as _pageblock
@@ -229,52 +230,6 @@ def freelists(prog: drgn.Program, *, pcp: bool = True) -> list[ZoneFreeLists]:
     return _fl.freelists(_fresh(prog), pcp=pcp)
 
 
-@dataclasses.dataclass(frozen=True)
-class ZoneCheck:
-    """
-    The counts :func:`check` compared in one zone.  On a consistent kernel ``walked ==
-    nr_free`` and ``free_pages == free_pages_counter``.
-
-    - ``node``, ``zone``: the node id and the zone's name (``zone->name``).
-    - ``nr_free``: ``free_area[order].nr_free`` per order, as read (blocks).
-    - ``walked``: the blocks found on each order's free lists, all migratetypes.
-    - ``free_pages``: pages in the blocks found on the free lists, those on the
-      MIGRATE_ISOLATE lists excluded (what NR_FREE_PAGES counts: mm/page_alloc.c
-      account_freepages(); older kernels __mod_zone_freepage_state()).
-    - ``free_pages_counter``: ``zone_page_state_snapshot(zone, NR_FREE_PAGES)``
-      (include/linux/vmstat.h): ``zone->vm_stat[]`` plus every possible CPU's
-      ``vm_stat_diff[]``, in pages; None when it cannot be read.
-    - ``pcp_pages``: pages found on the zone's per-CPU lists, all CPUs (each entry
-      counts 2^order pages).
-    """
-
-    node: int
-    zone: str
-    nr_free: list[int]  # free_area[order].nr_free
-    walked: list[int]  # blocks found on the lists, per order
-    free_pages: int  # pages on the free lists, MIGRATE_ISOLATE excluded
-    free_pages_counter: int | None  # NR_FREE_PAGES, per-CPU diffs included
-    pcp_pages: int
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckReport:
-    """
-    What :func:`check` found.
-
-    - ``ok``: True when ``problems`` is empty (the command exits 0, else 1).
-    - ``zones``: one :class:`ZoneCheck` per populated zone.
-    - ``problems``: every :class:`Problem` of every zone, zone by zone in walk order:
-      the free lists by order then migratetype (each order's ``nr_free`` check after its
-      lists), then each CPU's per-CPU lists and their ``pcp->count`` check, then the
-      NR_FREE_PAGES check.
-    """
-
-    ok: bool
-    zones: list[ZoneCheck]
-    problems: list[Problem]
-
-
 def check(prog: drgn.Program) -> CheckReport:
     """
     Walk the free lists and the per-CPU lists of every populated zone (as
@@ -299,16 +254,7 @@ def check(prog: drgn.Program) -> CheckReport:
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    ctx = _fresh(prog)
-    zones = _fl.freelists(ctx)
-    iso = _fl.walker(ctx).isolate
-    rows = [ZoneCheck(z.node, z.zone, z.nr_free, [sum(x) for x in z.walked],
-                      sum(z.walked[o][mt] << o for o in range(len(z.walked))
-                          for mt in range(len(z.walked[o])) if mt != iso),
-                      z.free_pages_counter, sum(len(p.pfns) << p.order for p in z.pcp))
-            for z in zones]
-    problems = [p for z in zones for p in z.problems]
-    return CheckReport(not problems, rows, problems)
+    return _fl.check(_fresh(prog))
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:
@@ -375,8 +321,8 @@ def pageblocks(prog: drgn.Program) -> list[ZonePageblocks]:
     :return: one :class:`ZonePageblocks` per populated zone: ``counts`` (migratetype
         name -> pageblocks), ``skip``, ``isolate`` (pageblocks), ``mixed`` (block
         migratetype name -> pageblocks), ``mixed_free_pages`` (pages),
-        ``pageblock_order`` and the zone's pfn span, and ``list_findings`` (strings: what
-        the free-list walk found wrong)
+        ``pageblock_order`` and the zone's pfn span, and ``list_findings``
+        (:class:`Problem` records: what the free-list walk found wrong with the lists)
     :raises TargetError: a type, member or enumerator is missing from the debug info, or
         the memmap cannot be located
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read

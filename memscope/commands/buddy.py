@@ -92,10 +92,6 @@ def pagetypeinfo(ctx, args) -> Result:
     return Result(dataclasses.asdict(info), table, lambda: buddy.format_pagetypeinfo(info))
 
 
-def _problem(p: fl.Problem) -> dict:
-    return dataclasses.asdict(p)
-
-
 def _freelists_args(p) -> None:
     p.add_argument("--no-pcp", action="store_true", help="skip the per-CPU lists")
 
@@ -112,7 +108,7 @@ def freelists(ctx, args) -> Result:
                  "migratetype": p.migratetype, "pfns": p.pfns} for p in z.pcp],
         "pcp_count": {str(c): n for c, n in z.pcp_count.items()},
         "free_pages_counter": z.free_pages_counter,
-        "problems": [_problem(p) for p in z.problems],
+        "problems": [p.to_json() for p in z.problems],
     } for z in zones]
 
     def table() -> str:
@@ -143,18 +139,10 @@ def freelists(ctx, args) -> Result:
 @command("check", "walk the free lists and verify them against nr_free and NR_FREE_PAGES "
          "(exit status 1 when anything is wrong)")
 def check(ctx, args) -> Result:
-    zones = fl.freelists(ctx)
-    w = fl.walker(ctx)
-    problems = [p for z in zones for p in z.problems]
-    rows = []
-    for z in zones:
-        walked = [sum(per_mt) for per_mt in z.walked]
-        free_pages = sum(z.walked[o][mt] << o for o in range(len(z.walked))
-                         for mt in range(len(z.walked[o])) if mt != w.isolate)
-        rows.append({"node": z.node, "zone": z.zone, "nr_free": z.nr_free, "walked": walked,
-                     "free_pages": free_pages, "free_pages_counter": z.free_pages_counter,
-                     "pcp_pages": sum(len(p.pfns) << p.order for p in z.pcp)})
-    data = {"ok": not problems, "zones": rows, "problems": [_problem(p) for p in problems]}
+    report = fl.check(ctx)
+    problems = report.problems
+    rows = [dataclasses.asdict(z) for z in report.zones]
+    data = {"ok": report.ok, "zones": rows, "problems": [p.to_json() for p in problems]}
 
     def table() -> str:
         t = tabulate([[r["node"], r["zone"], sum(r["nr_free"]), sum(r["walked"]),
@@ -169,4 +157,4 @@ def check(ctx, args) -> Result:
             lines.append("ok: free lists agree with nr_free and NR_FREE_PAGES")
         return "\n".join(lines) + "\n"
 
-    return Result(data, table, None, 1 if problems else 0)
+    return Result(data, table, None, 0 if report.ok else 1)

@@ -110,7 +110,7 @@ def pages(ctx, args) -> Result:
     classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
     data = [dataclasses.asdict(r) for r in rows]
     if pm.pcp_findings:
-        data.append({"findings": pm.pcp_findings})
+        data.append({"findings": [str(p) for p in pm.pcp_findings]})
 
     def table() -> str:
         kb = ctx.t.page_size // 1024
@@ -177,8 +177,9 @@ def pageblocks(ctx, args) -> Result:
                 out += f"finding: N{r.node} {r.zone}: {f}\n"
         return out
 
-    return Result([dataclasses.asdict(r) for r in rows], table,
-                  lambda: mpb.format_blockcount(ctx, rows).lstrip("\n"))
+    data = [dataclasses.asdict(r) | {"list_findings": [str(p) for p in r.list_findings]}
+            for r in rows]
+    return Result(data, table, lambda: mpb.format_blockcount(ctx, rows).lstrip("\n"))
 
 
 def _frag_args(p) -> None:

@@ -30,7 +30,7 @@ from .addr import is_kernel_address
 from .fields import offsetof
 from .problem import Problem, ProblemSink
 
-__all__ = ("hlist_for_each", "hlist_for_each_entry", "list_for_each",
+__all__ = ("BadEntry", "hlist_for_each", "hlist_for_each_entry", "list_for_each",
            "list_for_each_entry", "list_empty", "llist_for_each_entry")
 
 _LINK = struct.Struct("<QQ")  # {next, prev} and {next, pprev}: two pointers
@@ -58,8 +58,21 @@ def list_empty(t: Target, head: int) -> bool:
     return t.read_u64(head) == head
 
 
+class BadEntry(Exception):
+    """Raised by an ``entry_links`` hook of :func:`list_for_each`: the pointer cannot be
+    an entry of the list.  The walk records a problem of KIND with MESSAGE and stops."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
 def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
-                  where: str | None = None, read: Reader | None = None) -> Iterator[int]:
+                  where: str | None = None, read: Reader | None = None,
+                  sink: ProblemSink | None = None,
+                  entry_links: Callable[[int, int], tuple[int, int]] | None = None,
+                  describe: Callable[[int, int], str] | None = None) -> Iterator[int]:
     """Iterate over the ``struct list_head`` entries of the list at HEAD (head excluded),
     as ``list_for_each(pos, head)`` does, bounded and checked (see the module).
 
@@ -69,10 +82,20 @@ def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
     :param problems: problems found are appended here.
     :param where: the ``where`` of the problems (default: the head's address).
     :param read: reads memory instead of ``t.read`` (same contract).
+    :param sink: collects the problems instead of a new sink on *problems*: a caller that
+        checks each entry itself shares one problem limit with the walk this way.
+    :param entry_links: ``entry_links(n, pos)`` gives the ``(next, prev)`` pointers of
+        entry N (from 0) at POS instead of a read, or raises :class:`BadEntry` when POS
+        cannot be an entry (e.g. it is not inside the array the entries live in, or that
+        memory cannot be read): for entries the caller has in memory already, checked
+        its own way.  The head is still read through *read*.
+    :param describe: ``describe(n, pos)`` names entry N in messages (default ``"entry N
+        at POS"``); called after the entry's links were read.
     :return: iterator of entry addresses (``struct list_head *``), in list order.
     """
     read = read or t.read
-    sink = ProblemSink(problems, where or f"list {head:#x}")
+    if sink is None:
+        sink = ProblemSink(problems, where or f"list {head:#x}")
     links = _links(read, head)
     if links is None:
         sink.add("unreadable", f"list head {head:#x} cannot be read")
@@ -89,14 +112,23 @@ def list_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
         if n >= bound:
             sink.add("too_long", f"more than {bound} entries: walk stopped")
             return
-        links = _links(read, nxt)
-        if links is None:
-            sink.add("unreadable", f"entry {n} at {nxt:#x} (after {prev:#x}) cannot be read")
-            return
-        nn, pp = links
+        if entry_links is not None:
+            try:
+                nn, pp = entry_links(n, nxt)
+            except BadEntry as e:
+                sink.add(e.kind, e.message)
+                return
+        else:
+            links = _links(read, nxt)
+            if links is None:
+                sink.add("unreadable", f"entry {n} at {nxt:#x} (after {prev:#x}) cannot be "
+                         "read")
+                return
+            nn, pp = links
         if pp != prev:
-            sink.add("broken_link", f"entry {n} at {nxt:#x}: prev {pp:#x} is not the "
-                     f"previous entry {prev:#x}")
+            name = describe(n, nxt) if describe else f"entry {n} at {nxt:#x}"
+            sink.add("broken_link", f"{name}: prev {pp:#x} is not the previous entry "
+                     f"{prev:#x}")
             if sink.full:
                 return
         visited.add(nxt)

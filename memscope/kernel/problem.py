@@ -2,9 +2,9 @@
 
 Every bounded walk of this package (lists, rbtrees, maple trees, xarrays) turns corruption
 or a structure changing under the read into :class:`Problem` records appended to a list
-the caller passes, never an exception or a hang.  The fields are those of
-``memscope.mm.freelists.Problem`` (kind, node, zone, where, message) so that the mm code
-can switch to this type: ``node`` and ``zone`` are context a caller may fill in.
+the caller passes, never an exception or a hang.  It is also the record of the mm walks
+and checks (``memscope.mm.freelists``: free lists, per-CPU lists, counters), which fill in
+``node`` and ``zone``; their kinds are listed there.
 
 Kinds the walks of this package report:
 
@@ -45,6 +45,23 @@ class Problem:
     node: int | None = None
     zone: str | None = None
 
+    def __post_init__(self) -> None:
+        # The mm walks' former record took (kind, node, zone, where, message): a call in
+        # that order must fail here, not make a record with the fields swapped.
+        if not (isinstance(self.where, str) and isinstance(self.message, str)
+                and (self.node is None or isinstance(self.node, int))
+                and (self.zone is None or isinstance(self.zone, str))):
+            raise TypeError("Problem(kind, where, message, node=None, zone=None): "
+                            f"got where={self.where!r}, message={self.message!r}, "
+                            f"node={self.node!r}, zone={self.zone!r}")
+
+    def to_json(self) -> dict:
+        """The record as JSON data, keys in the order every command prints them: ``kind``,
+        ``node``, ``zone``, ``where``, ``message`` (``node`` and ``zone`` null when
+        unknown)."""
+        return {"kind": self.kind, "node": self.node, "zone": self.zone,
+                "where": self.where, "message": self.message}
+
     def __str__(self) -> str:
         context = ""
         if self.node is not None:
@@ -61,12 +78,17 @@ class ProblemSink:
     :param where: the ``where`` of every record.
     :param limit: problems after which :meth:`add` appends a ``gave_up`` record and
         :attr:`full` turns true (the walk then stops).
+    :param node: the ``node`` of every record (None: unknown).
+    :param zone: the ``zone`` of every record (None: unknown).
     """
 
-    def __init__(self, problems: list[Problem], where: str, limit: int = MAX_PROBLEMS):
+    def __init__(self, problems: list[Problem], where: str, limit: int = MAX_PROBLEMS, *,
+                 node: int | None = None, zone: str | None = None):
         self.problems = problems
         self.where = where
         self.limit = limit
+        self.node = node
+        self.zone = zone
         self.count = 0
 
     @property
@@ -78,8 +100,9 @@ class ProblemSink:
         """Record one problem (and ``gave_up`` when this one reaches the limit)."""
         if self.full:
             return
-        self.problems.append(Problem(kind, self.where, message))
+        self.problems.append(Problem(kind, self.where, message, self.node, self.zone))
         self.count += 1
         if self.full:
             self.problems.append(Problem("gave_up", self.where,
-                                         f"{self.limit} problems: the rest is not walked"))
+                                         f"{self.limit} problems: the rest is not walked",
+                                         self.node, self.zone))

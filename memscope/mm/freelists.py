@@ -13,6 +13,13 @@ changes under the read yields *problems* (records), never an exception or a hang
 - a list gives up after :data:`MAX_PROBLEMS_PER_LIST` problems (on a live target a walk
   that wandered onto another list finds non-buddy pages at once).
 
+The walk is :func:`memscope.kernel.list.list_for_each` (cycle, bound, ``prev`` links, the
+head's ``prev``), fed with struct pages from the memmap read in bulk pieces
+(:meth:`FreeListWalker.walk`).  There is one per-CPU list walk
+(:meth:`FreeListWalker.pcp`), which the page classification (:mod:`memscope.mm.page`)
+uses too.  Problems are :class:`memscope.kernel.problem.Problem` records with ``node``
+and ``zone`` filled in (kinds: :data:`PROBLEM_KINDS`); :func:`check` sums them up.
+
 Layout probes (each names the kernel change it follows):
 
 - free-list link: ``page->buddy_list`` (6.1+, commit bf75f200569d "mm/page_alloc: add
@@ -21,7 +28,7 @@ Layout probes (each names the kernel change it follows):
   with ``lists[NR_PCP_LISTS]`` indexed by ``order_to_pindex()`` and linked through
   ``page->pcp_list``; 5.10 ``zone->pageset`` (struct per_cpu_pageset {.pcp}) with
   ``lists[MIGRATE_PCPTYPES]`` of order-0 pages linked through ``page->lru``.
-- PageBuddy: see :meth:`memscope.mm.page.PageLayout.is_buddy` (enum pagetype's PGTY_buddy
+- PageBuddy: see :meth:`memscope.mm.memmap.PageLayout.is_buddy` (enum pagetype's PGTY_buddy
   in 6.10+, the PAGE_TYPE_BASE/PG_buddy mask before).
 """
 
@@ -30,14 +37,18 @@ from __future__ import annotations
 import dataclasses
 import struct
 from functools import cached_property
+from typing import Callable
 
+from ..kernel.list import BadEntry, list_for_each
+from ..kernel.percpu import per_cpu_ptrs
+from ..kernel.problem import MAX_PROBLEMS, Problem, ProblemSink
 from ..target.base import FaultError, TargetError
-from .page import page_layout, pcp_layout, pcp_set_up, pindex_to_order, vmemmap_base
 from .context import KernelContext
+from .memmap import page_layout, vmemmap_base
 from .zone import Zone
 
 #: A list walk stops after this many problems (the rest of the list cannot be trusted).
-MAX_PROBLEMS_PER_LIST = 16
+MAX_PROBLEMS_PER_LIST = MAX_PROBLEMS
 
 #: /proc/pagetypeinfo stops counting a list at this many entries and prints ">100000"
 #: (mm/vmstat.c pagetypeinfo_showfree_print(), since v5.4 commit 93b3a674485f).
@@ -51,47 +62,38 @@ _U64 = struct.Struct("<Q")
 #: The walks cache the memmap in pieces of this many bytes (see FreeListWalker._page).
 REGION = 64 << 10
 
+#: The kinds of :class:`~memscope.kernel.problem.Problem` the walks and checks of this
+#: module report (the records carry ``node`` and ``zone``; ``where`` is the list or
+#: counter, e.g. ``"free_area[3].free_list[Movable]"``, ``"cpu 1 pcp lists[4]"``,
+#: ``"free_area[3]"``, ``"vm_stat[NR_FREE_PAGES]"``):
+#: ``cycle`` (an entry comes back: the list never returns to its head),
+#: ``outside_memory`` (a link that is not a struct page's list link in the memmap),
+#: ``unreadable`` (a list head, struct page or per_cpu_pages cannot be read),
+#: ``broken_link`` (an entry's ``prev`` is not the previous entry, or the head's ``prev``
+#: not the last one), ``not_buddy`` (a free-list entry that is not PageBuddy),
+#: ``wrong_order`` (``page->private`` is not the list's order), ``misaligned`` (pfn not a
+#: multiple of 2^order), ``outside_zone`` (pfn outside the zone's span), ``cross_linked``
+#: (a block also found on another list), ``too_long`` (the walk hit its bound),
+#: ``gave_up`` (16 problems on one list: the rest is not walked), ``nr_free_mismatch``
+#: (``free_area[order].nr_free`` differs from the blocks walked),
+#: ``free_pages_counter_mismatch`` (NR_FREE_PAGES differs from the pages walked),
+#: ``pcp_count_mismatch`` (``pcp->count`` differs from the pages on that CPU's lists).
+PROBLEM_KINDS = ("cycle", "outside_memory", "unreadable", "broken_link", "not_buddy",
+                 "wrong_order", "misaligned", "outside_zone", "cross_linked", "too_long",
+                 "gave_up", "nr_free_mismatch", "free_pages_counter_mismatch",
+                 "pcp_count_mismatch")
 
-def _ignore(*_args) -> None:
-    pass
 
+class _CallbackSink(ProblemSink):
+    """A sink that hands each problem to PROBLEM(kind, message) (the former interface of
+    :meth:`FreeListWalker.walk`)."""
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """
-    Something wrong found by a list walk or a count check (``check`` prints these, one
-    per line, as ``str(problem)``).
+    def __init__(self, problem: Callable[[str, str], None]):
+        super().__init__([], "")
+        self._problem = problem
 
-    - ``kind``: what is wrong, one of
-      ``cycle`` (an entry comes back: the list never returns to its head),
-      ``outside_memory`` (a link that is not a struct page's list link in the memmap),
-      ``unreadable`` (a list head, struct page or per_cpu_pages cannot be read),
-      ``broken_link`` (an entry's ``prev`` is not the previous entry),
-      ``not_buddy`` (a free-list entry that is not PageBuddy),
-      ``wrong_order`` (``page->private`` is not the list's order),
-      ``misaligned`` (pfn not a multiple of 2^order), ``outside_zone`` (pfn outside the
-      zone's span), ``cross_linked`` (a block also found on another list),
-      ``too_long`` (the walk hit its bound), ``gave_up`` (16 problems on one free list: the
-      rest is not walked), ``nr_free_mismatch`` (``free_area[order].nr_free`` differs
-      from the blocks walked), ``free_pages_counter_mismatch`` (NR_FREE_PAGES differs
-      from the pages walked), ``pcp_count_mismatch`` (``pcp->count`` differs from the
-      pages on that CPU's lists).
-    - ``node``, ``zone``: where (node id, zone name).
-    - ``where``: which list or counter, e.g. ``"free_area[3].free_list[Movable]"``,
-      ``"cpu 1 pcp lists[4]"``, ``"free_area[3]"``, ``"vm_stat[NR_FREE_PAGES]"``.
-    - ``message``: one line, with the pfns and addresses involved (hex).
-    """
-
-    kind: str  # cycle, outside_memory, unreadable, broken_link, not_buddy, wrong_order,
-    #            misaligned, outside_zone, cross_linked, too_long, nr_free_mismatch,
-    #            free_pages_counter_mismatch, pcp_count_mismatch, gave_up
-    node: int
-    zone: str
-    where: str  # e.g. "free_area[3].free_list[Movable]" or "cpu 1 pcp lists[4]"
-    message: str
-
-    def __str__(self) -> str:
-        return f"node {self.node} zone {self.zone} {self.where}: {self.message}"
+    def add(self, kind: str, message: str) -> None:
+        self._problem(kind, message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +174,9 @@ class ZoneFreeLists:
 
 
 class FreeListWalker:
-    """Layouts for the walks, probed once per target."""
+    """The walks of one snapshot (:func:`walker`): the layouts they need, and the memmap
+    pieces read so far (:meth:`_page`), shared by the free-list walks, the pcp walk and
+    pagetypeinfo's counts."""
 
     def __init__(self, ctx: KernelContext):
         self.ctx = ctx
@@ -285,77 +289,87 @@ class FreeListWalker:
         return self.t.read(self.vmemmap + pfn * self.page_size, self.page_size), 0
 
     # --- the bounded walk -----------------------------------------------------------
-    def walk(self, head: int, link: int, bound: int, problem, first: int | None = None):
+    def walk(self, head: int, link: int, bound: int, problem,
+             first: bytes | int | None = None):
         """Yield (pfn, buffer, offset) for each entry of the list at HEAD: the entry's
         struct page is ``buffer[offset:offset + sizeof(struct page)]`` (bulk-read memory,
-        see :meth:`_page`).  FIRST is head->next when the caller has already read the
-        structure that holds the head (struct zone's free_area[], struct per_cpu_pages).
+        see :meth:`_page`).  The walk is :func:`memscope.kernel.list.list_for_each` (cycle,
+        bound, ``prev`` links, the head's ``prev`` at the end), with every entry checked
+        first to be the list link of a struct page of the memmap (``outside_memory``) that
+        can be read (``unreadable``), and each struct page taken from the memmap pieces
+        read in bulk rather than read on its own.
 
-        PROBLEM(kind, message) is called for each problem found; the walk stops at a
-        cycle, a pointer outside the memmap, an unreadable entry or after BOUND entries."""
-        if first is None:
-            try:
-                first = self.t.read_u64(head)
-            except FaultError:
-                problem("unreadable", f"list head {head:#x} cannot be read")
-                return
-        nxt = first
-        prev = head
-        visited: set[int] = set()
-        n = 0
+        :param link: offset of the ``list_head`` in struct page (``buddy_list``,
+            ``pcp_list``, ``lru``).
+        :param bound: the most entries the list may hold (``too_long`` beyond).
+        :param problem: a :class:`~memscope.kernel.problem.ProblemSink` (whose limit also
+            ends the walk), or a function ``problem(kind, message)``.
+        :param first: the head's 16 bytes (``next``, ``prev``) when the caller has read
+            the structure that holds the head already (struct zone's free_area[], struct
+            per_cpu_pages); otherwise the head is read (an int, the former ``head->next``,
+            is ignored)."""
+        sink = problem if isinstance(problem, ProblemSink) else _CallbackSink(problem)
+        head_links = first if isinstance(first, (bytes, bytearray)) else None
+        cur = [0, b"", 0]  # the entry last read: pfn, buffer, offset
+        vmemmap, end_pfn, size = self.vmemmap, self.end_pfn, self.page_size
+        per_region, regions = self._per_region, self._regions
         unpack = _LINK.unpack_from
-        while nxt != head:
-            if nxt in visited:
-                problem("cycle", f"entry {nxt:#x} comes back after {n} entries "
-                        "(the list never returns to its head)")
-                return
-            if n >= bound:
-                problem("too_long", f"more than {bound} entries: walk stopped")
-                return
-            page = (nxt - link) & _MASK64
-            pfn = self.page_to_pfn(page)
-            if pfn is None:
-                problem("outside_memory", f"entry {n} points to {nxt:#x}, which is not a "
-                        f"struct page's list link (memmap {self.vmemmap:#x}..pfn "
-                        f"{self.end_pfn:#x})")
-                return
-            try:
-                buf, off = self._page(pfn)
-            except FaultError:
-                problem("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} cannot be read")
-                return
-            nn, pp = unpack(buf, off + link)
-            if pp != prev:
-                problem("broken_link", f"pfn {pfn:#x}: prev {pp:#x} is not the previous "
-                        f"entry {prev:#x}")
-            visited.add(nxt)
-            n += 1
-            yield pfn, buf, off
-            prev, nxt = nxt, nn
+
+        def entry_links(n: int, pos: int) -> tuple[int, int]:
+            # page_to_pfn() and _page()'s cached case, inlined: the walks' hot path.
+            page = (pos - link) & _MASK64
+            pfn, rem = divmod((page - vmemmap) & _MASK64, size)
+            if rem or pfn >= end_pfn:
+                raise BadEntry("outside_memory", f"entry {n} points to {pos:#x}, which is "
+                               f"not a struct page's list link (memmap {vmemmap:#x}..pfn "
+                               f"{end_pfn:#x})")
+            r, i = divmod(pfn, per_region)
+            buf = regions.get(r)
+            if buf is not None:
+                off = i * size
+            else:
+                try:
+                    buf, off = self._page(pfn)
+                except FaultError:
+                    raise BadEntry("unreadable", f"struct page of pfn {pfn:#x} at {page:#x} "
+                                   "cannot be read") from None
+            cur[0], cur[1], cur[2] = pfn, buf, off
+            return unpack(buf, off + link)
+
+        def read(address: int, nbytes: int) -> bytes:  # the head only
+            if address == head and head_links is not None:
+                return head_links[:nbytes]
+            return self.t.read(address, nbytes)
+
+        for _ in list_for_each(self.t, head, bound=bound, problems=sink.problems, sink=sink,
+                               read=read, entry_links=entry_links,
+                               describe=lambda n, pos: f"pfn {cur[0]:#x}"):
+            yield cur[0], cur[1], cur[2]
 
     def count_list(self, head: int, cap: int = PAGETYPEINFO_CAP,
-                   first: int | None = None) -> tuple[int, bool]:
+                   first: bytes | None = None) -> tuple[int, bool]:
         """(entries, overflow) as /proc/pagetypeinfo counts them: list_for_each with
         ``if (++freecount >= 100000) { overflow = true; break; }``.  A cycle or a bad
         pointer ends the count where the kernel would have looped or crashed."""
         n = 0
-        for _ in self.walk(head, self.buddy_link, cap, _ignore, first):
+        for _ in self.walk(head, self.buddy_link, cap, ProblemSink([], ""), first):
             n += 1
             if n >= cap:
                 return n, True
         return n, False
 
-    def free_area(self, z: Zone) -> tuple[list[int], list[list[int]]]:
-        """(free_area[order].nr_free, free_area[order].free_list[mt].next) of zone Z, from
-        one read of its free_area[] array."""
+    def free_area(self, z: Zone) -> tuple[list[int], list[list[bytes]]]:
+        """(free_area[order].nr_free, free_area[order].free_list[mt] as its 16 bytes of
+        ``next`` and ``prev``) of zone Z, from one read of its free_area[] array."""
         raw = self.t.read(z.address + self.zone_fa_off, self.ctx.nr_orders * self.fa_size)
-        nr_free, firsts = [], []
+        nr_free, heads = [], []
         for o in range(self.ctx.nr_orders):
             base = o * self.fa_size
             nr_free.append(int.from_bytes(raw[base + self.fa_nr_free_off:][:8], "little"))
-            firsts.append(list(struct.unpack_from(f"<{2 * self.nr_lists}Q", raw,
-                                                  base + self.fa_list_off)[0::2]))
-        return nr_free, firsts
+            lists = base + self.fa_list_off
+            heads.append([raw[lists + 16 * mt:lists + 16 * mt + 16]
+                          for mt in range(self.nr_lists)])
+        return nr_free, heads
 
     def free_list_counts(self, z: Zone) -> tuple[list[list[int]], list[list[bool]]]:
         """[order][mt] (entries, overflow) of every free list of Z, as pagetypeinfo counts."""
@@ -374,10 +388,10 @@ class FreeListWalker:
 
     # --- a zone -----------------------------------------------------------------------
     def zone(self, z: Zone, *, pcp: bool = True) -> ZoneFreeLists:
-        ctx, t = self.ctx, self.t
+        ctx = self.ctx
         problems: list[Problem] = []
         names = self.migratetype_names
-        nr_free, firsts = self.free_area(z)
+        nr_free, heads = self.free_area(z)
         walked = [[0] * self.nr_lists for _ in range(ctx.nr_orders)]
         blocks: list[FreeBlock] = []
         owner: dict[int, str] = {}  # pfn -> list it was found on (cross-links)
@@ -386,48 +400,37 @@ class FreeListWalker:
             for mt in range(self.nr_lists):
                 mtname = names[mt] if mt < len(names) else str(mt)
                 where = f"free_area[{order}].free_list[{mtname}]"
-                found: list[Problem] = []
-
-                def problem(kind, msg, where=where, found=found):
-                    found.append(Problem(kind, z.node, z.name, where, msg))
-                    if len(found) == MAX_PROBLEMS_PER_LIST:
-                        found.append(Problem("gave_up", z.node, z.name, where,
-                                             f"{MAX_PROBLEMS_PER_LIST} problems: rest of "
-                                             "the list not walked"))
-
+                sink = ProblemSink(problems, where, MAX_PROBLEMS_PER_LIST, node=z.node,
+                                   zone=z.name)
                 for pfn, buf, off in self.walk(self.free_list_head(z, order, mt),
-                                               self.buddy_link, bound, problem,
-                                               firsts[order][mt]):
+                                               self.buddy_link, bound, sink,
+                                               heads[order][mt]):
                     walked[order][mt] += 1
                     blocks.append(FreeBlock(z.node, z.name, order, mtname, pfn))
-                    self._check_free_page(z, order, pfn, buf, off, problem)
-                    other = owner.get(pfn)
-                    if other is not None:
-                        problem("cross_linked", f"pfn {pfn:#x} is also on {other}")
+                    self._check_free_page(z, order, pfn, buf, off, sink.add)
+                    if pfn in owner:
+                        sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
                     owner[pfn] = where
-                    if len(found) > MAX_PROBLEMS_PER_LIST:
+                    if sink.full:
                         break
-                problems.extend(found)
             total = sum(walked[order])
             if total != nr_free[order]:
                 problems.append(Problem(
-                    "nr_free_mismatch", z.node, z.name, f"free_area[{order}]",
-                    f"nr_free is {nr_free[order]} but the free lists hold {total} blocks"))
+                    "nr_free_mismatch", f"free_area[{order}]",
+                    f"nr_free is {nr_free[order]} but the free lists hold {total} blocks",
+                    z.node, z.name))
         pcps: list[PcpList] = []
         pcp_count: dict[int, int] = {}
         if pcp:
-            pcps, pcp_count = self._pcp(z, owner, problems)
+            pcps, pcp_count = self.pcp(z, problems, owner)
         counter = self.free_pages_counter(z)
         if counter is not None:
-            # NR_FREE_PAGES counts buddy pages on every list but MIGRATE_ISOLATE's
-            # (account_freepages(), __mod_zone_freepage_state(): isolated pages are not
-            # free for allocation); pcp pages were taken off it when they left the buddy.
-            pages = sum(walked[o][mt] << o for o in range(ctx.nr_orders)
-                        for mt in range(self.nr_lists) if mt != self.isolate)
+            pages = free_pages(walked, self.isolate)
             if pages != counter:
                 problems.append(Problem(
-                    "free_pages_counter_mismatch", z.node, z.name, "vm_stat[NR_FREE_PAGES]",
-                    f"the counter says {counter} free pages but the free lists hold {pages}"))
+                    "free_pages_counter_mismatch", "vm_stat[NR_FREE_PAGES]",
+                    f"the counter says {counter} free pages but the free lists hold {pages}",
+                    z.node, z.name))
         return ZoneFreeLists(z.node, z.name, nr_free, walked, blocks, pcps, pcp_count,
                              counter, problems)
 
@@ -482,10 +485,8 @@ class FreeListWalker:
                            signed=True)
             if self._stat_diff is not None:
                 member, diff_off = self._stat_diff
-                ptr = t.read_u64(z.address + member)
-                for cpu in t.possible_cpus:
-                    a = (ptr + t.per_cpu_offset(cpu) + diff_off + item) & _MASK64
-                    v += t.read_int(a, 1, signed=True)
+                for _, diff in per_cpu_ptrs(t, t.read_u64(z.address + member)):
+                    v += t.read_int(diff + diff_off + item, 1, signed=True)
         except TargetError:
             return None
         return v
@@ -494,7 +495,7 @@ class FreeListWalker:
     @cached_property
     def _pcp_layout(self) -> tuple[int, int, int, int, int]:
         """(zone member, offset of struct per_cpu_pages in what it points to, count
-        offset, lists offset, number of lists): :func:`memscope.mm.page.pcp_layout`."""
+        offset, lists offset, number of lists): :func:`pcp_layout`."""
         return pcp_layout(self.ctx)
 
     @cached_property
@@ -505,7 +506,7 @@ class FreeListWalker:
 
     def pcp_list_kind(self, index: int, nlists: int) -> tuple[int, str]:
         """(order, migratetype name) of pcp->lists[index]: the order from
-        :func:`memscope.mm.page.pindex_to_order`; MIGRATE_PCPTYPES lists per order up to
+        :func:`pindex_to_order`; MIGRATE_PCPTYPES lists per order up to
         PAGE_ALLOC_COSTLY_ORDER (3), then NR_PCP_THP lists of order HPAGE_PMD_ORDER (6.1+:
         two, non-movable then movable, commit 5d0a661d808f; one when the array is one
         shorter).  5.10: one order-0 list per pcp migratetype."""
@@ -518,58 +519,133 @@ class FreeListWalker:
             return order, "any"
         return order, ("Movable" if index == pcptypes * 4 + 1 else "Non-movable")
 
-    def _pcp(self, z: Zone, owner: dict[int, str], problems: list[Problem]):
+    def pcp(self, z: Zone, problems: list[Problem],
+            owner: dict[int, str] | None = None) -> tuple[list[PcpList], dict[int, int]]:
+        """
+        Walk the per-CPU page lists of zone Z on every possible CPU: the one pcp walk,
+        shared by :func:`freelists` / ``check`` and the page classification
+        (:mod:`memscope.mm.page`).
+
+        Each list is walked by :meth:`walk` through ``page->pcp_list`` (5.10
+        ``page->lru``), bounded by ``2 * pcp->count + 1024`` entries (count is in pages,
+        so it bounds the entries; the slack leaves room to find the real length when the
+        count is wrong) and at most :data:`MAX_PROBLEMS_PER_LIST` problems per list.  A
+        CPU whose lists hold other than ``pcp->count`` pages is a ``pcp_count_mismatch``;
+        a ``struct per_cpu_pages`` not set up yet (:func:`pcp_set_up`) is skipped.
+
+        :param z: the zone
+        :param problems: the :class:`~memscope.kernel.problem.Problem` records found are
+            appended here (``where`` ``"cpu N pcp lists[I]"`` or ``"cpu N pcp"``)
+        :param owner: pfn -> the list it was found on, of the zone's lists walked so far:
+            a pfn on two lists is ``cross_linked``; this walk's entries are added
+        :return: (every :class:`PcpList`, by CPU then list index; cpu -> ``pcp->count``
+            in pages)
+        """
         t = self.t
         out: list[PcpList] = []
         counts: dict[int, int] = {}
         try:
             member, inner, count_off, lists_off, nlists = self._pcp_layout
-            ptr = t.read_u64(z.address + member)
+            cpus = list(per_cpu_ptrs(t, t.read_u64(z.address + member)))
         except TargetError as e:
-            problems.append(Problem("unreadable", z.node, z.name, "pcp", str(e)))
+            problems.append(Problem("unreadable", "pcp", str(e), z.node, z.name))
             return out, counts
+        if owner is None:
+            owner = {}
         kinds = [self.pcp_list_kind(li, nlists) for li in range(nlists)]
-        for cpu in t.possible_cpus:
-            base = (ptr + t.per_cpu_offset(cpu) + inner) & _MASK64
+        for cpu, ptr in cpus:
+            base = (ptr + inner) & _MASK64
             try:
                 # The count and every list head in one read.
                 raw = t.read(base, self._pcp_size)
             except FaultError:
-                problems.append(Problem("unreadable", z.node, z.name, f"cpu {cpu} pcp",
-                                        f"per_cpu_pages at {base:#x} cannot be read"))
+                problems.append(Problem("unreadable", f"cpu {cpu} pcp",
+                                        f"per_cpu_pages at {base:#x} cannot be read",
+                                        z.node, z.name))
                 continue
             count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
             if not pcp_set_up(count, raw[lists_off:lists_off + 16 * nlists]):
-                continue  # early in boot: not initialised yet (mm/page.py pcp_set_up)
-            firsts = struct.unpack_from(f"<{2 * nlists}Q", raw, lists_off)[0::2]
+                continue  # early in boot: not initialised yet (see pcp_set_up)
             counts[cpu] = count
             pages = 0
             for li in range(nlists):
                 order, mtname = kinds[li]
                 where = f"cpu {cpu} pcp lists[{li}]"
-                found: list[Problem] = []
-
-                def problem(kind, msg, where=where, found=found):
-                    found.append(Problem(kind, z.node, z.name, where, msg))
-
+                sink = ProblemSink(problems, where, MAX_PROBLEMS_PER_LIST, node=z.node,
+                                   zone=z.name)
                 pfns = []
-                for pfn, _, _ in self.walk(base + lists_off + 16 * li, self.pcp_link,
-                                           2 * max(count, 0) + 1024, problem, firsts[li]):
+                head = lists_off + 16 * li
+                for pfn, _, _ in self.walk(base + head, self.pcp_link,
+                                           2 * max(count, 0) + 1024, sink,
+                                           raw[head:head + 16]):
                     pfns.append(pfn)
-                    other = owner.get(pfn)
-                    if other is not None:
-                        problem("cross_linked", f"pfn {pfn:#x} is also on {other}")
+                    if pfn in owner:  # a block on two lists
+                        sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
+                        if sink.full:
+                            break
                     owner[pfn] = where
-                    if len(found) >= MAX_PROBLEMS_PER_LIST:
-                        break
-                problems.extend(found)
                 pages += len(pfns) << order
                 out.append(PcpList(z.node, z.name, cpu, li, order, mtname, pfns))
             if pages != count:
-                problems.append(Problem("pcp_count_mismatch", z.node, z.name, f"cpu {cpu} pcp",
+                problems.append(Problem("pcp_count_mismatch", f"cpu {cpu} pcp",
                                         f"pcp->count is {count} but the lists hold {pages} "
-                                        "pages"))
+                                        "pages", z.node, z.name))
         return out, counts
+
+
+def free_pages(walked: list[list[int]], isolate: int | None) -> int:
+    """
+    The pages NR_FREE_PAGES counts in the blocks walked: every free list's but
+    MIGRATE_ISOLATE's (mm/page_alloc.c account_freepages(), before 6.10
+    __mod_zone_freepage_state(): isolated pages are not free for allocation); pcp pages
+    were taken off the counter when they left the buddy allocator.
+
+    :param walked: ``[order][migratetype]`` blocks found (:attr:`ZoneFreeLists.walked`)
+    :param isolate: the value of MIGRATE_ISOLATE (None without CONFIG_MEMORY_ISOLATION)
+    :return: pages (each block of order o is 2^o pages)
+    """
+    return sum(n << o for o, per_mt in enumerate(walked) for mt, n in enumerate(per_mt)
+               if mt != isolate)
+
+
+# --- the per-CPU page lists' layout ------------------------------------------------------
+def pcp_layout(ctx: KernelContext) -> tuple[int, int, int, int, int]:
+    """(zone member offset, offset of the pcp struct in what it points to, count offset,
+    lists offset, number of lists) for this kernel."""
+    t, zl = ctx.t, ctx.zone_layout
+    if zl.has("per_cpu_pageset"):
+        # 5.14+ (commit 28f836b6777b "mm/page_alloc: split per cpu page lists and zone
+        # stats"): zone->per_cpu_pageset is a __percpu struct per_cpu_pages.
+        pcp = t.layout("struct per_cpu_pages")
+        return (zl.offset("per_cpu_pageset"), 0, pcp.offset("count"), pcp.offset("lists"),
+                pcp["lists"].array_length)
+    # 5.10: zone->pageset is a __percpu struct per_cpu_pageset { struct per_cpu_pages pcp }.
+    ps = t.layout("struct per_cpu_pageset")
+    pcp = t.layout("struct per_cpu_pages")
+    return (zl.offset("pageset"), ps.offset("pcp"), pcp.offset("count"), pcp.offset("lists"),
+            pcp["lists"].array_length)
+
+
+def pindex_to_order(ctx: KernelContext, pindex: int, nlists: int) -> int:
+    """mm/page_alloc.c pindex_to_order(): 3 lists (one per PCPTYPE) per order up to
+    PAGE_ALLOC_COSTLY_ORDER (3), then the THP lists of order HPAGE_PMD_ORDER."""
+    pcptypes = ctx.migratetypes.get("MIGRATE_PCPTYPES", 3)
+    if nlists <= pcptypes:  # 5.10: order-0 only
+        return 0
+    low = pcptypes * 4
+    if pindex >= low:
+        # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page of 8-byte entries.
+        return (ctx.t.page_size // 8).bit_length() - 1
+    return pindex // pcptypes
+
+
+def pcp_set_up(count: int, lists: bytes) -> bool:
+    """Whether a CPU's ``struct per_cpu_pages`` has been set up: per_cpu_pages_init()
+    (mm/page_alloc.c) runs INIT_LIST_HEAD on every ``lists[]`` head, so a head is never
+    all zeros afterwards.  Early in boot (before setup_per_cpu_pageset(), or for the CPUs
+    whose boot_pageset is not initialised yet) the count and every head are still zero:
+    such lists are not there yet, not broken."""
+    return count != 0 or any(lists)
 
 
 def walker(ctx: KernelContext) -> FreeListWalker:
@@ -599,5 +675,80 @@ def freelists(ctx: KernelContext, *, pcp: bool = True) -> list[ZoneFreeLists]:
     return [w.zone(z, pcp=pcp) for z in ctx.all_zones()]
 
 
+@dataclasses.dataclass(frozen=True)
+class ZoneCheck:
+    """
+    The counts :func:`check` compared in one zone.  On a consistent kernel ``walked ==
+    nr_free`` and ``free_pages == free_pages_counter``.
+
+    - ``node``, ``zone``: the node id and the zone's name (``zone->name``).
+    - ``nr_free``: ``free_area[order].nr_free`` per order, as read (blocks).
+    - ``walked``: the blocks found on each order's free lists, all migratetypes.
+    - ``free_pages``: pages in the blocks found on the free lists, those on the
+      MIGRATE_ISOLATE lists excluded (what NR_FREE_PAGES counts: mm/page_alloc.c
+      account_freepages(); older kernels __mod_zone_freepage_state()).
+    - ``free_pages_counter``: ``zone_page_state_snapshot(zone, NR_FREE_PAGES)``
+      (include/linux/vmstat.h): ``zone->vm_stat[]`` plus every possible CPU's
+      ``vm_stat_diff[]``, in pages; None when it cannot be read.
+    - ``pcp_pages``: pages found on the zone's per-CPU lists, all CPUs (each entry
+      counts 2^order pages).
+    """
+
+    node: int
+    zone: str
+    nr_free: list[int]  # free_area[order].nr_free
+    walked: list[int]  # blocks found on the lists, per order
+    free_pages: int  # pages on the free lists, MIGRATE_ISOLATE excluded
+    free_pages_counter: int | None  # NR_FREE_PAGES, per-CPU diffs included
+    pcp_pages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """
+    What :func:`check` found.
+
+    - ``ok``: True when ``problems`` is empty (the command exits 0, else 1).
+    - ``zones``: one :class:`ZoneCheck` per populated zone.
+    - ``problems``: every :class:`Problem` of every zone, zone by zone in walk order:
+      the free lists by order then migratetype (each order's ``nr_free`` check after its
+      lists), then each CPU's per-CPU lists and their ``pcp->count`` check, then the
+      NR_FREE_PAGES check.
+    """
+
+    ok: bool
+    zones: list[ZoneCheck]
+    problems: list[Problem]
+
+
+def check(ctx: KernelContext) -> CheckReport:
+    """
+    Check every populated zone's buddy lists against the kernel's own bookkeeping (the
+    ``check`` command and :func:`memscope.drgn_api.check`): the walks of
+    :func:`freelists` (free lists and per-CPU lists, each entry PageBuddy with the list's
+    order in ``page->private``, aligned, inside the zone, on one list only) and the counts
+    they are held to:
+
+    - per order: blocks walked == ``free_area[order].nr_free``;
+    - per zone: :func:`free_pages` of the walk == NR_FREE_PAGES
+      (``zone_page_state_snapshot()``);
+    - per CPU: pages on the pcp lists == ``pcp->count``.
+
+    :param ctx: the context of the target
+    :return: a :class:`CheckReport` (``ok`` is False when any :class:`Problem` was found)
+    :raises TargetError: a type or member is missing from the debug info
+    :raises FaultError: a zone's ``free_area[]`` cannot be read
+    """
+    zones = freelists(ctx)
+    iso = walker(ctx).isolate
+    rows = [ZoneCheck(z.node, z.zone, z.nr_free, [sum(per_mt) for per_mt in z.walked],
+                      free_pages(z.walked, iso), z.free_pages_counter,
+                      sum(len(p.pfns) << p.order for p in z.pcp))
+            for z in zones]
+    problems = [p for z in zones for p in z.problems]
+    return CheckReport(not problems, rows, problems)
+
+
 __all__ = ["FreeBlock", "PcpList", "Problem", "ZoneFreeLists", "FreeListWalker", "freelists",
-           "walker", "PAGETYPEINFO_CAP"]
+           "walker", "PAGETYPEINFO_CAP", "CheckReport", "ZoneCheck", "check", "free_pages",
+           "pcp_layout", "pcp_set_up", "pindex_to_order", "PROBLEM_KINDS"]

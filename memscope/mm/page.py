@@ -1,12 +1,15 @@
-"""Every struct page, decoded in bulk: the memmap (include/linux/mm_types.h, page-flags.h).
+"""Every struct page classified: what each physical page is (include/linux/mm_types.h,
+page-flags.h), counted per zone and listed per pfn.
 
-The whole memmap of a target is read once, section by section (``mem_section[]``, 2 MiB
-reads of the vmemmap region per 128 MiB section on x86_64), and viewed through a numpy
-structured dtype built from the probed ``struct page`` layout.  The decode is kept in the
-snapshot state of the :class:`~memscope.mm.context.KernelContext` and shared by ``pages``,
-``pageblocks``, ``frag`` and whoever else needs pages (:func:`memmap`).
+The struct pages come from :mod:`memscope.mm.memmap` (the whole memmap read once, in bulk,
+decoded into one numpy array per field) and the per-CPU lists from the one pcp walk of
+:mod:`memscope.mm.freelists`.  The classified memmap (:class:`PageMap`, :func:`memmap`)
+is kept in the snapshot state of the :class:`~memscope.mm.context.KernelContext` and
+shared by ``pages``, ``pageblocks``, ``frag`` and whoever else needs pages.  The names of
+the memmap plumbing (``page_layout``, ``sections``, ``vmemmap_base``...) and of the pcp
+layout (``pcp_layout``, ``pindex_to_order``, ``pcp_set_up``) stay importable from here.
 
-Classification (:func:`classify`), in the order the decisions are taken:
+Classification (:func:`memmap`), in the order the decisions are taken:
 
 ``hole``        no struct page: the section is absent, or its memmap cannot be read, or the
                 pfn lies outside every zone's span.
@@ -40,320 +43,44 @@ Compound tails take their head's class (so that a slab of order 3 counts 8 slab 
 A page is *inconsistent* when its struct page contradicts the rest: a tail whose head is
 not PG_head, a buddy order out of range, buddy blocks that overlap, a pcp page that is
 PageBuddy or referenced.  A frozen dump has none; a live target (``--qemu``, ``-k``)
-changes under the read and reports them instead of failing.
+changes under the read and reports them instead of failing.  This is a property of each
+page (:attr:`PageMap.inconsistent`, counted per zone), kept beside its class; what the
+walks find wrong with the lists themselves is :class:`~memscope.kernel.problem.Problem`
+records (:attr:`PageMap.pcp_findings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property
 
 import numpy as np
 
-from ..target.base import FaultError, Target, TargetError
+from ..kernel.problem import Problem
+from ..target.base import TargetError
 from .context import KernelContext
+# The memmap plumbing and the one pcp walk, importable from here as before the split
+# (memscope.mm.memmap, memscope.mm.freelists).
+from .freelists import pcp_layout, pcp_set_up, pindex_to_order, walker  # noqa: F401
+from .memmap import (FIELDS, OLD_PG_BUDDY, OLD_PG_OFFLINE, PAGE_TYPE_BASE,  # noqa: F401
+                     SECTION_HAS_MEM_MAP, SECTION_IS_ONLINE, SECTION_MARKED_PRESENT,
+                     SUBSECTION_SHIFT, PageField, PageLayout, Sections, _check_sections,
+                     _read_memmap, _read_sections, compound_head_pfns, max_pfn,
+                     page_is_buddy, page_layout, read_struct_pages, register_page_fields,
+                     section_size_bits, section_size_bits_from_debuginfo, sections,
+                     vmemmap_base, zones)
 from .zone import Zone
+
+#: The former name of :func:`memscope.mm.memmap.compound_head_pfns`.
+_heads = compound_head_pfns
 
 # Class codes (uint8) and names, in the order used for tables and maps.
 CLASSES = ("hole", "buddy", "pcp", "slab", "kmalloc_large", "pagetable", "hugetlb", "offline",
            "reserved", "anon", "pagecache", "free", "kernel", "other")
 C = {name: i for i, name in enumerate(CLASSES)}
 
-# mem_section->section_mem_map flag bits (include/linux/mmzone.h; stable 5.10-7.2).
-SECTION_MARKED_PRESENT = 1 << 0
-SECTION_HAS_MEM_MAP = 1 << 1
-SECTION_IS_ONLINE = 1 << 2
 
 PAGE_MAPPING_ANON = 0x1
 PAGE_MAPPING_MOVABLE = 0x2
-
-# Old page_type encoding (5.10, 6.1: include/linux/page-flags.h): a type is set by
-# clearing its bit below PAGE_TYPE_BASE.  These are #defines, absent from the debug info;
-# PG_buddy and PG_offline are cross-checked against VMCOREINFO when it has them.
-PAGE_TYPE_BASE = 0xF0000000
-OLD_PG_BUDDY = 0x80
-OLD_PG_OFFLINE = 0x100
-
-
-def _u(x) -> int:
-    return int(x) & 0xFFFFFFFFFFFFFFFF
-
-
-class PageLayout:
-    """What the decode needs from ``struct page`` and friends, probed once per target."""
-
-    def __init__(self, t: Target):
-        self.t = t
-        lay = t.layout("struct page")
-        self.size = lay.size
-        flags = lay["flags"]
-        self.flags_off = flags.offset
-        if flags.size != 8 or "long" not in flags.type_name:
-            # 7.2: page->flags is memdesc_flags_t { unsigned long f; } (read .f).
-            self.flags_off += t.layout(flags.type_name).offset("f")
-        # compound_head, renamed compound_info in 7.x (may hold a mask, see _heads()).
-        self.compound_off = lay.offset("compound_info" if lay.has("compound_info")
-                                       else "compound_head")
-        self.lru_off = lay.offset("lru")  # also buddy_list / pcp_list (same word)
-        self.mapping_off = lay.offset("mapping")
-        self.index_off = lay.offset("__folio_index" if lay.has("__folio_index") else "index")
-        self.private_off = lay.offset("private")
-        self.mapcount_off = lay.offset("_mapcount")  # page_type shares it
-        self.refcount_off = lay.offset("_refcount")
-
-        pf = t.enum("enum pageflags")
-        self.pageflags = {k: v for k, v in pf.items() if not k.startswith("__")}
-        self.PG_head = pf["PG_head"]
-        self.PG_reserved = pf["PG_reserved"]
-        # PG_slab went away in 6.10 (commit 46df8e73a4a3, "mm: free up PG_slab"): slab pages
-        # carry PGTY_slab in page_type from then on.
-        self.PG_slab = pf.get("PG_slab")
-        # Hugetlb folios before PGTY_hugetlb (6.10, commit d99e3140a4d3 "mm: turn
-        # folio_test_hugetlb into a PageType") are marked on their first tail page:
-        # 5.10-6.5 by compound_dtor == HUGETLB_PAGE_DTOR (PageHuge()); 6.6-6.9 by PG_hugetlb
-        # in its flags (commit 9c5ccf2db04b "mm: remove HUGETLB_PAGE_DTOR").
-        self.dtor_off = self.hugetlb_dtor = None
-        if lay.has("compound_dtor"):
-            try:
-                self.hugetlb_dtor = t.enum("enum compound_dtor_id")["HUGETLB_PAGE_DTOR"]
-                self.dtor_off = lay.offset("compound_dtor")
-            except (TargetError, KeyError):
-                pass
-        self.PG_hugetlb = pf.get("PG_hugetlb")
-
-        # page_type: 6.10+ has enum pagetype with the type in the top byte (commit
-        # 4ffca5a96678 "mm: support only one page_type per page"); older kernels clear a
-        # bit below PAGE_TYPE_BASE.
-        try:
-            self.pagetype = t.enum("enum pagetype")
-        except TargetError:
-            self.pagetype = None
-        if self.pagetype is None:
-            vi = t.vmcoreinfo_fields
-            self.old_buddy = _mask_from_vmcoreinfo(vi, "PAGE_BUDDY_MAPCOUNT_VALUE", OLD_PG_BUDDY)
-            self.old_offline = _mask_from_vmcoreinfo(vi, "PAGE_OFFLINE_MAPCOUNT_VALUE",
-                                                     OLD_PG_OFFLINE)
-            # PG_table follows PG_offline; 5.10 still had PG_kmemcg (0x200) in between,
-            # removed in 5.11 together with page->mem_cgroup becoming page->memcg_data
-            # (commit 18b2db3b0385 "mm: Convert page kmemcg type to a page memcg flag").
-            self.old_table = 0x400 if lay.has("mem_cgroup") else 0x200
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The struct page fields the decode keeps per pfn (:attr:`PageMap.pages`)."""
-        return FIELDS + (("dtor",) if self.dtor_off is not None else ())
-
-    def dtype(self) -> np.dtype:
-        names = ["flags", "compound", "lru_prev", "mapping", "index", "private", "mapcount",
-                 "refcount"]
-        formats = ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<u4", "<i4"]
-        offsets = [self.flags_off, self.compound_off, self.lru_off + 8, self.mapping_off,
-                   self.index_off, self.private_off, self.mapcount_off, self.refcount_off]
-        if self.dtor_off is not None:  # a first tail's compound_dtor (5.10-6.5)
-            names.append("dtor")
-            formats.append("u1")
-            offsets.append(self.dtor_off)
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                         "itemsize": self.size})
-
-    # --- page_type decisions (usable on scalars or numpy arrays) ----------------------
-    def _typed(self, page_type, pgty: str | None, old_bit: int | None):
-        pt = np.asarray(page_type, dtype=np.uint32)
-        if self.pagetype is not None:
-            if pgty not in self.pagetype:
-                return np.zeros(pt.shape, bool)
-            return (pt >> 24) == self.pagetype[pgty]
-        if old_bit is None:
-            return np.zeros(pt.shape, bool)
-        return (pt & np.uint32(PAGE_TYPE_BASE | old_bit)) == np.uint32(PAGE_TYPE_BASE)
-
-    def is_buddy(self, page_type):
-        """PageBuddy from page->page_type (the 32-bit word shared with _mapcount).
-
-        6.10+: ``(page_type >> 24) == PGTY_buddy``; 5.10/6.1: ``(page_type &
-        (PAGE_TYPE_BASE | PG_buddy)) == PAGE_TYPE_BASE``."""
-        return self._typed(page_type, "PGTY_buddy", self.old_buddy if self.pagetype is None
-                           else None)
-
-    def is_table(self, page_type):
-        return self._typed(page_type, "PGTY_table",
-                           self.old_table if self.pagetype is None else None)
-
-    def is_offline(self, page_type):
-        return self._typed(page_type, "PGTY_offline",
-                           self.old_offline if self.pagetype is None else None)
-
-    def is_slab_type(self, page_type):
-        return self._typed(page_type, "PGTY_slab", None)
-
-    def has_type(self, page_type):
-        """page_type holds a type rather than a mapcount."""
-        pt = np.asarray(page_type, dtype=np.uint32).view(np.int32)
-        if self.pagetype is not None:
-            # page_type_has_type(): (int)page_type < PGTY_mapcount_underflow << 24
-            return pt < np.int32(-(1 << 24))
-        return pt < -128  # PAGE_MAPCOUNT_RESERVE
-
-
-def _mask_from_vmcoreinfo(vi: dict, key: str, default: int) -> int:
-    v = vi.get(f"NUMBER({key})")
-    if v is None:
-        return default
-    return ~int(v, 0) & 0xFFFFFFFF
-
-
-def page_is_buddy(ctx: KernelContext, page_type) -> np.ndarray:
-    """PageBuddy for one page_type word or an array of them (the decision shared by every
-    command that needs it: see :meth:`PageLayout.is_buddy`)."""
-    return page_layout(ctx).is_buddy(page_type)
-
-
-def page_layout(ctx: KernelContext) -> PageLayout:
-    """The :class:`PageLayout` of the target's kernel (a probe)."""
-    return ctx.probe("page_layout", lambda: PageLayout(ctx.t))
-
-
-@dataclasses.dataclass
-class Sections:
-    """mem_section[] for the pfns of interest (SPARSEMEM_VMEMMAP)."""
-
-    pages_per_section: int
-    mem_map: np.ndarray  # section_mem_map per section nr (0 = absent)
-    usage: np.ndarray  # mem_section.usage pointer per section nr
-
-    def present(self) -> np.ndarray:
-        return (self.mem_map & (SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP)) == (
-            SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP)
-
-    def online(self) -> np.ndarray:
-        return self.present() & ((self.mem_map & SECTION_IS_ONLINE) != 0)
-
-
-def sections(ctx: KernelContext) -> Sections:
-    """``mem_section[]`` as read for this snapshot."""
-    return ctx.snapshot("sections", lambda: _read_sections(ctx))
-
-
-def zones(ctx: KernelContext) -> list[Zone]:
-    """ctx.all_zones(), one list per snapshot (the memmap decode is a snapshot too)."""
-    return ctx.snapshot("page_zones", ctx.all_zones)
-
-
-def max_pfn(ctx: KernelContext) -> int:
-    return max(z.end_pfn for z in zones(ctx))
-
-
-#: include/linux/mmzone.h: a subsection is 2 MiB on every architecture.
-SUBSECTION_SHIFT = 21
-
-
-def section_size_bits_from_debuginfo(t) -> int:
-    """SECTION_SIZE_BITS without VMCOREINFO (a guest stopped before the kernel wrote it, or
-    a kernel built without it), from the debug info: ``struct mem_section_usage``'s
-    ``subsection_map`` is DECLARE_BITMAP(, SUBSECTIONS_PER_SECTION), SUBSECTIONS_PER_SECTION
-    = 1 << (SECTION_SIZE_BITS - SUBSECTION_SHIFT) (commit f1eca35a0dc7, v5.3).  The bitmap
-    is whole longs, so one long says only "at most 27" (x86_64's and arm64 4K's 27): the
-    largest value it allows is taken, and :func:`_check_sections` rejects it when the
-    memory says otherwise.
-
-    :raises TargetError: no ``subsection_map`` in the debug info."""
-    m = t.layout("struct mem_section_usage")["subsection_map"]
-    if not m.array_length:
-        raise TargetError("struct mem_section_usage.subsection_map has no length: cannot "
-                          "tell SECTION_SIZE_BITS without VMCOREINFO")
-    bits = m.array_length * 8 * t.sizeof("unsigned long")
-    return SUBSECTION_SHIFT + bits.bit_length() - 1
-
-
-def section_size_bits(t) -> tuple[int, bool]:
-    """(SECTION_SIZE_BITS, whether it was derived rather than read from VMCOREINFO)."""
-    vi = t.vmcoreinfo_fields
-    if "NUMBER(SECTION_SIZE_BITS)" in vi:
-        return int(vi["NUMBER(SECTION_SIZE_BITS)"]), False
-    return section_size_bits_from_debuginfo(t), True
-
-
-def _check_sections(t, roots_addr: int, nr: int, per_root: int, ms, bits: int) -> None:
-    """A derived SECTION_SIZE_BITS must agree with mem_section[]: the section holding the
-    last pfn is present (SECTION_MARKED_PRESENT, bit 0 of section_mem_map) and no section
-    after it in the same root is (a too-large value leaves present sections past the end
-    of memory; a too-small one finds the last section absent).
-
-    :raises TargetError: they disagree."""
-    last = nr - 1
-    r, i = divmod(last, per_root)
-    root = t.read_u64(roots_addr + 8 * r)
-    raw = t.read(root, per_root * ms.size) if root else b""
-    mo = ms.offset("section_mem_map")
-    present = [j for j in range(len(raw) // ms.size)
-               if int.from_bytes(raw[j * ms.size + mo:j * ms.size + mo + 8], "little") & 1]
-    if not present or present[-1] != i:
-        raise TargetError(f"SECTION_SIZE_BITS {bits} (derived from the debug info, "
-                          "VMCOREINFO has none) disagrees with mem_section[]: the last "
-                          "present section is not the one holding the last pfn")
-
-
-def _read_sections(ctx: KernelContext) -> Sections:
-    t = ctx.t
-    vi = t.vmcoreinfo_fields
-    page_shift = t.page_size.bit_length() - 1
-    bits, derived = section_size_bits(t)
-    pps = 1 << (bits - page_shift)
-    ms = t.layout("struct mem_section")
-    # SPARSEMEM_EXTREME (every Debian kernel): mem_section is a pointer to an array of
-    # NR_SECTION_ROOTS pointers, each to a page of struct mem_section.  VMCOREINFO's
-    # SYMBOL(mem_section) is that array; without it read the pointer variable.
-    if "SYMBOL(mem_section)" in vi:
-        roots_addr = int(vi["SYMBOL(mem_section)"], 16)
-    else:
-        roots_addr = t.read_u64(t.symbol("mem_section"))
-    per_root = t.page_size // ms.size
-    nr = (max_pfn(ctx) + pps - 1) // pps
-    if derived:
-        _check_sections(t, roots_addr, nr, per_root, ms, bits)
-    nroots = (nr + per_root - 1) // per_root
-    roots = np.frombuffer(t.read(roots_addr, 8 * nroots), "<u8")
-    mem_map = np.zeros(nr, np.uint64)
-    usage = np.zeros(nr, np.uint64)
-    mo, uo = ms.offset("section_mem_map"), ms.offset("usage")
-    for r, root in enumerate(roots):
-        if not root:
-            continue
-        n = min(per_root, nr - r * per_root)
-        try:
-            raw = np.frombuffer(t.read(int(root), n * ms.size), np.uint8).reshape(n, ms.size)
-        except FaultError:
-            continue
-        mem_map[r * per_root:r * per_root + n] = raw[:, mo:mo + 8].copy().view("<u8")[:, 0]
-        usage[r * per_root:r * per_root + n] = raw[:, uo:uo + 8].copy().view("<u8")[:, 0]
-    return Sections(pps, mem_map, usage)
-
-
-def vmemmap_base(ctx: KernelContext) -> int:
-    """The address of pfn 0's struct page (SPARSEMEM_VMEMMAP)."""
-    t = ctx.t
-    if t.arch == "x86_64":
-        try:  # randomized by KASLR
-            v = t.read_u64(t.symbol("vmemmap_base"))
-        except TargetError:
-            v = 0
-        if v:
-            return v
-    vi = t.vmcoreinfo_fields
-    if "SYMBOL(vmemmap)" in vi:  # the generic crash_core export (6.x)
-        return int(vi["SYMBOL(vmemmap)"], 16)
-    if "NUMBER(VMEMMAP_START)" in vi and t.has_symbol("memstart_addr"):
-        # arm64: vmemmap = (struct page *)VMEMMAP_START - (memstart_addr >> PAGE_SHIFT)
-        shift = t.page_size.bit_length() - 1
-        sz = t.sizeof("struct page")
-        return (int(vi["NUMBER(VMEMMAP_START)"], 0)
-                - (t.read_u64(t.symbol("memstart_addr")) >> shift) * sz) & (2**64 - 1)
-    # Last resort: a present section's encoded mem_map is vmemmap itself
-    # (sparse_encode_mem_map(): mem_map - section_nr_to_pfn(pnum)).
-    s = sections(ctx)
-    for m in s.mem_map[s.present()]:
-        return int(m) & ~0xFFF
-    raise TargetError("cannot find vmemmap (no vmemmap_base, VMCOREINFO vmemmap, or section)")
 
 
 @dataclasses.dataclass
@@ -362,10 +89,10 @@ class PageMap:
 
     vmemmap: int
     page_size_struct: int
-    # One contiguous array per decoded struct page field (PageLayout.fields: "flags",
-    # "compound", "mapping", "index", "private", "mapcount", "refcount", and "dtor" where
-    # struct page has compound_dtor; dtypes as in
-    # PageLayout.dtype()), indexed by pfn; zeros where invalid.
+    # One contiguous array per decoded struct page field (memscope.mm.memmap
+    # PageLayout.page_fields: "flags", "compound", "mapping", "index", "private",
+    # "mapcount", "refcount", "dtor" where struct page has compound_dtor, and those of the
+    # providers given to register_page_fields()), indexed by pfn; zeros where invalid.
     pages: dict[str, np.ndarray]
     valid: np.ndarray  # bool: a struct page was read
     cls: np.ndarray  # uint8 class code (CLASSES)
@@ -374,58 +101,13 @@ class PageMap:
     inconsistent: np.ndarray  # bool
     zone_id: np.ndarray  # int16: index into zones, -1 outside every zone
     zones: list[Zone]
-    pcp_findings: list[str]
+    # What the per-CPU list walk found wrong (memscope.mm.freelists.FreeListWalker.pcp).
+    pcp_findings: list[Problem]
     unreadable_pages: int  # present in mem_section but the memmap read failed
 
     @property
     def nr_pages(self) -> int:
         return len(self.cls)
-
-
-# The struct page fields kept per pfn (see PageMap.pages).
-FIELDS = ("flags", "compound", "mapping", "index", "private", "mapcount", "refcount")
-
-
-def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int):
-    """Read the memmap section by section and keep each field in its own array.
-
-    Each chunk read is viewed in place (np.frombuffer with the struct page dtype) and its
-    fields are copied out while the chunk is still in the CPU cache; no copy of the whole
-    memmap is ever made (the field arrays are what the classification reads, contiguous)."""
-    t = ctx.t
-    s = sections(ctx)
-    sz = pl.size
-    dt = pl.dtype()
-    out = {f: np.zeros(n, dt.fields[f][0]) for f in pl.fields}  # zero pages: holes
-    valid = np.zeros(n, bool)
-    unreadable = 0
-    pps = s.pages_per_section
-
-    def put(lo: int, hi: int, raw: bytes) -> None:
-        a = np.frombuffer(raw, dt)
-        for f in pl.fields:
-            out[f][lo:hi] = a[f]
-        valid[lo:hi] = True
-
-    # One read per present section (2 MiB of struct pages for 128 MiB on x86_64 4K pages);
-    # a section whose read fails (live target, vmemmap page not dumped) is retried in
-    # 64 KiB pieces so that only the unreadable part becomes a hole.
-    for nr in np.flatnonzero(s.present()).tolist():
-        lo = nr * pps
-        hi = min(lo + pps, n)
-        if hi <= lo:
-            continue
-        try:
-            put(lo, hi, t.read(vmemmap + lo * sz, (hi - lo) * sz))
-        except FaultError:
-            step = max(1, 65536 // sz)
-            for a in range(lo, hi, step):
-                b = min(a + step, hi)
-                try:
-                    put(a, b, t.read(vmemmap + a * sz, (b - a) * sz))
-                except FaultError:
-                    unreadable += b - a
-    return out, valid, unreadable
 
 
 def memmap(ctx: KernelContext) -> PageMap:
@@ -438,20 +120,6 @@ def _zone_ids(zones: list[Zone], n: int) -> np.ndarray:
     for i, z in enumerate(zones):
         zid[z.zone_start_pfn:min(z.end_pfn, n)] = i
     return zid
-
-
-def _heads(pl: PageLayout, vmemmap: int, pfns: np.ndarray, info: np.ndarray) -> np.ndarray:
-    """Head pfn of the tails PFNS from their compound_head/compound_info words."""
-    sz = pl.size
-    ptr = info - np.uint64(1)
-    # 7.x with HUGETLB_PAGE_OPTIMIZE_VMEMMAP stores a mask (GENMASK(63, order +
-    # log2(sizeof(struct page))) | 1) instead of head | 1: head = page & mask.  A mask is
-    # -2^k; a struct page pointer is not.
-    neg = (~ptr + np.uint64(1))
-    is_mask = (neg & (neg - np.uint64(1))) == 0
-    addr = np.uint64(vmemmap) + pfns.astype(np.uint64) * np.uint64(sz)
-    head_addr = np.where(is_mask, addr & ptr, ptr)
-    return ((head_addr - np.uint64(vmemmap)) // np.uint64(sz)).astype(np.int64)
 
 
 # Page type codes of _type_codes(), in increasing precedence (a later one wins when a
@@ -541,7 +209,7 @@ def _build(ctx: KernelContext) -> PageMap:
     zones_ = zones(ctx)
     n = max_pfn(ctx)
     vm = vmemmap_base(ctx)
-    pages, valid, unreadable = _read_memmap(ctx, pl, vm, n)
+    pages, valid, unreadable = read_struct_pages(ctx)
     flags = pages["flags"]
     pt = pages["mapcount"]
     ref = pages["refcount"]
@@ -606,7 +274,7 @@ def _build(ctx: KernelContext) -> PageMap:
     # Compound tails take their head's class.
     tpfn = np.flatnonzero(tail)
     if len(tpfn):
-        hp = _heads(pl, vm, tpfn, comp[tpfn])
+        hp = compound_head_pfns(pl, vm, tpfn, comp[tpfn])
         ok = (hp >= 0) & (hp < tpfn) & (tpfn - hp < (1 << 20))
         hp_c = np.where(ok, hp, 0)
         ok &= valid[hp_c] & is_head[hp_c]
@@ -621,8 +289,8 @@ def _build(ctx: KernelContext) -> PageMap:
     order[bud] = bo
 
     # Per-CPU lists.
-    findings: list[str] = []
-    pcp_pfns, pcp_orders = _pcp_pages(ctx, pl, vm, n, findings, comp, valid)
+    findings: list[Problem] = []
+    pcp_pfns, pcp_orders = _pcp_pages(ctx, findings)
     if len(pcp_pfns):
         bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
         pc = _expand(n, pcp_pfns, pcp_orders)
@@ -655,116 +323,19 @@ def _expand(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
 
 
 # --- per-CPU page lists --------------------------------------------------------------
-def pcp_layout(ctx: KernelContext) -> tuple[int, int, int, int, int]:
-    """(zone member offset, offset of the pcp struct in what it points to, count offset,
-    lists offset, number of lists) for this kernel."""
-    t, zl = ctx.t, ctx.zone_layout
-    if zl.has("per_cpu_pageset"):
-        # 5.14+ (commit 28f836b6777b "mm/page_alloc: split per cpu page lists and zone
-        # stats"): zone->per_cpu_pageset is a __percpu struct per_cpu_pages.
-        pcp = t.layout("struct per_cpu_pages")
-        return (zl.offset("per_cpu_pageset"), 0, pcp.offset("count"), pcp.offset("lists"),
-                pcp["lists"].array_length)
-    # 5.10: zone->pageset is a __percpu struct per_cpu_pageset { struct per_cpu_pages pcp }.
-    ps = t.layout("struct per_cpu_pageset")
-    pcp = t.layout("struct per_cpu_pages")
-    return (zl.offset("pageset"), ps.offset("pcp"), pcp.offset("count"), pcp.offset("lists"),
-            pcp["lists"].array_length)
-
-
-def pindex_to_order(ctx: KernelContext, pindex: int, nlists: int) -> int:
-    """mm/page_alloc.c pindex_to_order(): 3 lists (one per PCPTYPE) per order up to
-    PAGE_ALLOC_COSTLY_ORDER (3), then the THP lists of order HPAGE_PMD_ORDER."""
-    pcptypes = ctx.migratetypes.get("MIGRATE_PCPTYPES", 3)
-    if nlists <= pcptypes:  # 5.10: order-0 only
-        return 0
-    low = pcptypes * 4
-    if pindex >= low:
-        # HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT: a page of 8-byte entries.
-        return (ctx.t.page_size // 8).bit_length() - 1
-    return pindex // pcptypes
-
-
-def pcp_set_up(count: int, lists: bytes) -> bool:
-    """Whether a CPU's ``struct per_cpu_pages`` has been set up: per_cpu_pages_init()
-    (mm/page_alloc.c) runs INIT_LIST_HEAD on every ``lists[]`` head, so a head is never
-    all zeros afterwards.  Early in boot (before setup_per_cpu_pageset(), or for the CPUs
-    whose boot_pageset is not initialised yet) the count and every head are still zero:
-    such lists are not there yet, not broken."""
-    return count != 0 or any(lists)
-
-
-def _pcp_pages(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int, findings: list[str],
-               nxt: np.ndarray, valid: np.ndarray):
-    """(pfns, orders) of every page block on every per-CPU list of every zone.
-
-    Each list is walked at most pcp->count + 1 steps (count is in pages, so it bounds the
-    number of entries); a cycle, a pointer outside the memmap or an overlong list becomes a
-    finding.  The next pointers come from the decoded memmap (``pcp_list.next`` is the
-    word after flags), not from one read per page."""
-    t = ctx.t
-    try:
-        zoff, pcp_in, count_off, lists_off, nlists = pcp_layout(ctx)
-    except TargetError as e:
-        findings.append(f"per-CPU lists not decoded: {e}")
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    sz = pl.size
-    out_p: list[int] = []
-    out_o: list[int] = []
-    # for_each_possible_cpu() and __per_cpu_offset[]: the target's (memscope.target.base).
-    try:
-        offsets = {cpu: t.per_cpu_offset(cpu) for cpu in t.possible_cpus}
-    except TargetError as e:
-        findings.append(f"per-CPU lists not decoded: {e}")
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    # Python ints straight from the arrays (memoryview items), not numpy scalars.
-    nxt_v = memoryview(np.ascontiguousarray(nxt, dtype=np.uint64))
-    valid_v = memoryview(np.ascontiguousarray(valid, dtype=bool))
-    entry0 = pl.lru_off + vmemmap  # pcp_list.next points at page->pcp_list (the lru word)
+def _pcp_pages(ctx: KernelContext, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
+    """(pfns, orders) of every page block on every per-CPU list of every zone, walked by
+    the one pcp walk (:meth:`memscope.mm.freelists.FreeListWalker.pcp`: bounded, cycle
+    and link checked); its problems are appended to PROBLEMS."""
+    w = walker(ctx)
+    pfns: list[int] = []
+    orders: list[int] = []
     for z in zones(ctx):
-        try:
-            ptr = t.read_u64(z.address + zoff)
-        except FaultError:
-            continue
-        for cpu, off in offsets.items():
-            base = (ptr + off) & (2**64 - 1)
-            base += pcp_in
-            try:
-                count = t.read_int(base + count_off, 4, signed=True)
-                heads = np.frombuffer(t.read(base + lists_off, 16 * nlists), "<u8")
-            except FaultError:
-                findings.append(f"node {z.node} zone {z.name} cpu {cpu}: pcp unreadable")
-                continue
-            if not pcp_set_up(count, heads.tobytes()):
-                continue
-            for li in range(nlists):
-                head_addr = base + lists_off + 16 * li
-                o = pindex_to_order(ctx, li, nlists)
-                node = int(heads[2 * li])
-                seen = set()
-                steps = 0
-                bound = max(count, 0)
-                first = len(out_p)
-                while node != head_addr:
-                    if steps > bound or node in seen:
-                        findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
-                                        "cycle or longer than pcp->count")
-                        break
-                    seen.add(node)
-                    steps += 1
-                    pfn, rem = divmod(node - entry0, sz)
-                    if rem or not 0 <= pfn < n:
-                        findings.append(f"node {z.node} zone {z.name} cpu {cpu} list {li}: "
-                                        f"pointer {node:#x} outside the memmap")
-                        break
-                    if not valid_v[pfn]:
-                        findings.append(f"node {z.node} zone {z.name} cpu {cpu}: "
-                                        f"unreadable list entry {node:#x}")
-                        break
-                    out_p.append(pfn)
-                    node = nxt_v[pfn]
-                out_o.extend([o] * (len(out_p) - first))
-    return np.array(out_p, np.int64), np.array(out_o, np.int64)
+        lists, _ = w.pcp(z, problems)
+        for pl in lists:
+            pfns += pl.pfns
+            orders += [pl.order] * len(pl.pfns)
+    return np.array(pfns, np.int64), np.array(orders, np.int64)
 
 
 # --- records -------------------------------------------------------------------------
@@ -940,7 +511,7 @@ def page_records(ctx: KernelContext, lo: int, hi: int) -> list[PageRecord]:
                                                ("table", pl.is_table)) if f(ptv)), f"{ptv:#x}")
         head = None
         if pm.tail[pfn]:
-            head = int(_heads(pl, pm.vmemmap, np.array([pfn]),
+            head = int(compound_head_pfns(pl, pm.vmemmap, np.array([pfn]),
                               np.array([p["compound"]], np.uint64))[0])
         o = int(pm.order[pfn])
         out.append(PageRecord(

@@ -26,9 +26,10 @@ from collections import Counter
 
 import numpy as np
 
+from ..kernel.problem import Problem
 from ..target.base import FaultError, TargetError
 from . import freelists as fl
-from . import page as pg
+from . import memmap
 from .context import KernelContext
 from .zone import Zone
 
@@ -88,7 +89,7 @@ def _pageblock_order(ctx: KernelContext) -> int:
     if t.has_symbol("pageblock_order"):
         order = t.read_u32(t.symbol("pageblock_order"))
     else:
-        s = pg.sections(ctx)
+        s = memmap.sections(ctx)
         use = s.usage[s.present() & (s.usage != 0)].astype(np.int64)
         strides = Counter(int(d) for d in np.diff(use) if d > 0)
         base = t.layout("struct mem_section_usage").offset("pageblock_flags")
@@ -112,7 +113,7 @@ def _all_flags(ctx: KernelContext) -> np.ndarray:
 def _read_all_flags(ctx: KernelContext) -> np.ndarray:
     """Read :func:`_all_flags` from every section's usage map (not cached)."""
     t = ctx.t
-    s = pg.sections(ctx)
+    s = memmap.sections(ctx)
     po = pageblock_order(ctx)
     bits = pageblock_bits(ctx)
     per_sec = s.pages_per_section >> po
@@ -141,10 +142,10 @@ def _online_pfn(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
     """pfn_to_online_page() != NULL: the section is online and, with ZONE_DEVICE (Debian
     has it), the pfn's subsection is in usage->subsection_map (pfn_section_valid)."""
     t = ctx.t
-    s = pg.sections(ctx)
+    s = memmap.sections(ctx)
     nr = pfns // s.pages_per_section
     ok = s.online()[nr]
-    sub_shift = (21 - (t.page_size.bit_length() - 1))  # SUBSECTION_SHIFT 21 (2 MiB)
+    sub_shift = memmap.SUBSECTION_SHIFT - (t.page_size.bit_length() - 1)
     smap_off = t.layout("struct mem_section_usage").offset("subsection_map")
     smaps: dict[int, int] = {}
     for i in np.flatnonzero(ok):
@@ -190,13 +191,13 @@ _COUNTER_PROBLEMS = ("nr_free_mismatch", "free_pages_counter_mismatch")
 
 
 def free_lists(ctx: KernelContext,
-               zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
+               zone: Zone) -> tuple[dict[tuple[int, int], np.ndarray], list[Problem]]:
     """The pfns of the first pages of the free blocks on each ``free_area[order]
     .free_list[migratetype]`` of ZONE: {(order, migratetype): pfns}, plus findings.
 
     The lists are walked by :meth:`memscope.mm.freelists.FreeListWalker.zone` (bounded,
-    cycle-detecting, on bulk-read struct pages); its problems with the lists are the
-    findings."""
+    cycle-detecting, on bulk-read struct pages); its problems with the lists (the
+    counter checks left out) are the findings."""
     w = fl.walker(ctx)
     zl = w.zone(zone, pcp=False)
     index = {(w.migratetype_names[mt] if mt < len(w.migratetype_names) else str(mt)): mt
@@ -205,7 +206,7 @@ def free_lists(ctx: KernelContext,
                                               for mt in range(w.nr_lists)}
     for b in zl.blocks:
         pfns[(b.order, index[b.migratetype])].append(b.pfn)
-    findings = [str(p) for p in zl.problems if p.kind not in _COUNTER_PROBLEMS]
+    findings = [p for p in zl.problems if p.kind not in _COUNTER_PROBLEMS]
     return {k: np.array(v, np.int64) for k, v in pfns.items()}, findings
 
 
@@ -226,7 +227,8 @@ class ZoneBlocks:
       block's own (as get_pfnblock_migratetype() gives it, isolation included), bool.
     - ``mixed_by_type``: block migratetype value -> number of mixed blocks;
       ``mixed_free_pages``: the free pages on a list other than their block's type.
-    - ``list_findings``: what the bounded free-list walk found wrong (strings).
+    - ``list_findings``: what the bounded free-list walk found wrong
+      (:class:`~memscope.kernel.problem.Problem` records).
     Blocks whose section has no usage map are neither skip nor isolate."""
 
     zone: Zone
@@ -237,7 +239,7 @@ class ZoneBlocks:
     mixed: np.ndarray
     mixed_by_type: dict[int, int]
     mixed_free_pages: int
-    list_findings: list[str]
+    list_findings: list[Problem]
 
 
 def zone_blocks(ctx: KernelContext, z: Zone) -> ZoneBlocks:
@@ -304,8 +306,8 @@ class ZonePageblocks:
     - ``mixed_free_pages``: pages in free blocks on a list other than their block's
       migratetype.
     - ``list_findings``: what the free-list walk found wrong with the lists themselves
-      (``str()`` of each :class:`memscope.mm.freelists.Problem`, counter mismatches
-      left out).
+      (:class:`~memscope.kernel.problem.Problem` records, counter mismatches left out;
+      the JSON and the table print each as ``str()``).
     """
 
     node: int
@@ -318,7 +320,7 @@ class ZonePageblocks:
     isolate: int  # blocks isolated
     mixed: dict[str, int]  # block migratetype -> blocks holding free pages of another list
     mixed_free_pages: int  # free pages on a list other than their block's type
-    list_findings: list[str]
+    list_findings: list[Problem]
 
 
 def zone_pageblocks(ctx: KernelContext) -> list[ZonePageblocks]:
@@ -351,20 +353,35 @@ def zone_pageblocks(ctx: KernelContext) -> list[ZonePageblocks]:
 def format_blockcount(ctx: KernelContext, rows: list[ZonePageblocks]) -> str:
     """
     Print the "Number of blocks type" section of /proc/pagetypeinfo from ROWS' counts,
-    byte for byte (mm/vmstat.c pagetypeinfo_showblockcount()), starting with its blank
-    line.
+    byte for byte (:func:`format_blockcount_rows`), starting with its blank line.
 
     :param ctx: the context of the target (for ``migratetype_names[]``)
     :param rows: :func:`zone_pageblocks`'s records
     """
-    names = migratetype_names(ctx)
+    return format_blockcount_rows(migratetype_names(ctx),
+                                  [(r.node, r.zone, r.counts) for r in rows])
+
+
+def format_blockcount_rows(names: list[str],
+                           rows: list[tuple[int, str, dict[str, int]]]) -> str:
+    """
+    Print the "Number of blocks type" section of /proc/pagetypeinfo, byte for byte
+    (mm/vmstat.c pagetypeinfo_showblockcount() and pagetypeinfo_showblockcount_print():
+    a blank line, the header ``"%-23s"`` then ``"%12s "`` per migratetype, then per zone
+    ``"Node %d, zone %8s "`` and ``"%12lu "`` per migratetype).
+
+    :param names: ``migratetype_names[]``, in ``enum migratetype`` order
+    :param rows: (node id, zone name, migratetype name -> pageblocks) per zone, in order
+    :return: the text, ending with a newline
+    """
     s = "\n%-23s" % "Number of blocks type "
     s += "".join("%12s " % n for n in names) + "\n"
-    for r in rows:
-        s += "Node %d, zone %8s " % (r.node, r.zone)
-        s += "".join("%12lu " % r.counts[n] for n in names) + "\n"
+    for node, zone, counts in rows:
+        s += "Node %d, zone %8s " % (node, zone)
+        s += "".join("%12lu " % counts[n] for n in names) + "\n"
     return s
 
 
 __all__ = ["zone_blocks", "ZoneBlocks", "pageblock_migratetypes", "pageblock_order", "pageblock_bits", "zone_pageblocks",
-           "free_lists", "format_blockcount", "migratetype_names", "TargetError"]
+           "free_lists", "format_blockcount", "format_blockcount_rows", "migratetype_names",
+           "TargetError"]

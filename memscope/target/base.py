@@ -151,18 +151,22 @@ class Target:
         except KeyError:
             raise TargetError(f"{type_name} has no enumerator {enumerator}") from None
 
-    # --- per-CPU data (derived: __per_cpu_offset[] and the possible-CPU mask) ------------
+    # --- per-CPU data: memscope.kernel.cpumask and memscope.kernel.percpu ----------------
     @cached_property
     def possible_cpus(self) -> list[int]:
-        """for_each_possible_cpu(): the bits of __cpu_possible_mask below nr_cpu_ids."""
-        nr = self.read_u32(self.symbol("nr_cpu_ids")) if self.has_symbol("nr_cpu_ids") else 1
-        nbytes = max(8, (nr + 63) // 64 * 8)
-        bits = int.from_bytes(self.read(self.symbol("__cpu_possible_mask"), nbytes), "little")
-        return [c for c in range(nr) if bits >> c & 1]
+        """for_each_possible_cpu(): :func:`memscope.kernel.cpumask.for_each_possible_cpu`
+        (the bits of __cpu_possible_mask below nr_cpu_ids), kept for callers of the
+        Target; the core uses the kernel layer."""
+        from ..kernel.cpumask import for_each_possible_cpu
+
+        return list(for_each_possible_cpu(self))
 
     def per_cpu_offset(self, cpu: int) -> int:
-        """__per_cpu_offset[cpu]: add to a __percpu pointer to get CPU's copy (SMP kernels)."""
-        return self.read_u64(self.symbol("__per_cpu_offset") + 8 * cpu)
+        """__per_cpu_offset[cpu]: add to a __percpu pointer to get CPU's copy (SMP
+        kernels): :func:`memscope.kernel.percpu.per_cpu_ptr` of address 0."""
+        from ..kernel.percpu import per_cpu_ptr
+
+        return per_cpu_ptr(self, 0, cpu)
 
     #: Bulk readers (the free-list walks) read a whole 64 KiB piece of the memmap once they
     #: have needed this many struct pages in it (a 64 KiB read costs about two small reads
