@@ -105,7 +105,7 @@ def _maps_rss(ctx, task, problems) -> Result:
                       "swap_kb": r.swap * kb} for r in rows],
             "total": {"Rss": total["resident"], "Anonymous": total["anon"],
                       "Swap": total["swap"]},
-            "problems": [dataclasses.asdict(p) for p in problems]}
+            "problems": [p.to_json() for p in problems]}
 
     def table() -> str:
         body = [[f"{r.vma.start:#x}", f"{r.vma.end:#x}", r.vma.perms, r.resident * kb,

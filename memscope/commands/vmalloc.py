@@ -59,7 +59,7 @@ def vmallocinfo(ctx, args) -> Result:
         return out + "".join(f"problem: {p}\n" for p in info.problems)
 
     return Result({"areas": [_area_json(a) for a in info.areas],
-                   "problems": [dataclasses.asdict(p) for p in info.problems]},
+                   "problems": [p.to_json() for p in info.problems]},
                   table, lambda: vm.format_vmallocinfo(info),
                   exit_status=1 if info.problems else 0)
 
