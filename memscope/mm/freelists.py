@@ -33,6 +33,7 @@ from functools import cached_property
 
 from ..target.base import FaultError, TargetError
 from .page import page_layout, pcp_layout, pcp_set_up, pindex_to_order, vmemmap_base
+from . import vmstat
 from .context import KernelContext
 from .zone import Zone
 
@@ -448,47 +449,13 @@ class FreeListWalker:
             problem("misaligned", f"pfn {pfn:#x} is not aligned to its order {order}")
 
     # --- NR_FREE_PAGES ----------------------------------------------------------------
-    @cached_property
-    def _nr_free_pages_item(self) -> int | None:
-        try:
-            return self.t.enum_value("enum zone_stat_item", "NR_FREE_PAGES")
-        except TargetError:
-            return None
-
-    @cached_property
-    def _stat_diff(self) -> tuple[int, int] | None:
-        """(zone member of the __percpu pointer, offset of vm_stat_diff in what it points
-        to).  5.14+ (commit 28f836b6777b): zone->per_cpu_zonestats (struct
-        per_cpu_zonestat); 5.10: zone->pageset (struct per_cpu_pageset)."""
-        zl, t = self.ctx.zone_layout, self.t
-        try:
-            if zl.has("per_cpu_zonestats"):
-                return (zl.offset("per_cpu_zonestats"),
-                        t.layout("struct per_cpu_zonestat").offset("vm_stat_diff"))
-            return zl.offset("pageset"), t.layout("struct per_cpu_pageset").offset("vm_stat_diff")
-        except TargetError:
-            return None
-
     def free_pages_counter(self, z: Zone) -> int | None:
-        """zone_page_state_snapshot(zone, NR_FREE_PAGES): the global counter plus every
-        CPU's not yet folded vm_stat_diff.  Exact on a frozen dump (each update lands in
-        one of the two); approximate on a live target."""
-        item = self._nr_free_pages_item
-        if item is None:
-            return None
-        t = self.t
+        """zone_page_state_snapshot(zone, NR_FREE_PAGES) (:mod:`memscope.mm.vmstat`), or
+        None when the kernel has no such counter or it cannot be read."""
         try:
-            v = t.read_int(z.address + self.ctx.zone_layout.offset("vm_stat") + 8 * item, 8,
-                           signed=True)
-            if self._stat_diff is not None:
-                member, diff_off = self._stat_diff
-                ptr = t.read_u64(z.address + member)
-                for cpu in t.possible_cpus:
-                    a = (ptr + t.per_cpu_offset(cpu) + diff_off + item) & _MASK64
-                    v += t.read_int(a, 1, signed=True)
+            return vmstat.zone_page_state_snapshot(self.ctx, z, "NR_FREE_PAGES")
         except TargetError:
             return None
-        return v
 
     # --- per-CPU lists ----------------------------------------------------------------
     @cached_property
