@@ -35,7 +35,7 @@ from memscope.mm import meminfo as mmeminfo
 from memscope.mm.context import KernelContext
 from memscope.target.base import Target, TargetError
 
-from kernel_dumps import open_dump
+from kernel_dumps import Delegating, open_dump
 
 #: Every line any lab kernel's meminfo_proc_show() can print, in the kernels' order.
 NAMES = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapCached", "Active",
@@ -296,42 +296,23 @@ def test_the_whole_command_takes_seconds(lab_case):
 
 # --- kernels without some lines, and without what the file needs ---------------------------
 
-class Hiding(Target):
+class Hiding(Delegating):
     """A real target that hides some symbols and variables, as a kernel built without
     them would."""
 
     def __init__(self, real: Target, hidden: set[str]):
-        self.real, self.hidden, self.arch = real, hidden, real.arch
-
-    def _check(self, name):
-        if name in self.hidden:
-            raise TargetError(f"symbol {name} not found")
+        super().__init__(real)
+        self.hidden = hidden
 
     def symbol(self, name):
-        self._check(name)
+        if name in self.hidden:
+            raise TargetError(f"symbol {name} not found")
         return self.real.symbol(name)
 
     def variable(self, name):
-        self._check(name)
+        if name in self.hidden:
+            raise TargetError(f"variable {name} not found in the debug info")
         return self.real.variable(name)
-
-    def constant(self, name):
-        return self.real.constant(name)
-
-    def layout(self, type_name):
-        return self.real.layout(type_name)
-
-    def enum(self, type_name):
-        return self.real.enum(type_name)
-
-    def sizeof(self, type_name):
-        return self.real.sizeof(type_name)
-
-    def read(self, address, size):
-        return self.real.read(address, size)
-
-    def vmcoreinfo(self):
-        return self.real.vmcoreinfo()
 
 
 HUGETLB = ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp",

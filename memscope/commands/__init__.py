@@ -115,5 +115,5 @@ def add_subparsers(parser: argparse.ArgumentParser) -> None:
 def _load() -> None:
     # Importing the modules registers their commands.
     from . import buddy  # noqa: F401
-    from . import meminfo  # noqa: F401
     from . import pages  # noqa: F401
+    from . import meminfo  # noqa: F401
