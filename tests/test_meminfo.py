@@ -188,8 +188,9 @@ def drgn_meminfo(prog) -> dict[str, int]:
     out["Committed_AS"] = vm_memory_committed(prog) * k
     # percpu_counter_sum sums the online CPUs only in drgn 0.3.0: on these frozen guests
     # no CPU is dying, which the memscope side also sums.
-    assert not _has(prog, "__cpu_dying_mask") or not any(
-        prog["__cpu_dying_mask"].bits[i].value_() for i in range(len(prog["__cpu_dying_mask"].bits)))
+    if _has(prog, "__cpu_dying_mask"):
+        bits = prog["__cpu_dying_mask"].bits
+        assert not any(bits[i].value_() for i in range(len(bits)))
     out["VmallocUsed"] = (_gn(prog, "NR_VMALLOC") if _has(prog, "NR_VMALLOC")
                           else prog["nr_vmalloc_pages"].counter.value_()) * k
     out["Percpu"] = prog["pcpu_nr_populated"].value_() * prog["pcpu_nr_units"].value_() * k

@@ -12,12 +12,12 @@ Where each line comes from (``gz(X)``: ``global_zone_page_state(X)``, ``vm_zone_
 differences not folded: :mod:`memscope.mm.vmstat`), in pages unless said, printed as kB
 (``pages << (PAGE_SHIFT - 10)``, ``show_val_kb()``)::
 
-    MemTotal          totalram_pages(): _totalram_pages                    mm/show_mem.c si_meminfo()
+    MemTotal          totalram_pages(): _totalram_pages          mm/show_mem.c si_meminfo()
     MemFree           gz(NR_FREE_PAGES)                                    si_meminfo()
     MemAvailable      si_mem_available(): gz(NR_FREE_PAGES) - totalreserve_pages
                       + file LRU and reclaimable slab/misc, each less min(half, the
                       sum of every zone's low watermark + boost), at least 0
-                                                                (mm/show_mem.c; 5.10: mm/page_alloc.c)
+                      (mm/show_mem.c; 5.10: mm/page_alloc.c)
     Buffers           nr_blockdev_pages(): i_mapping->nrpages of every inode on
                       blockdev_superblock->s_inodes                        block/bdev.c
     Cached            gn(NR_FILE_PAGES) - total_swapcache_pages() - Buffers, at least 0
@@ -505,7 +505,8 @@ def meminfo(ctx: KernelContext) -> Meminfo:
         unit = thp_unit(ctx)
         for name, item in (("AnonHugePages", "NR_ANON_THPS"), ("ShmemHugePages", "NR_SHMEM_THPS"),
                            ("ShmemPmdMapped", "NR_SHMEM_PMDMAPPED"),
-                           ("FileHugePages", "NR_FILE_THPS"), ("FilePmdMapped", "NR_FILE_PMDMAPPED")):
+                           ("FileHugePages", "NR_FILE_THPS"),
+                           ("FilePmdMapped", "NR_FILE_PMDMAPPED")):
             kb(name, gn(item) * unit, f"global_node_page_state({item})"
                + (f" * {unit}" if unit > 1 else ""))
     # CONFIG_CMA: MIGRATE_CMA exists only then (totalcma_pages is defined either way).
@@ -535,11 +536,13 @@ def meminfo(ctx: KernelContext) -> Meminfo:
         levels = t.enum("enum pg_level")
         v = _variable(ctx, "direct_pages_count")
         count = np.frombuffer(t.read(v.address, v.size), dtype="<u8")
-        raw("DirectMap4k", int(count[levels["PG_LEVEL_4K"]]) << 2, "direct_pages_count[PG_LEVEL_4K]")
-        raw("DirectMap2M", int(count[levels["PG_LEVEL_2M"]]) << 11, "direct_pages_count[PG_LEVEL_2M]")
+        # kB per entry: 4 KiB, 2 MiB, 1 GiB pages ("<< 2", "<< 11", "<< 20" in the source).
+        shown = [("4k", "PG_LEVEL_4K", 2), ("2M", "PG_LEVEL_2M", 11)]
         if _read(ctx, "direct_gbpages"):
-            raw("DirectMap1G", int(count[levels["PG_LEVEL_1G"]]) << 20,
-                "direct_pages_count[PG_LEVEL_1G]")
+            shown.append(("1G", "PG_LEVEL_1G", 20))
+        for size, level, kb_shift in shown:
+            raw(f"DirectMap{size}", int(count[levels[level]]) << kb_shift,
+                f"direct_pages_count[{level}]")
     return Meminfo(t.page_size, lines, problems)
 
 
