@@ -74,7 +74,10 @@ class _DebugInfo:
 
     def variable_type(self, name: str) -> tuple[str, int, int | None] | None:
         """(type name, size, array length) of the variable NAME, or None."""
-        sym = self._lookup(name, lambda s: s.is_variable)
+        # A global whose symtab gdb has not expanded yet is LOC_UNRESOLVED (its address in
+        # the minimal symbols), not is_variable; its type is known either way.
+        sym = self._lookup(name, lambda s: s.is_variable
+                           or s.addr_class == gdb.SYMBOL_LOC_UNRESOLVED)
         if sym is None:
             return None
         t = mt = sym.type
