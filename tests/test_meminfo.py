@@ -20,12 +20,9 @@ import sys
 import time
 
 import pytest
-from drgn import cast
-from drgn.helpers.linux.cpumask import for_each_online_cpu
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import totalram_pages, vm_commit_limit, vm_memory_committed
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, low_wmark_pages
-from drgn.helpers.linux.percpu import per_cpu_ptr
 from drgn.helpers.linux.vmstat import global_node_page_state, global_zone_page_state
 
 from memscope import commands
