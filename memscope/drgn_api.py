@@ -23,6 +23,7 @@ the same name returns):
 - :func:`page_records`: the decoded struct pages of a pfn range.
 - :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
+- :func:`meminfo`: every line of /proc/meminfo (:func:`format_meminfo` prints the file).
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
 - :func:`ps`: every process or thread; :func:`maps`: a process's VMAs; :func:`heap`: its
@@ -80,6 +81,8 @@ from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyin
 from .mm.freelists import CheckReport, FreeBlock, PcpList, Problem, ZoneCheck, \
     ZoneFreeLists
 from .mm import frag as _frag
+from .mm import meminfo as _meminfo
+from .mm.meminfo import Meminfo, MeminfoLine, format_meminfo
 from .mm import page as _page
 from .mm import pageblock as _pageblock
 from .mm.frag import ZoneFrag
@@ -105,7 +108,8 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
            "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma",
-           "heap", "HeapReport", "mempools", "Mempool", "MempoolScan"]
+           "heap", "HeapReport", "mempools", "Mempool", "MempoolScan",
+           "meminfo", "Meminfo", "MeminfoLine", "format_meminfo"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -358,6 +362,30 @@ def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
     :raises FaultError: a ``struct zone`` cannot be read
     """
     return _frag.zone_frag(_fresh(prog), gfp)
+
+
+def meminfo(prog: drgn.Program) -> Meminfo:
+    """
+    Get /proc/meminfo as the kernel would print it now: every line of that kernel's
+    fs/proc/meminfo.c ``meminfo_proc_show()``, in its order, with its arithmetic (global
+    vm_stat counters clamped at 0, ``si_mem_available()``, ``vm_commit_limit()``,
+    ``percpu_counter_sum_positive(&vm_committed_as)``, ``hugetlb_report_meminfo()``, x86
+    ``arch_report_meminfo()``); :mod:`memscope.mm.meminfo` lists the source of each line.
+
+    >>> info = meminfo(prog)
+    >>> info["MemTotal"], info.lines[0].unit
+    (474576, 'kB')
+    >>> print(format_meminfo(info), end="")
+
+    :param prog: the kernel
+    :return: a :class:`Meminfo` (``lines``: :class:`MeminfoLine` records with ``name``,
+        ``value`` in kB, or a count for ``HugePages_*``, ``unit``, ``width`` and
+        ``source``; ``problems``: corruption found walking the block-device inodes)
+    :raises TargetError: a variable, type or enumerator the file needs is missing (the
+        message names it)
+    :raises FaultError: a variable cannot be read
+    """
+    return _meminfo.meminfo(_fresh(prog))
 
 
 def vmallocinfo(prog: drgn.Program) -> VmallocInfo:

@@ -22,27 +22,25 @@ def open_dump(snap):
     return _OPEN[key]
 
 
-class PatchedTarget(Target):
-    """A real target with some 8-byte words replaced: ``patch(address, value)``."""
+class Delegating(Target):
+    """A real target seen through another: every question goes to REAL (subclasses
+    change some answers)."""
 
     def __init__(self, real: Target):
         self.real = real
         self.arch = real.arch
-        self.words: dict[int, int] = {}
-
-    def patch(self, address: int, value: int) -> None:
-        self.words[address] = value & (1 << 64) - 1
 
     def read(self, address: int, size: int) -> bytes:
-        data = bytearray(self.real.read(address, size))
-        for a, v in self.words.items():
-            for i, b in enumerate(struct.pack("<Q", v)):
-                if address <= a + i < address + size:
-                    data[a + i - address] = b
-        return bytes(data)
+        return self.real.read(address, size)
 
     def symbol(self, name):
         return self.real.symbol(name)
+
+    def variable(self, name):
+        return self.real.variable(name)
+
+    def constant(self, name):
+        return self.real.constant(name)
 
     def layout(self, type_name):
         return self.real.layout(type_name)
@@ -55,3 +53,22 @@ class PatchedTarget(Target):
 
     def vmcoreinfo(self):
         return self.real.vmcoreinfo()
+
+
+class PatchedTarget(Delegating):
+    """A real target with some 8-byte words replaced: ``patch(address, value)``."""
+
+    def __init__(self, real: Target):
+        super().__init__(real)
+        self.words: dict[int, int] = {}
+
+    def patch(self, address: int, value: int) -> None:
+        self.words[address] = value & (1 << 64) - 1
+
+    def read(self, address: int, size: int) -> bytes:
+        data = bytearray(self.real.read(address, size))
+        for a, v in self.words.items():
+            for i, b in enumerate(struct.pack("<Q", v)):
+                if address <= a + i < address + size:
+                    data[a + i - address] = b
+        return bytes(data)

@@ -147,7 +147,7 @@ def test_demo_reports_agree_with_the_truth_of_its_run(lab_case, tmp_path):
     sec = _sections(r.stdout)
     assert set(sec["_vmcore"]) == {str(snap.vmcore)}  # the run whose truth is read below
     assert list(sec)[1:] == ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages",
-                             "pageblocks", "frag"]
+                             "pageblocks", "frag", "meminfo"]
 
     truth_buddy = [re.match(r"Node (\d+), zone\s+(\S+)\s+(.*)$", ln).groups()
                    for ln in snap.truth_text("buddyinfo").splitlines()]

@@ -44,6 +44,10 @@ SYMBOLS = ["node_data", "node_states", "linux_banner", "init_uts_ns", "vmcoreinf
            "_text", "jiffies", "start_kernel"]
 ENUMS = ["enum migratetype", "enum zone_type", "enum pageflags", "enum node_states"]
 SIZES = ["struct page", "struct zone", "nodemask_t", "unsigned long", "struct free_area"]
+# Target.variable() and Target.constant() (what meminfo probes): present or not, both agree.
+VARIABLES = ["direct_pages_count", "hstates", "zswap_stored_pages", "_totalram_pages",
+             "vm_committed_as", "nr_vmalloc_pages", "pcpu_nr_units", "no_such_variable"]
+CONSTANTS = ["SWP_USED", "SWP_WRITEOK", "PG_LEVEL_2M", "NR_FREE_PAGES", "NO_SUCH_ENUMERATOR"]
 
 # Runs inside gdb (PLAN is the path of plan.json): the plan through the gdb command once
 # per read path, cold each time (the kept target dropped), with the adapter's read counters;
@@ -96,6 +100,19 @@ for name in plan["layouts"]:
 out["symbols"] = {s: (t.symbol(s) if t.has_symbol(s) else None) for s in plan["symbols"]}
 out["enums"] = {e: t.enum(e) for e in plan["enums"]}
 out["sizes"] = {s: t.sizeof(s) for s in plan["sizes"]}
+def _var(name):
+    try:
+        v = t.variable(name)
+    except Exception:
+        return None
+    return [v.address, v.size, v.type_name, v.array_length]
+def _const(name):
+    try:
+        return t.constant(name)
+    except Exception:
+        return None
+out["variables"] = {n: _var(n) for n in plan["variables"]}
+out["constants"] = {n: _const(n) for n in plan["constants"]}
 out["vmcoreinfo"] = t.vmcoreinfo().decode()
 from memscope.mm.context import KernelContext
 from memscope.kernel import addr as kaddr, kallsyms
@@ -144,6 +161,7 @@ def gdb_run(frozen_guest, tmp_path_factory):
                                               for a in runs]})
     plan = {"phases": phases, "errors": ERRORS, "kaslr_methods": KASLR_METHODS[g.arch],
             "layouts": LAYOUT_TYPES, "symbols": SYMBOLS, "enums": ENUMS, "sizes": SIZES,
+            "variables": VARIABLES, "constants": CONSTANTS,
             "addresses": _module_addresses(g), "output": str(work / "result.json")}
     (work / "plan.json").write_text(json.dumps(plan))
     t0 = time.monotonic()
@@ -245,6 +263,22 @@ def test_gdb_adapter_layouts_symbols_enums_equal_the_drgn_adapters(gdb_run):
         assert values == t.enum(e), e
     for s, n in res["sizes"].items():
         assert n == t.sizeof(s), s
+    for name, got in res["variables"].items():
+        try:
+            v = t.variable(name)
+            want = [v.address, v.size, v.type_name, v.array_length]
+        except Exception:  # noqa: BLE001 - a variable this kernel lacks: both must lack it
+            want = None
+        assert got == want, name
+    assert res["variables"]["vm_committed_as"] is not None
+    for name, got in res["constants"].items():
+        try:
+            want = t.constant(name)
+        except Exception:  # noqa: BLE001
+            want = None
+        assert got == want, name
+    assert res["constants"]["NR_FREE_PAGES"] is not None
+    assert res["constants"]["NO_SUCH_ENUMERATOR"] is None
     assert res["release"] == t.release
     assert res["arch"] == t.arch == g.arch
     assert res["vmcoreinfo"].encode() == t.vmcoreinfo()

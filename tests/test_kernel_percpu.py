@@ -94,3 +94,18 @@ def test_for_each_set_bit_matches_drgn(real_kernel):
         assert sorted(clear + want) == list(range(n))
         assert all(bitops.test_bit(b, raw) for b in want)
         assert bitops.find_first_bit(raw, n) == (want[0] if want else n)
+
+
+def test_percpu_counter_sum_matches_drgn(real_kernel):
+    """percpu_counter_sum() on the kernel's percpu_counters (vm_committed_as, nr_files)
+    equals drgn's; the per-CPU parts are not all zero on these guests, so the sum is not
+    just ``count``."""
+    from drgn.helpers.linux.percpu import percpu_counter_sum as drgn_sum
+
+    prog, t = open_dump(real_kernel)
+    parts = 0
+    for name in ("vm_committed_as", "nr_files"):
+        fbc = prog[name]
+        assert percpu.percpu_counter_sum(t, fbc.address_) == drgn_sum(fbc.address_of_())
+        parts += drgn_sum(fbc.address_of_()) != fbc.count.value_()
+    assert parts, "every per-CPU part was zero: the test would not see them summed"

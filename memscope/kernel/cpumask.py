@@ -12,7 +12,7 @@ from typing import Iterator
 from ..target.base import Target, TargetError
 from .bitops import for_each_set_bit, read_bitmap
 
-__all__ = ("cpu_active_mask", "cpu_online_mask", "cpu_possible_mask", "cpu_present_mask",
+__all__ = ("cpu_active_mask", "cpu_dying_mask", "cpu_online_mask", "cpu_possible_mask", "cpu_present_mask",
            "cpumask_bits", "cpumask_weight", "for_each_cpu", "for_each_online_cpu",
            "for_each_possible_cpu", "for_each_present_cpu", "nr_cpu_ids")
 
@@ -50,6 +50,12 @@ def cpu_present_mask(t: Target) -> int:
 def cpu_active_mask(t: Target) -> int:
     """The address of ``cpu_active_mask`` (``struct cpumask *``)."""
     return _mask(t, "active")
+
+
+def cpu_dying_mask(t: Target) -> int:
+    """The address of ``cpu_dying_mask`` (``struct cpumask *``; since v5.14, commit
+    e40f74c535b8 "cpumask: Introduce DYING mask"); raises TargetError before it."""
+    return _mask(t, "dying")
 
 
 def cpumask_bits(t: Target, mask: int) -> int:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..target.base import TargetError
+from . import vmstat
 from .context import KernelContext
 from .zone import Zone
 
@@ -194,10 +195,9 @@ def zone_state(ctx: KernelContext, z: Zone) -> ZoneState:
     # nr_free_highatomic (the free pages of highatomic blocks) exists in the 6.12 and 7.2
     # lab kernels, not in 5.10 and 6.1, which subtract nr_reserved_highatomic instead.
     free_ha = u(zl.offset("nr_free_highatomic")) if zl.has("nr_free_highatomic") else None
-    items = t.enum("enum zone_stat_item")
-    vs = zl.offset("vm_stat")
-    free_raw = u(vs + 8 * items["NR_FREE_PAGES"], 8, True)
-    cma = u(vs + 8 * items["NR_FREE_CMA_PAGES"], 8, True) if "NR_FREE_CMA_PAGES" in items else 0
+    free_raw = vmstat.zone_page_state(ctx, raw, "NR_FREE_PAGES")
+    cma = vmstat.zone_page_state(ctx, raw, "NR_FREE_CMA_PAGES") \
+        if vmstat.has_zone_stat(ctx, "NR_FREE_CMA_PAGES") else 0
     return ZoneState(z, nr_free, nonempty, watermark, boost, lowmem, res_ha, free_ha,
                      max(free_raw, 0), max(cma, 0), free_raw)
 

@@ -43,6 +43,7 @@ from ..kernel.list import BadEntry, list_for_each
 from ..kernel.percpu import per_cpu_ptrs
 from ..kernel.problem import MAX_PROBLEMS, Problem, ProblemSink
 from ..target.base import FaultError, TargetError
+from . import vmstat
 from .context import KernelContext
 from .memmap import page_layout, vmemmap_base
 from .zone import Zone
@@ -451,45 +452,13 @@ class FreeListWalker:
             problem("misaligned", f"pfn {pfn:#x} is not aligned to its order {order}")
 
     # --- NR_FREE_PAGES ----------------------------------------------------------------
-    @cached_property
-    def _nr_free_pages_item(self) -> int | None:
-        try:
-            return self.t.enum_value("enum zone_stat_item", "NR_FREE_PAGES")
-        except TargetError:
-            return None
-
-    @cached_property
-    def _stat_diff(self) -> tuple[int, int] | None:
-        """(zone member of the __percpu pointer, offset of vm_stat_diff in what it points
-        to).  5.14+ (commit 28f836b6777b): zone->per_cpu_zonestats (struct
-        per_cpu_zonestat); 5.10: zone->pageset (struct per_cpu_pageset)."""
-        zl, t = self.ctx.zone_layout, self.t
-        try:
-            if zl.has("per_cpu_zonestats"):
-                return (zl.offset("per_cpu_zonestats"),
-                        t.layout("struct per_cpu_zonestat").offset("vm_stat_diff"))
-            return zl.offset("pageset"), t.layout("struct per_cpu_pageset").offset("vm_stat_diff")
-        except TargetError:
-            return None
-
     def free_pages_counter(self, z: Zone) -> int | None:
-        """zone_page_state_snapshot(zone, NR_FREE_PAGES): the global counter plus every
-        CPU's not yet folded vm_stat_diff.  Exact on a frozen dump (each update lands in
-        one of the two); approximate on a live target."""
-        item = self._nr_free_pages_item
-        if item is None:
-            return None
-        t = self.t
+        """zone_page_state_snapshot(zone, NR_FREE_PAGES) (:mod:`memscope.mm.vmstat`), or
+        None when the kernel has no such counter or it cannot be read."""
         try:
-            v = t.read_int(z.address + self.ctx.zone_layout.offset("vm_stat") + 8 * item, 8,
-                           signed=True)
-            if self._stat_diff is not None:
-                member, diff_off = self._stat_diff
-                for _, diff in per_cpu_ptrs(t, t.read_u64(z.address + member)):
-                    v += t.read_int(diff + diff_off + item, 1, signed=True)
+            return vmstat.zone_page_state_snapshot(self.ctx, z, "NR_FREE_PAGES")
         except TargetError:
             return None
-        return v
 
     # --- per-CPU lists ----------------------------------------------------------------
     @cached_property

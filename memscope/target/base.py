@@ -63,6 +63,19 @@ class Layout:
             raise TargetError(f"{self.name} has no member {member}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """A global (or file-static) variable: where it is and its type as the debug info
+    gives it (for what a probe needs: ``atomic_t`` or ``atomic_long_t``? how long is the
+    array?)."""
+
+    name: str
+    address: int
+    size: int  # bytes (0 for an incomplete type)
+    type_name: str  # e.g. "atomic_long_t", "unsigned long [6]", "struct hstate [2]"
+    array_length: int | None = None  # for arrays (typedefs looked through)
+
+
 class Target:
     """Base class of the adapters.  Subclasses implement the abstract methods; the rest is
     derived here once, for every adapter."""
@@ -81,6 +94,16 @@ class Target:
             return True
         except TargetError:
             return False
+
+    def variable(self, name: str) -> Variable:
+        """The global variable NAME with its type (:class:`Variable`); raises TargetError
+        when the debug info has no such variable."""
+        raise TargetError(f"this target cannot give the type of variable {name}")
+
+    def constant(self, name: str) -> int:
+        """The value of the enumerator NAME, also of an anonymous enum (``SWP_USED``);
+        raises TargetError when the debug info has no such enumerator."""
+        raise TargetError(f"this target cannot look up the enumerator {name}")
 
     def layout(self, type_name: str) -> Layout:
         """The layout of TYPE_NAME ("struct zone")."""

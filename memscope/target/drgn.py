@@ -11,7 +11,7 @@ from pathlib import Path
 import drgn
 
 from ..errors import MemscopeError
-from .base import FaultError, Layout, Member, Target, TargetError
+from .base import FaultError, Layout, Member, Target, TargetError, Variable
 from .elf import PT_LOAD, NotElf64, program_headers
 
 
@@ -77,6 +77,27 @@ class DrgnTarget(Target):
             return self.prog.symbol(name).address
         except LookupError:
             return None
+
+    def variable(self, name: str) -> Variable:
+        try:
+            obj = self.prog.variable(name)
+        except LookupError:
+            raise TargetError(f"variable {name} not found in the debug info") from None
+        t = obj.type_
+        while t.kind == _TYPEDEF:
+            t = t.type
+        try:
+            size = drgn.sizeof(t)
+        except (TypeError, ValueError):
+            size = 0
+        return Variable(name, obj.address_, size, str(obj.type_.type_name()),
+                        t.length if t.kind == _ARRAY else None)
+
+    def constant(self, name: str) -> int:
+        try:
+            return self.prog.constant(name).value_()
+        except LookupError:
+            raise TargetError(f"enumerator {name} not found in the debug info") from None
 
     def _type(self, type_name: str) -> drgn.Type:
         try:

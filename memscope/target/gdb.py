@@ -17,7 +17,7 @@ from __future__ import annotations
 import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside gdb)
 
 from ..errors import MemscopeError
-from .base import FaultError, Layout, Member, Target, TargetError
+from .base import FaultError, Layout, Member, Target, TargetError, Variable
 from .gdb_connection import KERNEL_HALF, MASK64, _arch, _check_connected, _try_read
 from .gdb_debuginfo import _flatten, debuginfo, vmlinux_path  # noqa: F401
 from .gdb_kaslr import METHODS, detect_kernel_offset  # noqa: F401
@@ -75,6 +75,19 @@ class GdbTarget(Target):
             raise TargetError(f"symbol {name} not found")
         # Only kernel-half addresses move: x86_64 per-CPU symbols are offsets from 0.
         return (addr + self.offset) & MASK64 if addr & KERNEL_HALF else addr
+
+    def variable(self, name: str) -> Variable:
+        found = self.di.variable_type(name)
+        if found is None:
+            raise TargetError(f"variable {name} not found in the debug info")
+        type_name, size, length = found
+        return Variable(name, self.symbol(name), size, type_name, length)
+
+    def constant(self, name: str) -> int:
+        value = self.di.constant(name)
+        if value is None:
+            raise TargetError(f"enumerator {name} not found in the debug info")
+        return value
 
     def layout(self, type_name: str) -> Layout:
         lay = self.di.layouts.get(type_name)

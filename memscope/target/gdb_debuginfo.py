@@ -61,6 +61,43 @@ class _DebugInfo:
         self.symbols[name] = addr
         return addr
 
+    def _lookup(self, name: str, want):
+        """The first of gdb's global, then static, symbols NAME for which WANT(sym)."""
+        for lookup in (gdb.lookup_global_symbol, gdb.lookup_static_symbol):
+            try:
+                sym = lookup(name)
+            except (gdb.error, RuntimeError):
+                continue
+            if sym is not None and want(sym):
+                return sym
+        return None
+
+    def variable_type(self, name: str) -> tuple[str, int, int | None] | None:
+        """(type name, size, array length) of the variable NAME, or None."""
+        # A global whose symtab gdb has not expanded yet is LOC_UNRESOLVED (its address in
+        # the minimal symbols), not is_variable; its type is known either way.
+        sym = self._lookup(name, lambda s: s.is_variable
+                           or s.addr_class == gdb.SYMBOL_LOC_UNRESOLVED)
+        if sym is None:
+            return None
+        t = mt = sym.type
+        while mt.code == gdb.TYPE_CODE_TYPEDEF:
+            mt = mt.target()
+        length = None
+        if mt.code == gdb.TYPE_CODE_ARRAY and not str(t).endswith("[]"):
+            lo, hi = mt.range()
+            length = hi - lo + 1
+        try:
+            size = mt.sizeof
+        except gdb.error:
+            size = 0
+        return _type_name(t), size, length
+
+    def constant(self, name: str) -> int | None:
+        """The value of the enumerator NAME, or None."""
+        sym = self._lookup(name, lambda s: s.addr_class == gdb.SYMBOL_LOC_CONST)
+        return None if sym is None else int(sym.value())
+
     def type(self, type_name: str):
         try:
             t = gdb.lookup_type(type_name)
