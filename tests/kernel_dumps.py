@@ -53,5 +53,8 @@ class PatchedTarget(Target):
     def sizeof(self, type_name):
         return self.real.sizeof(type_name)
 
+    def array_length(self, name):
+        return self.real.array_length(name)
+
     def vmcoreinfo(self):
         return self.real.vmcoreinfo()

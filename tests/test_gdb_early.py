@@ -7,9 +7,15 @@ the values one above and one below (so the check can fail)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from pathlib import Path
+
 import pytest
 
-from kernel_dumps import open_dump
+import guests
+from kernel_dumps import PatchedTarget, open_dump
 from memscope.mm import page
 from memscope.mm.context import KernelContext
 from memscope.target.base import TargetError
@@ -38,3 +44,392 @@ def test_section_size_bits_from_debuginfo_equals_vmcoreinfo_and_the_memory_check
     for wrong in (got - 1, got + 1):
         with pytest.raises(TargetError, match="disagrees with mem_section"):
             page._check_sections(t, *_sections_args(t, ctx, wrong), wrong)
+
+
+# --- the debug info and the architecture instead of VMCOREINFO ----------------------------
+def _config(snap) -> dict[str, str]:
+    """The kernel's build configuration (the lab keeps Debian's config beside vmlinux,
+    where the package has one: 7.2's has none); {} without it."""
+    out = {}
+    path = Path(snap.vmlinux).parent / "config"
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.startswith("CONFIG_"):
+            out[k] = v
+    return out
+
+
+def test_page_size_and_array_lengths_from_the_debug_info_equal_vmcoreinfo(real_kernel):
+    """PAGE_SIZE (x86_64's constant; arm64's empty_zero_page) equals VMCOREINFO's PAGESIZE,
+    and node_data[]'s length in the debug info equals VMCOREINFO's LENGTH(node_data) where
+    the kernel exports it (x86_64's arch_crash_save_vmcoreinfo; arm64 does not) and
+    1 << CONFIG_NODES_SHIFT (MAX_NUMNODES) in the kernel's own config where the lab has
+    it: the value the page->flags decode takes its node width from."""
+    _prog, t = open_dump(real_kernel)
+    vi = t.vmcoreinfo_fields
+    assert t.page_size_from_debuginfo() == int(vi["PAGESIZE"])
+    n = t.array_length("node_data")
+    compared = 0
+    if "LENGTH(node_data)" in vi:
+        assert n == int(vi["LENGTH(node_data)"])
+        compared += 1
+    config = _config(real_kernel)
+    if config:
+        assert n == 1 << int(config["CONFIG_NODES_SHIFT"])
+        compared += 1
+    assert compared, "neither VMCOREINFO nor the kernel's config says MAX_NUMNODES"
+    assert t.vmcoreinfo_length("node_data") == n
+    for name in ("node_states", "jiffies", "no_such_variable_here"):
+        with pytest.raises(TargetError):  # not an array of known length, or absent
+            t.array_length(name) if name != "node_states" else t.array_length("init_mm")
+
+
+class _NoVmcoreinfo(PatchedTarget):
+    """A lab dump read as if its kernel had no VMCOREINFO (a guest stopped before the kernel
+    wrote it, or a kernel built without CONFIG_VMCORE_INFO)."""
+
+    def vmcoreinfo(self) -> bytes:
+        return b""
+
+
+@pytest.mark.parametrize("name", ["pagetypeinfo", "pages", "pageblocks", "buddyinfo",
+                                  "freelists", "check", "frag"])
+def test_without_vmcoreinfo_every_command_prints_what_it_prints_with_it(real_kernel, name):
+    """Every format of NAME, on every lab dump, byte for byte the same with VMCOREINFO
+    hidden (each value taken from the debug info or the architecture instead, and checked
+    against the memory it describes) as with it."""
+    from memscope import commands
+
+    _prog, t = open_dump(real_kernel)
+    hidden = _NoVmcoreinfo(t)
+    assert hidden.vmcoreinfo_fields == {} and t.vmcoreinfo_fields
+    commands._load()
+    cmd = commands.COMMANDS[name]
+    for fmt in cmd.formats:
+        p = argparse.ArgumentParser()
+        commands.add_subparsers(p)
+        args = p.parse_args([name, "--format", fmt])
+        want = commands.execute(KernelContext(t), args)
+        got = commands.execute(KernelContext(hidden), args)
+        assert got == want, f"{name} --format {fmt}"
+
+
+# --- a guest stopped early in boot under gdb ----------------------------------------------
+#: Kernels booted (one at a time, ~30 s each): the oldest layout, the default, the newest.
+EARLY_KERNELS = ["5.10", "6.12", "7.2"]
+#: The commands run at every breakpoint.
+EARLY_COMMANDS = ["buddyinfo", "pagetypeinfo", "pages", "pageblocks", "check", "frag",
+                  "freelists"]
+#: x86_64 constants the truth below takes from the architecture, not from memscope:
+#: SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h) and pageblock_order
+#: (HPAGE_PMD_ORDER: 2 MiB blocks of 4 KiB pages).
+X86_SECTION_SIZE_BITS = 27
+#: Globals whose array length the gdb adapter is asked for (arrays, and not arrays).
+ARRAYS = ["node_data", "node_states", "__per_cpu_offset", "empty_zero_page", "jiffies",
+          "no_such_variable"]
+X86_PAGEBLOCK_ORDER = 9
+
+# Runs inside gdb: hardware breakpoints at start_kernel, mm_core_init (called mm_init
+# before v6.4: "init,mm: move mm_init() to mm/mm_init.c and rename it to mm_core_init()";
+# whichever the debug info has) and kernel_init; at each, every command in table and JSON,
+# and the kernel's own state read with gdb expressions (the truth).  Writes JSON.
+EARLY_DRIVER = r'''
+import json, gdb
+plan = json.load(open(PLAN))
+MASK = (1 << 64) - 1
+def run(line):
+    try:
+        text, err = gdb.execute(line, to_string=True), None
+    except gdb.error as e:
+        text, err = None, str(e)
+    return text, err, int(gdb.convenience_variable("memscope_status"))
+def v(expr):
+    return gdb.parse_and_eval(expr)
+def i(expr):
+    return int(v(expr)) & MASK
+def length(expr):
+    lo, hi = v(expr).type.strip_typedefs().range()
+    return hi - lo + 1
+def has(expr, member):
+    return any(f.name == member for f in v(expr).type.strip_typedefs().fields())
+def list_len(head_addr):
+    n, p = 0, i(f"((struct list_head *){head_addr:#x})->next")
+    while p != head_addr and n < 1 << 20:
+        n, p = n + 1, i(f"((struct list_head *){p:#x})->next")
+    return n
+
+def pageblock_types(z, start, end, first_deferred):
+    """get_pfnblock_migratetype() of every pageblock start the kernel counts in
+    /proc/pagetypeinfo, by the kernel's formula (mm/page_alloc.c get_pfnblock_flags_mask,
+    pfn_to_bitidx; include/linux/mmzone.h __pfn_to_section) over gdb's reads: x86_64's
+    SECTION_SIZE_BITS and pageblock_order, NR_PAGEBLOCK_BITS and the isolate bit from the
+    debug info's enum pageblock_bits."""
+    pb = {f.name: f.enumval for f in gdb.lookup_type("enum pageblock_bits").fields()}
+    nbits = pb.get("NR_PAGEBLOCK_BITS")
+    if nbits is None:  # 7.2: roundup_pow_of_two(__NR_PAGEBLOCK_BITS)
+        nbits = 1 << (pb["__NR_PAGEBLOCK_BITS"] - 1).bit_length()
+    pps_shift = plan["section_size_bits"] - 12
+    per_root = 4096 // gdb.lookup_type("struct mem_section").sizeof
+    iso = pb.get("PB_migrate_isolate")
+    out = []
+    pfn = start
+    while pfn < end:
+        if pfn >= first_deferred:
+            pfn += 1 << plan["pageblock_order"]
+            continue  # not initialised: page_zone() is not this zone
+        nr = pfn >> pps_shift
+        usage = f"mem_section[{nr // per_root}][{nr % per_root}].usage"
+        bitidx = ((pfn & ((1 << pps_shift) - 1)) >> plan["pageblock_order"]) * nbits
+        word = i(f"{usage}->pageblock_flags[{bitidx // 64}]")
+        bits = word >> (bitidx % 64) & ((1 << nbits) - 1)
+        mt = bits & 7
+        if iso is not None and bits >> iso & 1:
+            mt = int(gdb.parse_and_eval("MIGRATE_ISOLATE"))
+        out.append(mt)
+        pfn += 1 << plan["pageblock_order"]
+    return out
+
+def truth():
+    T = {"node_data0": i("node_data[0]"), "vmcoreinfo_data": i("vmcoreinfo_data")}
+    if not T["node_data0"]:
+        return T
+    pg = "node_data[0]"
+    T["first_deferred_pfn"] = i(f"{pg}->first_deferred_pfn")
+    T["node_end"] = i(f"{pg}->node_start_pfn") + i(f"{pg}->node_spanned_pages")
+    ncpu = i("nr_cpu_ids")
+    nfree = int(v("NR_FREE_PAGES"))
+    norders = length(f"{pg}->node_zones[0].free_area")
+    nmt = length(f"{pg}->node_zones[0].free_area[0].free_list")
+    split = has(f"{pg}->node_zones[0]", "per_cpu_pageset")  # v5.14 commit 28f836b6777b
+    T["zones"] = []
+    for zi in range(length(f"{pg}->node_zones")):
+        z = f"{pg}->node_zones[{zi}]"
+        if not i(f"{z}.present_pages"):
+            continue
+        start, spanned = i(f"{z}.zone_start_pfn"), i(f"{z}.spanned_pages")
+        zone = {"name": v(f"{z}.name").string(), "start": start, "spanned": spanned,
+                "present": i(f"{z}.present_pages"), "managed": i(f"{z}.managed_pages.counter"),
+                "nr_free": [i(f"{z}.free_area[{o}].nr_free") for o in range(norders)],
+                "lists": [[list_len(i(f"&{z}.free_area[{o}].free_list[{mt}]"))
+                           for mt in range(nmt)] for o in range(norders)]}
+        counter = int(v(f"{z}.vm_stat[{nfree}].counter"))
+        pcp_count, unset = 0, 0
+        for cpu in range(ncpu):
+            off = i(f"__per_cpu_offset[{cpu}]")
+            if split:
+                st = (i(f"{z}.per_cpu_zonestats") + off) & MASK
+                counter += int(v(f"((struct per_cpu_zonestat *){st:#x})->vm_stat_diff[{nfree}]"))
+                pcp = f"((struct per_cpu_pages *){(i(f'{z}.per_cpu_pageset') + off) & MASK:#x})"
+            else:
+                ps = f"((struct per_cpu_pageset *){(i(f'{z}.pageset') + off) & MASK:#x})"
+                counter += int(v(f"{ps}->vm_stat_diff[{nfree}]"))
+                pcp = f"{ps}->pcp"
+            pcp_count += int(v(f"{pcp}->count"))
+            heads = [i(f"{pcp}->lists[{k}].next") for k in range(length(f"{pcp}->lists"))]
+            unset += not any(heads)
+        zone.update(NR_FREE_PAGES=counter, pcp_count=pcp_count, pcp_unset_cpus=unset)
+        zone["pageblocks"] = pageblock_types(z, start, start + spanned,
+                                             T["first_deferred_pfn"])
+        T["zones"].append(zone)
+    return T
+
+names = plan["breakpoints"]
+if not gdb.lookup_global_symbol(names[1]):
+    names[1] = plan["mm_init_old"]
+out = {"stops": {}, "names": names}
+for n in names:
+    gdb.execute(f"hbreak {n}", to_string=True)
+for n in names:
+    gdb.execute("continue", to_string=True)
+    stop = {"pc_symbol": gdb.selected_frame().name(), "runs": {}}
+    gdb.execute(f"delete", to_string=True)
+    for name in plan["commands"]:
+        for fmt in ("table", "json"):
+            stop["runs"][f"{name} {fmt}"] = run(f"memscope {name} -f {fmt}")
+    if n == names[0]:
+        for m in plan["kaslr_methods"]:
+            stop["kaslr " + m] = run("memscope kaslr --method " + m)
+    from memscope.target import gdb as tgdb
+    from memscope.target.gdb import GdbTarget
+    t = GdbTarget()
+    stop["read_counts"] = tgdb.read_counts()
+    tgdb.reset_read_counts()
+    stop["array_lengths"] = {}
+    for a in plan["arrays"]:
+        try:
+            stop["array_lengths"][a] = t.array_length(a)
+        except Exception as e:
+            stop["array_lengths"][a] = f"{type(e).__name__}: {e}"
+    stop["page_size"] = t.page_size
+    stop["vmcoreinfo"] = t.vmcoreinfo().decode()
+    stop["truth"] = truth()
+    out["stops"][n] = stop
+    for later in names[names.index(n) + 1:]:
+        gdb.execute(f"hbreak {later}", to_string=True)
+json.dump(out, open(plan["output"], "w"))
+'''
+
+
+@pytest.fixture(scope="module", params=EARLY_KERNELS, ids=[f"kernel-{k}" for k in EARLY_KERNELS])
+def early(request, tmp_path_factory):
+    """One boot of lab kernel PARAM under gdb, stopped at start_kernel, mm_core_init (or
+    mm_init) and kernel_init in turn, memscope's commands run at each (guests.py boots
+    it; ``nokaslr``: a hardware breakpoint needs the kernel's address before it runs)."""
+    name = request.param
+    if not guests.have("gdb"):
+        pytest.skip("gdb is not installed (apt-get install gdb)")
+    work = tmp_path_factory.mktemp(f"early-{name}")
+    plan = {"breakpoints": ["start_kernel", "mm_core_init", "kernel_init"],
+            "mm_init_old": "mm_init", "commands": EARLY_COMMANDS,
+            "kaslr_methods": ["pc", "scan"], "section_size_bits": X86_SECTION_SIZE_BITS,
+            "pageblock_order": X86_PAGEBLOCK_ORDER, "arrays": ARRAYS,
+            "output": str(work / "result.json")}
+    (work / "plan.json").write_text(json.dumps(plan))
+    t0 = time.monotonic()
+    with guests.stopped_at_reset(name, work / "guest") as g:
+        p = guests.gdb_batch(g.gdb, g.vmlinux, g.gdb_port, EARLY_DRIVER, work, end="kill",
+                             timeout=600)
+    assert (work / "result.json").exists(), f"gdb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    res = json.loads((work / "result.json").read_text())
+    print(f"\n{name}: boot to kernel_init under gdb, commands included: "
+          f"{time.monotonic() - t0:.1f} s")
+    return name, res, p
+
+
+def _json(stop, name):
+    text, err, status = stop["runs"][f"{name} json"]
+    assert err is None and status == 0, (name, err)
+    return json.loads(text)
+
+
+def test_at_start_kernel_every_command_says_the_mm_structures_are_not_set_up_yet(early):
+    """At start_kernel node_data[0] is NULL (gdb says so): every command stops with one
+    line saying the memory-management structures are not set up yet, never a read of
+    address 0 or a traceback."""
+    name, res, p = early
+    stop = res["stops"]["start_kernel"]
+    assert stop["pc_symbol"] == "start_kernel"
+    assert stop["truth"]["node_data0"] == 0
+    for cmd in EARLY_COMMANDS:
+        for fmt in ("table", "json"):
+            text, err, status = stop["runs"][f"{cmd} {fmt}"]
+            assert text is None and status == 2, (cmd, fmt, text)
+            assert err == (f"memscope: {cmd}: the memory-management structures are not set "
+                           "up yet (node_data[0] is NULL: the kernel is early in boot)"), err
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_kaslr_detection_works_at_start_kernel(early):
+    """The KASLR search reads linux_banner through the kernel's mapping, which exists from
+    the first instruction of start_kernel: the program-counter and scan methods find the
+    offset there (0: the guest booted with nokaslr for its breakpoints)."""
+    _name, res, _p = early
+    stop = res["stops"]["start_kernel"]
+    for m in ("pc", "scan"):
+        assert stop[f"kaslr {m}"] == ["kernel offset 0x0\n", None, 0], m
+
+
+def test_at_mm_core_init_per_cpu_lists_not_initialised_are_no_problem(early):
+    """At mm_core_init (mm_init on 5.10) the buddy allocator holds nothing yet: every
+    nr_free is 0 (gdb), and check finds no problem (exit 0), although some CPUs' per-CPU
+    lists are still all zeros (gdb reads them) on the kernels that set them up later."""
+    name, res, _p = early
+    stop = res["stops"][res["names"][1]]
+    truth = stop["truth"]
+    assert truth["node_data0"] != 0
+    got = _json(stop, "check")
+    assert got["ok"] is True and got["problems"] == [], got["problems"]
+    assert [z["nr_free"] for z in got["zones"]] == [z["nr_free"] for z in truth["zones"]]
+    assert all(not any(z["nr_free"]) for z in truth["zones"])
+    print(f"\n{name}: CPUs with all-zero pcp lists per zone at {res['names'][1]}: "
+          f"{[z['pcp_unset_cpus'] for z in truth['zones']]}")
+
+
+def test_at_kernel_init_without_vmcoreinfo_the_numbers_are_the_kernels_own(early, lab_case):
+    """At kernel_init the kernel has not written VMCOREINFO (vmcoreinfo_data is NULL, gdb
+    says) and part of the memmap is not initialised yet (pgdat->first_deferred_pfn).  The
+    truth is read by gdb expressions, not by memscope, for every populated zone:
+
+    - buddyinfo: free_area[order].nr_free;
+    - pagetypeinfo's free blocks: the length of every free_area[order].free_list[mt]
+      (gdb walks the lists); its pageblocks per migratetype: get_pfnblock_migratetype()
+      by the kernel's formula over mem_section[]->usage->pageblock_flags, for the
+      pageblock starts the kernel counts (initialised pages only);
+    - pages: the classes add up to spanned_pages; buddy pages are sum(nr_free << order)
+      and equal NR_FREE_PAGES (zone vm_stat plus every CPU's vm_stat_diff); pcp pages are
+      the sum of every CPU's pcp->count; the holes are the pfns at and above
+      first_deferred_pfn (struct pages not initialised); every other page is managed or
+      reserved: buddy + pcp + allocated == managed_pages.
+    - The gdb adapter's PAGE_SIZE equals the drgn adapter's on the same kernel's lab
+      dump."""
+    name, res, _p = early
+    stop = res["stops"]["kernel_init"]
+    truth = stop["truth"]
+    assert truth["vmcoreinfo_data"] == 0 and stop["vmcoreinfo"] == ""
+    zones = truth["zones"]
+    names = [z["name"] for z in zones]
+
+    assert [r["nr_free"] for r in _json(stop, "buddyinfo")] == [z["nr_free"] for z in zones]
+
+    pti = _json(stop, "pagetypeinfo")
+    assert [z["zone"] for z in pti["zones"]] == names
+    for got, z in zip(pti["zones"], zones):
+        for mt, name_ in enumerate(pti["migratetypes"]):
+            assert got["free"][name_] == [row[mt] for row in z["lists"]], (z["name"], name_)
+        want = {n: z["pageblocks"].count(mt) for mt, n in enumerate(pti["migratetypes"])}
+        assert got["blocks"] == want, z["name"]
+    pb = _json(stop, "pageblocks")
+    assert [r["counts"] for r in pb] == [g["blocks"] for g in pti["zones"]]
+
+    pages = [r for r in _json(stop, "pages") if "counts" in r]
+    assert [r["zone"] for r in pages] == names
+    deferred_total = 0
+    for r, z in zip(pages, zones):
+        c = r["counts"]
+        end = z["start"] + z["spanned"]
+        deferred = max(0, end - max(z["start"], truth["first_deferred_pfn"]))
+        deferred_total += deferred
+        assert sum(c.values()) == z["spanned"], z["name"]
+        assert c["buddy"] == sum(n << o for o, n in enumerate(z["nr_free"])) \
+            == z["NR_FREE_PAGES"], z["name"]
+        assert c["pcp"] == z["pcp_count"], z["name"]
+        assert c["hole"] == deferred, z["name"]
+        assert z["spanned"] - c["hole"] - c["reserved"] == z["managed"], (z["name"], c, z)
+    assert deferred_total > 0, "no deferred struct pages at kernel_init: nothing tested"
+
+    _prog, t = open_dump(lab_case(name))
+    assert stop["page_size"] == t.page_size == 4096
+
+
+def test_gdb_and_drgn_adapters_give_the_same_array_lengths(early, lab_case):
+    """Target.array_length through gdb (on the guest, before VMCOREINFO exists) equals the
+    drgn adapter's on the same kernel's lab dump, for every global drgn answers; what drgn
+    says is not an array of known length, gdb says so too.  (gdb finds
+    ``node_data``'s declaration in include/linux/numa.h, of unknown length: its length
+    comes from the ELF symbol's size.)"""
+    name, res, _p = early
+    _prog, t = open_dump(lab_case(name))
+    got = res["stops"]["kernel_init"]["array_lengths"]
+    answered = 0
+    for a in ARRAYS:
+        try:
+            want = t.array_length(a)
+        except TargetError as e:
+            if "not an array" in str(e):
+                assert "not an array" in str(got[a]), (a, got[a])
+            continue
+        assert got[a] == want, a
+        answered += 1
+    assert got["node_data"] == 1024 and answered >= 3
+
+
+def test_the_faster_read_path_is_probed_again_once_the_kernel_has_run_on(early):
+    """At start_kernel the direct map is not in init_top_pgt yet, so QEMU's memory cannot
+    be read directly (/proc/PID/mem); a failed probe is not kept: by mm_core_init the
+    memmap is read that way (procmem), not through QEMU's monitor or gdb packets."""
+    _name, res, _p = early
+    for n in res["names"][1:]:
+        c = res["stops"][n]["read_counts"]
+        assert c["procmem"]["bulk_reads"] > 0 and c["memsave"]["reads"] == 0, (n, c)

@@ -9,7 +9,9 @@ snapshot state of the :class:`~memscope.mm.context.KernelContext` and shared by 
 Classification (:func:`classify`), in the order the decisions are taken:
 
 ``hole``        no struct page: the section is absent, or its memmap cannot be read, or the
-                pfn lies outside every zone's span.
+                pfn lies outside every zone's span, or the kernel has not initialised the
+                struct page yet (deferred memmap init, early in boot: mm/zone.py
+                ``deferred_pfns``).
 ``buddy``       in a free buddy block: the first page is PageBuddy with its order in
                 ``page->private``; the other 2^order - 1 pages of the block count as buddy
                 too (only the first carries the type).
@@ -52,6 +54,7 @@ import numpy as np
 
 from ..target.base import FaultError, Target, TargetError
 from .context import KernelContext
+from . import zone as _zone
 from .zone import Zone
 
 # Class codes (uint8) and names, in the order used for tables and maps.
@@ -542,6 +545,13 @@ def _build(ctx: KernelContext) -> PageMap:
     n = max_pfn(ctx)
     vm = vmemmap_base(ctx)
     pages, valid, unreadable = _read_memmap(ctx, pl, vm, n)
+    for nid in ctx.node_ids():
+        # struct pages not initialised yet (early in boot) are holes, read as zeros
+        span = _zone.deferred_pfns(ctx, nid)
+        if span is not None:
+            valid[span[0]:span[1]] = False
+            for a in pages.values():
+                a[span[0]:span[1]] = 0
     flags = pages["flags"]
     pt = pages["mapcount"]
     ref = pages["refcount"]

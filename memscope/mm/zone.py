@@ -99,3 +99,27 @@ def zones(ctx: KernelContext, nid: int) -> list[Zone]:
                         u("zone_start_pfn"), u("spanned_pages"), u("present_pages"),
                         managed))
     return out
+
+
+def deferred_pfns(ctx: KernelContext, nid: int) -> tuple[int, int] | None:
+    """The pfns [lo, hi) of node NID whose struct pages the kernel has not initialised yet,
+    or None when every struct page of the node is initialised.
+
+    With CONFIG_DEFERRED_STRUCT_PAGE_INIT (every Debian kernel) the memmap of a node is
+    initialised at boot only up to ``pgdat->first_deferred_pfn``; the rest is initialised
+    by page_alloc_init_late() (deferred_init_memmap(), which sets first_deferred_pfn to
+    ULONG_MAX), called from kernel_init_freeable(): a kernel stopped earlier (e.g. at
+    kernel_init) has struct pages there that hold whatever memblock left (mm/mm_init.c
+    early_page_initialised(): ``pfn >= NODE_DATA(nid)->first_deferred_pfn``).  They end at
+    the node's end, ``node_start_pfn + node_spanned_pages``."""
+    t, pl = ctx.t, ctx.pgdat_layout
+    if not pl.has("first_deferred_pfn"):
+        return None
+    raw = t.read(pgdat(ctx, nid), pl.size)
+
+    def u(member: str) -> int:
+        m = pl[member]
+        return int.from_bytes(raw[m.offset:m.offset + m.size], "little")
+
+    first, end = u("first_deferred_pfn"), u("node_start_pfn") + u("node_spanned_pages")
+    return (first, end) if first < end else None
