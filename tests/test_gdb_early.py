@@ -1,9 +1,20 @@
 """A kernel early in boot, or one built without VMCOREINFO: what VMCOREINFO would say is
-taken from the debug info, and checked against the memory it describes.
+taken from the debug info or the architecture, and checked.
 
-On every lab dump (where VMCOREINFO exists) the derived SECTION_SIZE_BITS equals the
-kernel's own VMCOREINFO value, the check against mem_section[] accepts it, and rejects
-the values one above and one below (so the check can fail)."""
+On the lab dumps (where VMCOREINFO exists, so it is the answer key):
+
+- the derived SECTION_SIZE_BITS equals the kernel's own VMCOREINFO value, the check
+  against mem_section[] accepts it, and rejects the values one above and one below (so
+  the check can fail);
+- PAGE_SIZE and node_data[]'s length (Target.array_length) equal VMCOREINFO's (or the
+  kernel's config where VMCOREINFO lacks LENGTH(node_data): arm64);
+- with VMCOREINFO hidden, every command prints byte for byte what it prints with it.
+
+On a real guest stopped under gdb (QEMU ``-S``, hardware breakpoints; 5.10, 6.12, 7.2,
+one boot each, ~20 s each here with the machine otherwise busy), at start_kernel,
+mm_core_init (mm_init) and kernel_init, against the kernel's own state read with gdb
+expressions (see each test for what is compared with what).
+"""
 
 from __future__ import annotations
 
@@ -81,9 +92,9 @@ def test_page_size_and_array_lengths_from_the_debug_info_equal_vmcoreinfo(real_k
         compared += 1
     assert compared, "neither VMCOREINFO nor the kernel's config says MAX_NUMNODES"
     assert t.vmcoreinfo_length("node_data") == n
-    for name in ("node_states", "jiffies", "no_such_variable_here"):
-        with pytest.raises(TargetError):  # not an array of known length, or absent
-            t.array_length(name) if name != "node_states" else t.array_length("init_mm")
+    for name in ("init_mm", "jiffies", "no_such_variable_here"):
+        with pytest.raises(TargetError):  # not an array, or absent
+            t.array_length(name)
 
 
 class _NoVmcoreinfo(PatchedTarget):
@@ -149,18 +160,28 @@ def v(expr):
     return gdb.parse_and_eval(expr)
 def i(expr):
     return int(v(expr)) & MASK
-def length(expr):
-    lo, hi = v(expr).type.strip_typedefs().range()
-    return hi - lo + 1
-def has(expr, member):
-    return any(f.name == member for f in v(expr).type.strip_typedefs().fields())
+INF = gdb.selected_inferior()
+def u64(addr):
+    return int.from_bytes(bytes(INF.read_memory(addr, 8)), "little")
 def list_len(head_addr):
-    n, p = 0, i(f"((struct list_head *){head_addr:#x})->next")
+    n, p = 0, u64(head_addr)
     while p != head_addr and n < 1 << 20:
-        n, p = n + 1, i(f"((struct list_head *){p:#x})->next")
+        n, p = n + 1, u64(p)
     return n
+def field(value, name):
+    """VALUE's member NAME, looked for in anonymous structs and unions too."""
+    for f in value.type.strip_typedefs().fields():
+        if f.name == name:
+            return value[f]
+        if not f.name and f.type.strip_typedefs().code in (gdb.TYPE_CODE_STRUCT,
+                                                          gdb.TYPE_CODE_UNION):
+            try:
+                return field(value[f], name)
+            except KeyError:
+                pass
+    raise KeyError(name)
 
-def pageblock_types(z, start, end, first_deferred):
+def pageblock_types(start, end, first_deferred):
     """get_pfnblock_migratetype() of every pageblock start the kernel counts in
     /proc/pagetypeinfo, by the kernel's formula (mm/page_alloc.c get_pfnblock_flags_mask,
     pfn_to_bitidx; include/linux/mmzone.h __pfn_to_section) over gdb's reads: x86_64's
@@ -171,67 +192,75 @@ def pageblock_types(z, start, end, first_deferred):
     if nbits is None:  # 7.2: roundup_pow_of_two(__NR_PAGEBLOCK_BITS)
         nbits = 1 << (pb["__NR_PAGEBLOCK_BITS"] - 1).bit_length()
     pps_shift = plan["section_size_bits"] - 12
+    po = plan["pageblock_order"]
     per_root = 4096 // gdb.lookup_type("struct mem_section").sizeof
+    flags_off = next(f.bitpos for f in gdb.lookup_type("struct mem_section_usage").fields()
+                     if f.name == "pageblock_flags") // 8
     iso = pb.get("PB_migrate_isolate")
+    isolate = int(gdb.parse_and_eval("MIGRATE_ISOLATE"))
+    bitmaps = {}
     out = []
-    pfn = start
-    while pfn < end:
+    for pfn in range(start, end, 1 << po):
         if pfn >= first_deferred:
-            pfn += 1 << plan["pageblock_order"]
             continue  # not initialised: page_zone() is not this zone
         nr = pfn >> pps_shift
-        usage = f"mem_section[{nr // per_root}][{nr % per_root}].usage"
-        bitidx = ((pfn & ((1 << pps_shift) - 1)) >> plan["pageblock_order"]) * nbits
-        word = i(f"{usage}->pageblock_flags[{bitidx // 64}]")
-        bits = word >> (bitidx % 64) & ((1 << nbits) - 1)
+        if nr not in bitmaps:
+            usage = int(gdb.parse_and_eval(f"mem_section[{nr // per_root}][{nr % per_root}].usage"))
+            bitmaps[nr] = int.from_bytes(bytes(INF.read_memory(
+                usage + flags_off, ((nbits << (pps_shift - po)) + 7) // 8)), "little")
+        bitidx = ((pfn & ((1 << pps_shift) - 1)) >> po) * nbits
+        bits = bitmaps[nr] >> bitidx & ((1 << nbits) - 1)
         mt = bits & 7
         if iso is not None and bits >> iso & 1:
-            mt = int(gdb.parse_and_eval("MIGRATE_ISOLATE"))
+            mt = isolate
         out.append(mt)
-        pfn += 1 << plan["pageblock_order"]
     return out
 
 def truth():
     T = {"node_data0": i("node_data[0]"), "vmcoreinfo_data": i("vmcoreinfo_data")}
     if not T["node_data0"]:
         return T
-    pg = "node_data[0]"
-    T["first_deferred_pfn"] = i(f"{pg}->first_deferred_pfn")
-    T["node_end"] = i(f"{pg}->node_start_pfn") + i(f"{pg}->node_spanned_pages")
+    pgdat = v("node_data[0]").dereference()
+    T["first_deferred_pfn"] = int(pgdat["first_deferred_pfn"])
+    T["node_end"] = int(pgdat["node_start_pfn"]) + int(pgdat["node_spanned_pages"])
     ncpu = i("nr_cpu_ids")
     nfree = int(v("NR_FREE_PAGES"))
-    norders = length(f"{pg}->node_zones[0].free_area")
-    nmt = length(f"{pg}->node_zones[0].free_area[0].free_list")
-    split = has(f"{pg}->node_zones[0]", "per_cpu_pageset")  # v5.14 commit 28f836b6777b
+    offsets = [i(f"__per_cpu_offset[{cpu}]") for cpu in range(ncpu)]
     T["zones"] = []
-    for zi in range(length(f"{pg}->node_zones")):
-        z = f"{pg}->node_zones[{zi}]"
-        if not i(f"{z}.present_pages"):
+    nodes = pgdat["node_zones"]
+    for zi in range(nodes.type.range()[1] + 1):
+        z = nodes[zi]
+        if not int(z["present_pages"]):
             continue
-        start, spanned = i(f"{z}.zone_start_pfn"), i(f"{z}.spanned_pages")
-        zone = {"name": v(f"{z}.name").string(), "start": start, "spanned": spanned,
-                "present": i(f"{z}.present_pages"), "managed": i(f"{z}.managed_pages.counter"),
-                "nr_free": [i(f"{z}.free_area[{o}].nr_free") for o in range(norders)],
-                "lists": [[list_len(i(f"&{z}.free_area[{o}].free_list[{mt}]"))
+        start, spanned = int(z["zone_start_pfn"]), int(z["spanned_pages"])
+        fa = z["free_area"]
+        norders = fa.type.range()[1] + 1
+        nmt = fa[0]["free_list"].type.range()[1] + 1
+        zone = {"name": z["name"].string(), "start": start, "spanned": spanned,
+                "present": int(z["present_pages"]),
+                "managed": int(z["managed_pages"]["counter"]),
+                "nr_free": [int(fa[o]["nr_free"]) for o in range(norders)],
+                "lists": [[list_len(int(fa[o]["free_list"][mt].address))
                            for mt in range(nmt)] for o in range(norders)]}
-        counter = int(v(f"{z}.vm_stat[{nfree}].counter"))
+        counter = int(z["vm_stat"][nfree]["counter"])
         pcp_count, unset = 0, 0
-        for cpu in range(ncpu):
-            off = i(f"__per_cpu_offset[{cpu}]")
+        split = any(f.name == "per_cpu_pageset" for f in z.type.fields())  # v5.14, 28f836b6777b
+        for off in offsets:
             if split:
-                st = (i(f"{z}.per_cpu_zonestats") + off) & MASK
-                counter += int(v(f"((struct per_cpu_zonestat *){st:#x})->vm_stat_diff[{nfree}]"))
-                pcp = f"((struct per_cpu_pages *){(i(f'{z}.per_cpu_pageset') + off) & MASK:#x})"
-            else:
-                ps = f"((struct per_cpu_pageset *){(i(f'{z}.pageset') + off) & MASK:#x})"
-                counter += int(v(f"{ps}->vm_stat_diff[{nfree}]"))
-                pcp = f"{ps}->pcp"
-            pcp_count += int(v(f"{pcp}->count"))
-            heads = [i(f"{pcp}->lists[{k}].next") for k in range(length(f"{pcp}->lists"))]
-            unset += not any(heads)
+                st = gdb.Value((int(z["per_cpu_zonestats"]) + off) & MASK).cast(
+                    z["per_cpu_zonestats"].type).dereference()
+                pcp = gdb.Value((int(z["per_cpu_pageset"]) + off) & MASK).cast(
+                    z["per_cpu_pageset"].type).dereference()
+            else:  # 5.10: struct per_cpu_pageset { pcp, ..., vm_stat_diff[] }
+                st = gdb.Value((int(z["pageset"]) + off) & MASK).cast(
+                    z["pageset"].type).dereference()
+                pcp = st["pcp"]
+            counter += int(st["vm_stat_diff"][nfree])
+            pcp_count += int(field(pcp, "count"))
+            lists = pcp["lists"]
+            unset += not any(int(lists[k]["next"]) for k in range(lists.type.range()[1] + 1))
         zone.update(NR_FREE_PAGES=counter, pcp_count=pcp_count, pcp_unset_cpus=unset)
-        zone["pageblocks"] = pageblock_types(z, start, start + spanned,
-                                             T["first_deferred_pfn"])
+        zone["pageblocks"] = pageblock_types(start, start + spanned, T["first_deferred_pfn"])
         T["zones"].append(zone)
     return T
 
@@ -241,9 +270,13 @@ if not gdb.lookup_global_symbol(names[1]):
 out = {"stops": {}, "names": names}
 for n in names:
     gdb.execute(f"hbreak {n}", to_string=True)
+import time
 for n in names:
+    t0 = time.monotonic()
     gdb.execute("continue", to_string=True)
-    stop = {"pc_symbol": gdb.selected_frame().name(), "runs": {}}
+    stop = {"pc_symbol": gdb.selected_frame().name(), "runs": {}, "seconds": {}}
+    stop["seconds"]["run to it"] = time.monotonic() - t0
+    t0 = time.monotonic()
     gdb.execute(f"delete", to_string=True)
     for name in plan["commands"]:
         for fmt in ("table", "json"):
@@ -264,7 +297,10 @@ for n in names:
             stop["array_lengths"][a] = f"{type(e).__name__}: {e}"
     stop["page_size"] = t.page_size
     stop["vmcoreinfo"] = t.vmcoreinfo().decode()
+    stop["seconds"]["memscope"] = time.monotonic() - t0
+    t0 = time.monotonic()
     stop["truth"] = truth()
+    stop["seconds"]["truth"] = time.monotonic() - t0
     out["stops"][n] = stop
     for later in names[names.index(n) + 1:]:
         gdb.execute(f"hbreak {later}", to_string=True)
@@ -294,7 +330,9 @@ def early(request, tmp_path_factory):
     assert (work / "result.json").exists(), f"gdb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     res = json.loads((work / "result.json").read_text())
     print(f"\n{name}: boot to kernel_init under gdb, commands included: "
-          f"{time.monotonic() - t0:.1f} s")
+          f"{time.monotonic() - t0:.1f} s; " + "; ".join(
+              f"{n}: " + ", ".join(f"{k} {v:.1f} s" for k, v in st["seconds"].items())
+              for n, st in res["stops"].items()))
     return name, res, p
 
 
@@ -333,8 +371,8 @@ def test_kaslr_detection_works_at_start_kernel(early):
 
 def test_at_mm_core_init_per_cpu_lists_not_initialised_are_no_problem(early):
     """At mm_core_init (mm_init on 5.10) the buddy allocator holds nothing yet: every
-    nr_free is 0 (gdb), and check finds no problem (exit 0), although some CPUs' per-CPU
-    lists are still all zeros (gdb reads them) on the kernels that set them up later."""
+    nr_free is 0 (gdb), and check finds no problem (exit 0), although on 6.12 and 7.2
+    every CPU's per-CPU lists are still all zeros there (gdb reads them)."""
     name, res, _p = early
     stop = res["stops"][res["names"][1]]
     truth = stop["truth"]
@@ -343,8 +381,11 @@ def test_at_mm_core_init_per_cpu_lists_not_initialised_are_no_problem(early):
     assert got["ok"] is True and got["problems"] == [], got["problems"]
     assert [z["nr_free"] for z in got["zones"]] == [z["nr_free"] for z in truth["zones"]]
     assert all(not any(z["nr_free"]) for z in truth["zones"])
-    print(f"\n{name}: CPUs with all-zero pcp lists per zone at {res['names'][1]}: "
-          f"{[z['pcp_unset_cpus'] for z in truth['zones']]}")
+    unset = [z["pcp_unset_cpus"] for z in truth["zones"]]
+    print(f"\n{name}: CPUs with all-zero pcp lists per zone at {res['names'][1]}: {unset}")
+    # Measured: both CPUs' lists are all zeros in every zone on 6.12 and 7.2 (the case
+    # check once reported as broken lists), none on 5.10.
+    assert name == "5.10" or all(n == 2 for n in unset), unset
 
 
 def test_at_kernel_init_without_vmcoreinfo_the_numbers_are_the_kernels_own(early, lab_case):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from ..kernel.fields import read_member
 from ..kernel.nodemask import for_each_online_node
 from ..target.base import TargetError
 
@@ -116,10 +117,6 @@ def deferred_pfns(ctx: KernelContext, nid: int) -> tuple[int, int] | None:
     if not pl.has("first_deferred_pfn"):
         return None
     raw = t.read(pgdat(ctx, nid), pl.size)
-
-    def u(member: str) -> int:
-        m = pl[member]
-        return int.from_bytes(raw[m.offset:m.offset + m.size], "little")
-
-    first, end = u("first_deferred_pfn"), u("node_start_pfn") + u("node_spanned_pages")
-    return (first, end) if first < end else None
+    first, start, spanned = (read_member(pl[m], raw) for m in (
+        "first_deferred_pfn", "node_start_pfn", "node_spanned_pages"))
+    return (first, start + spanned) if first < start + spanned else None
