@@ -128,7 +128,7 @@ def test_without_vmcoreinfo_every_command_prints_what_it_prints_with_it(real_ker
 
 
 # --- a guest stopped early in boot under gdb ----------------------------------------------
-#: Kernels booted (one at a time, ~30 s each): the oldest layout, the default, the newest.
+#: Kernels booted (one at a time, ~20 s each): the oldest layout, the default, the newest.
 EARLY_KERNELS = ["5.10", "6.12", "7.2"]
 #: The commands run at every breakpoint.
 EARLY_COMMANDS = ["buddyinfo", "pagetypeinfo", "pages", "pageblocks", "check", "frag",
@@ -137,10 +137,10 @@ EARLY_COMMANDS = ["buddyinfo", "pagetypeinfo", "pages", "pageblocks", "check", "
 #: SECTION_SIZE_BITS (arch/x86/include/asm/sparsemem.h) and pageblock_order
 #: (HPAGE_PMD_ORDER: 2 MiB blocks of 4 KiB pages).
 X86_SECTION_SIZE_BITS = 27
+X86_PAGEBLOCK_ORDER = 9
 #: Globals whose array length the gdb adapter is asked for (arrays, and not arrays).
 ARRAYS = ["node_data", "node_states", "__per_cpu_offset", "empty_zero_page", "jiffies",
           "no_such_variable"]
-X86_PAGEBLOCK_ORDER = 9
 
 # Runs inside gdb: hardware breakpoints at start_kernel, mm_core_init (called mm_init
 # before v6.4: "init,mm: move mm_init() to mm/mm_init.c and rename it to mm_core_init()";
