@@ -110,8 +110,9 @@ def deferred_pfns(ctx: KernelContext, nid: int) -> tuple[int, int] | None:
     initialised at boot only up to ``pgdat->first_deferred_pfn``; the rest is initialised
     by page_alloc_init_late() (deferred_init_memmap(), which sets first_deferred_pfn to
     ULONG_MAX), called from kernel_init_freeable(): a kernel stopped earlier (e.g. at
-    kernel_init) has struct pages there that hold whatever memblock left (mm/mm_init.c
-    early_page_initialised(): ``pfn >= NODE_DATA(nid)->first_deferred_pfn``).  They end at
+    kernel_init) has struct pages there that hold whatever memblock left (mm/mm_init.c,
+    mm/page_alloc.c before v6.4, early_page_initialised(): ``pfn >=
+    NODE_DATA(nid)->first_deferred_pfn``).  They end at
     the node's end, ``node_start_pfn + node_spanned_pages``."""
     t, pl = ctx.t, ctx.pgdat_layout
     if not pl.has("first_deferred_pfn"):

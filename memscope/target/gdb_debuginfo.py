@@ -78,7 +78,8 @@ class _DebugInfo:
                 sym = lookup(name)
             except (gdb.error, RuntimeError):
                 sym = None
-            if sym is not None and (sym.is_variable or sym.addr_class == gdb.SYMBOL_LOC_UNRESOLVED):
+            if sym is not None and (sym.is_variable
+                                    or sym.addr_class == gdb.SYMBOL_LOC_UNRESOLVED):
                 t = sym.type
                 break
         if t is None:
