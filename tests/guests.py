@@ -358,7 +358,8 @@ class StoppedGuest:
 
 @contextlib.contextmanager
 def stopped_at_reset(name: str, work: Path, append: str = "nokaslr"):
-    """Boot lab kernel NAME (lab.qemu's command line, 512 MiB, 2 CPUs) with QEMU's ``-S``:
+    """Boot lab kernel NAME (lab.qemu's command line, the frozen guest's memory size, 2
+    CPUs) with QEMU's ``-S``:
     the guest waits at its reset vector for gdb.  Its initramfs is the lab's, with no
     workload (a test of the boot stops long before init runs).  QEMU is killed on exit."""
     from memscope.lab import initramfs, kernels as lk, qemu as lq
@@ -370,7 +371,8 @@ def stopped_at_reset(name: str, work: Path, append: str = "nokaslr"):
                     conf={"MEMSCOPE_MODE": "dump"})
     port = lq.free_port()
     sock = Path(tempfile.mkdtemp(prefix="memscope-early-"))  # Unix socket paths are short
-    cmd = lq.command(k, initrd=initrd, mem=512, smp=2, numa=1, append=append,
+    cmd = lq.command(k, initrd=initrd, mem=GUESTS[name].get("mem", 512), smp=2, numa=1,
+                     append=append,
                      qmp=sock / "qmp.sock", console=sock / "console.sock",
                      console_log=work / "console.log", gdb_port=port) + ["-S"]
     proc = lq.spawn(cmd, work / "qemu.log", outlive=False)
