@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -337,3 +338,53 @@ def wait_until(pred, seconds: float) -> bool:
             return True
         time.sleep(0.1)
     return pred()
+
+
+# --- a guest stopped at its first instruction ---------------------------------------------
+@dataclasses.dataclass
+class StoppedGuest:
+    """A lab kernel's QEMU started with ``-S`` (stopped before its first instruction, the
+    gdbstub open): gdb can set breakpoints anywhere in the boot."""
+
+    name: str
+    vmlinux: str
+    gdb_port: int
+    arch: str
+
+    @property
+    def gdb(self) -> str:
+        return GDB_BINARY.get(self.name, "gdb")
+
+
+@contextlib.contextmanager
+def stopped_at_reset(name: str, work: Path, append: str = "nokaslr"):
+    """Boot lab kernel NAME (lab.qemu's command line, the frozen guest's memory size, 2
+    CPUs) with QEMU's ``-S``:
+    the guest waits at its reset vector for gdb.  Its initramfs is the lab's, with no
+    workload (a test of the boot stops long before init runs).  QEMU is killed on exit."""
+    from memscope.lab import initramfs, kernels as lk, qemu as lq
+
+    k = lk.ensure(name)
+    work.mkdir(parents=True, exist_ok=True)
+    initrd = work / "initrd.gz"
+    initramfs.build(initrd, busybox=k.busybox, modules=k.modules, workload=b"",
+                    conf={"MEMSCOPE_MODE": "dump"})
+    port = lq.free_port()
+    sock = Path(tempfile.mkdtemp(prefix="memscope-early-"))  # Unix socket paths are short
+    cmd = lq.command(k, initrd=initrd, mem=GUESTS[name].get("mem", 512), smp=2, numa=1,
+                     append=append,
+                     qmp=sock / "qmp.sock", console=sock / "console.sock",
+                     console_log=work / "console.log", gdb_port=port) + ["-S"]
+    proc = lq.spawn(cmd, work / "qemu.log", outlive=False)
+    console = None
+    try:
+        # the console is a server waiting for its client: QEMU starts once it connects
+        console = lq.Console(sock / "console.sock", time.monotonic() + 30, proc,
+                             work / "qemu.log")
+        yield StoppedGuest(name, str(k.vmlinux), port, k.spec.qemu_arch)
+    finally:
+        if console is not None:
+            console.close()
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(sock, ignore_errors=True)

@@ -51,6 +51,9 @@ class Delegating(Target):
     def sizeof(self, type_name):
         return self.real.sizeof(type_name)
 
+    def array_length(self, name):
+        return self.real.array_length(name)
+
     def vmcoreinfo(self):
         return self.real.vmcoreinfo()
 

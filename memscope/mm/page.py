@@ -12,7 +12,9 @@ layout (``pcp_layout``, ``pindex_to_order``, ``pcp_set_up``) stay importable fro
 Classification (:func:`memmap`), in the order the decisions are taken:
 
 ``hole``        no struct page: the section is absent, or its memmap cannot be read, or the
-                pfn lies outside every zone's span.
+                pfn lies outside every zone's span, or the kernel has not initialised the
+                struct page yet (deferred memmap init, early in boot: mm/zone.py
+                ``deferred_pfns``).
 ``buddy``       in a free buddy block: the first page is PageBuddy with its order in
                 ``page->private``; the other 2^order - 1 pages of the block count as buddy
                 too (only the first carries the type).
@@ -68,6 +70,7 @@ from .memmap import (FIELDS, OLD_PG_BUDDY, OLD_PG_OFFLINE, PAGE_TYPE_BASE,  # no
                      page_is_buddy, page_layout, read_struct_pages, register_page_fields,
                      section_size_bits, section_size_bits_from_debuginfo, sections,
                      vmemmap_base, zones)
+from . import zone as _zone
 from .zone import Zone
 
 #: The former name of :func:`memscope.mm.memmap.compound_head_pfns`.
@@ -210,6 +213,13 @@ def _build(ctx: KernelContext) -> PageMap:
     n = max_pfn(ctx)
     vm = vmemmap_base(ctx)
     pages, valid, unreadable = read_struct_pages(ctx)
+    for nid in ctx.node_ids():
+        # struct pages not initialised yet (early in boot) are holes, read as zeros
+        span = _zone.deferred_pfns(ctx, nid)
+        if span is not None:
+            valid[span[0]:span[1]] = False
+            for a in pages.values():
+                a[span[0]:span[1]] = 0
     flags = pages["flags"]
     pt = pages["mapcount"]
     ref = pages["refcount"]

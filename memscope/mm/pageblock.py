@@ -31,6 +31,7 @@ from ..target.base import FaultError, TargetError
 from . import freelists as fl
 from . import memmap
 from .context import KernelContext
+from . import zone as _zone
 from .zone import Zone
 
 
@@ -176,6 +177,12 @@ def pageblock_migratetypes(ctx: KernelContext, zone: Zone) -> np.ndarray:
         mt = np.where((f >> bits.isolate_bit) & 1 == 1,
                       ctx.migratetypes.get("MIGRATE_ISOLATE", mt), mt)
     ok = (f != 0xFF) & _online_pfn(ctx, pfns)
+    deferred = _zone.deferred_pfns(ctx, zone.node)
+    if deferred is not None:
+        # struct pages not initialised yet (early in boot): page_zone() of such a page is
+        # not ZONE, and the kernel sets their pageblocks' migratetype only when it
+        # initialises them (deferred_init_memmap)
+        ok &= (pfns < deferred[0]) | (pfns >= deferred[1])
     return np.where(ok, mt, -1).astype(np.int16)
 
 

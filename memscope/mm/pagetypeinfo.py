@@ -146,7 +146,7 @@ def _page_zone(ctx: KernelContext, pfn: int) -> tuple[int, int] | None:
     try:
         flags = t.read_u64(w.vmemmap + pfn * w.page_size)
         nodes = ctx.pgdat_layout  # noqa: F841 (layout probe keeps node_data cached)
-        max_numnodes = int(t.vmcoreinfo_fields.get("LENGTH(node_data)", "1"))
+        max_numnodes = t.vmcoreinfo_length("node_data") if t.has_symbol("node_data") else 1
         nzones = t.enum_value("enum zone_type", "__MAX_NR_ZONES")
     except TargetError:
         return None

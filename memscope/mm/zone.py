@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from ..kernel.fields import read_member
 from ..kernel.nodemask import for_each_online_node
 from ..target.base import TargetError
 
@@ -99,3 +100,24 @@ def zones(ctx: KernelContext, nid: int) -> list[Zone]:
                         u("zone_start_pfn"), u("spanned_pages"), u("present_pages"),
                         managed))
     return out
+
+
+def deferred_pfns(ctx: KernelContext, nid: int) -> tuple[int, int] | None:
+    """The pfns [lo, hi) of node NID whose struct pages the kernel has not initialised yet,
+    or None when every struct page of the node is initialised.
+
+    With CONFIG_DEFERRED_STRUCT_PAGE_INIT (every Debian kernel) the memmap of a node is
+    initialised at boot only up to ``pgdat->first_deferred_pfn``; the rest is initialised
+    by page_alloc_init_late() (deferred_init_memmap(), which sets first_deferred_pfn to
+    ULONG_MAX), called from kernel_init_freeable(): a kernel stopped earlier (e.g. at
+    kernel_init) has struct pages there that hold whatever memblock left (mm/mm_init.c,
+    mm/page_alloc.c before v6.4, early_page_initialised(): ``pfn >=
+    NODE_DATA(nid)->first_deferred_pfn``).  They end at
+    the node's end, ``node_start_pfn + node_spanned_pages``."""
+    t, pl = ctx.t, ctx.pgdat_layout
+    if not pl.has("first_deferred_pfn"):
+        return None
+    raw = t.read(pgdat(ctx, nid), pl.size)
+    first, start, spanned = (read_member(pl[m], raw) for m in (
+        "first_deferred_pfn", "node_start_pfn", "node_spanned_pages"))
+    return (first, start + spanned) if first < start + spanned else None

@@ -123,6 +123,15 @@ class Target:
     def sizeof(self, type_name: str) -> int:
         raise NotImplementedError
 
+    def array_length(self, name: str) -> int:
+        """The number of elements of the global array variable NAME, as its type in the
+        debug info says (``struct pglist_data *node_data[MAX_NUMNODES]`` gives
+        MAX_NUMNODES): what VMCOREINFO's ``LENGTH(NAME)`` says, without VMCOREINFO.
+
+        :raises TargetError: no such variable in the debug info, or it is not an array
+            of known length."""
+        raise NotImplementedError
+
     def read(self, address: int, size: int) -> bytes:
         """SIZE bytes at virtual ADDRESS; raises FaultError."""
         raise NotImplementedError
@@ -153,7 +162,37 @@ class Target:
 
     @cached_property
     def page_size(self) -> int:
-        return int(self.vmcoreinfo_fields.get("PAGESIZE", "4096"))
+        """PAGE_SIZE in bytes: VMCOREINFO's PAGESIZE, else :meth:`page_size_from_debuginfo`
+        (a guest stopped before the kernel wrote VMCOREINFO, or a kernel built without it)."""
+        v = self.vmcoreinfo_fields.get("PAGESIZE")
+        return int(v) if v else self.page_size_from_debuginfo()
+
+    def page_size_from_debuginfo(self) -> int:
+        """PAGE_SIZE without VMCOREINFO.  x86_64 has one base page size, 4 KiB
+        (arch/x86/include/asm/page_types.h: PAGE_SHIFT 12).  arm64 has three (4, 16 and
+        64 KiB: CONFIG_ARM64_*K_PAGES), told apart by the debug info: arch/arm64/mm/mmu.c
+        declares ``unsigned long empty_zero_page[PAGE_SIZE / sizeof(unsigned long)]``.
+
+        :raises TargetError: another architecture, or arm64 debug info without
+            ``empty_zero_page``, or a length that is not a page size."""
+        if self.arch == "x86_64":
+            return 4096
+        if self.arch != "aarch64":
+            raise TargetError(f"no PAGE_SIZE for {self.arch} without VMCOREINFO")
+        n = self.array_length("empty_zero_page") * self.sizeof("unsigned long")
+        if n not in (4096, 16384, 65536):
+            raise TargetError(f"empty_zero_page is {n} bytes, not an arm64 page size: "
+                              "cannot tell PAGE_SIZE without VMCOREINFO")
+        return n
+
+    def vmcoreinfo_length(self, name: str) -> int:
+        """VMCOREINFO's ``LENGTH(NAME)``, else the array's length in the debug info
+        (:meth:`array_length`; the kernel writes the former from the latter,
+        kernel/vmcore_info.c ``VMCOREINFO_LENGTH(name, value)``).
+
+        :raises TargetError: neither says."""
+        v = self.vmcoreinfo_fields.get(f"LENGTH({name})")
+        return int(v, 0) if v else self.array_length(name)
 
     def read_u64(self, address: int) -> int:
         return struct.unpack("<Q", self.read(address, 8))[0]

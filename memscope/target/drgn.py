@@ -128,6 +128,17 @@ class DrgnTarget(Target):
     def sizeof(self, type_name: str) -> int:
         return drgn.sizeof(self._type(type_name))
 
+    def array_length(self, name: str) -> int:
+        try:
+            t = self.prog[name].type_
+        except (KeyError, LookupError):
+            raise TargetError(f"variable {name} not found in the debug info") from None
+        while t.kind == _TYPEDEF:
+            t = t.type
+        if t.kind != _ARRAY or t.length is None:
+            raise TargetError(f"{name} is not an array of known length")
+        return t.length
+
     def read(self, address: int, size: int) -> bytes:
         try:
             return self.prog.read(address, size)

@@ -8,7 +8,10 @@ import dataclasses
 import struct
 from typing import BinaryIO
 
-__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers", "section_names")
+import numpy as np
+
+__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers", "section_names",
+           "symbol_size")
 
 PT_LOAD = 1
 
@@ -25,17 +28,66 @@ def _header(f: BinaryIO) -> tuple[bytes, str]:
     return ident, "<" if ident[5] == 1 else ">"
 
 
+def _sections(f: BinaryIO) -> tuple[bytes, int, int, str]:
+    """(the section header table, e_shentsize, e_shnum, byte order) of the ELF64 file F."""
+    ident, endian = _header(f)
+    e_shoff, = struct.unpack_from(endian + "Q", ident, 0x28)
+    e_shentsize, e_shnum = struct.unpack_from(endian + "HH", ident, 0x3A)
+    f.seek(e_shoff)
+    table = f.read(e_shentsize * e_shnum)
+    if not e_shnum or len(table) < e_shentsize * e_shnum:
+        raise ValueError("truncated ELF section table")
+    return table, e_shentsize, e_shnum, endian
+
+
+def symbol_size(f: BinaryIO, name: str) -> int | None:
+    """``st_size`` of the symbol NAME in the ELF64 file F's ``.symtab`` (the bytes an object
+    takes: the definition's size, whatever a declaration elsewhere says), or None when
+    the file has no such symbol.
+
+    :raises NotElf64: F does not start with an ELF64 header.
+    :raises ValueError: the section table lies outside the file."""
+    table, entsize, num, endian = _sections(f)
+    for i in range(num):
+        # Elf64_Shdr: sh_type (u32) at 4, sh_offset, sh_size at 0x18, sh_link (u32) at 0x28
+        sh_type, = struct.unpack_from(endian + "I", table, i * entsize + 4)
+        if sh_type != 2:  # SHT_SYMTAB
+            continue
+        off, size = struct.unpack_from(endian + "QQ", table, i * entsize + 0x18)
+        link, = struct.unpack_from(endian + "I", table, i * entsize + 0x28)
+        str_off, str_size = struct.unpack_from(endian + "QQ", table, link * entsize + 0x18)
+        f.seek(str_off)
+        strtab = f.read(str_size)
+        f.seek(off)
+        syms = f.read(size)
+        # Every place the name ends the string table's strings: linkers merge a name into
+        # the tail of a longer one ("node_data" inside "__ksymtab_node_data").
+        want = name.encode() + b"\0"
+        names = set()
+        pos = strtab.find(want)
+        while pos >= 0:
+            names.add(pos)
+            pos = strtab.find(want, pos + 1)
+        # Elf64_Sym (24 bytes): st_name (u32), st_info, st_other, st_shndx, st_value, st_size
+        sym = np.frombuffer(syms, np.dtype([("name", endian + "u4"), ("info", "u1"),
+                                            ("other", "u1"), ("shndx", endian + "u2"),
+                                            ("value", endian + "u8"), ("size", endian + "u8")]),
+                            count=len(syms) // 24)
+        hit = np.isin(sym["name"], np.array(sorted(names), np.uint32)) & (sym["shndx"] != 0)
+        for k in np.flatnonzero(hit)[:1]:  # defined here, not SHN_UNDEF
+            return int(sym["size"][k])
+        return None
+    return None
+
+
 def section_names(f: BinaryIO) -> set[str]:
     """The names of the sections of the ELF64 file F (e.g. ".debug_info" when it has DWARF).
 
     :raises NotElf64: F does not start with an ELF64 header.
     :raises ValueError: the section table or its string table lies outside the file."""
-    ident, endian = _header(f)
-    e_shoff, = struct.unpack_from(endian + "Q", ident, 0x28)
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from(endian + "HHH", ident, 0x3A)
-    f.seek(e_shoff)
-    table = f.read(e_shentsize * e_shnum)
-    if not e_shnum or len(table) < e_shentsize * e_shnum or e_shstrndx >= e_shnum:
+    table, e_shentsize, e_shnum, endian = _sections(f)
+    e_shstrndx, = struct.unpack_from(endian + "H", _header(f)[0], 0x3E)
+    if e_shstrndx >= e_shnum:
         raise ValueError("truncated ELF section table")
     # Elf64_Shdr: sh_name (u32) at 0, sh_offset (u64) at 0x18, sh_size (u64) at 0x20.
     str_off, str_size = struct.unpack_from(endian + "QQ", table, e_shstrndx * e_shentsize + 0x18)

@@ -122,6 +122,9 @@ class GdbTarget(Target):
             self.di.sizes[type_name] = n
         return n
 
+    def array_length(self, name: str) -> int:
+        return self.di.array_length(name)
+
     # --- memory -------------------------------------------------------------------
     def _read_direct(self, address: int, size: int) -> bytes:
         try:

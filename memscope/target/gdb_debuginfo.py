@@ -8,7 +8,7 @@ import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside 
 
 from ..errors import MemscopeError
 from .base import Layout, Member, TargetError
-from .elf import PT_LOAD, NotElf64, ProgramHeader, program_headers
+from .elf import PT_LOAD, NotElf64, ProgramHeader, program_headers, symbol_size
 from .gdb_connection import KERNEL_HALF, _u64
 
 #: Debug-info caches by vmlinux path (dropped by gdb_session.forget).
@@ -36,6 +36,7 @@ class _DebugInfo:
         self.layouts: dict[str, Layout] = {}
         self.enums: dict[str, dict[str, int]] = {}
         self.sizes: dict[str, int] = {}
+        self.array_lengths: dict[str, int] = {}
 
     def link_address(self, name: str) -> int | None:
         """The address gdb has for NAME (before the kernel offset), or None."""
@@ -97,6 +98,38 @@ class _DebugInfo:
         """The value of the enumerator NAME, or None."""
         sym = self._lookup(name, lambda s: s.addr_class == gdb.SYMBOL_LOC_CONST)
         return None if sym is None else int(sym.value())
+
+    def array_length(self, name: str) -> int:
+        """The length of the global array variable NAME (Target.array_length).
+
+        gdb's symbol lookup may find a declaration (``extern struct pglist_data
+        *node_data[];`` in include/linux/numa.h) rather than the definition: an array of
+        unknown length, whose length is then the definition's size in the vmlinux's ELF
+        symbol table over the element's size."""
+        length = self.array_lengths.get(name)
+        if length is not None:
+            return length
+        sym = self._lookup(name, lambda s: s.is_variable
+                           or s.addr_class == gdb.SYMBOL_LOC_UNRESOLVED)
+        if sym is None:
+            raise TargetError(f"variable {name} not found in the debug info")
+        t = sym.type
+        while t.code == gdb.TYPE_CODE_TYPEDEF:
+            t = t.target()
+        if t.code != gdb.TYPE_CODE_ARRAY:
+            raise TargetError(f"{name} is not an array of known length")
+        if not str(t).endswith("[]"):
+            lo, hi = t.range()
+            length = hi - lo + 1
+        else:
+            with open(self.path, "rb") as f:
+                size = symbol_size(f, name)
+            elem = t.target().sizeof
+            if not size or not elem or size % elem:
+                raise TargetError(f"{name} is not an array of known length")
+            length = size // elem
+        self.array_lengths[name] = length
+        return length
 
     def type(self, type_name: str):
         try:

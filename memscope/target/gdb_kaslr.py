@@ -8,8 +8,9 @@ candidates, cheapest first:
 2. arm64: ``VBAR_EL1`` (QEMU's gdbstub calls it ``VBAR``) holds the address of the kernel's
    exception ``vectors``, so the offset is ``VBAR_EL1 - &vectors`` exactly;
 3. the program counter of every vCPU that is in the kernel: the offset is the PC minus some
-   address inside the kernel text, a multiple of the KASLR alignment (2 MiB on x86_64,
-   64 KiB on arm64), which leaves a few hundred candidates;
+   address inside the kernel image (``[_text, _end)``: the __init code, where a guest
+   stopped early in boot runs, lies after ``_etext``), a multiple of the KASLR alignment
+   (2 MiB on x86_64, 64 KiB on arm64), which leaves a few hundred candidates;
 4. x86_64 only: every 2 MiB step of the 1 GiB kernel image area (512 reads, ~30 ms).
 
 The offset is cached per gdb connection and vmlinux.  Per-CPU symbols of x86_64 (linked at
@@ -67,8 +68,11 @@ def detect_kernel_offset(debuginfo: _DebugInfo, arch: str,
     path = debuginfo.path
     banner_link = debuginfo.link_address("linux_banner")
     text = debuginfo.link_address("_text")
-    etext = debuginfo.link_address("_etext")
-    if banner_link is None or text is None or etext is None:
+    # The code a vCPU may be running lies in [_text, _end): .text up to _etext, and the
+    # __init code (start_kernel, mm_core_init: a guest stopped early in boot) between
+    # __init_begin and __init_end, after _etext.
+    end = debuginfo.link_address("_end") or debuginfo.link_address("_etext")
+    if banner_link is None or text is None or end is None:
         raise MemscopeError("no kernel symbols in gdb: load the guest's vmlinux first "
                             "with 'file VMLINUX'")
     # gdb's addresses may already be relocated (symbol-file -o): map back to the file.
@@ -92,8 +96,8 @@ def detect_kernel_offset(debuginfo: _DebugInfo, arch: str,
     align = _KASLR_ALIGN[arch]
     tried = set()
     for pc in _kernel_pcs() if "pc" in methods else ():
-        # pc = (some address in [_text, _etext)) + offset, offset a multiple of ALIGN.
-        hi, lo = pc - text, pc - etext
+        # pc = (some address in [_text, _end)) + offset, offset a multiple of ALIGN.
+        hi, lo = pc - text, pc - end
         off = hi - hi % align
         while off > lo - align and len(tried) < 4096:
             if off not in tried:

@@ -63,8 +63,16 @@ def forget() -> None:
 def invalidate_memory(*_event) -> None:
     """The guest may have run or its memory been written: drop the kept target and with it
     every byte of guest memory cached (connected to gdb's cont, stop, memory_changed,
-    inferior_call and exited events by :func:`install_hooks`)."""
+    inferior_call and exited events by :func:`install_hooks`).
+
+    A failed probe of the faster read paths is forgotten too: a guest stopped early in
+    boot (at start_kernel the direct map is not in init_top_pgt yet, and an arm64 kernel
+    has no VMCOREINFO before its subsys initcalls) fails the /proc/PID/mem probe, which
+    must be tried again once the kernel has run on; a path that works stays."""
     _session.clear()
+    for cache in (_procmem, _memsave):
+        for key in [k for k, v in cache.items() if v is None]:
+            del cache[key]
 
 
 def install_hooks() -> None:

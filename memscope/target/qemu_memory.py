@@ -23,7 +23,7 @@ import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside 
 from ..errors import MemscopeError
 from ..kernel.pgtable import PageTableWalker, Paging
 from .base import TargetError
-from .gdb_connection import MASK64, _connection_key, _try_read
+from .gdb_connection import MASK64, _connection_key, _register, _try_read
 
 #: Reads larger than this are split (gdb itself splits them into gdbstub packets).
 CHUNK = 1 << 20
@@ -372,15 +372,26 @@ class _ProcMem:
         """The arm64 kernel's TTBR1 tables: swapper_pg_dir, at __pa_symbol(swapper_pg_dir) =
         its address - kimage_voffset.  The walk's shape comes from the guest's VMCOREINFO
         (arch/arm64/kernel/vmcoreinfo.c): PAGESIZE, and TCR_EL1_T1SZ (VA bits in use:
-        64 - T1SZ; 6.12's 52-bit kernels fall back to 48 bits on CPUs without FEAT_LPA2).
+        64 - T1SZ; 6.12's 52-bit kernels fall back to 48 bits on CPUs without FEAT_LPA2);
+        before the kernel has written VMCOREINFO, the page size from the debug info and
+        T1SZ from the TCR_EL1 register.
         Only the 4K granule: 39-bit (3 levels), 48-bit (4) and 52-bit VA (5, which with
         4K pages is FEAT_LPA2's descriptor format).  Everything is checked against gdb's
         reads; anything else, or any disagreement, leaves memsave and gdbstub packets."""
         info = _vmcoreinfo_direct(target)
-        if info.get("PAGESIZE") != "4096" or "NUMBER(TCR_EL1_T1SZ)" not in info:
-            return None
-        va_bits = 64 - int(info["NUMBER(TCR_EL1_T1SZ)"], 0)
-        if va_bits not in (39, 48, 52):
+        page_size = int(info["PAGESIZE"]) if "PAGESIZE" in info \
+            else target.page_size_from_debuginfo()
+        if "NUMBER(TCR_EL1_T1SZ)" in info:
+            t1sz = int(info["NUMBER(TCR_EL1_T1SZ)"], 0)
+        else:
+            # Before the kernel writes VMCOREINFO (early in boot): TCR_EL1 itself, as
+            # arch/arm64/kernel/vmcoreinfo.c reads it (T1SZ: bits 16-21).
+            tcr = _register("TCR_EL1")
+            if tcr is None:
+                return None
+            t1sz = tcr >> 16 & 0x3F
+        va_bits = 64 - t1sz
+        if page_size != 4096 or va_bits not in (39, 48, 52):
             return None
         voff = target._gdb_read_u64(target.symbol("kimage_voffset"))
         if "NUMBER(kimage_voffset)" in info and int(info["NUMBER(kimage_voffset)"], 0) != voff:
@@ -394,21 +405,28 @@ class _ProcMem:
             return None
         # a kernel text address, VMCOREINFO's page (linear map), struct pages (vmemmap)
         # and direct-map addresses in the middle and at the top of the last RAM range
-        probe = [target.symbol("linux_banner"),
-                 target._gdb_read_u64(target.symbol("vmcoreinfo_data"))]
+        probe = [target.symbol("linux_banner")]
+        vmcoreinfo_page = target._gdb_read_u64(target.symbol("vmcoreinfo_data"))
+        if vmcoreinfo_page:  # NULL before the kernel has written VMCOREINFO
+            probe.append(vmcoreinfo_page)
         lo, hi = ram[-1][0], ram[-1][1]
         mid = (lo + hi) // 2
         if "SYMBOL(vmemmap)" in info:
             sz = target.sizeof("struct page")
             vmemmap = int(info["SYMBOL(vmemmap)"], 16)
             probe += [vmemmap + (mid >> 12) * sz, vmemmap + ((hi >> 12) - 1) * sz]
-        if "NUMBER(VA_BITS)" in info and "NUMBER(PHYS_OFFSET)" in info:
-            # __phys_to_virt: (pa - PHYS_OFFSET) | PAGE_OFFSET, PAGE_OFFSET = -(1 << VA_BITS)
-            page_offset = -(1 << int(info["NUMBER(VA_BITS)"], 0)) & MASK64
-            phys_offset = int(info["NUMBER(PHYS_OFFSET)"], 0)
-            for pa in (mid, hi - 4096):
-                if pa >= phys_offset:
-                    probe.append(((pa - phys_offset) | page_offset) & MASK64)
+        # __phys_to_virt: (pa - PHYS_OFFSET) | PAGE_OFFSET, PAGE_OFFSET = -(1 << VA_BITS);
+        # without VMCOREINFO, VA_BITS as TCR_EL1 has it and PHYS_OFFSET = memstart_addr
+        # (a guess where the CPU runs fewer VA bits than the kernel's VA_BITS: the reads
+        # below then disagree with gdb's and the probe refuses)
+        kernel_va_bits = int(info["NUMBER(VA_BITS)"], 0) if "NUMBER(VA_BITS)" in info \
+            else va_bits
+        phys_offset = int(info["NUMBER(PHYS_OFFSET)"], 0) if "NUMBER(PHYS_OFFSET)" in info \
+            else target._gdb_read_u64(target.symbol("memstart_addr"))
+        page_offset = -(1 << kernel_va_bits) & MASK64
+        for pa in (mid, hi - 4096):
+            if pa >= phys_offset:
+                probe.append(((pa - phys_offset) | page_offset) & MASK64)
         checked = 0
         for va in probe:
             want = _try_read(va, 64)
