@@ -85,7 +85,8 @@ def acceptance_problem(snap: Snapshot) -> str | None:
 # 5: buddyinfo is compared with the dump's nr_free read by drgn, not by memscope.mm; the
 #    truth's extfrag files must match the kernel's formulas on its buddyinfo; meta.json
 #    records every refreeze's reason and each snapshot's accepted_by.
-ACCEPTANCE = 5
+# 6: ... and every line of the truth's /proc/slabinfo with get_slabinfo() on the dump.
+ACCEPTANCE = 6
 
 
 def case_key(opts: labrun.RunOptions) -> str:
