@@ -30,6 +30,10 @@ CASES: dict[str, dict] = {
     # Two named snapshots of one run with page-cache work in between, plus the final one.
     "6.12-snapshots": dict(kernel="6.12", workload="snapshots"),
     "6.12-4g": dict(kernel="6.12", workload="mixed", mem=4096),  # benchmarks only
+    # The dentry cache past 10000 slabs on node 0's partial list: /proc/slabinfo's
+    # approximation (count_partial_free_approx(), 6.10+) and long walks.
+    "6.12-slab": dict(kernel="6.12", workload="slab-partial", timeout=1200),
+    "7.2-slab": dict(kernel="7.2", workload="slab-partial", timeout=1200),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
