@@ -22,14 +22,20 @@ from memscope.lab import kernels
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def drgn_buddyinfo(vmcore: Path, vmlinux: Path) -> str:
-    """/proc/buddyinfo from a dump, computed with drgn alone."""
+def drgn_program(vmcore: Path, vmlinux: Path) -> drgn.Program:
+    """drgn on a dump, with nothing of memscope's."""
     prog = drgn.Program()
     prog.set_core_dump(str(vmcore))
     try:
         prog.load_debug_info([str(vmlinux)])
     except drgn.MissingDebugInfoError:
         pass
+    return prog
+
+
+def drgn_buddyinfo(vmcore: Path, vmlinux: Path) -> str:
+    """/proc/buddyinfo from a dump, computed with drgn alone."""
+    prog = drgn_program(vmcore, vmlinux)
     out = []
     for pgdat in for_each_online_pgdat(prog):
         for zone in pgdat.node_zones:
@@ -466,12 +472,7 @@ def test_slab_partial_cases_hold_more_than_10000_partial_slabs_on_a_node(lab_cas
     from drgn.helpers.linux.slab import find_slab_cache
 
     snap = lab_case(case)
-    prog = drgn.Program()
-    prog.set_core_dump(str(snap.vmcore))
-    try:
-        prog.load_debug_info([str(snap.vmlinux)])
-    except drgn.MissingDebugInfoError:
-        pass
+    prog = drgn_program(snap.vmcore, snap.vmlinux)
     s = find_slab_cache(prog, "dentry")
     # 7.1+ (kernel commit 5ba6bc27b1f9): s->per_node[n].node; before, s->node[n].
     n = s.per_node[0].node if s.type_.type.has_member("per_node") else s.node[0]
@@ -490,3 +491,36 @@ def test_slab_partial_cases_hold_more_than_10000_partial_slabs_on_a_node(lab_cas
     # 39595 printed, 39585 exact): the lab's acceptance of this case (the fixture) thus
     # rests on count_partial_free_approx()'s arithmetic, not on an exact walk.
     assert active != total - free
+
+
+def test_vmallocinfo_truth_shows_real_addresses(real_kernel):
+    """The guest sets kernel.kptr_restrict=1 before the workload: /proc/vmallocinfo's
+    %pK ranges are the kernel's real addresses (top byte 0xff on x86_64 and arm64), not
+    the hashed values printed under the default 0 (0x00000000xxxxxxxx), which no dump
+    could reproduce."""
+    starts = [int(ln.split("-", 1)[0], 16)
+              for ln in real_kernel.truth_text("vmallocinfo").splitlines()]
+    assert starts and all(a >> 56 == 0xff for a in starts), hex(min(starts))
+
+
+def test_case_key_follows_only_the_workloads_a_case_runs(tmp_path, monkeypatch):
+    """A case's key hashes its workload and the built-in workloads it runs
+    (/workloads/NAME.sh, transitively): adding or changing another workload keeps it,
+    changing one it runs (mixed -> heap.sh) changes it."""
+    import shutil
+
+    from memscope.lab import cases, runner
+
+    lib = tmp_path / "workloads"
+    shutil.copytree(runner.WORKLOADS, lib)
+    monkeypatch.setattr(runner, "WORKLOADS", lib)
+    opts = runner.RunOptions(**cases.CASES["6.12"])
+    key = cases.case_key(opts)
+    (lib / "new.sh").write_text("true\n")
+    (lib / "slab-partial.sh").write_text("true\n")
+    assert cases.case_key(opts) == key
+    (lib / "pagecache-frag.sh").write_text("sh /workloads/new.sh\n")  # via mixed.sh
+    key2 = cases.case_key(opts)
+    assert key2 != key
+    (lib / "new.sh").write_text("false\n")  # run transitively, through pagecache-frag.sh
+    assert cases.case_key(opts) not in (key, key2)

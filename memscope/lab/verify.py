@@ -4,9 +4,9 @@ Acceptance is independent of what it is used to test: nothing here imports memsc
 memscope.target.  The dump is read with drgn's own objects and helpers
 (``drgn.helpers.linux``), and what the truth's files say of each other is recomputed here
 from the kernel's formulas (mm/vmstat.c; /proc/slabinfo's from mm/slub.c get_slabinfo(),
-re-implemented here on purpose, independently of memscope's slab code).  A bug in memscope's reconstruction can thus
-neither make the lab refuse a good snapshot nor refreeze a state away until memscope
-happens to agree with it.
+re-implemented here on purpose, independently of memscope's slab code).  A bug in
+memscope's reconstruction can thus neither make the lab refuse a good snapshot nor
+refreeze a state away until memscope happens to agree with it.
 
 Each check has a name; :func:`judge` returns the names of the checks that ran and passed
 (recorded in meta.json as a snapshot's ``accepted_by``), or the first failure's reason (the
