@@ -22,14 +22,20 @@ from memscope.lab import kernels
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def drgn_buddyinfo(vmcore: Path, vmlinux: Path) -> str:
-    """/proc/buddyinfo from a dump, computed with drgn alone."""
+def drgn_program(vmcore: Path, vmlinux: Path) -> drgn.Program:
+    """drgn on a dump, with nothing of memscope's."""
     prog = drgn.Program()
     prog.set_core_dump(str(vmcore))
     try:
         prog.load_debug_info([str(vmlinux)])
     except drgn.MissingDebugInfoError:
         pass
+    return prog
+
+
+def drgn_buddyinfo(vmcore: Path, vmlinux: Path) -> str:
+    """/proc/buddyinfo from a dump, computed with drgn alone."""
+    prog = drgn_program(vmcore, vmlinux)
     out = []
     for pgdat in for_each_online_pgdat(prog):
         for zone in pgdat.node_zones:
@@ -427,3 +433,94 @@ def test_meta_json_records_acceptance_and_every_refreeze_plumbing(real_kernel):
     assert len(meta["retries"]) == meta["tries"] - 1
     for snap in meta["snapshots"]:
         assert snap["accepted_by"]
+
+
+# --- /proc/slabinfo at the freeze -------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["5.10", "6.1", "6.12", "7.2"])
+def test_a_slabinfo_that_disagrees_with_the_dump_is_caught(lab_case, case):
+    """Each slab layout (5.10: struct page; 6.1, 6.12: struct slab; 7.2: per_node[]): the
+    truth's /proc/slabinfo agrees with get_slabinfo() recomputed on the dump, and no longer
+    does with one cache's active_objs one more, its header's version changed, or a cache
+    left out."""
+    from memscope.lab.verify import dump_disagreement
+
+    snap = lab_case(case)
+    truth = snap.truth_text("slabinfo")
+
+    def judged(text: str) -> str | None:  # only the slabinfo check runs on this truth
+        return dump_disagreement(snap.vmcore, snap.vmlinux, {"slabinfo": text.encode()})
+
+    assert judged(truth) is None
+    lines = truth.splitlines(keepends=True)
+    i = next(i for i, ln in enumerate(lines[2:], 2) if int(ln.split()[1]) > 0)
+    name, active, rest = lines[i][:17], lines[i][17:24], lines[i][24:]
+    assert int(active) > 0 and lines[i] == name + active + rest
+    bumped = "".join(lines[:i] + [f"{name}{int(active) + 1:7d}{rest}"] + lines[i + 1:])
+    assert "slabinfo" in judged(bumped)
+    assert "slabinfo" in judged(truth.replace("version: 2.1", "version: 2.0", 1))
+    assert "slabinfo" in judged("".join(lines[:i] + lines[i + 1:]))
+
+
+@pytest.mark.parametrize("case", ["6.12-slab", "7.2-slab"])
+def test_slab_partial_cases_hold_more_than_10000_partial_slabs_on_a_node(lab_case, case):
+    """The slab-partial workload's dentry cache, read with drgn's objects: node 0's
+    partial list is longer than MAX_PARTIAL_TO_SCAN (10000; the list walked, not only
+    nr_partial), so the truth's slabinfo was computed by count_partial_free_approx()'s
+    sampling; the truth agrees that the cache holds more than 10000 slabs, mostly free."""
+    from drgn.helpers.linux.list import list_for_each_entry
+    from drgn.helpers.linux.slab import find_slab_cache
+
+    snap = lab_case(case)
+    prog = drgn_program(snap.vmcore, snap.vmlinux)
+    s = find_slab_cache(prog, "dentry")
+    # 7.1+ (kernel commit 5ba6bc27b1f9): s->per_node[n].node; before, s->node[n].
+    n = s.per_node[0].node if s.type_.type.has_member("per_node") else s.node[0]
+    walked = free = 0  # (6.12 and 7.2 have struct slab: kernel commit d122019bf061, v5.17)
+    for slab in list_for_each_entry("struct slab", n.partial.address_of_(), "slab_list"):
+        walked += 1
+        free += slab.objects.value_() - slab.inuse.value_()
+        assert walked <= 1 << 20
+    assert walked == n.nr_partial.value_() > 10000
+    line = next(ln for ln in snap.truth_text("slabinfo").splitlines()
+                if ln.split()[0] == "dentry")
+    f = line.split()
+    active, total, num_slabs = int(f[1]), int(f[2]), int(f[-2])
+    assert num_slabs > 10000 and active < total // 4, line
+    # The kernel printed its sample's estimate, not the exact count (measured on 6.12:
+    # 39595 printed, 39585 exact): the lab's acceptance of this case (the fixture) thus
+    # rests on count_partial_free_approx()'s arithmetic, not on an exact walk.
+    assert active != total - free
+
+
+def test_vmallocinfo_truth_shows_real_addresses(real_kernel):
+    """The guest sets kernel.kptr_restrict=1 before the workload: /proc/vmallocinfo's
+    %pK ranges are the kernel's real addresses (top byte 0xff on x86_64 and arm64), not
+    the hashed values printed under the default 0 (0x00000000xxxxxxxx), which no dump
+    could reproduce."""
+    starts = [int(ln.split("-", 1)[0], 16)
+              for ln in real_kernel.truth_text("vmallocinfo").splitlines()]
+    assert starts and all(a >> 56 == 0xff for a in starts), hex(min(starts))
+
+
+def test_case_key_follows_only_the_workloads_a_case_runs(tmp_path, monkeypatch):
+    """A case's key hashes its workload and the built-in workloads it runs
+    (/workloads/NAME.sh, transitively): adding or changing another workload keeps it,
+    changing one it runs (mixed -> heap.sh) changes it."""
+    import shutil
+
+    from memscope.lab import cases, runner
+
+    lib = tmp_path / "workloads"
+    shutil.copytree(runner.WORKLOADS, lib)
+    monkeypatch.setattr(runner, "WORKLOADS", lib)
+    opts = runner.RunOptions(**cases.CASES["6.12"])
+    key = cases.case_key(opts)
+    (lib / "new.sh").write_text("true\n")
+    (lib / "slab-partial.sh").write_text("true\n")
+    assert cases.case_key(opts) == key
+    (lib / "pagecache-frag.sh").write_text("sh /workloads/new.sh\n")  # via mixed.sh
+    key2 = cases.case_key(opts)
+    assert key2 != key
+    (lib / "new.sh").write_text("false\n")  # run transitively, through pagecache-frag.sh
+    assert cases.case_key(opts) not in (key, key2)

@@ -1,8 +1,9 @@
 """Lab cases for tests and benchmarks: one lab run per (kernel, workload, options), built
 once and cached across runs under ``$MEMSCOPE_CACHE/lab-cases/<key>``.
 
-The key includes the bytes of the workload and of the guest scripts, so that changing what
-the guest does builds a new case rather than reusing a stale one."""
+The key includes the bytes of the workload (and of the built-in workloads it runs) and of
+the guest scripts, so that changing what the guest does builds a new case rather than
+reusing a stale one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -28,6 +30,10 @@ CASES: dict[str, dict] = {
     # Two named snapshots of one run with page-cache work in between, plus the final one.
     "6.12-snapshots": dict(kernel="6.12", workload="snapshots"),
     "6.12-4g": dict(kernel="6.12", workload="mixed", mem=4096),  # benchmarks only
+    # The dentry cache past 10000 slabs on node 0's partial list: /proc/slabinfo's
+    # approximation (count_partial_free_approx(), 6.10+) and long walks.
+    "6.12-slab": dict(kernel="6.12", workload="slab-partial", timeout=1200),
+    "7.2-slab": dict(kernel="7.2", workload="slab-partial", timeout=1200),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -85,14 +91,37 @@ def acceptance_problem(snap: Snapshot) -> str | None:
 # 5: buddyinfo is compared with the dump's nr_free read by drgn, not by memscope.mm; the
 #    truth's extfrag files must match the kernel's formulas on its buddyinfo; meta.json
 #    records every refreeze's reason and each snapshot's accepted_by.
-ACCEPTANCE = 5
+# 6: ... and every line of the truth's /proc/slabinfo with get_slabinfo() on the dump.
+ACCEPTANCE = 6
+
+
+# How a workload runs a built-in one inside the guest: "sh /workloads/NAME.sh".
+_LIBRARY_REF = re.compile(rb"/workloads/([A-Za-z0-9_.+-]+?\.sh)\b")
+
+
+def workloads_used(workload: Path) -> list[Path]:
+    """WORKLOAD and the built-in workloads it runs as /workloads/NAME.sh, transitively
+    (each once, in the order first referenced)."""
+    library = {p.name: p for p in labrun.library()}
+    seen, todo = [workload], [workload]
+    while todo:
+        for name in _LIBRARY_REF.findall(todo.pop(0).read_bytes()):
+            p = library.get(name.decode())
+            if p is not None and p not in seen:
+                seen.append(p)
+                todo.append(p)
+    return seen
 
 
 def case_key(opts: labrun.RunOptions) -> str:
+    """The cache key of OPTS: its options, the acceptance version, the guest scripts, and
+    the bytes of the workload and of the built-in workloads it runs (not of the others:
+    adding a workload does not rebuild every case)."""
     h = hashlib.sha256()
     h.update(b"acceptance %d" % ACCEPTANCE)
-    h.update(labrun.resolve_workload(opts.workload).read_bytes())
-    for f in [*sorted((Path(labrun.__file__).parent / "guest").iterdir()), *labrun.library()]:
+    for f in workloads_used(labrun.resolve_workload(opts.workload)):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted((Path(labrun.__file__).parent / "guest").iterdir()):
         h.update(f.read_bytes())
     h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append]).encode())
     name = Path(opts.workload).stem

@@ -3,9 +3,10 @@
 Acceptance is independent of what it is used to test: nothing here imports memscope.mm or
 memscope.target.  The dump is read with drgn's own objects and helpers
 (``drgn.helpers.linux``), and what the truth's files say of each other is recomputed here
-from the kernel's formulas (mm/vmstat.c).  A bug in memscope's reconstruction can thus
-neither make the lab refuse a good snapshot nor refreeze a state away until memscope
-happens to agree with it.
+from the kernel's formulas (mm/vmstat.c; /proc/slabinfo's from mm/slub.c get_slabinfo(),
+re-implemented here on purpose, independently of memscope's slab code).  A bug in
+memscope's reconstruction can thus neither make the lab refuse a good snapshot nor
+refreeze a state away until memscope happens to agree with it.
 
 Each check has a name; :func:`judge` returns the names of the checks that ran and passed
 (recorded in meta.json as a snapshot's ``accepted_by``), or the first failure's reason (the
@@ -25,7 +26,9 @@ TRUTH_EXTFRAG = "truth-extfrag-equals-kernel-formulas-on-buddyinfo"
 DUMP_NR_FREE = "dump-nr_free-equals-buddyinfo"
 DUMP_FREE_LISTS = "dump-free-list-lengths-equal-pagetypeinfo"
 DUMP_COUNTERS = "dump-vmstat-counters-within-percpu-drift"
-CHECKS = (TRUTH_PAGETYPEINFO, TRUTH_EXTFRAG, DUMP_NR_FREE, DUMP_FREE_LISTS, DUMP_COUNTERS)
+DUMP_SLABINFO = "dump-slabinfo-equals-get_slabinfo"
+CHECKS = (TRUTH_PAGETYPEINFO, TRUTH_EXTFRAG, DUMP_NR_FREE, DUMP_FREE_LISTS, DUMP_COUNTERS,
+          DUMP_SLABINFO)
 
 EXTFRAG_FILES = ("extfrag/unusable_index", "extfrag/extfrag_index")
 
@@ -53,19 +56,21 @@ def judge(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> Verdict:
     if v.reason is not None:
         return v
     prog = _open(vmcore, vmlinux)
-    d = _run([(DUMP_NR_FREE, lambda: _dump_nr_free(prog, truth)),
-              (DUMP_FREE_LISTS, lambda: _dump_free_lists(prog, truth)),
-              (DUMP_COUNTERS, lambda: _dump_counters(prog, truth))])
+    d = _run(_dump_checks(prog, truth))
     return Verdict(d.reason, v.accepted_by + d.accepted_by)
 
 
 def dump_disagreement(vmcore: Path, vmlinux: Path, truth: dict[str, bytes]) -> str | None:
     """Why the dump VMCORE does not agree with the guest's TRUTH, or None when it does
     (the dump checks of :func:`judge`)."""
-    prog = _open(vmcore, vmlinux)
-    return _run([(DUMP_NR_FREE, lambda: _dump_nr_free(prog, truth)),
-                 (DUMP_FREE_LISTS, lambda: _dump_free_lists(prog, truth)),
-                 (DUMP_COUNTERS, lambda: _dump_counters(prog, truth))]).reason
+    return _run(_dump_checks(_open(vmcore, vmlinux), truth)).reason
+
+
+def _dump_checks(prog, truth: dict[str, bytes]):
+    return [(DUMP_NR_FREE, lambda: _dump_nr_free(prog, truth)),
+            (DUMP_FREE_LISTS, lambda: _dump_free_lists(prog, truth)),
+            (DUMP_COUNTERS, lambda: _dump_counters(prog, truth)),
+            (DUMP_SLABINFO, lambda: _dump_slabinfo(prog, truth))]
 
 
 def truth_disagreement(truth: dict[str, bytes]) -> str | None:
@@ -324,3 +329,151 @@ def _dump_counters(prog, truth: dict[str, bytes]) -> str | None:
     if not compared:
         raise _CannotRun("no counter to compare")
     return None
+
+
+# --- /proc/slabinfo, recomputed from the dump ---------------------------------------------
+# mm/slab_common.c print_slabinfo_header(), cache_show(); mm/slub.c get_slabinfo().  This
+# re-implements the kernel's arithmetic on purpose, independently of memscope's own slab
+# code, which it is used to test.
+
+# mm/slub.c MAX_PARTIAL_TO_SCAN (count_partial_free_approx()).
+MAX_PARTIAL_TO_SCAN = 10000
+SLABINFO_HEADER = (
+    "slabinfo - version: 2.1\n"
+    "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab>"
+    " : tunables <limit> <batchcount> <sharedfactor>"
+    " : slabdata <active_slabs> <num_slabs> <sharedavail>\n")
+# Bounds on the walks of a dump that might be corrupt: no lab cache has a million partial
+# slabs on a node, nor ten thousand caches.
+_MAX_PARTIAL_WALK = 1 << 20
+_MAX_CACHES = 10000
+
+
+def mult_frac(x: int, n: int, d: int) -> int:
+    """include/linux/math.h mult_frac(): x * n / d computed as (x / d) * n + (x % d) * n / d
+    (unsigned long; the lab's numbers never overflow 64 bits)."""
+    q, r = divmod(x, d)
+    return q * n + r * n // d
+
+
+def _slab_layout(prog):
+    """(the type holding a slab's slab_list/objects/inuse, whether get_slabinfo() uses
+    count_partial_free_approx(), how to get a cache's kmem_cache_node for a node)."""
+    # Since kernel commit d122019bf061 ("mm: Split slab into its own type", v5.17) a slab's
+    # fields are in struct slab; before, in struct page.
+    try:
+        slab_type = prog.type("struct slab")
+    except LookupError:
+        slab_type = prog.type("struct page")
+    # Since kernel commit 1c5610f451be ("slub: introduce count_partial_free_approx()",
+    # v6.10) get_slabinfo() counts at most MAX_PARTIAL_TO_SCAN partial slabs of a node and
+    # scales.  (A static function: its DWARF entry is there whether or not it was inlined.)
+    try:
+        prog.function("count_partial_free_approx")
+        approx = True
+    except LookupError:
+        approx = False
+    # Since kernel commit 5ba6bc27b1f9 ("slab: decouple pointer to barn from
+    # kmem_cache_node", v7.1) get_node() is s->per_node[node].node; before, s->node[node].
+    if prog.type("struct kmem_cache").has_member("per_node"):
+        def get_node(s, node):
+            return s.per_node[node].node
+    else:
+        def get_node(s, node):
+            return s.node[node]
+    return slab_type, approx, get_node
+
+
+def _partial_free(prog, n, slab_type, approx: bool) -> int:
+    """count_partial(n, count_free) (approx False) or count_partial_free_approx(n): the
+    free objects (objects - inuse) of the slabs on node N's partial list."""
+    from drgn.helpers.linux.list import list_for_each_entry, list_for_each_entry_reverse
+
+    head = n.partial.address_of_()
+    nr_partial = n.nr_partial.value_()
+    if not approx or nr_partial <= MAX_PARTIAL_TO_SCAN:
+        x = walked = 0
+        for slab in list_for_each_entry(slab_type, head, "slab_list"):
+            x += slab.objects.value_() - slab.inuse.value_()
+            walked += 1
+            if walked > _MAX_PARTIAL_WALK:
+                raise ValueError(f"a partial list longer than {_MAX_PARTIAL_WALK} slabs")
+        return x
+    x = scanned = 0
+    for slab in list_for_each_entry(slab_type, head, "slab_list"):
+        x += slab.objects.value_() - slab.inuse.value_()
+        scanned += 1
+        if scanned == MAX_PARTIAL_TO_SCAN // 2:
+            break
+    for slab in list_for_each_entry_reverse(slab_type, head, "slab_list"):
+        x += slab.objects.value_() - slab.inuse.value_()
+        scanned += 1
+        if scanned == MAX_PARTIAL_TO_SCAN:
+            break
+    x = mult_frac(x, nr_partial, scanned)
+    return min(x, n.total_objects.counter.value_())  # node_nr_objs(n)
+
+
+def dump_slabinfo(prog) -> str:
+    """/proc/slabinfo as the dumped kernel would print it: every cache on slab_caches, in
+    list order, with get_slabinfo()'s numbers."""
+    from drgn.helpers.linux.slab import (
+        for_each_slab_cache, slab_cache_objects_per_slab, slab_cache_order)
+
+    slab_type, approx, get_node = _slab_layout(prog)
+    nr_node_ids = prog["nr_node_ids"].value_()
+    out = [SLABINFO_HEADER]
+    for i, s in enumerate(for_each_slab_cache(prog)):
+        if i >= _MAX_CACHES:
+            raise ValueError(f"slab_caches has more than {_MAX_CACHES} caches")
+        nr_slabs = nr_objs = nr_free = 0
+        for node in range(nr_node_ids):  # for_each_kmem_cache_node()
+            n = get_node(s, node)
+            if not n:
+                continue
+            nr_slabs += n.nr_slabs.counter.value_()
+            nr_objs += n.total_objects.counter.value_()
+            nr_free += _partial_free(prog, n, slab_type, approx)
+        order = slab_cache_order(s)
+        # cache_show(): "%-17s %6lu %6lu %6u %4u %4d" ... (SLUB has no tunables, no
+        # shared objects: those print 0).
+        out.append(f"{s.name.string_().decode(errors='replace'):<17} {nr_objs - nr_free:6} "
+                   f"{nr_objs:6} {s.size.value_():6} {slab_cache_objects_per_slab(s):4} "
+                   f"{1 << order:4} : tunables {0:4} {0:4} {0:4} : slabdata {nr_slabs:6} "
+                   f"{nr_slabs:6} {0:6}\n")
+    return "".join(out)
+
+
+def slabinfo_differences(want: str, got: str) -> list[str]:
+    """The lines where two slabinfo texts differ: "truth | dump" pairs, by cache name
+    (header lines by position), then lines only one of them has."""
+    def by_name(text):
+        lines = text.splitlines()
+        head = {f"header {i}": l for i, l in enumerate(lines[:2])}
+        return {**head, **{l.split()[0]: l for l in lines[2:] if l.split()}}
+    w, g = by_name(want), by_name(got)
+    diffs = [f"{w.get(k, '(absent)')!r} | {g.get(k, '(absent)')!r}"
+             for k in {**w, **g} if w.get(k) != g.get(k)]
+    if not diffs and want != got:  # same lines, other order (or whitespace)
+        diffs.append("the caches are listed in another order")
+    return diffs
+
+
+def _dump_slabinfo(prog, truth: dict[str, bytes]) -> str | None:
+    """Every line of the truth's /proc/slabinfo, header included, equals what the dump's
+    caches give with get_slabinfo()'s arithmetic (a slab taken from a node's partial list
+    for a CPU, or an object freed to one, moves a line)."""
+    import drgn
+
+    want = _text(truth, "slabinfo")
+    if not prog.type("struct kmem_cache_node").has_member("nr_slabs"):
+        raise _CannotRun("slabinfo")  # no CONFIG_SLUB_DEBUG: the kernel prints zeros
+    try:
+        got = dump_slabinfo(prog)
+    except (ValueError, drgn.FaultError) as e:
+        return f"the dump's slab caches cannot be walked for /proc/slabinfo: {e}"
+    if want == got:
+        return None
+    diffs = slabinfo_differences(want, got)
+    return (f"/proc/slabinfo and the dump differ in {len(diffs)} line(s), first "
+            f"(truth | dump): {diffs[0]}")
