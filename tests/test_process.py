@@ -116,7 +116,11 @@ def test_maps_rss_totals_are_smaps_rollups_lines(real_kernel):
 
 def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
     """Every page of the tracked process's largest VMA: a leaf of walk_range() where drgn's
-    follow_phys() translates it (to the same physical address), none where it faults."""
+    follow_phys() translates it (to the same physical address), none where it faults;
+    except PROT_NONE entries (_PAGE_PROTNONE without _PAGE_PRESENT: NUMA balancing's
+    hinting entries on the NUMA guest), which map their page for the kernel's
+    pte_present() and smaps, but which drgn's follow_phys() treats as unmapped: for those
+    the page must be the one the entry's inverted pfn names (L1TF), read here by hand."""
     import drgn
     from drgn.helpers.linux.mm import follow_phys
 
@@ -144,6 +148,11 @@ def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
             want = None
         leaf, off = leaves.get(va, (None, 0))
         got = leaf.pa + off if leaf is not None and leaf.present else None
+        if want is None and leaf is not None and t.arch == "x86_64" \
+                and leaf.entry & 0x101 == 0x100:  # PROT_NONE
+            mask = 0x000FFFFFFFFFF000 & ~(leaf.size - 1)
+            assert got == ((~leaf.entry) & mask) + off, hex(va)
+            continue
         assert got == want, hex(va)
 
 

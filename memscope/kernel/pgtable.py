@@ -150,8 +150,10 @@ def _walk_arm64(paging: Paging, pgd: int, va: int, read_phys: PhysRead):
 class Leaf:
     """A last-level entry found by :func:`walk_range`: ``va`` the first address it maps,
     ``size`` bytes (4 KiB, or a 2 MiB / 1 GiB block), ``entry`` the raw descriptor,
-    ``present`` whether it maps memory (x86_64: _PAGE_PRESENT or _PAGE_PROTNONE; arm64:
-    valid) and ``pa`` the physical address it maps (0 when not present: the entry is a
+    ``present`` whether it maps memory (x86_64: _PAGE_PRESENT or _PAGE_PROTNONE, as
+    ``pte_present()``: a PROT_NONE entry, such as NUMA balancing's hinting entries, still
+    maps its page, its pfn stored inverted; arm64: valid) and ``pa`` the physical
+    address it maps (0 when not present: the entry is a
     swap or migration entry, whatever is not empty), ``special`` the PTE's software
     "special" bit (x86_64 _PAGE_SPECIAL, bit 9; arm64 PTE_SPECIAL, bit 56): no struct page
     backs it for ``vm_normal_page()`` (the zero page, PFN maps)."""
@@ -194,6 +196,11 @@ def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRe
     top_bits = paging.va_bits - paging.shifts[0]
 
     def oa(e: int) -> int:
+        if not arm and not e & X86_PAGE_PRESENT:
+            # L1TF (v4.19, commit 6b28baca9b1f): a non-present entry keeps its pfn
+            # inverted (__pte_needs_invert()); a PROT_NONE one (NUMA balancing's hinting
+            # entries, mprotect(PROT_NONE)) still maps its page
+            e ^= MASK64
         a = e & oa_mask
         if arm and paging.lpa2:
             a |= (e & 0x300) << 42
