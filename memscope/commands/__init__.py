@@ -116,3 +116,4 @@ def _load() -> None:
     # Importing the modules registers their commands.
     from . import buddy  # noqa: F401
     from . import pages  # noqa: F401
+    from . import slub  # noqa: F401
