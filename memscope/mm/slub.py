@@ -429,3 +429,567 @@ def format_slabinfo(rows: list[SlabInfo]) -> str:
         f"{r.pagesperslab:4d} : tunables {r.limit:4d} {r.batchcount:4d} {r.sharedfactor:4d}"
         f" : slabdata {r.active_slabs:6d} {r.num_slabs:6d} {r.sharedavail:6d}\n"
         for r in rows)
+
+
+# =====================================================================================
+# The true state: every slab and every object (``slabinfo --walk``, ``slab``, ``whatis``)
+# =====================================================================================
+import numpy as np  # noqa: E402
+
+from ..kernel.addr import kernel_layout, virt_to_phys  # noqa: E402
+from ..kernel.problem import ProblemSink  # noqa: E402
+from . import page as _page  # noqa: E402
+
+#: Where a slab sits (``Slab.where``): the CPU slab of a CPU (to v6.19), on a CPU's partial
+#: list (to v6.19), on its node's partial list, full (on no list: SLUB keeps full slabs on
+#: none without debugging), or on no list although it has free objects (``unlisted``: a
+#: problem on a frozen dump).
+WHERE = ("cpu", "cpu-partial", "node-partial", "full", "unlisted")
+W_CPU, W_CPU_PARTIAL, W_NODE_PARTIAL, W_FULL, W_UNLISTED = range(5)
+#: The most objects a sheaf can hold before memscope calls it corrupted (sheaf_capacity
+#: is at most a few hundred on the lab kernels).
+MAX_SHEAF = 1 << 16
+
+
+def _swab64(x: int) -> int:
+    return int.from_bytes(x.to_bytes(8, "little"), "big")
+
+
+@dataclasses.dataclass
+class CacheSlabs:
+    """The slabs of one cache found in the memmap, as parallel numpy arrays (one entry per
+    slab, in pfn order): ``pfn`` of the slab's first page, ``slab`` (``struct slab *``:
+    the struct page of that pfn), ``base`` (the first byte of the slab's memory,
+    ``slab_address()``), ``node``, ``objects``, ``inuse``, ``freelist`` (raw pointer),
+    ``where`` (a :data:`WHERE` index), ``cpu`` (the CPU of a cpu or cpu-partial slab, else
+    -1), ``nfree`` (objects on the slab's own freelist, decoded)."""
+
+    pfn: np.ndarray
+    slab: np.ndarray
+    base: np.ndarray
+    node: np.ndarray
+    objects: np.ndarray
+    inuse: np.ndarray
+    freelist: np.ndarray
+    where: np.ndarray
+    cpu: np.ndarray
+    nfree: np.ndarray
+
+
+@dataclasses.dataclass
+class CacheWalk:
+    """
+    One cache's true state, from every slab walked (:func:`slab_walk`).
+
+    - ``cache``: the :class:`KmemCache`.
+    - ``slabs``: its :class:`CacheSlabs`.
+    - ``free``: free object address -> where it is free: ``"slab"`` (its slab's
+      freelist), ``"cpu N"`` (CPU N's lockless freelist, ``kmem_cache_cpu.freelist``),
+      ``"sheaf main N"``, ``"sheaf spare N"``, ``"rcu_free N"`` (CPU N's sheaves; an
+      ``rcu_free`` object waits for an RCU grace period), ``"barn N"`` (a full sheaf of
+      node N's barn).
+    - ``problems``: what is wrong (cache, slab address, object in the message).
+    """
+
+    cache: KmemCache
+    slabs: CacheSlabs
+    free: dict[int, str]
+    problems: list[Problem]
+
+    def count(self, prefix: str) -> int:
+        """Free objects whose place starts with PREFIX."""
+        return sum(1 for w in self.free.values() if w.startswith(prefix))
+
+
+class _Walker:
+    """The walk of one snapshot: the memmap's slab pages, grouped by cache."""
+
+    def __init__(self, ctx: KernelContext):
+        self.ctx = ctx
+        t = self.t = ctx.t
+        self.sl = slub_layout(ctx)
+        self.caches = kmem_caches(ctx)
+        self.by_addr = {c.address: c for c in self.caches}
+        self.pm = _page.memmap(ctx)
+        self.pl = _page.page_layout(ctx)
+        self.kl = kernel_layout(t)
+        self.page_shift = t.page_size.bit_length() - 1
+        self.cpus = t.possible_cpus
+        self.offsets = {cpu: t.per_cpu_offset(cpu) for cpu in self.cpus} if \
+            t.has_symbol("__per_cpu_offset") else {0: 0}
+        self.swab: bool | None = None  # the hardened encoding, decided on first use
+        self.problems: list[Problem] = []
+        self.kfence = kfence_objects(ctx)
+        self._find_slabs()
+
+    # --- slab pages from the memmap --------------------------------------------------
+    def _words(self, pfns: np.ndarray) -> dict[str, np.ndarray]:
+        """slab_cache, freelist and counters of the slabs at PFNS: taken from the decoded
+        memmap where struct slab's word is one it keeps (struct slab overlays struct
+        page), else read."""
+        pm, pl, sl = self.pm, self.pl, self.sl
+        kept = {getattr(pl, "compound_off", -1): "compound",
+                getattr(pl, "mapping_off", -1): "mapping",
+                getattr(pl, "index_off", -1): "index",
+                getattr(pl, "private_off", -1): "private"}
+        out = {}
+        for name, m in (("slab_cache", sl.slab_cache), ("freelist", sl.freelist),
+                        ("counters", sl.counters)):
+            field = kept.get(m.offset)
+            if field is not None and field in pm.pages and pm.pages[field].dtype.itemsize == 8:
+                out[name] = pm.pages[field][pfns].astype(np.uint64)
+            else:
+                out[name] = np.array([self.t.read_u64(pm.vmemmap + int(p) * pm.page_size_struct
+                                                      + m.offset) for p in pfns], np.uint64)
+        return out
+
+    def _find_slabs(self) -> None:
+        pm = self.pm
+        is_slab = (pm.cls == _page.C["slab"]) & pm.valid
+        heads = np.flatnonzero(is_slab & ~pm.tail)
+        # KFENCE pool pages are slab pages too (kfence_init_pool() sets PG_slab/PGTY_slab
+        # on each object page): their objects are counted apart (kfence_objects()).
+        if self.kfence.pool_pages:
+            lo = self.kfence.pool_pfn
+            heads = heads[(heads < lo) | (heads >= lo + self.kfence.pool_pages)]
+        # Pages per slab: the head and the compound tails after it.
+        nontail = np.flatnonzero(~pm.tail)
+        nxt = nontail[np.minimum(np.searchsorted(nontail, heads, "right"), len(nontail) - 1)]
+        npages = np.where(nxt > heads, nxt - heads, len(pm.tail) - heads)
+        w = self._words(heads)
+        sl = self.sl
+        cnt = w["counters"]
+
+        def field(m: Member) -> np.ndarray:
+            shift = (m.offset - sl.counters.offset) * 8 + m.bit_offset
+            return ((cnt >> np.uint64(shift)) & np.uint64((1 << m.bit_size) - 1)).astype(
+                np.int64)
+
+        self.heads = heads
+        self.npages = npages
+        self.slab_cache = w["slab_cache"]
+        self.freelist = w["freelist"]
+        self.objects = field(sl.objects)
+        self.inuse = field(sl.inuse)
+        self.base = (np.uint64(self.kl.page_offset) + (heads.astype(np.uint64) << np.uint64(
+            self.page_shift)) - np.uint64(self.kl.phys_offset))
+        zid = pm.zone_id[heads]
+        nodes = np.array([z.node for z in pm.zones] + [-1], np.int64)
+        self.node = nodes[zid]
+        order = np.argsort(self.slab_cache, kind="stable")
+        self._order = order
+        sc = self.slab_cache[order]
+        self._cache_keys, self._starts = np.unique(sc, return_index=True)
+        unknown = set(int(k) for k in self._cache_keys) - set(self.by_addr)
+        for k in sorted(unknown):
+            n = int(np.count_nonzero(self.slab_cache == np.uint64(k)))
+            self.problems.append(Problem("unknown_cache", "slab pages",
+                                         f"{n} slab page(s) name cache {k:#x}, which is not "
+                                         "on slab_caches"))
+
+    def slab_indices(self, cache: int) -> np.ndarray:
+        """Indices (into the walker's arrays) of the slabs of CACHE, in pfn order."""
+        i = np.searchsorted(self._cache_keys, np.uint64(cache))
+        if i >= len(self._cache_keys) or self._cache_keys[i] != np.uint64(cache):
+            return np.zeros(0, np.int64)
+        end = self._starts[i + 1] if i + 1 < len(self._starts) else len(self._order)
+        return np.sort(self._order[self._starts[i]:end])
+
+    def slab_of(self, addr: int) -> int | None:
+        """Index of the slab whose memory holds ADDR, or None."""
+        i = int(np.searchsorted(self.base, np.uint64(addr), "right")) - 1
+        if i < 0:
+            return None
+        end = int(self.base[i]) + (int(self.npages[i]) << self.page_shift)
+        return i if addr < end else None
+
+    # --- freelists -----------------------------------------------------------------------
+    def _decode(self, c: KmemCache, ptr_addr: int, raw: int) -> int:
+        """The next free object from the word RAW stored at PTR_ADDR (freelist_ptr_decode():
+        ``ptr ^ s->random ^ swab(ptr_addr)`` when hardened; the swab() came with v5.7,
+        commit 1ad53d9fa3f6, and is tried first, the plain xor if it leads nowhere)."""
+        if not self.sl.kmem_cache.has("random"):
+            return raw
+        if self.swab is False:
+            return raw ^ c.random ^ ptr_addr
+        v = raw ^ c.random ^ _swab64(ptr_addr)
+        if self.swab is None and v:
+            if self.slab_of(v) is None:
+                alt = raw ^ c.random ^ ptr_addr
+                if alt and self.slab_of(alt) is not None:
+                    self.swab = False
+                    return alt
+            else:
+                self.swab = True
+        return v
+
+    def freelist_chain(self, c: KmemCache, first: int, slab_i: int, bound: int,
+                       sink: ProblemSink, mem: bytes | None = None) -> list[int]:
+        """The objects of the freelist starting at FIRST inside slab SLAB_I, at most BOUND;
+        wild pointers, misaligned pointers and cycles become problems."""
+        base = int(self.base[slab_i]) + c.red_left_pad
+        nobj = int(self.objects[slab_i])
+        out: list[int] = []
+        seen: set[int] = set()
+        p = first
+        while p:
+            idx, rem = divmod(p - base, c.size) if c.size else (0, 1)
+            if rem or not 0 <= idx < nobj:
+                sink.add("bad_pointer", f"slab {self.slab_addr(slab_i):#x}: freelist pointer "
+                         f"{p:#x} after {len(out)} objects is not an object of the slab")
+                break
+            if p in seen:
+                sink.add("cycle", f"slab {self.slab_addr(slab_i):#x}: freelist comes back to "
+                         f"{p:#x} after {len(out)} objects")
+                break
+            if len(out) >= bound:
+                sink.add("too_long", f"slab {self.slab_addr(slab_i):#x}: freelist longer than "
+                         f"{bound} objects")
+                break
+            seen.add(p)
+            out.append(p)
+            at = p + c.offset
+            try:
+                if mem is not None:
+                    o = at - int(self.base[slab_i])
+                    raw = int.from_bytes(mem[o:o + 8], "little")
+                else:
+                    raw = self.t.read_u64(at)
+            except FaultError:
+                sink.add("unreadable", f"slab {self.slab_addr(slab_i):#x}: free object {p:#x} "
+                         "cannot be read")
+                break
+            p = self._decode(c, at, raw)
+        return out
+
+    def slab_addr(self, i: int) -> int:
+        return self.pm.vmemmap + int(self.heads[i]) * self.pm.page_size_struct
+
+    def slab_index_of_struct(self, slab_ptr: int) -> int | None:
+        pfn, rem = divmod(slab_ptr - self.pm.vmemmap, self.pm.page_size_struct)
+        if rem:
+            return None
+        i = int(np.searchsorted(self.heads, pfn))
+        return i if i < len(self.heads) and self.heads[i] == pfn else None
+
+    # --- one cache -----------------------------------------------------------------------
+    def cache(self, c: KmemCache) -> CacheWalk:
+        t, sl = self.t, self.sl
+        problems: list[Problem] = list(c.problems)
+        sink = ProblemSink(problems, c.name)
+        idx = self.slab_indices(c.address)
+        where = np.full(len(idx), W_FULL, np.int8)
+        cpu_of = np.full(len(idx), -1, np.int64)
+        pos = {int(i): k for k, i in enumerate(idx)}
+        free: dict[int, str] = {}
+        bound_slabs = len(idx) + 1
+
+        def mark(slab_ptr: int, w: int, cpu: int, what: str) -> int | None:
+            i = self.slab_index_of_struct(slab_ptr)
+            if i is None or i not in pos:
+                sink.add("wrong_slab", f"{what} {slab_ptr:#x} is not a slab of this cache")
+                return None
+            where[pos[i]] = w
+            cpu_of[pos[i]] = cpu
+            return i
+
+        # Node partial lists (walked by kmem_caches()).
+        for n in c.nodes:
+            for s in n.partial_slabs:
+                mark(s, W_NODE_PARTIAL, -1, f"node {n.node} partial slab")
+        # Per-CPU slabs and partial lists (to v6.19).
+        if sl.cpu_slab_off is not None and c.cpu_slab:
+            kcc = sl.kmem_cache_cpu
+            for cpu in self.cpus:
+                base = (c.cpu_slab + self.offsets.get(cpu, 0)) & MASK64
+                try:
+                    raw = t.read(base, kcc.size)
+                except FaultError:
+                    sink.add("unreadable", f"cpu {cpu}: kmem_cache_cpu {base:#x} cannot be read")
+                    continue
+                fl = int.from_bytes(raw[sl.cpu_freelist_off:][:8], "little")
+                s = int.from_bytes(raw[sl.cpu_slab_slab_off:][:8], "little")
+                if s:
+                    i = mark(s, W_CPU, cpu, f"cpu {cpu} slab")
+                    if i is not None and fl:
+                        for o in self.freelist_chain(c, fl, i, int(self.objects[i]), sink):
+                            free[o] = f"cpu {cpu}"
+                p = (int.from_bytes(raw[sl.cpu_partial_off:][:8], "little")
+                     if sl.cpu_partial_off is not None else 0)
+                steps = 0
+                while p and sl.next_off is not None:
+                    if steps >= bound_slabs:
+                        sink.add("too_long", f"cpu {cpu} partial list longer than the "
+                                 f"cache's {len(idx)} slabs")
+                        break
+                    if mark(p, W_CPU_PARTIAL, cpu, f"cpu {cpu} partial slab") is None:
+                        break
+                    steps += 1
+                    try:
+                        p = t.read_u64(p + sl.next_off)
+                    except FaultError:
+                        sink.add("unreadable", f"cpu {cpu} partial slab {p:#x} cannot be read")
+                        break
+        # Sheaves (v6.18+) and barns.
+        if sl.cpu_sheaves_off is not None and c.cpu_sheaves:
+            for cpu in self.cpus:
+                base = (c.cpu_sheaves + self.offsets.get(cpu, 0)) & MASK64
+                try:
+                    raw = t.read(base, sl.pcs_size)
+                except FaultError:
+                    sink.add("unreadable", f"cpu {cpu}: sheaves {base:#x} cannot be read")
+                    continue
+                for name, off in sl.sheaves_members.items():
+                    sheaf = int.from_bytes(raw[off:off + 8], "little")
+                    if sheaf:
+                        place = f"sheaf {name} {cpu}" if name != "rcu_free" else f"rcu_free {cpu}"
+                        self._sheaf(c, sheaf, place, free, sink)
+            for n in c.nodes:
+                if not n.barn:
+                    continue
+                try:
+                    braw = t.read(n.barn, sl.barn_nr_empty_off + 4)
+                except FaultError:
+                    sink.add("unreadable", f"node {n.node} barn {n.barn:#x} cannot be read")
+                    continue
+                nr_full = int.from_bytes(braw[sl.barn_nr_full_off:][:4], "little")
+                for sheaf in list_for_each_entry(t, "struct slab_sheaf",
+                                                 n.barn + sl.barn_full_off, "barn_list",
+                                                 bound=nr_full, problems=problems,
+                                                 where=f"{c.name} node {n.node} barn full"):
+                    self._sheaf(c, sheaf, f"barn {n.node}", free, sink)
+        # Every slab's own freelist: read the slabs that have free objects in one piece.
+        nfree = np.zeros(len(idx), np.int64)
+        for k, i in enumerate(idx.tolist()):
+            first = int(self.freelist[i])
+            expect = int(self.objects[i]) - int(self.inuse[i])
+            if not first:
+                if expect > 0 and where[k] != W_CPU:
+                    sink.add("inuse_mismatch", f"slab {self.slab_addr(i):#x}: inuse "
+                             f"{int(self.inuse[i])} of {int(self.objects[i])} objects but an "
+                             "empty freelist")
+                continue
+            try:
+                mem = t.read(int(self.base[i]), int(self.npages[i]) << self.page_shift)
+            except FaultError:
+                mem = None
+            chain = self.freelist_chain(c, first, i, int(self.objects[i]), sink, mem)
+            nfree[k] = len(chain)
+            for o in chain:
+                if o in free:
+                    sink.add("double_free", f"slab {self.slab_addr(i):#x}: object {o:#x} is on "
+                             f"the slab's freelist and free in {free[o]}")
+                free[o] = "slab"
+            if len(chain) != expect:
+                sink.add("inuse_mismatch", f"slab {self.slab_addr(i):#x}: {len(chain)} objects "
+                         f"on the freelist, objects - inuse = {expect}")
+        where[(where == W_FULL) & (self.inuse[idx] < self.objects[idx])] = W_UNLISTED
+        for k in np.flatnonzero(where == W_UNLISTED)[:4].tolist():
+            i = int(idx[k])
+            sink.add("unlisted", f"slab {self.slab_addr(i):#x} has free objects but is on no "
+                     "list and no CPU")
+        slabs = CacheSlabs(self.heads[idx], np.array([self.slab_addr(i) for i in idx.tolist()],
+                                                     np.uint64),
+                           self.base[idx], self.node[idx], self.objects[idx], self.inuse[idx],
+                           self.freelist[idx], where, cpu_of, nfree)
+        return CacheWalk(c, slabs, free, problems)
+
+    def _sheaf(self, c: KmemCache, sheaf: int, place: str, free: dict[int, str],
+               sink: ProblemSink) -> None:
+        sl, t = self.sl, self.t
+        try:
+            hdr = t.read(sheaf, sl.sheaf_objects_off)
+            size = int.from_bytes(hdr[sl.sheaf_size_off:][:4], "little")
+            owner = int.from_bytes(hdr[sl.sheaf_cache_off:][:8], "little")
+            if size > MAX_SHEAF:
+                sink.add("bad_sheaf", f"{place}: sheaf {sheaf:#x} claims {size} objects")
+                return
+            objs = np.frombuffer(t.read(sheaf + sl.sheaf_objects_off, 8 * size), "<u8")
+        except FaultError:
+            sink.add("unreadable", f"{place}: sheaf {sheaf:#x} cannot be read")
+            return
+        # init_percpu_sheaves(): caches without sheaves (sheaf_capacity 0: kmem_cache,
+        # kmem_cache_node, debugged caches) share a static empty bootstrap_sheaf whose
+        # cache is NULL.
+        if owner != c.address and not (owner == 0 and size == 0):
+            sink.add("bad_sheaf", f"{place}: sheaf {sheaf:#x} belongs to cache {owner:#x}")
+        for o in objs.tolist():
+            i = self.slab_of(o)
+            if i is None or int(self.slab_cache[i]) != c.address:
+                sink.add("bad_sheaf", f"{place}: sheaf {sheaf:#x} holds {o:#x}, which is not an "
+                         "object of this cache")
+                continue
+            if o in free:
+                sink.add("double_free", f"{place}: object {o:#x} is free twice (also "
+                         f"{free[o]})")
+            free[o] = place
+
+
+def slab_walker(ctx: KernelContext) -> _Walker:
+    """The walk of every slab of the snapshot (the memmap decoded once, for all caches)."""
+    return ctx.snapshot("slab_walker", lambda: _Walker(ctx))
+
+
+def cache_walk(ctx: KernelContext, c: KmemCache) -> CacheWalk:
+    """The true state of cache C (see :class:`CacheWalk`), computed once per snapshot."""
+    return ctx.snapshot(f"cache_walk {c.address:#x}", lambda: slab_walker(ctx).cache(c))
+
+
+# --- KFENCE ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class KfenceObjects:
+    """The KFENCE pool (mm/kfence/core.c): ``__kfence_pool`` (0 when KFENCE is off or
+    ``kfence.sample_interval=0``, as Debian boots), its first pfn and pages, and per cache
+    address the objects allocated from it (``kfence_metadata[i].state ==
+    KFENCE_OBJECT_ALLOCATED``, counted under ``meta->cache``)."""
+
+    pool: int
+    pool_pfn: int
+    pool_pages: int
+    allocated: dict[int, int]
+
+
+def kfence_objects(ctx: KernelContext) -> KfenceObjects:
+    """Read the KFENCE pool's objects (see :class:`KfenceObjects`).  The number of objects
+    (CONFIG_KFENCE_NUM_OBJECTS) is not in the debug info: it is the number of leading
+    ``kfence_metadata[]`` entries whose ``addr`` lies in the object page
+    kfence_init_pool() gave them (``__kfence_pool + 2 * (i + 1) * PAGE_SIZE``)."""
+    t = ctx.t
+    try:
+        pool = t.read_u64(t.symbol("__kfence_pool"))
+        meta = t.read_u64(t.symbol("kfence_metadata"))
+        ml = t.layout("struct kfence_metadata")
+        allocated_state = t.enum_value("enum kfence_object_state", "KFENCE_OBJECT_ALLOCATED")
+    except TargetError:
+        return KfenceObjects(0, 0, 0, {})
+    if not pool or not meta:
+        return KfenceObjects(0, 0, 0, {})
+    ps = t.page_size
+    out: dict[int, int] = {}
+    n = 0
+    while n < 1 << 16:
+        try:
+            raw = t.read(meta + n * ml.size, ml.size)
+        except FaultError:
+            break
+        addr = read_member(ml["addr"], raw)
+        if addr & ~(ps - 1) != pool + 2 * (n + 1) * ps:
+            break
+        if read_member(ml["state"], raw) == allocated_state:
+            cache = read_member(ml["cache"], raw)
+            out[cache] = out.get(cache, 0) + 1
+        n += 1
+    pfn = virt_to_phys(kernel_layout(t), pool) >> (ps.bit_length() - 1)
+    return KfenceObjects(pool, pfn, 2 * (n + 1), out)
+
+
+# --- slabinfo --walk -----------------------------------------------------------------------
+@dataclasses.dataclass
+class CacheUsage:
+    """
+    One cache's true numbers (``slabinfo --walk``), from every slab walked.
+
+    - ``name``, ``address``: the cache.
+    - ``objsize``, ``object_size``: ``s->size`` (bytes per object in a slab) and
+      ``s->object_size`` (bytes the user asked for).
+    - ``refcount``: ``s->refcount``; ``merged``: it is above 1 (other caches were merged
+      into this one, slab_common.c find_mergeable(); they all allocate ``objsize`` bytes).
+    - ``slabs``: slabs found in the memmap; ``slabs_by_where``: per :data:`WHERE` place.
+    - ``objects``: objects those slabs hold (``slab->objects`` summed).
+    - ``allocated``: objects handed out (no freelist, CPU freelist, sheaf or barn holds
+      them).
+    - ``free_in_slabs``: on the slabs' own freelists.
+    - ``free_cpu``: on CPU lockless freelists (``kmem_cache_cpu.freelist``, to v6.19).
+    - ``free_cpu_partial``: free objects of the slabs on CPU partial lists (included in
+      ``free_in_slabs``).
+    - ``free_sheaves``: in CPU sheaves (main, spare); ``rcu_free``: in ``rcu_free``
+      sheaves, waiting for a grace period; ``free_barn``: in the full sheaves of the
+      nodes' barns (v6.18+).
+    - ``kfence``: objects of this cache allocated from the KFENCE pool (not in any slab).
+    - ``bytes``: memory of the slabs (pages * PAGE_SIZE); ``used_bytes``: ``allocated *
+      object_size``; ``wasted_bytes``: ``bytes - used_bytes - free objects * objsize``
+      (per-object padding and metadata of allocated objects, and each slab's tail).
+    - ``problems``: :class:`~memscope.kernel.problem.Problem` records of the walk.
+    """
+
+    name: str
+    address: int
+    objsize: int
+    object_size: int
+    refcount: int
+    merged: bool
+    slabs: int
+    slabs_by_where: dict[str, int]
+    objects: int
+    allocated: int
+    free_in_slabs: int
+    free_cpu: int
+    free_cpu_partial: int
+    free_sheaves: int
+    rcu_free: int
+    free_barn: int
+    kfence: int
+    bytes: int
+    used_bytes: int
+    wasted_bytes: int
+    problems: list[Problem]
+
+
+def cache_usage(ctx: KernelContext, c: KmemCache) -> CacheUsage:
+    """The :class:`CacheUsage` of cache C."""
+    w = cache_walk(ctx, c)
+    s = w.slabs
+    wk = slab_walker(ctx)
+    nfree = int(s.nfree.sum())
+    free_cpu = w.count("cpu ")
+    sheaves = w.count("sheaf ")
+    rcu = w.count("rcu_free")
+    barn = w.count("barn")
+    objects = int(s.objects.sum())
+    allocated = objects - nfree - free_cpu - sheaves - rcu - barn
+    pages = int(wk.npages[wk.slab_indices(c.address)].sum()) if len(s.pfn) else 0
+    total = pages << wk.page_shift
+    used = allocated * c.object_size
+    return CacheUsage(
+        c.name, c.address, c.size, c.object_size, c.refcount, c.refcount > 1, len(s.pfn),
+        {name: int(np.count_nonzero(s.where == k)) for k, name in enumerate(WHERE)},
+        objects, allocated, nfree, free_cpu,
+        int(s.nfree[s.where == W_CPU_PARTIAL].sum()), sheaves, rcu, barn,
+        wk.kfence.allocated.get(c.address, 0), total, used,
+        total - used - (objects - allocated) * c.size, w.problems)
+
+
+def slab_usage(ctx: KernelContext) -> list[CacheUsage]:
+    """
+    Walk every slab of every cache (``slabinfo --walk``): the slab pages come from the
+    memmap decoded once (mm/page.py), their struct slab words from the same decode, each
+    freelist is decoded (bounded by the slab's object count), and the per-CPU freelists,
+    CPU partial lists, sheaves and barns are read per cache.
+
+    :param ctx: the context of the target
+    :return: one :class:`CacheUsage` per cache, in ``slab_caches`` order
+    :raises TargetError: as :func:`kmem_caches` and :func:`memscope.mm.page.memmap`
+    """
+    return [cache_usage(ctx, c) for c in kmem_caches(ctx)]
+
+
+def object_addresses(w: CacheWalk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every object of the cache's slabs: (address, slab position in ``w.slabs``, index in
+    its slab), in slab (pfn) then index order; uint64, int64, int64 arrays."""
+    s, c = w.slabs, w.cache
+    n = s.objects.astype(np.int64)
+    total = int(n.sum())
+    slab_pos = np.repeat(np.arange(len(n)), n)
+    first = np.repeat(np.cumsum(n) - n, n)
+    index = np.arange(total, dtype=np.int64) - first
+    addr = (s.base[slab_pos] + np.uint64(c.red_left_pad)
+            + index.astype(np.uint64) * np.uint64(c.size))
+    return addr, slab_pos, index
+
+
+def allocated_mask(w: CacheWalk, addr: np.ndarray) -> np.ndarray:
+    """Which of ADDR (object addresses of the cache) are allocated: on no freelist, CPU
+    freelist, sheaf or barn."""
+    if not w.free:
+        return np.ones(len(addr), bool)
+    return ~np.isin(addr, np.fromiter(w.free, np.uint64, len(w.free)))
