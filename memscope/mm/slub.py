@@ -993,3 +993,95 @@ def allocated_mask(w: CacheWalk, addr: np.ndarray) -> np.ndarray:
     if not w.free:
         return np.ones(len(addr), bool)
     return ~np.isin(addr, np.fromiter(w.free, np.uint64, len(w.free)))
+
+
+# --- whatis ----------------------------------------------------------------------------------
+from ..kernel.addr import region as _region  # noqa: E402
+
+
+@dataclasses.dataclass
+class WhatIs:
+    """
+    What an address is (``whatis ADDR``).
+
+    - ``address``: the address asked about.
+    - ``kind``: ``"slab"`` (an object, or a slab's unused tail), ``"kfence"`` (in the
+      KFENCE pool), ``"kmalloc_large"``, a page class of :data:`memscope.mm.page.CLASSES`
+      for other direct-map addresses (``"buddy"``, ``"pcp"``, ``"pagecache"``, ``"anon"``,
+      ``"pagetable"``, ``"hugetlb"``, ``"reserved"``, ``"kernel"``, ``"free"``,
+      ``"hole"``, ...), ``"memmap"`` (a struct page in the vmemmap), ``"kernel image"``,
+      ``"modules"``, ``"vmalloc"``, or ``"unknown"`` (no kernel region).
+    - ``pfn``: the page frame (direct map and memmap addresses), else None.
+    - ``cache``, ``slab`` (``struct slab *``), ``index`` (object in the slab, None in a
+      slab's tail), ``offset`` (bytes into the object), ``object`` (its address),
+      ``state`` (``"allocated"`` or ``"free"``), ``free_in`` (where a free object waits:
+      ``"slab"``, ``"cpu N"``, ``"sheaf main N"``, ``"sheaf spare N"``, ``"rcu_free N"``,
+      ``"barn N"``): slab objects only.
+    - ``block_pfn``, ``order``: the free buddy block holding the page (buddy only).
+    """
+
+    address: int
+    kind: str
+    pfn: int | None = None
+    cache: str | None = None
+    slab: int | None = None
+    index: int | None = None
+    offset: int | None = None
+    object: int | None = None
+    state: str | None = None
+    free_in: str | None = None
+    block_pfn: int | None = None
+    order: int | None = None
+
+
+def whatis(ctx: KernelContext, addr: int) -> WhatIs:
+    """
+    Say what ADDR is: a slab object (cache, slab, index, offset, allocated or free and
+    where), a KFENCE object, a large kmalloc, or else its page's class from the memmap
+    (mm/page.py), a struct page, or the kernel region it lies in.
+
+    :param ctx: the context of the target
+    :param addr: a kernel virtual address
+    :return: a :class:`WhatIs`
+    :raises TargetError: as :func:`slab_usage`
+    """
+    t = ctx.t
+    kl = kernel_layout(t)
+    reg = _region(kl, addr)
+    pm = _page.memmap(ctx)
+    shift = t.page_size.bit_length() - 1
+    if reg == "vmemmap":
+        pfn, _ = divmod(addr - pm.vmemmap, pm.page_size_struct)
+        return WhatIs(addr, "memmap", pfn)
+    if reg != "direct map":
+        return WhatIs(addr, reg or "unknown")
+    pfn = virt_to_phys(kl, addr) >> shift
+    if not 0 <= pfn < pm.nr_pages:
+        return WhatIs(addr, "hole", pfn)
+    wk = slab_walker(ctx)
+    kf = wk.kfence
+    if kf.pool_pages and kf.pool_pfn <= pfn < kf.pool_pfn + kf.pool_pages:
+        return WhatIs(addr, "kfence", pfn)
+    cls = _page.CLASSES[pm.cls[pfn]]
+    if cls == "slab":
+        i = wk.slab_of(addr)
+        c = wk.by_addr.get(int(wk.slab_cache[i])) if i is not None else None
+        if c is None:
+            return WhatIs(addr, "slab", pfn)
+        w = cache_walk(ctx, c)
+        first = int(wk.base[i]) + c.red_left_pad
+        idx, off = divmod(addr - first, c.size)
+        if not 0 <= idx < int(wk.objects[i]):
+            return WhatIs(addr, "slab", pfn, c.name, wk.slab_addr(i))
+        obj = first + idx * c.size
+        where = w.free.get(obj)
+        return WhatIs(addr, "slab", pfn, c.name, wk.slab_addr(i), idx, off, obj,
+                      "free" if where else "allocated", where)
+    if cls == "buddy":
+        lo = max(pfn - (1 << (ctx.nr_orders - 1)) + 1, 0)
+        starts = np.flatnonzero(pm.order[lo:pfn + 1] >= 0)
+        for s in starts[::-1].tolist():
+            o = int(pm.order[lo + s])
+            if lo + s + (1 << o) > pfn:
+                return WhatIs(addr, "buddy", pfn, block_pfn=lo + s, order=o)
+    return WhatIs(addr, cls, pfn)
