@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from memscope.lab import cases
@@ -305,3 +306,76 @@ def test_bad_input_is_one_line(lab_case):
     assert r.stderr == "memscope: slab: no slab cache named 'no-such-cache'\n"
     r = memscope(snap, "whatis", "0xzz", check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+# --- corrupted copies of real dumps --------------------------------------------------------
+CORRUPT_KERNELS = ["5.10", "6.12", "7.2"]
+
+
+def _partial_slab_with_free(ctx, min_free=2):
+    """(cache, walk, slab position) of a node-partial slab with at least MIN_FREE free
+    objects on its own freelist."""
+    for c in slub.kmem_caches(ctx):
+        w = slub.cache_walk(ctx, c)
+        k = np.flatnonzero((w.slabs.where == slub.W_NODE_PARTIAL) & (w.slabs.nfree >= min_free))
+        if len(k):
+            return c, w, int(k[0])
+    raise AssertionError("no partial slab with free objects")
+
+
+def _encode(c, ptr, at):
+    """freelist_ptr(): the stored form of PTR at address AT (hardened, with swab())."""
+    return ptr ^ c.random ^ int.from_bytes(at.to_bytes(8, "little"), "big")
+
+
+@pytest.mark.parametrize("kernel", CORRUPT_KERNELS)
+@pytest.mark.parametrize("corruption", ["wild", "cycle", "inuse"])
+def test_corrupted_freelist_is_a_finding_naming_cache_and_slab(lab_case, kernel, corruption):
+    from kernel_dumps import PatchedTarget
+
+    prog, t = open_dump(lab_case(kernel))
+    c, w, k = _partial_slab_with_free(KernelContext(t))
+    slab_addr, first = int(w.slabs.slab[k]), int(w.slabs.freelist[k])
+    pt = PatchedTarget(t)
+    if corruption == "wild":
+        pt.patch(first + c.offset, _encode(c, 0xFFFF888000001234, first + c.offset))
+    elif corruption == "cycle":
+        pt.patch(first + c.offset, _encode(c, first, first + c.offset))
+    else:  # inuse one lower than the freelist says
+        sl = slub.slub_layout(KernelContext(t))
+        word = slab_addr + sl.counters.offset
+        pt.patch(word, t.read_u64(word) - 1)
+    ctx = KernelContext(pt)
+    got = slub.cache_walk(ctx, slub.find_kmem_cache(ctx, c.name))
+    kinds = {"wild": "bad_pointer", "cycle": "cycle", "inuse": "inuse_mismatch"}
+    found = [p for p in got.problems if p.kind == kinds[corruption]]
+    assert found, got.problems
+    assert found[0].where == c.name and f"{slab_addr:#x}" in found[0].message
+
+
+def test_sheaf_entry_outside_its_cache_is_a_finding(lab_case):
+    """7.2: an object pointer in a CPU sheaf that is no object of the sheaf's cache."""
+    from kernel_dumps import PatchedTarget
+
+    prog, t = open_dump(lab_case("7.2"))
+    ctx = KernelContext(t)
+    sl = slub.slub_layout(ctx)
+    for c in slub.kmem_caches(ctx):
+        if not c.cpu_sheaves:
+            continue
+        for cpu in t.possible_cpus:
+            pcs = (c.cpu_sheaves + t.per_cpu_offset(cpu)) & ((1 << 64) - 1)
+            sheaf = t.read_u64(pcs + sl.sheaves_members["main"])
+            if sheaf and t.read_u32(sheaf + sl.sheaf_size_off):
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.fail("no CPU sheaf with objects on the 7.2 dump")
+    pt = PatchedTarget(t)
+    pt.patch(sheaf + sl.sheaf_objects_off, 0xFFFF888000001230)
+    ctx2 = KernelContext(pt)
+    got = slub.cache_walk(ctx2, slub.find_kmem_cache(ctx2, c.name))
+    bad = [p for p in got.problems if p.kind == "bad_sheaf"]
+    assert bad and bad[0].where == c.name and f"{sheaf:#x}" in bad[0].message
