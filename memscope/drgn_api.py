@@ -23,11 +23,18 @@ the same name returns):
 - :func:`page_records`: the decoded struct pages of a pfn range.
 - :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
-- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`: the /proc files, byte for byte.
+- :func:`slabinfo`: /proc/slabinfo's numbers, each kernel's arithmetic.
+- :func:`slab_usage`: the true counts of every slab cache, every slab walked
+  (``slabinfo --walk``).
+- :func:`slab`: one cache's slabs and free objects (``slab CACHE``).
+- :func:`whatis`: what an address is: slab object, KFENCE, large kmalloc, page class.
+- :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_slabinfo`: the /proc
+  files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
   former name).
 
-Records: :class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
+Records: :class:`SlabInfo`, :class:`CacheUsage`, :class:`CacheWalk`, :class:`WhatIs`,
+:class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
 :class:`ZoneFreeLists` / :class:`FreeBlock` / :class:`PcpList`, :class:`CheckReport` /
 :class:`ZoneCheck`, :class:`Problem`, :class:`ZonePages`, :class:`PageRecord`,
 :class:`ZonePageblocks`, :class:`ZoneFrag` (with ``memscope.mm.frag.OrderFrag`` rows).
@@ -78,6 +85,8 @@ from .mm import pageblock as _pageblock
 from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
+from .mm import slub as _slub
+from .mm.slub import CacheUsage, CacheWalk, SlabInfo, WhatIs, format_slabinfo
 from .mm.context import KernelContext
 from .target.drgn import DrgnTarget
 
@@ -86,7 +95,8 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
-           "mm_for"]
+           "mm_for", "slabinfo", "slab_usage", "slab", "whatis", "format_slabinfo",
+           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -397,6 +407,79 @@ def frag(prog: drgn.Program, gfp: str = "kernel") -> list[ZoneFrag]:
 
 
 # --- drgn command registration -------------------------------------------------------
+def slabinfo(prog: drgn.Program) -> list[SlabInfo]:
+    """
+    Get /proc/slabinfo's numbers (mm/slab_common.c cache_show(), mm/slub.c
+    get_slabinfo()): one line per cache on ``slab_caches``, in list order, with the
+    target kernel's arithmetic (``active_objs`` is ``num_objs`` less the free objects of
+    the node partial lists, approximated from 10000 slabs by 6.10+ kernels past that
+    many).  :func:`format_slabinfo` prints them as the kernel does.
+
+    >>> next(r for r in slabinfo(prog) if r.name == "dentry")
+    SlabInfo(name='dentry', active_objs=9032, num_objs=15456, objsize=192, objperslab=21, pagesperslab=1, active_slabs=736, num_slabs=736, limit=0, batchcount=0, sharedfactor=0, sharedavail=0)
+
+    :param prog: the kernel (built with CONFIG_SLUB_DEBUG, as Debian's are)
+    :return: one :class:`SlabInfo` per cache; counts are objects and slabs, ``objsize``
+        bytes
+    :raises TargetError: a type, member or symbol SLUB needs is missing
+    :raises FaultError: ``slab_caches`` or a cache on it cannot be read
+    """
+    return _slub.slabinfo(_fresh(prog))
+
+
+def slab_usage(prog: drgn.Program) -> list[CacheUsage]:
+    """
+    Walk every slab of every cache (``memscope slabinfo --walk``): the slab pages from the
+    memmap decoded once, each slab's freelist decoded (hardened pointers, bounded by the
+    slab's object count), the CPU freelists and CPU partial lists (to 6.19), the sheaves
+    and barns (6.18+); KFENCE objects counted apart.
+
+    :param prog: the kernel
+    :return: one :class:`CacheUsage` per cache in ``slab_caches`` order: object counts
+        (allocated, free in slabs, per CPU, in sheaves, rcu_free, in barns, KFENCE),
+        slabs per place, bytes; corruption as its ``problems``
+    :raises TargetError: as :func:`slabinfo` and :func:`pages`
+    """
+    return _slub.slab_usage(_fresh(prog))
+
+
+def slab(prog: drgn.Program, name: str) -> CacheWalk:
+    """
+    Get the slabs of the cache NAME and where each free object waits (``memscope slab
+    NAME``); ``memscope.mm.slub.object_addresses()`` and ``allocated_mask()`` give its
+    objects.
+
+    :param prog: the kernel
+    :param name: the cache's name, as /proc/slabinfo prints it
+    :return: a :class:`CacheWalk`: ``slabs`` (numpy arrays per slab: pfn, struct slab
+        address, memory, node, objects, inuse, place), ``free`` (free object address ->
+        ``"slab"``, ``"cpu N"``, ``"sheaf main N"``, ...), ``problems``
+    :raises TargetError: no cache has that name, or as :func:`slab_usage`
+    """
+    ctx = _fresh(prog)
+    return _slub.cache_walk(ctx, _slub.find_kmem_cache(ctx, name))
+
+
+def whatis(prog: drgn.Program, addr: int) -> WhatIs:
+    """
+    Say what the kernel address ADDR is (``memscope whatis ADDR``): a slab object (cache,
+    ``struct slab *``, index, offset in the object, allocated or free and where), a
+    KFENCE object, a large kmalloc, else the class of its page (buddy with its block,
+    pcp, pagecache, anon, pagetable, hugetlb, reserved, kernel...), a struct page
+    (``"memmap"``), or the kernel region (``"kernel image"``, ``"modules"``,
+    ``"vmalloc"``; ``"unknown"`` outside them).
+
+    >>> whatis(prog, prog["init_task"].mm.value_() or 0).kind
+    'unknown'
+
+    :param prog: the kernel
+    :param addr: a virtual address
+    :return: a :class:`WhatIs`
+    :raises TargetError: as :func:`slab_usage`
+    """
+    return _slub.whatis(_fresh(prog), int(addr))
+
+
 def _register() -> bool:
     try:
         from drgn.commands import argument, command

@@ -3,6 +3,7 @@ the true counts of ``slabinfo --walk`` against drgn's helpers, ``slab CACHE``, `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -379,3 +380,19 @@ def test_sheaf_entry_outside_its_cache_is_a_finding(lab_case):
     got = slub.cache_walk(ctx2, slub.find_kmem_cache(ctx2, c.name))
     bad = [p for p in got.problems if p.kind == "bad_sheaf"]
     assert bad and bad[0].where == c.name and f"{sheaf:#x}" in bad[0].message
+
+
+def test_drgn_api_returns_what_the_cli_prints(walk):
+    """memscope.drgn_api's slab functions on a drgn Program give the CLI's records."""
+    import memscope.drgn_api as ms
+
+    snap, ctx, usage, truth = walk
+    prog, _ = open_dump(snap)
+    assert ms.format_slabinfo(ms.slabinfo(prog)) == snap.truth_text("slabinfo")
+    assert [dataclasses.asdict(u) for u in ms.slab_usage(prog)] == json.loads(
+        memscope(snap, "slabinfo", "--walk", "-f", "json").stdout)
+    w = ms.slab(prog, "dentry")
+    assert len(w.slabs.pfn) == usage["dentry"].slabs
+    obj = int(w.slabs.base[0]) + w.cache.red_left_pad + w.cache.size + 3
+    assert dataclasses.asdict(ms.whatis(prog, obj)) == json.loads(
+        memscope(snap, "whatis", hex(obj), "-f", "json").stdout)
