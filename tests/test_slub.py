@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from memscope.mm import slub
 from memscope.mm.context import KernelContext
 
 from kernel_dumps import open_dump
+from test_buddy import memscope  # the real command line on a lab dump
 
 # Every case whose truth has a slabinfo: the real kernels, the named snapshots of one run,
 # and whatever slab-specific cases the lab defines (a cache past MAX_PARTIAL_TO_SCAN
@@ -23,15 +22,6 @@ from kernel_dumps import open_dump
 SLAB_CASES = [(c, "") for c in cases.REAL_KERNEL_CASES] + [
     ("6.12-snapshots", "before"), ("6.12-snapshots", "after"), ("6.12-snapshots", "")] + [
     (c, "") for c in cases.CASES if "slab" in c]
-
-
-def memscope(snap: cases.Snapshot, *args: str, check: bool = True):
-    r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(snap.vmcore), "-s",
-                        str(snap.vmlinux), *args], capture_output=True, text=True, timeout=600)
-    if check:
-        assert r.returncode == 0, r.stderr
-        assert r.stderr == ""
-    return r
 
 
 @pytest.fixture(scope="module", params=SLAB_CASES, ids=lambda p: "-".join(filter(None, p)))
@@ -179,7 +169,7 @@ def _drgn_exceptions(prog, cache):
     such page whatever the object's state).  Returns (rcu_free addresses, kfence count)."""
     from drgn import cast
     from drgn.helpers.linux.cpumask import for_each_online_cpu
-    from drgn.helpers.linux.mm import page_to_virt, virt_to_page
+    from drgn.helpers.linux.mm import virt_to_page
     from drgn.helpers.linux.percpu import per_cpu_ptr
 
     rcu = set()
@@ -205,7 +195,6 @@ def _drgn_exceptions(prog, cache):
             if slab.slab_cache == cache and slab.objects.value_() >= 1:
                 kfence += 1
             i += 1
-        del page_to_virt
     return rcu, kfence
 
 

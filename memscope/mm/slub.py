@@ -437,6 +437,7 @@ def format_slabinfo(rows: list[SlabInfo]) -> str:
 import numpy as np  # noqa: E402
 
 from ..kernel.addr import kernel_layout, virt_to_phys  # noqa: E402
+from ..kernel.percpu import per_cpu_ptrs  # noqa: E402
 from ..kernel.problem import ProblemSink  # noqa: E402
 from . import page as _page  # noqa: E402
 
@@ -514,9 +515,6 @@ class _Walker:
         self.pl = _page.page_layout(ctx)
         self.kl = kernel_layout(t)
         self.page_shift = t.page_size.bit_length() - 1
-        self.cpus = t.possible_cpus
-        self.offsets = {cpu: t.per_cpu_offset(cpu) for cpu in self.cpus} if \
-            t.has_symbol("__per_cpu_offset") else {0: 0}
         self.swab: bool | None = None  # the hardened encoding, decided on first use
         self.problems: list[Problem] = []
         self.kfence = kfence_objects(ctx)
@@ -729,14 +727,8 @@ class _Walker:
                 mark(s, W_NODE_PARTIAL, -1, f"node {n.node} partial slab")
         # Per-CPU slabs and partial lists (to v6.19).
         if sl.cpu_slab_off is not None and c.cpu_slab:
-            kcc = sl.kmem_cache_cpu
-            for cpu in self.cpus:
-                base = (c.cpu_slab + self.offsets.get(cpu, 0)) & MASK64
-                try:
-                    raw = t.read(base, kcc.size)
-                except FaultError:
-                    sink.add("unreadable", f"cpu {cpu}: kmem_cache_cpu {base:#x} cannot be read")
-                    continue
+            for cpu, raw in self._per_cpu(c.cpu_slab, sl.kmem_cache_cpu.size,
+                                          "kmem_cache_cpu", sink):
                 fl = int.from_bytes(raw[sl.cpu_freelist_off:][:8], "little")
                 s = int.from_bytes(raw[sl.cpu_slab_slab_off:][:8], "little")
                 if s:
@@ -763,13 +755,8 @@ class _Walker:
                         break
         # Sheaves (v6.18+) and barns.
         if sl.cpu_sheaves_off is not None and c.cpu_sheaves:
-            for cpu in self.cpus:
-                base = (c.cpu_sheaves + self.offsets.get(cpu, 0)) & MASK64
-                try:
-                    raw = t.read(base, sl.pcs_size)
-                except FaultError:
-                    sink.add("unreadable", f"cpu {cpu}: sheaves {base:#x} cannot be read")
-                    continue
+            for cpu, raw in self._per_cpu(c.cpu_sheaves, sl.pcs_size, "slub_percpu_sheaves",
+                                          sink):
                 for name, off in sl.sheaves_members.items():
                     sheaf = int.from_bytes(raw[off:off + 8], "little")
                     if sheaf:
@@ -821,6 +808,15 @@ class _Walker:
                            self.base[idx], self.node[idx], self.objects[idx], self.inuse[idx],
                            self.freelist[idx], where, cpu_of, nfree)
         return CacheWalk(c, slabs, free, problems)
+
+    def _per_cpu(self, ptr: int, size: int, what: str, sink: ProblemSink):
+        """(cpu, SIZE bytes of ``per_cpu_ptr(PTR, cpu)``) for each possible CPU; an
+        unreadable copy is a problem."""
+        for cpu, base in per_cpu_ptrs(self.t, ptr):
+            try:
+                yield cpu, self.t.read(base, size)
+            except FaultError:
+                sink.add("unreadable", f"cpu {cpu}: {what} {base:#x} cannot be read")
 
     def _sheaf(self, c: KmemCache, sheaf: int, place: str, free: dict[int, str],
                sink: ProblemSink) -> None:
