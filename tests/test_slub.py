@@ -385,3 +385,26 @@ def test_drgn_api_returns_what_the_cli_prints(walk):
     obj = int(w.slabs.base[0]) + w.cache.red_left_pad + w.cache.size + 3
     assert dataclasses.asdict(ms.whatis(prog, obj)) == json.loads(
         memscope(snap, "whatis", hex(obj), "-f", "json").stdout)
+
+
+def test_whatis_names_large_kmalloc_pages_where_the_kernel_marks_them(lab_case):
+    """7.x marks the pages of a large kmalloc with PGTY_large_kmalloc: whatis says
+    kmalloc_large on each page whose page_type drgn reads as that type (and drgn finds no
+    slab object there)."""
+    from drgn.helpers.linux.mm import pfn_to_page, pfn_to_virt
+    from drgn.helpers.linux.slab import slab_object_info
+
+    from memscope.mm import page as mpage
+
+    snap = lab_case("7.2")
+    prog, t = open_dump(snap)
+    pgty = prog["PGTY_large_kmalloc"].value_()
+    ctx = KernelContext(t)
+    pm = mpage.memmap(ctx)
+    pfns = np.flatnonzero((pm.cls == mpage.C["kmalloc_large"]) & ~pm.tail)
+    assert len(pfns), "the 7.2 dump has no large kmalloc: nothing tested"
+    for pfn in pfns.tolist():
+        assert prog.read_u32(pfn_to_page(prog, pfn).page_type.address_) >> 24 == pgty
+        addr = pfn_to_virt(prog, pfn).value_() + 100
+        assert slub.whatis(ctx, addr).kind == "kmalloc_large"
+        assert slab_object_info(prog, addr) is None
