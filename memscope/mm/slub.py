@@ -30,15 +30,23 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from ..kernel.addr import kernel_layout, region as _region, virt_to_phys
 from ..kernel.fields import read_member
-from ..kernel.list import list_for_each, list_for_each_entry
-from ..kernel.problem import Problem
+from ..kernel.list import list_for_each_entry
+from ..kernel.percpu import per_cpu_ptrs
+from ..kernel.problem import Problem, ProblemSink
 from ..target.base import FaultError, Member, Target, TargetError
+from . import page as _page
 from .context import KernelContext
 
 __all__ = ["SlubLayout", "KmemCache", "KmemCacheNode", "SlabInfo", "slub_layout",
            "kmem_caches", "find_kmem_cache", "slabinfo", "format_slabinfo", "oo_order",
-           "oo_objects", "MAX_PARTIAL_TO_SCAN"]
+           "oo_objects", "MAX_PARTIAL_TO_SCAN", "count_partial_free", "get_slabinfo",
+           "WHERE", "CacheSlabs", "CacheWalk", "CacheUsage", "KfenceObjects", "WhatIs",
+           "slab_walker", "cache_walk", "cache_usage", "slab_usage", "kfence_objects",
+           "object_addresses", "allocated_mask", "whatis"]
 
 #: The most caches :func:`kmem_caches` walks on ``slab_caches`` (a live kernel has a few
 #: hundred; more is a corrupted list).
@@ -434,12 +442,7 @@ def format_slabinfo(rows: list[SlabInfo]) -> str:
 # =====================================================================================
 # The true state: every slab and every object (``slabinfo --walk``, ``slab``, ``whatis``)
 # =====================================================================================
-import numpy as np  # noqa: E402
 
-from ..kernel.addr import kernel_layout, virt_to_phys  # noqa: E402
-from ..kernel.percpu import per_cpu_ptrs  # noqa: E402
-from ..kernel.problem import ProblemSink  # noqa: E402
-from . import page as _page  # noqa: E402
 
 #: Where a slab sits (``Slab.where``): the CPU slab of a CPU (to v6.19), on a CPU's partial
 #: list (to v6.19), on its node's partial list, full (on no list: SLUB keeps full slabs on
@@ -1020,7 +1023,6 @@ def allocated_mask(w: CacheWalk, addr: np.ndarray) -> np.ndarray:
 
 
 # --- whatis ----------------------------------------------------------------------------------
-from ..kernel.addr import region as _region  # noqa: E402
 
 
 @dataclasses.dataclass
