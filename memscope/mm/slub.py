@@ -633,6 +633,7 @@ class _Walker:
         out: list[int] = []
         seen: set[int] = set()
         nexts: list[int] | None = None
+        hardened = self.sl.kmem_cache.has("random")
         p = first
         while p:
             idx, rem = divmod(p - base, c.size) if c.size else (0, 1)
@@ -650,7 +651,7 @@ class _Walker:
                 break
             seen.add(p)
             out.append(p)
-            if nexts is None and mem is not None and self.swab is not None:
+            if nexts is None and mem is not None and (self.swab is not None or not hardened):
                 nexts = self._next_pointers(c, slab_i, mem)
             if nexts:
                 p = nexts[idx]
