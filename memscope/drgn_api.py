@@ -415,8 +415,9 @@ def slabinfo(prog: drgn.Program) -> list[SlabInfo]:
     the node partial lists, approximated from 10000 slabs by 6.10+ kernels past that
     many).  :func:`format_slabinfo` prints them as the kernel does.
 
-    >>> next(r for r in slabinfo(prog) if r.name == "dentry")
-    SlabInfo(name='dentry', active_objs=9032, num_objs=15456, objsize=192, objperslab=21, pagesperslab=1, active_slabs=736, num_slabs=736, limit=0, batchcount=0, sharedfactor=0, sharedavail=0)
+    >>> dentry = next(r for r in slabinfo(prog) if r.name == "dentry")
+    >>> dentry.active_objs, dentry.num_objs, dentry.objsize, dentry.num_slabs
+    (9032, 15456, 192, 736)
 
     :param prog: the kernel (built with CONFIG_SLUB_DEBUG, as Debian's are)
     :return: one :class:`SlabInfo` per cache; counts are objects and slabs, ``objsize``
