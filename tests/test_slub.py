@@ -408,3 +408,27 @@ def test_whatis_names_large_kmalloc_pages_where_the_kernel_marks_them(lab_case):
         addr = pfn_to_virt(prog, pfn).value_() + 100
         assert slub.whatis(ctx, addr).kind == "kmalloc_large"
         assert slab_object_info(prog, addr) is None
+
+
+@pytest.mark.parametrize("kernel,approximates", [("5.10", False), ("6.1", False),
+                                                 ("6.12", True), ("7.2", True)])
+def test_count_partial_free_follows_each_kernels_formula(lab_case, kernel, approximates):
+    """Which arithmetic a kernel's /proc/slabinfo uses is read from its debug info
+    (count_partial_free_approx() exists from 6.10), and the approximation is the kernel's:
+    a list of 12001 partial slabs whose middle slabs have more free objects than its
+    5000 first and 5000 last gives mult_frac(x, nr_partial, 10000) capped at
+    total_objects on 6.10+, the exact sum before."""
+    _, t = open_dump(lab_case(kernel))
+    sl = slub.slub_layout(KernelContext(t))
+    assert sl.partial_free_approx is approximates
+    free = [1] * 5000 + [7] * 2001 + [3] * 5000
+    exact = sum(free)
+    x = 5000 * 1 + 5000 * 3
+    scaled = x // 10000 * 12001 + x % 10000 * 12001 // 10000  # include/linux/math.h
+    assert slub.count_partial_free(sl, free, len(free), 10 ** 9) == (
+        scaled if approximates else exact)
+    assert scaled != exact
+    if approximates:
+        assert slub.count_partial_free(sl, free, len(free), 1000) == 1000  # min(x, objs)
+    short = [2] * slub.MAX_PARTIAL_TO_SCAN
+    assert slub.count_partial_free(sl, short, len(short), 10 ** 9) == sum(short)
