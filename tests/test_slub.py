@@ -287,6 +287,14 @@ def test_whatis_on_other_pages_says_their_class(walk):
     r = slub.whatis(ctx, last)
     assert (r.kind, r.block_pfn, r.order) == ("buddy", page_to_pfn(page).value_(), order)
     assert slub.whatis(ctx, page.value_() + 8).kind == "memmap"
+    dentry = slub.cache_walk(ctx, slub.find_kmem_cache(ctx, "dentry")).slabs.slab[0]
+    r = slub.whatis(ctx, int(dentry) + 8)
+    from drgn import Object
+
+    slab = Object(prog, "struct slab" if _has_type(prog, "struct slab") else "struct page",
+                  address=int(dentry))
+    assert (r.kind, r.slab, r.cache) == ("memmap", int(dentry),
+                                          slab.slab_cache.name.string_().decode())
 
 
 def test_bad_input_is_one_line(lab_case):

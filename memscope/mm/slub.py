@@ -1037,7 +1037,8 @@ class WhatIs:
       for other direct-map addresses (``"buddy"``, ``"pcp"``, ``"pagecache"``, ``"anon"``,
       ``"pagetable"``, ``"hugetlb"``, ``"reserved"``, ``"kernel"``, ``"free"``,
       ``"hole"``, ...), ``"memmap"`` (a struct page in the vmemmap), ``"kernel image"``,
-      ``"modules"``, ``"vmalloc"``, or ``"unknown"`` (no kernel region).
+      ``"modules"``, ``"vmalloc"``, or ``"unknown"`` (no kernel region).  For a struct
+      page that is a slab's struct slab, ``cache`` and ``slab`` name it.
     - ``pfn``: the page frame (direct map and memmap addresses), else None.
     - ``cache``, ``slab`` (``struct slab *``), ``index`` (object in the slab, None in a
       slab's tail), ``offset`` (bytes into the object), ``object`` (its address),
@@ -1078,8 +1079,13 @@ def whatis(ctx: KernelContext, addr: int) -> WhatIs:
     pm = _page.memmap(ctx)
     shift = t.page_size.bit_length() - 1
     if reg == "vmemmap":
+        # A struct page; the struct slab of a slab's first page names its cache.
         pfn, _ = divmod(addr - pm.vmemmap, pm.page_size_struct)
-        return WhatIs(addr, "memmap", pfn)
+        wk = slab_walker(ctx)
+        i = wk.slab_index_of_struct(pm.vmemmap + pfn * pm.page_size_struct)
+        c = wk.by_addr.get(int(wk.slab_cache[i])) if i is not None else None
+        return WhatIs(addr, "memmap", pfn, c and c.name, i is not None and wk.slab_addr(i)
+                      or None)
     if reg != "direct map":
         return WhatIs(addr, reg or "unknown")
     pfn = virt_to_phys(kl, addr) >> shift
