@@ -1,7 +1,8 @@
 """``python3 -m benchmarks`` (``make bench``): every benchmark, one table of ratios.
 
 On the 4 GiB lab case (default "6.12-4g", built and cached by memscope.lab.cases on first
-use, ~40 s): bench_buddy (issue 3) and bench_pages (issue 4) on one drgn Program, then
+use, ~40 s): bench_buddy (issue 3), bench_pages (issue 4) and bench_slub (issue 9) on one drgn
+Program, then
 bench_gdb (the GDB backend on a paused guest against the drgn backend on its dump; it
 boots its own guest) in a subprocess, its ratios parsed from its table.  --no-gdb skips it.
 """
@@ -56,6 +57,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--sample", type=int, default=100000,
                     help="pages timed in the naive drgn loop of bench_pages (0: all)")
+    ap.add_argument("--slub-sample", type=int, default=8,
+                    help="caches drgn's slab iterator is timed on in bench_slub, scaled to "
+                    "all (0: every cache, about 20 minutes on the 4 GiB case)")
     ap.add_argument("--no-gdb", action="store_true", help="skip bench_gdb (boots a guest)")
     ap.add_argument("--gdb-timeout", type=float, default=1800)
     args = ap.parse_args()
@@ -63,7 +67,7 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import bench_buddy, bench_pages
+    from . import bench_buddy, bench_pages, bench_slub
 
     log(f"case {args.case} (built on first use, ~40 s) ...")
     snap = snapshot(args.case)
@@ -74,6 +78,8 @@ def main() -> int:
     rows = bench_buddy.run(snap, args.repeat, prog, log=log)
     log("bench_pages ...")
     rows += bench_pages.run(snap, args.repeat, prog, args.sample, log=log)
+    log("bench_slub ...")
+    rows += bench_slub.run(snap, min(args.repeat, 3), prog, args.slub_sample, log=log)
     note = "bench_gdb skipped (--no-gdb)"
     if not args.no_gdb:
         g, note = gdb_rows(snap.kernel, 3, args.gdb_timeout, log)

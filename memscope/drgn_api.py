@@ -23,6 +23,11 @@ the same name returns):
 - :func:`page_records`: the decoded struct pages of a pfn range.
 - :func:`pageblocks`: pageblock migratetypes, skip and isolate bits, mixed blocks.
 - :func:`frag`: extfrag/unusable indices and the watermark decision per order.
+- :func:`slabinfo`: /proc/slabinfo's numbers, each kernel's arithmetic.
+- :func:`slab_usage`: the true counts of every slab cache, every slab walked
+  (``slabinfo --walk``).
+- :func:`slab`: one cache's slabs and free objects (``slab CACHE``).
+- :func:`whatis`: what an address is: slab object, KFENCE, large kmalloc, page class.
 - :func:`meminfo`: every line of /proc/meminfo (:func:`format_meminfo` prints the file).
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
@@ -30,11 +35,12 @@ the same name returns):
   malloc heap walked chunk by chunk.
 - :func:`mempools`: every mempool found in the kernel's data and slab objects.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
-  :func:`format_maps`: the /proc files, byte for byte.
+  :func:`format_maps`, :func:`format_slabinfo`: the /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
   former name).
 
-Records: :class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
+Records: :class:`SlabInfo`, :class:`CacheUsage`, :class:`CacheWalk`, :class:`WhatIs`,
+:class:`ZoneBuddyInfo`, :class:`PageTypeInfo` / :class:`ZonePageTypes`,
 :class:`ZoneFreeLists` / :class:`FreeBlock` / :class:`PcpList`, :class:`CheckReport` /
 :class:`ZoneCheck`, :class:`Problem`, :class:`ZonePages`, :class:`PageRecord`,
 :class:`ZonePageblocks`, :class:`ZoneFrag` (with ``memscope.mm.frag.OrderFrag`` rows).
@@ -88,6 +94,8 @@ from .mm import pageblock as _pageblock
 from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
+from .mm import slub as _slub
+from .mm.slub import CacheUsage, CacheWalk, SlabInfo, WhatIs, format_slabinfo
 from .mm.context import KernelContext
 from .mm import heap as _heap
 from .mm import mempool as _mempool
@@ -109,7 +117,9 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
            "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma",
            "heap", "HeapReport", "mempools", "Mempool", "MempoolScan",
-           "meminfo", "Meminfo", "MeminfoLine", "format_meminfo"]
+           "meminfo", "Meminfo", "MeminfoLine", "format_meminfo",
+           "slabinfo", "slab_usage", "slab", "whatis", "format_slabinfo",
+           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -484,6 +494,80 @@ def mempools(prog: drgn.Program) -> MempoolScan:
 
 
 # --- drgn command registration -------------------------------------------------------
+def slabinfo(prog: drgn.Program) -> list[SlabInfo]:
+    """
+    Get /proc/slabinfo's numbers (mm/slab_common.c cache_show(), mm/slub.c
+    get_slabinfo()): one line per cache on ``slab_caches``, in list order, with the
+    target kernel's arithmetic (``active_objs`` is ``num_objs`` less the free objects of
+    the node partial lists, approximated from 10000 slabs by 6.10+ kernels past that
+    many).  :func:`format_slabinfo` prints them as the kernel does.
+
+    >>> dentry = next(r for r in slabinfo(prog) if r.name == "dentry")
+    >>> dentry.active_objs, dentry.num_objs, dentry.objsize, dentry.num_slabs
+    (9032, 15456, 192, 736)
+
+    :param prog: the kernel (built with CONFIG_SLUB_DEBUG, as Debian's are)
+    :return: one :class:`SlabInfo` per cache; counts are objects and slabs, ``objsize``
+        bytes
+    :raises TargetError: a type, member or symbol SLUB needs is missing
+    :raises FaultError: ``slab_caches`` or a cache on it cannot be read
+    """
+    return _slub.slabinfo(_fresh(prog))
+
+
+def slab_usage(prog: drgn.Program) -> list[CacheUsage]:
+    """
+    Walk every slab of every cache (``memscope slabinfo --walk``): the slab pages from the
+    memmap decoded once, each slab's freelist decoded (hardened pointers, bounded by the
+    slab's object count), the CPU freelists and CPU partial lists (to 6.19), the sheaves
+    and barns (6.18+); KFENCE objects counted apart.
+
+    :param prog: the kernel
+    :return: one :class:`CacheUsage` per cache in ``slab_caches`` order: object counts
+        (allocated, free in slabs, per CPU, in sheaves, rcu_free, in barns, KFENCE),
+        slabs per place, bytes; corruption as its ``problems``
+    :raises TargetError: as :func:`slabinfo` and :func:`pages`
+    """
+    return _slub.slab_usage(_fresh(prog))
+
+
+def slab(prog: drgn.Program, name: str) -> CacheWalk:
+    """
+    Get the slabs of the cache NAME and where each free object waits (``memscope slab
+    NAME``); ``memscope.mm.slub.object_addresses()`` and ``allocated_mask()`` give its
+    objects.
+
+    :param prog: the kernel
+    :param name: the cache's name, as /proc/slabinfo prints it
+    :return: a :class:`CacheWalk`: ``slabs`` (numpy arrays per slab: pfn, struct slab
+        address, memory, node, objects, inuse, place), ``free`` (free object address ->
+        ``"slab"``, ``"cpu N"``, ``"sheaf main N"``, ...), ``problems``
+    :raises TargetError: no cache has that name, or as :func:`slab_usage`
+    """
+    ctx = _fresh(prog)
+    return _slub.cache_walk(ctx, _slub.find_kmem_cache(ctx, name))
+
+
+def whatis(prog: drgn.Program, addr: int) -> WhatIs:
+    """
+    Say what the kernel address ADDR is (``memscope whatis ADDR``): a slab object (cache,
+    ``struct slab *``, index, offset in the object, allocated or free and where), a
+    KFENCE object, a large kmalloc, else the class of its page (buddy with its block,
+    pcp, pagecache, anon, pagetable, hugetlb, reserved, kernel...), a struct page
+    (``"memmap"``), or the kernel region (``"kernel image"``, ``"modules"``,
+    ``"vmalloc"``; ``"unknown"`` outside them).
+
+    >>> whatis(prog, prog["init_task"].mm.value_() or 0).kind
+    'unknown'
+
+    :param prog: the kernel
+    :param addr: a virtual address
+    :return: a :class:`WhatIs`
+    :raises TargetError: as :func:`slab_usage`
+    """
+    return _slub.whatis(_fresh(prog), int(addr))
+
+
 def _register() -> bool:
     try:
         from drgn.commands import argument, command

@@ -104,8 +104,9 @@ def plan(guest: Guest) -> list[list[str]]:
     1024 pfns of RAM (x86_64: pfn 0, reserved, and the legacy hole at 0x9f-0xff), 1024
     across the middle (the node boundary of the NUMA guest) and 1024 near the end."""
     commands._load()
-    runs = [[name, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
-            for fmt in cmd.formats]
+    args = command_arguments(guest)
+    runs = [[name, *a, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
+            for a in args.get(name, [[]]) for fmt in cmd.formats]
     start = 0x40000 if guest.arch == "aarch64" else 0  # arm64 virt: RAM at 1 GiB
     n = guest.meta["mem_mb"] << 8  # 4 KiB pages
     # The last range ends 256 pfns below the memory's size: x86_64's firmware keeps the top
@@ -117,6 +118,7 @@ def plan(guest: Guest) -> list[list[str]]:
     runs += [["pages", "--png", f"{PNG}/pages.png"],
              ["pageblocks", "--png", f"{PNG}/pageblocks.png"],
              ["freelists", "--no-pcp", "-f", "json"],
+             ["slabinfo", "--walk", "-f", "json"], ["slabinfo", "--walk"],
              ["frag", "-f", "proc", "--proc-file", "extfrag_index"]]
     from memscope.mm.frag import GFP_CLASSES
 
@@ -124,6 +126,34 @@ def plan(guest: Guest) -> list[list[str]]:
         if gfp != "kernel":  # the default, run above
             runs += [["frag", "--gfp", gfp, "-f", fmt] for fmt in commands.COMMANDS["frag"].formats]
     return runs
+
+
+def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
+    """The arguments each command is run with (one run per list and format; a command
+    not named runs once without any): the slab commands take a cache or an address, which
+    for ``whatis`` are an allocated and a free dentry (at an inner offset) and a page of
+    the direct map that no slab holds, found on the guest's dump."""
+    from memscope.mm import slub
+    from memscope.mm.context import KernelContext
+    from memscope.target.drgn import DrgnTarget, open_core
+
+    slab = [["dentry"], ["kmalloc-64", "--objects", "--free"]]
+    try:
+        vmcore = guest.vmcore
+    except (KeyError, IndexError):
+        vmcore = None
+    if not vmcore or not os.path.exists(vmcore):
+        # A live guest without a dump of its own: addresses would be stale anyway.
+        return {"slab": slab, "whatis": []}
+    ctx = KernelContext(DrgnTarget(open_core(vmcore, guest.vmlinux)))
+    w = slub.cache_walk(ctx, slub.find_kmem_cache(ctx, "dentry"))
+    addr, _, _ = slub.object_addresses(w)
+    alloc = slub.allocated_mask(w, addr)
+    whatis = [[hex(int(addr[alloc][0]) + 24)]]
+    if (~alloc).any():
+        whatis.append([hex(int(addr[~alloc][-1]) + 8)])
+    whatis.append([hex(int(w.slabs.base[0]) - 4096 * 64)])
+    return {"slab": slab, "whatis": whatis}
 
 
 def concrete(argv: list[str], png_dir: Path) -> list[str]:
