@@ -117,6 +117,7 @@ def plan(guest: Guest) -> list[list[str]]:
         runs += [["pages", "--pfn", span, "-f", "json"], ["pages", "--pfn", span]]
     runs += [["pages", "--png", f"{PNG}/pages.png"],
              ["pageblocks", "--png", f"{PNG}/pageblocks.png"],
+             ["vmalloc", "--png", f"{PNG}/vmalloc.png"],
              ["freelists", "--no-pcp", "-f", "json"],
              ["slabinfo", "--walk", "-f", "json"], ["slabinfo", "--walk"],
              ["frag", "-f", "proc", "--proc-file", "extfrag_index"]]
@@ -138,13 +139,16 @@ def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
     from memscope.target.drgn import DrgnTarget, open_core
 
     slab = [["dentry"], ["kmalloc-64", "--objects", "--free"]]
+    # init (pid 1) has an address space on every guest; ps also with its threads
+    fixed = {"slab": slab, "maps": [["1"], ["1", "--rss"]], "heap": [["1"]],
+             "ps": [[], ["--threads"]]}
     try:
         vmcore = guest.vmcore
     except (KeyError, IndexError):
         vmcore = None
     if not vmcore or not os.path.exists(vmcore):
         # A live guest without a dump of its own: addresses would be stale anyway.
-        return {"slab": slab, "whatis": []}
+        return {**fixed, "whatis": [], "vtop": [], "mempool": []}
     ctx = KernelContext(DrgnTarget(open_core(vmcore, guest.vmlinux)))
     w = slub.cache_walk(ctx, slub.find_kmem_cache(ctx, "dentry"))
     addr, _, _ = slub.object_addresses(w)
@@ -153,7 +157,16 @@ def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
     if (~alloc).any():
         whatis.append([hex(int(addr[~alloc][-1]) + 8)])
     whatis.append([hex(int(w.slabs.base[0]) - 4096 * 64)])
-    return {"slab": slab, "whatis": whatis}
+    # vtop: a kernel address and init's heap; mempool: fs_bio_set's bio_pool
+    from memscope.kernel.fields import offsetof
+    from memscope.mm import task as mtask
+
+    t = ctx.t
+    init = mtask.find_task(ctx, 1)
+    brk = t.read_u64(init.mm + t.layout("struct mm_struct").offset("start_brk"))
+    vtop = [[hex(t.symbol("linux_banner") + 5)], ["--pid", "1", hex(brk + 0x10)]]
+    pool = t.symbol("fs_bio_set") + offsetof(t, "struct bio_set", "bio_pool")
+    return {**fixed, "whatis": whatis, "vtop": vtop, "mempool": [[hex(pool)]]}
 
 
 def concrete(argv: list[str], png_dir: Path) -> list[str]:
