@@ -58,18 +58,23 @@ def test_every_pool_found_is_a_mempool_as_drgn_reads_it(real_kernel):
 def test_bad_input_is_one_line(real_kernel):
     _prog, t = open_dump(real_kernel)
     for arg, msg in (("nosuchsymbol", "no symbol"), ("0x1000", "is not a mempool_t"),
-                     ("fs_bio_set", "is not a mempool_t")):
+                     ("fs_bio_set", "is not a mempool_t"), ("", "give a mempool_t"),
+                     ("0x10000000000000000", "64-bit"),
+                     ("fs_bio_set.nosuch", "has no member nosuch")):
         with pytest.raises(MemscopeError, match=msg):
             commands.execute(t, argparse.Namespace(command="mempool", format="table",
                                                    pool=arg))
 
 
-def test_one_pool_lists_its_elements(real_kernel):
+@pytest.mark.parametrize("how", ["address", "member path"])
+def test_one_pool_lists_its_elements(real_kernel, how):
     prog, t = open_dump(real_kernel)
     addr = prog["fs_bio_set"].bio_pool.address_of_().value_()
-    text, status = commands.execute(t, argparse.Namespace(command="mempool", format="json",
-                                                          pool=hex(addr)))
+    text, status = commands.execute(t, argparse.Namespace(
+        command="mempool", format="json",
+        pool=hex(addr) if how == "address" else "fs_bio_set.bio_pool"))
     got = json.loads(text)
+    assert got["address"] == addr
     pool = prog["fs_bio_set"].bio_pool
     assert got["elements"] == [pool.elements[i].value_() for i in range(pool.curr_nr)]
     assert status == 0

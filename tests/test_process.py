@@ -42,10 +42,16 @@ def test_ps_lists_every_task_as_drgn_reads_it(real_kernel):
     prog, t = open_dump(real_kernel)
     got = {x.task: x for x in mtask.tasks(KernelContext(t), threads=True)}
     want = {tk.value_(): tk for tk in for_each_task(prog)}
-    # drgn's for_each_task() leaves out init_task (pid 0, the idle task of CPU 0)
+    # drgn's for_each_task() leaves out the idle tasks (pid 0, on no list): init_task for
+    # CPU 0, each other CPU's runqueues.idle
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.percpu import per_cpu
+
     init = prog["init_task"].address_of_().value_()
-    assert set(got) == set(want) | {init}
-    assert got[init].pid == 0
+    idle = {per_cpu(prog["runqueues"], c).idle.value_() for c in for_each_possible_cpu(prog)}
+    assert init in idle and len(idle) == len(list(for_each_possible_cpu(prog)))
+    assert set(got) == set(want) | idle
+    assert all(got[a].pid == 0 and got[a].comm.startswith("swapper/") for a in idle)
     for a, tk in want.items():
         x = got[a]
         assert (x.pid, x.tgid, x.comm, x.state, x.cpu) == (
@@ -73,7 +79,7 @@ def test_rss_is_what_proc_status_printed(real_kernel):
 
 @pytest.mark.parametrize("pid,message", [("2", "has no address space"),
                                          ("987654", "no process with pid 987654"),
-                                         ("x1", "not a decimal number")])
+                                         ("x1", "is not a number")])
 def test_maps_of_no_process_is_one_line(real_kernel, pid, message):
     _prog, t = open_dump(real_kernel)
     with pytest.raises(MemscopeError, match=message) as e:

@@ -61,6 +61,8 @@ def test_an_unmapped_address_is_an_answer(real_kernel):
 
 
 @pytest.mark.parametrize("address,pid,message", [("zz", None, "not a number"),
+                                                 ("0x0149580c4122c200", None, "not a canonical"),
+                                                 ("0x10000000000000000", None, "64-bit"),
                                                  ("0x1000", "999999", "no process"),
                                                  ("0x1000", "2", "no address space")])
 def test_bad_input_is_one_line(real_kernel, address, pid, message):

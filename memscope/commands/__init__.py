@@ -47,6 +47,30 @@ class CommandError(Exception):
     """Bad arguments for a command (exit status 2)."""
 
 
+def parse_number(cmd: str, what: str, text: str, *, bits: int = 64) -> int:
+    """A number given on a command line, as every command reads one: decimal, or hex with
+    ``0x``; surrounding spaces ignored; negative or wider than BITS bits refused.
+
+    :raises CommandError: "CMD: WHAT 'TEXT' is not a number ..." (one line)."""
+    t = text.strip()
+    try:
+        v = int(t, 16) if t.lower().startswith("0x") else int(t, 10)
+    except ValueError:
+        raise CommandError(f"{cmd}: {what} {text!r} is not a number (decimal, or hex with "
+                           "0x)") from None
+    if not 0 <= v < 1 << bits:
+        raise CommandError(f"{cmd}: {what} {text} is not a {bits}-bit unsigned number")
+    return v
+
+
+def parse_pid(cmd: str, text: str) -> int:
+    """A process id (:func:`parse_number`, at most 2^22, PID_MAX_LIMIT)."""
+    pid = parse_number(cmd, "pid", text)
+    if pid > 1 << 22:
+        raise CommandError(f"{cmd}: pid {text} is above the kernel's limit (4194304)")
+    return pid
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     name: str

@@ -23,7 +23,8 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import mempool as _mp
-from . import CommandError, Result, command
+from ..target.base import TargetError
+from . import CommandError, Result, command, parse_number
 
 
 def _json(p: _mp.Mempool, elements: bool = False) -> dict:
@@ -45,30 +46,33 @@ def mempools(ctx, args) -> Result:
 
     def table() -> str:
         rows = [[f"{p.address:#x}", p.owner, p.min_nr, p.curr_nr,
-                 "BELOW MIN" if p.below_min else "", p.backing, p.element_size, p.cache]
+                 "below min_nr" if p.below_min else "full" if p.curr_nr == p.min_nr
+                 else "", p.backing, p.element_size, p.cache]
                 for p in scan.pools]
-        out = tabulate(rows, headers=["mempool_t", "owner", "min_nr", "curr_nr", "",
-                                      "backing", "element", "cache"])
+        out = tabulate(rows, headers=["mempool_t", "owner", "min_nr", "curr_nr", "state",
+                                      "backing", "element bytes", "cache (merged caches: "
+                                                                  "the first name)"])
         return (out + f"\n{scan.count('global')} found in the kernel's data, "
-                f"{scan.count('slab')} in slab objects; rejected hits: {scan.rejected}\n")
+                f"{scan.count('slab')} in slab objects; callback hits the checks refused: "
+                f"{scan.rejected['global']} in the kernel's data, {scan.rejected['slab']} "
+                "in slab objects\n")
 
     return Result(data, table, exit_status=1 if any(p.below_min for p in scan.pools) else 0)
 
 
 def _one_args(p) -> None:
-    p.add_argument("pool", help="the mempool_t's address (0x...) or a global's name "
-                                "(fs_bio_set.bio_pool style member paths too)")
+    p.add_argument("pool", help="the mempool_t's address (0x...), or a global's name with "
+                                "a member path: fs_bio_set.bio_pool")
 
 
 @command("mempool", "one mempool and the elements it holds", arguments=_one_args)
 def mempool(ctx, args) -> Result:
     t = ctx.t
-    text = args.pool
-    if text.lower().startswith("0x"):
-        try:
-            addr = int(text, 16)
-        except ValueError:
-            raise CommandError(f"mempool: {text!r} is not an address") from None
+    text = args.pool.strip()
+    if not text:
+        raise CommandError("mempool: give a mempool_t's address or a global's name")
+    if text[0].isdigit():
+        addr = parse_number("mempool", "address", text)
     else:
         name, _, path = text.partition(".")
         if not t.has_symbol(name):
@@ -77,11 +81,11 @@ def mempool(ctx, args) -> Result:
         if path:
             from ..kernel.fields import offsetof
 
-            vtype = t.variable_type(name) if hasattr(t, "variable_type") else None
-            if vtype is None:
-                raise CommandError(f"mempool: cannot tell the type of {name!r} for "
-                                   f"member {path!r}; give the address")
-            addr += offsetof(t, vtype, path)
+            try:
+                vtype = t.variable(name).type_name
+                addr += offsetof(t, vtype, path)
+            except TargetError as e:
+                raise CommandError(f"mempool: {text}: {e}") from None
     p = _mp._Checker(ctx).check(addr, "given", "")
     if p is None:
         raise CommandError(f"mempool: {text} ({addr:#x}) is not a mempool_t this kernel "
@@ -89,10 +93,12 @@ def mempool(ctx, args) -> Result:
                            "check)")
     from ..kernel import kallsyms
 
-    p = dataclasses.replace(p, owner=kallsyms.format_symbol(ctx, addr))
+    owner = kallsyms.format_symbol(ctx, addr)
+    p = dataclasses.replace(p, owner="" if owner == f"{addr:#x}" else owner)
 
     def table() -> str:
-        head = (f"mempool_t {p.address:#x} ({p.owner}): {p.curr_nr} of {p.min_nr} elements, "
+        head = (f"mempool_t {p.address:#x}{f' ({p.owner})' if p.owner else ''}: "
+                f"{p.curr_nr} of {p.min_nr} elements, "
                 f"{p.backing} {p.element_size} bytes" + (f" from {p.cache}" if p.cache else ""))
         return head + "\n" + "".join(f"  [{i}] {e:#x}\n" for i, e in enumerate(p.elements))
 

@@ -3,11 +3,11 @@
 JSON output (``--format json``), stable keys:
 
 ``ps``: a list, one object per process (``--threads``: per thread), in the kernel's
-task-list order (init_task, pid 0, first)::
+task-list order after the idle tasks (pid 0: init_task, then each other CPU's)::
 
     {"pid": int, "tgid": int, "ppid": int, "comm": str, "state": str, "cpu": int,
      "kthread": bool, "task": int, "mm": int,
-     "rss": {"file": int, "anon": int, "swap": int, "shmem": int}}   # pages; {} without mm
+     "rss_pages": {"file": int, "anon": int, "swap": int, "shmem": int}}  # {} without mm
 
 ``maps PID``: a list, one object per VMA (/proc/PID/maps' lines)::
 
@@ -29,7 +29,7 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import task as _task, vma as _vma
-from . import CommandError, Result, command
+from . import CommandError, Result, command, parse_pid
 
 
 def _ps_args(p) -> None:
@@ -42,7 +42,8 @@ def ps(ctx, args) -> Result:
     tasks = _task.tasks(ctx, threads=getattr(args, "threads", False))
     kb = ctx.t.page_size // 1024
     data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "state": x.state,
-             "cpu": x.cpu, "kthread": x.kthread, "task": x.task, "mm": x.mm, "rss": x.rss}
+             "cpu": x.cpu, "kthread": x.kthread, "task": x.task, "mm": x.mm,
+             "rss_pages": x.rss}
             for x in tasks]
 
     def table() -> str:
@@ -67,10 +68,7 @@ def _maps_args(p) -> None:
 @command("maps", "a process's VMAs, as /proc/PID/maps prints them",
          formats=("table", "json", "proc"), arguments=_maps_args)
 def maps(ctx, args) -> Result:
-    try:
-        pid = int(args.pid, 10)
-    except ValueError:
-        raise CommandError(f"maps: pid {args.pid!r} is not a decimal number") from None
+    pid = parse_pid("maps", args.pid)
     tasks = [x for x in _task.tasks(ctx) if x.tgid == pid]
     if not tasks:
         raise CommandError(f"maps: no process with pid {pid}")
@@ -127,10 +125,7 @@ def _heap_args(p) -> None:
 def heap(ctx, args) -> Result:
     from ..mm import heap as _heap
 
-    try:
-        pid = int(args.pid, 10)
-    except ValueError:
-        raise CommandError(f"heap: pid {args.pid!r} is not a decimal number") from None
+    pid = parse_pid("heap", args.pid)
     task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
     if task is None:
         raise CommandError(f"heap: no process with pid {pid}")

@@ -46,7 +46,7 @@ from tabulate import tabulate
 
 from ..mm import slub
 from ..target.base import TargetError
-from . import CommandError, Result, command
+from . import CommandError, Result, command, parse_number
 
 
 def _slabinfo_args(p) -> None:
@@ -167,13 +167,7 @@ def _whatis_args(p) -> None:
 @command("whatis", "what a kernel address is: slab object (cache, index, allocated or free), "
          "KFENCE, large kmalloc, or its page's class", arguments=_whatis_args)
 def whatis(ctx, args) -> Result:
-    try:
-        addr = int(args.address, 0)
-    except ValueError:
-        raise CommandError(f"whatis: {args.address!r} is not an address (hex with 0x, or "
-                           "decimal)") from None
-    if not 0 <= addr < 1 << 64:
-        raise CommandError(f"whatis: {args.address} is not a 64-bit address")
+    addr = parse_number("whatis", "address", args.address)
     r = slub.whatis(ctx, addr)
 
     def table() -> str:

@@ -33,7 +33,7 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import vmalloc as vm
-from . import Result, command
+from . import CommandError, Result, command
 
 
 def _area_json(a: vm.VmallocArea) -> dict:
@@ -79,6 +79,8 @@ def vmalloc(ctx, args) -> Result:
     from .pages import _new_file, _write
 
     png_path = getattr(args, "png", None)
+    if png_path is not None and not png_path.strip():
+        raise CommandError("vmalloc: --png needs a file name")
     if png_path:
         _new_file(png_path)
     info = vm.vmallocinfo(ctx)

@@ -24,7 +24,7 @@ from ..kernel.addr import kernel_layout, virt_to_phys
 from ..kernel.pgtable import kernel_paging, walk_steps
 from ..mm import page as _page, task as _task
 from ..mm.vma import _read_phys
-from . import CommandError, Result, command
+from . import CommandError, Result, command, parse_number, parse_pid
 
 
 def _args(p) -> None:
@@ -32,26 +32,24 @@ def _args(p) -> None:
     p.add_argument("--pid", help="translate in this process's address space")
 
 
-def _number(text: str, what: str) -> int:
-    try:
-        return int(text, 16) if text.lower().startswith("0x") else int(text, 10)
-    except ValueError:
-        raise CommandError(f"vtop: {what} {text!r} is not a number") from None
-
-
 @command("vtop", "translate a virtual address through the page tables, level by level",
          arguments=_args)
 def vtop(ctx, args) -> Result:
     t = ctx.t
-    va = _number(args.address, "address")
-    if not 0 <= va < 1 << 64:
-        raise CommandError(f"vtop: address {args.address} is not a 64-bit address")
+    va = parse_number("vtop", "address", args.address)
+    paging = kernel_paging(t)
+    # x86_64: bits 63..va_bits-1 copy the top VA bit; arm64: bits 63..va_bits select the
+    # table (TTBR0 all zeros, TTBR1 all ones)
+    first = paging.va_bits - 1 if paging.arch == "x86_64" else paging.va_bits
+    if va >> first not in (0, (1 << (64 - first)) - 1):
+        raise CommandError(f"vtop: {va:#x} is not a canonical address (this kernel "
+                           f"translates {paging.va_bits}-bit virtual addresses)")
     lay = kernel_layout(t)
     pid = None
     mm_pgd = t.layout("struct mm_struct").offset("pgd")
     kernel_pgd = t.read_u64(t.symbol("init_mm") + mm_pgd)
     if getattr(args, "pid", None) is not None:
-        pid = _number(args.pid, "pid")
+        pid = parse_pid("vtop", args.pid)
         task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
         if task is None:
             raise CommandError(f"vtop: no process with pid {pid}")
@@ -67,7 +65,7 @@ def vtop(ctx, args) -> Result:
         steps, res, pgd = [], None, virt_to_phys(lay, pgd_va)
     else:
         pgd = virt_to_phys(lay, pgd_va)
-        steps, res = walk_steps(kernel_paging(t), pgd, va, _read_phys(ctx))
+        steps, res = walk_steps(paging, pgd, va, _read_phys(ctx))
     phys = size = page = None
     if res is not None:
         block, size = res
@@ -89,8 +87,10 @@ def vtop(ctx, args) -> Result:
         out += f"  pgd at physical {pgd:#x}\n"
         out += tabulate(rows, headers=["level", "table", "index", "entry at", "entry"]) + "\n"
         if phys is None:
-            return out + "not mapped\n"
+            hint = " (a user address: give --pid)" if not steps and pid is None else ""
+            return out + f"not mapped{hint}\n"
         out += f"PHYSICAL {phys:#x} ({size // 1024} KiB {'page' if size == t.page_size else 'block'})\n"
-        return out + f"PAGE pfn {page['pfn']:#x}: {page['class']} {' '.join(page['flags'])}\n"
+        flags = f" (flags: {' '.join(page['flags'])})" if page["flags"] else ""
+        return out + f"PAGE pfn {page['pfn']:#x}: {page['class']}{flags}\n"
 
     return Result(data, table)

@@ -134,7 +134,8 @@ class _Reader:
 def tasks(ctx: KernelContext, threads: bool = False,
           problems: list[Problem] | None = None) -> list[Task]:
     """Every process (``for_each_process()``), or with THREADS every thread
-    (``for_each_process_thread()``), in the kernel's list order (init_task first).
+    (``for_each_process_thread()``), in the kernel's list order: the idle tasks first
+    (``init_task``, CPU 0's, then each other CPU's ``runqueues.idle``: pid 0, on no list).
 
     :param problems: where the bounded list walks put what they find (a cycle, a broken
         link); None: they are dropped.
@@ -144,10 +145,10 @@ def tasks(ctx: KernelContext, threads: bool = False,
     r = _Reader(ctx)
     bound = t.read_u32(t.symbol("nr_threads")) + 1 if t.has_symbol("nr_threads") else 1 << 22
     init = t.symbol("init_task")
-    leaders = [init, *klist.list_for_each_entry(t, "struct task_struct",
-                                                init + r.ts.offset("tasks"), "tasks",
-                                                bound=bound, problems=problems,
-                                                where="init_task.tasks")]
+    leaders = [init, *_other_idle_tasks(ctx, init),
+               *klist.list_for_each_entry(t, "struct task_struct", init + r.ts.offset("tasks"),
+                                          "tasks", bound=bound, problems=problems,
+                                          where="init_task.tasks")]
     if not threads:
         return [r.task(a) for a in leaders]
     sig = t.layout("struct signal_struct")
@@ -158,6 +159,23 @@ def tasks(ctx: KernelContext, threads: bool = False,
             t, "struct task_struct", signal + sig.offset("thread_head"), "thread_node",
             bound=bound, problems=problems, where=f"task {leader:#x} signal->thread_head"))
         out += [r.task(a) for a in (members or [leader])]
+    return out
+
+
+def _other_idle_tasks(ctx: KernelContext, init: int) -> list[int]:
+    """The idle tasks of the CPUs other than the boot CPU (``swapper/N``: pid 0, on no
+    task list; ``per_cpu(runqueues, cpu).idle``), as crash's ``ps`` lists them."""
+    from ..kernel.cpumask import for_each_possible_cpu
+
+    t = ctx.t
+    if not t.has_symbol("runqueues"):
+        return []
+    off = t.layout("struct rq").offset("idle")
+    out = []
+    for cpu in for_each_possible_cpu(t):
+        idle = t.read_u64(percpu.per_cpu_ptr(t, t.symbol("runqueues"), cpu) + off)
+        if idle and idle != init:
+            out.append(idle)
     return out
 
 

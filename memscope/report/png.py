@@ -338,8 +338,8 @@ def vmalloc_map(areas: list[tuple[int, int, str, int]], title: str, page_size: i
         plans.append((st, base, rows, y + LINE))
         y += LINE + rows * px + LINE
     items = [(k, VMALLOC_COLOURS.get(k, UNKNOWN), f"{n} areas") for k, n in sorted(counts.items())]
-    items += [("guard", VMALLOC_COLOURS["guard"], "guard pages"),
-              ("unused", VMALLOC_COLOURS["unused"], "no area")]
+    items += [("guard pages", VMALLOC_COLOURS["guard"], ""),
+              ("no area", VMALLOC_COLOURS["unused"], "")]
     legend_x = axis_w + row_pages * px + 20
     c = _Picture(legend_x + 260, max(y + 8, top + (len(items) + 3) * LINE))
     c.text(6, 4, title)
