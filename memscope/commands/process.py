@@ -58,6 +58,20 @@ def ps(ctx, args) -> Result:
     return Result(data, table)
 
 
+def process(ctx, cmd: str, pid_text: str) -> _task.Task:
+    """The process (thread-group leader) PID_TEXT names, with an address space.
+
+    :raises CommandError: not a pid, no such process, or a kernel thread (one line)."""
+    pid = parse_pid(cmd, pid_text)
+    task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
+    if task is None:
+        raise CommandError(f"{cmd}: no process with pid {pid}")
+    if not task.mm:
+        raise CommandError(f"{cmd}: pid {pid} ({task.comm}) has no address space "
+                           "(a kernel thread)")
+    return task
+
+
 def _maps_args(p) -> None:
     p.add_argument("pid", help="the process id (its thread-group leader's)")
     p.add_argument("--rss", action="store_true",
@@ -68,17 +82,14 @@ def _maps_args(p) -> None:
 @command("maps", "a process's VMAs, as /proc/PID/maps prints them",
          formats=("table", "json", "proc"), arguments=_maps_args)
 def maps(ctx, args) -> Result:
-    pid = parse_pid("maps", args.pid)
-    tasks = [x for x in _task.tasks(ctx) if x.tgid == pid]
-    if not tasks:
-        raise CommandError(f"maps: no process with pid {pid}")
+    task = process(ctx, "maps", args.pid)
     problems: list = []
     if getattr(args, "rss", False):
         if args.format == "proc":
             raise CommandError("maps --rss has no /proc format (smaps_rollup's totals are "
                                "in the table and the JSON)")
-        return _maps_rss(ctx, tasks[0], problems)
-    vmas = _vma.vmas(ctx, tasks[0], problems)
+        return _maps_rss(ctx, task, problems)
+    vmas = _vma.vmas(ctx, task, problems)
     data = [{**{k: v for k, v in dataclasses.asdict(m).items()}, "perms": m.perms,
              "dev": list(m.dev)} for m in vmas]
 
@@ -125,12 +136,8 @@ def _heap_args(p) -> None:
 def heap(ctx, args) -> Result:
     from ..mm import heap as _heap
 
-    pid = parse_pid("heap", args.pid)
-    task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
-    if task is None:
-        raise CommandError(f"heap: no process with pid {pid}")
-    if not task.mm:
-        raise CommandError(f"heap: pid {pid} ({task.comm}) has no address space")
+    task = process(ctx, "heap", args.pid)
+    pid = task.tgid
     h = _heap.heap(ctx, task)
     counts = {s: h.count(s) for s in _heap.STATES}
     data = {"pid": pid, "start_brk": h.start_brk, "brk": h.brk, "first_chunk": h.first_chunk,

@@ -22,9 +22,9 @@ from tabulate import tabulate
 
 from ..kernel.addr import kernel_layout, virt_to_phys
 from ..kernel.pgtable import kernel_paging, walk_steps
-from ..mm import page as _page, task as _task
+from ..mm import page as _page
 from ..mm.vma import _read_phys
-from . import CommandError, Result, command, parse_number, parse_pid
+from . import CommandError, Result, command, parse_number
 
 
 def _args(p) -> None:
@@ -49,12 +49,10 @@ def vtop(ctx, args) -> Result:
     mm_pgd = t.layout("struct mm_struct").offset("pgd")
     kernel_pgd = t.read_u64(t.symbol("init_mm") + mm_pgd)
     if getattr(args, "pid", None) is not None:
-        pid = parse_pid("vtop", args.pid)
-        task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
-        if task is None:
-            raise CommandError(f"vtop: no process with pid {pid}")
-        if not task.mm:
-            raise CommandError(f"vtop: pid {pid} ({task.comm}) has no address space")
+        from .process import process
+
+        task = process(ctx, "vtop", args.pid)
+        pid = task.tgid
         pgd_va = t.read_u64(task.mm + mm_pgd)
     else:
         pgd_va = kernel_pgd
