@@ -118,6 +118,7 @@ def plan(guest: Guest) -> list[list[str]]:
     runs += [["pages", "--png", f"{PNG}/pages.png"],
              ["pageblocks", "--png", f"{PNG}/pageblocks.png"],
              ["vmalloc", "--png", f"{PNG}/vmalloc.png"],
+             ["maps", "1", "--rss"], ["maps", "1", "--rss", "-f", "json"],
              ["freelists", "--no-pcp", "-f", "json"],
              ["slabinfo", "--walk", "-f", "json"], ["slabinfo", "--walk"],
              ["frag", "-f", "proc", "--proc-file", "extfrag_index"]]
@@ -140,7 +141,7 @@ def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
 
     slab = [["dentry"], ["kmalloc-64", "--objects", "--free"]]
     # init (pid 1) has an address space on every guest; ps also with its threads
-    fixed = {"slab": slab, "maps": [["1"], ["1", "--rss"]], "heap": [["1"]],
+    fixed = {"slab": slab, "maps": [["1"]], "heap": [["1"]],
              "ps": [[], ["--threads"]]}
     try:
         vmcore = guest.vmcore

@@ -51,6 +51,13 @@ def _element_type(type_name: str) -> str:
     return type_name.split("[", 1)[0].strip()
 
 
+def _unqualified(type_name: str) -> str:
+    """``"const struct qstr"`` -> ``"struct qstr"``: the name to look a member's type up by
+    (gdb knows no layout for a qualified name; drgn looks through the qualifiers)."""
+    words = [w for w in type_name.split() if w not in ("const", "volatile")]
+    return " ".join(words)
+
+
 def member(t: Target, type_name: str, path: str) -> Member:
     """The member at PATH of TYPE_NAME, its offset counted from the start of TYPE_NAME.
 
@@ -85,7 +92,7 @@ def member(t: Target, type_name: str, path: str) -> Member:
                 # Target.layout() looks types up by name: an unnamed one has none.
                 raise TargetError(f"{type_name}: cannot descend into {name}, whose type "
                                   f"({m.type_name}) has no name")
-            lay = t.layout(m.type_name)
+            lay = t.layout(_unqualified(m.type_name))
             base = m.offset
     assert m is not None
     return m
