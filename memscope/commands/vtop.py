@@ -21,9 +21,8 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from ..kernel.addr import kernel_layout, virt_to_phys
-from ..kernel.pgtable import kernel_paging, walk_steps
+from ..kernel.pgtable import kernel_paging, phys_reader, walk_steps
 from ..mm import page as _page
-from ..mm.vma import _read_phys
 from . import CommandError, Result, command, parse_number
 
 
@@ -63,7 +62,7 @@ def vtop(ctx, args) -> Result:
         steps, res, pgd = [], None, virt_to_phys(lay, pgd_va)
     else:
         pgd = virt_to_phys(lay, pgd_va)
-        steps, res = walk_steps(paging, pgd, va, _read_phys(ctx))
+        steps, res = walk_steps(paging, pgd, va, phys_reader(t))
     phys = size = page = None
     if res is not None:
         block, size = res

@@ -33,7 +33,7 @@ from ..target.base import FaultError, Target, TargetError
 from .addr import KernelLayout, phys_to_virt, x86_pgtable_levels
 
 __all__ = ("LEVEL_NAMES", "Leaf", "Step", "walk_steps", "Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
-           "kernel_paging", "walk", "walk_range")
+           "kernel_paging", "phys_reader", "walk", "walk_range")
 
 MASK64 = (1 << 64) - 1
 X86_PHYS_MASK = 0x000FFFFFFFFFF000  # bits 12-51
@@ -328,6 +328,26 @@ class PageTableWalker:
     def follow_phys(self, va: int) -> int | None:
         """The physical address VA maps to, or None."""
         return follow_phys(self.paging, self.pgd, va, self.read_phys)
+
+
+def phys_reader(t: Target) -> PhysRead:
+    """A ``read_phys`` for T: the target's own physical reads (``Target.read_phys``) where
+    it has them, else the kernel's direct map (:func:`direct_map_reader`)."""
+    from .addr import kernel_layout
+
+    try:
+        t.read_phys(0, 8)
+    except TargetError as e:
+        if not isinstance(e, FaultError):
+            return direct_map_reader(t, kernel_layout(t))
+
+    def read_phys(pa: int, size: int) -> bytes | None:
+        try:
+            return t.read_phys(pa, size)
+        except FaultError:
+            return None
+
+    return read_phys
 
 
 def direct_map_reader(t: Target, layout: KernelLayout) -> PhysRead:

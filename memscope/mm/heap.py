@@ -28,11 +28,11 @@ import struct
 import numpy as np
 
 from ..kernel.addr import kernel_layout, virt_to_phys
-from ..kernel.pgtable import kernel_paging, walk_range
+from ..kernel.pgtable import kernel_paging, phys_reader, walk_range
 from ..target.base import TargetError
 from .context import KernelContext
 from .task import Task
-from .vma import _read_phys, vmas
+from .vma import vmas
 
 __all__ = ("STATES", "HeapReport", "heap")
 
@@ -91,7 +91,7 @@ class _UserMemory:
     def __init__(self, ctx: KernelContext, task: Task):
         t = ctx.t
         self.t = t
-        self.read_phys = _read_phys(ctx)
+        self.read_phys = phys_reader(t)
         mm = t.layout("struct mm_struct")
         self.pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
         self.paging = kernel_paging(t)

@@ -300,26 +300,6 @@ class VmaRss:
     swap: int
 
 
-def _read_phys(ctx: KernelContext):
-    from ..kernel.addr import kernel_layout
-    from ..kernel.pgtable import direct_map_reader
-
-    t = ctx.t
-    try:
-        t.read_phys(0, 8)
-    except TargetError as e:
-        if not isinstance(e, FaultError):
-            return direct_map_reader(t, kernel_layout(t))
-
-    def read_phys(pa: int, size: int) -> bytes | None:
-        try:
-            return t.read_phys(pa, size)
-        except FaultError:
-            return None
-
-    return read_phys
-
-
 def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
             ) -> list[VmaRss]:
     """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map, walked from
@@ -330,7 +310,7 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
         nothing).
     :raises TargetError: as :func:`vmas`."""
     from ..kernel.addr import kernel_layout, virt_to_phys
-    from ..kernel.pgtable import kernel_paging, walk_range
+    from ..kernel.pgtable import kernel_paging, phys_reader, walk_range
     from . import page as _page
 
     t = ctx.t
@@ -339,7 +319,7 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
     mm = t.layout("struct mm_struct")
     pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
     paging = kernel_paging(t)
-    read_phys = _read_phys(ctx)
+    read_phys = phys_reader(t)
     shift = t.page_size.bit_length() - 1
     max_pfn = _page.max_pfn(ctx)
     walked = []
