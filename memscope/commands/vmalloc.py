@@ -88,8 +88,8 @@ def vmalloc(ctx, args) -> Result:
         from ..report import png
 
         page = ctx.t.page_size
-        areas = [(a.start, a.end, _kind(a), page if a.kind == "vm_struct" and a.size > page
-                  and not a.flags & VM_NO_GUARD else 0) for a in info.areas]
+        areas = [(a.start, a.end, vm.picture_kind(a), vm.guard_size(a, page))
+                 for a in info.areas]
         _write(png_path, png.vmalloc_map(
             areas, f"vmalloc areas of {ctx.t.release}: {len(areas)} areas, "
                    f"{png.human_bytes(sum(a.size for a in info.areas))}", page))
@@ -106,13 +106,3 @@ def vmalloc(ctx, args) -> Result:
 
     return Result(data, table, exit_status=1 if info.problems else 0)
 
-
-#: include/linux/vmalloc.h: the area has no guard page
-VM_NO_GUARD = 0x40
-
-
-def _kind(a: vm.VmallocArea) -> str:
-    """The colour an area gets in the picture: its first flag word, or its line kind."""
-    if a.kind != "vm_struct":
-        return a.kind
-    return a.kinds[0] if a.kinds else "other"

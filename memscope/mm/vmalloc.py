@@ -43,7 +43,7 @@ from ..target.base import FaultError, TargetError
 from .context import KernelContext
 
 __all__ = ("CallerUsage", "VmallocArea", "VmallocInfo", "by_caller", "format_vmallocinfo",
-           "vmallocinfo")
+           "guard_size", "picture_kind", "vmallocinfo")
 
 # include/linux/vmalloc.h: the flag bits /proc/vmallocinfo names (#defines: not in the
 # debug info; unchanged since v5.10 but VM_SPARSE, v6.9) and VM_UNINITIALIZED.
@@ -53,6 +53,7 @@ VM_MAP = 0x4
 VM_USERMAP = 0x8
 VM_DMA_COHERENT = 0x10
 VM_UNINITIALIZED = 0x20
+VM_NO_GUARD = 0x40
 VM_SPARSE = 0x1000
 #: mm/vmalloc.c: vmap_area.flags for a vm_map_ram() area (v6.2+).
 VMAP_RAM = 0x1
@@ -285,6 +286,22 @@ def _line(a: VmallocArea) -> str:
 def format_vmallocinfo(info: VmallocInfo) -> str:
     """/proc/vmallocinfo's text."""
     return "".join(_line(a) for a in info.areas)
+
+
+def guard_size(a: VmallocArea, page_size: int) -> int:
+    """Bytes of A's guard page: ``vm->size`` includes one page past the mapping
+    (``get_vm_area_size()``) unless VM_NO_GUARD; areas without a vm_struct have none."""
+    if a.kind == "vm_struct" and a.size > page_size and not a.flags & VM_NO_GUARD:
+        return page_size
+    return 0
+
+
+def picture_kind(a: VmallocArea) -> str:
+    """The one kind an area is drawn as: its first flag word, or its line kind
+    (``vm_map_ram``, ``unpurged``)."""
+    if a.kind != "vm_struct":
+        return a.kind
+    return a.kinds[0] if a.kinds else "other"
 
 
 @dataclasses.dataclass(frozen=True)
