@@ -9,7 +9,8 @@ The kernel keeps no list of mempools, so they are found where they live and chec
   ``mempool_kvmalloc``) at ``mempool_t.alloc``'s offset: a global ``mempool_t`` or one
   embedded in a global structure (``fs_bio_set.bio_pool``); the owner is named by
   ``%pS`` of the pool's address (``fs_bio_set+0x18/0x188``);
-- **slab objects**: every slab page (from the decoded memmap) is scanned the same way: a
+- **slab objects**: every slab (the SLUB walk's, from the decoded memmap; KFENCE's pool,
+  which it leaves out, is not scanned) is scanned the same way: a
   pool embedded in an allocated structure (a ``bio_set`` of a block device or a
   device-mapper target), named by its cache and the object's address.
 
@@ -151,37 +152,6 @@ def _scan(t, lo: int, hi: int, targets: np.ndarray, alloc_off: int) -> list[int]
     return out
 
 
-def _slab_pages(ctx: KernelContext) -> list[tuple[int, int]]:
-    """(first pfn, pages) of every slab, from the decoded memmap."""
-    from . import page as _page
-
-    pm = _page.memmap(ctx)
-    is_slab = pm.cls == _page.C["slab"]
-    heads = np.flatnonzero(is_slab & ~pm.tail)
-    out = []
-    for h in heads.tolist():
-        n = 1
-        while h + n < pm.nr_pages and is_slab[h + n] and pm.tail[h + n]:
-            n += 1
-        out.append((h, n))
-    return out
-
-
-def _slab_cache_of(ctx: KernelContext, pfn: int) -> str:
-    from . import page as _page
-
-    t = ctx.t
-    pm = _page.memmap(ctx)
-    page = pm.vmemmap + pfn * pm.page_size_struct
-    off = (t.layout("struct slab") if t.has_type("struct slab")
-           else t.layout("struct page")).offset("slab_cache")
-    try:
-        cache = t.read_u64(page + off)
-        return t.read_cstr(t.read_u64(cache + t.layout("struct kmem_cache").offset("name")), 64)
-    except FaultError:
-        return "?"
-
-
 def mempools(ctx: KernelContext) -> MempoolScan:
     """Every mempool found in the kernel's data and in slab objects, checked (see the
     module), globals first, each list in address order.
@@ -210,17 +180,19 @@ def mempools(ctx: KernelContext) -> MempoolScan:
                 pools.append(p)
             else:
                 rejected["global"] += 1
-    from ..kernel.addr import phys_to_virt
+    from . import slub
 
+    # every slab (its pages and cache) as the SLUB walk found them in the decoded memmap
+    w = slub.slab_walker(ctx)
     page = t.page_size
-    for pfn, n in _slab_pages(ctx):
-        va = phys_to_virt(lay, pfn * page)
-        hits = _scan(t, va, va + n * page, targets, alloc_off)
+    for base, n, cache_addr in zip(w.base.tolist(), w.npages.tolist(),
+                                   w.slab_cache.tolist()):
+        hits = _scan(t, base, base + n * page, targets, alloc_off)
         if not hits:
             continue
-        cache = _slab_cache_of(ctx, pfn)
+        cache = w.by_addr[cache_addr].name if cache_addr in w.by_addr else "?"
         for addr in hits:
-            p = c.check(addr, "slab", f"{cache} slab {va:#x} +{addr - va:#x}")
+            p = c.check(addr, "slab", f"{cache} slab {base:#x} +{addr - base:#x}")
             if p:
                 pools.append(p)
             else:
