@@ -157,6 +157,18 @@ def list_for_each_entry(t: Target, type_name: str, head: int, member: str, *, bo
         yield (pos - off) & _MASK64
 
 
+def _runaway(sink: ProblemSink, visited: set[int], pos: int, n: int, bound: int) -> bool:
+    """Whether a walk of NULL-terminated nodes must stop before node POS (the Nth): it
+    came back (``cycle``) or the walk is past BOUND (``too_long``); the problem recorded."""
+    if pos in visited:
+        sink.add("cycle", f"node {pos:#x} comes back after {n} nodes")
+        return True
+    if n >= bound:
+        sink.add("too_long", f"more than {bound} nodes: walk stopped")
+        return True
+    return False
+
+
 def hlist_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
                    where: str | None = None, read: Reader | None = None) -> Iterator[int]:
     """Iterate over the ``struct hlist_node`` entries of the hash list at HEAD (a
@@ -180,11 +192,7 @@ def hlist_for_each(t: Target, head: int, *, bound: int, problems: list[Problem],
     visited: set[int] = set()
     n = 0
     while pos:
-        if pos in visited:
-            sink.add("cycle", f"node {pos:#x} comes back after {n} nodes")
-            return
-        if n >= bound:
-            sink.add("too_long", f"more than {bound} nodes: walk stopped")
+        if _runaway(sink, visited, pos, n, bound):
             return
         links = _links(read, pos)
         if links is None:
@@ -232,11 +240,7 @@ def llist_for_each_entry(t: Target, type_name: str, first: int, member: str, *, 
     pos, n = first, 0
     visited: set[int] = set()
     while pos:
-        if pos in visited:
-            sink.add("cycle", f"node {pos:#x} comes back after {n} nodes")
-            return
-        if n >= bound:
-            sink.add("too_long", f"more than {bound} nodes: walk stopped")
+        if _runaway(sink, visited, pos, n, bound):
             return
         try:
             if not is_kernel_address(pos):
