@@ -34,6 +34,10 @@ CASES: dict[str, dict] = {
     # approximation (count_partial_free_approx(), 6.10+) and long walks.
     "6.12-slab": dict(kernel="6.12", workload="slab-partial", timeout=1200),
     "7.2-slab": dict(kernel="7.2", workload="slab-partial", timeout=1200),
+    # SLUB debugging on every cache (red zones, poison, consistency checks, stored owners and
+    # kmalloc's requested sizes): the slab half of `check` and `kmalloc`'s requested bytes.
+    "6.12-slub-debug": dict(kernel="6.12", workload="slub-debug", append="slub_debug=FZPU"),
+    "7.2-slub-debug": dict(kernel="7.2", workload="slub-debug", append="slub_debug=FZPU"),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
