@@ -33,7 +33,7 @@ from ..target.base import FaultError, TargetError
 from .context import KernelContext
 from .task import Task
 
-__all__ = ("Vma", "format_maps", "vmas")
+__all__ = ("Vma", "VmaRss", "Walked", "format_maps", "vma_rss", "vmas", "walk_vmas")
 
 VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80
 #: arch/x86/entry/vsyscall: the gate page, and vsyscall_mode's NONE (enum {EMULATE,
@@ -300,46 +300,72 @@ class VmaRss:
     swap: int
 
 
-def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
-            ) -> list[VmaRss]:
-    """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map, walked from
-    ``mm->pgd`` (:func:`memscope.kernel.pgtable.walk_range`); anonymous pages are told by
-    their folio's ``mapping``.
+@dataclasses.dataclass(frozen=True)
+class Walked:
+    """TASK's VMAs and their page tables, walked once (:func:`walk_vmas`): ``vmas`` as
+    :func:`vmas` gives them, ``leaves[i]`` the non-empty leaf entries inside
+    ``vmas[i]`` (:class:`memscope.kernel.pgtable.Leaves`; none for the gate VMA, the
+    kernel's page in no process's tables); ``max_pfn`` the end of the memmap (a pfn at or
+    past it has no struct page: ``vm_normal_page()``'s ``highest_memmap_pfn``)."""
 
-    :param problems: a page table that cannot be read is recorded here (its range counts
-        nothing).
+    vmas: list[Vma]
+    leaves: list
+    max_pfn: int
+
+
+def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
+              ) -> Walked:
+    """TASK's VMAs with the leaf entries of its page tables (from ``mm->pgd``), the
+    tables walked once over [first VMA's start, last VMA's end) with
+    :func:`memscope.kernel.pgtable.walk_leaves` and the entries split among the VMAs by
+    address (entries between VMAs belong to none and are dropped).
+
+    :param problems: a page table that cannot be read is recorded here (its range holds
+        no entries).
     :raises TargetError: as :func:`vmas`."""
     from ..kernel.addr import kernel_layout, virt_to_phys
-    from ..kernel.pgtable import kernel_paging, phys_reader, walk_range
+    from ..kernel.pgtable import Leaves, kernel_paging, phys_reader, walk_leaves
     from . import page as _page
 
     t = ctx.t
     problems = [] if problems is None else problems
     out_vmas = vmas(ctx, task, problems)
+    real = [v for v in out_vmas if v.vma]
     mm = t.layout("struct mm_struct")
     pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
-    paging = kernel_paging(t)
-    read_phys = phys_reader(t)
-    shift = t.page_size.bit_length() - 1
-    max_pfn = _page.max_pfn(ctx)
-    walked = []
-    for v in out_vmas:
-        if not v.vma:  # the gate VMA: the kernel's page, in no process's tables
-            walked.append((v, np.zeros(0, np.int64), 0))
-            continue
-        errors: list[str] = []
-        leaves = walk_range(paging, pgd, v.start, v.end, read_phys, errors)
-        problems += [Problem("unreadable", f"pid {task.pid} vma {v.start:#x}", m)
-                     for m in errors]
-        pfns = [np.arange(lf.pa >> shift, (lf.pa >> shift) + (lf.size >> shift))
-                for lf in leaves if lf.present and not lf.special]
-        swap = sum(lf.size >> shift for lf in leaves if not lf.present)
-        p = np.concatenate(pfns) if pfns else np.zeros(0, np.int64)
-        walked.append((v, p[p < max_pfn], swap))
-    allp = np.concatenate([p for _, p, _ in walked]) if walked else np.zeros(0, np.int64)
+    errors: list[str] = []
+    lv = walk_leaves(kernel_paging(t), pgd, real[0].start, real[-1].end, phys_reader(t),
+                     errors) if real else Leaves.empty()
+    problems += [Problem("unreadable", f"pid {task.pid} page tables", m) for m in errors]
+    starts = np.array([v.start for v in out_vmas], np.uint64)
+    ends = np.array([v.end for v in out_vmas], np.uint64)
+    lo = np.searchsorted(lv.va, starts, "left")
+    hi = np.searchsorted(lv.va, ends, "left")
+    leaves = [lv.take(slice(a, b)) if v.vma else Leaves.empty()
+              for v, a, b in zip(out_vmas, lo.tolist(), hi.tolist())]
+    return Walked(out_vmas, leaves, _page.max_pfn(ctx))
+
+
+def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
+            ) -> list[VmaRss]:
+    """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map
+    (:func:`walk_vmas`); anonymous pages are told by their folio's ``mapping``.
+
+    :param problems: a page table that cannot be read is recorded here (its range counts
+        nothing).
+    :raises TargetError: as :func:`vmas`."""
+    shift = ctx.t.page_size.bit_length() - 1
+    w = walk_vmas(ctx, task, problems)
+    per = []
+    for lv in w.leaves:
+        pages = (lv.size >> shift).astype(np.int64)
+        pfn = (lv.pa >> np.uint64(shift)).astype(np.int64)
+        mapped = lv.present & ~lv.special & (pfn < w.max_pfn)
+        per.append((pfn[mapped], pages[mapped], int(pages[~lv.present].sum())))
+    allp = np.concatenate([p for p, _, _ in per]) if per else np.zeros(0, np.int64)
     anon_pfns = _anon_pfns(ctx, np.unique(allp))
-    return [VmaRss(v, len(p), int(np.count_nonzero(np.isin(p, anon_pfns))), swap)
-            for v, p, swap in walked]
+    return [VmaRss(v, int(n.sum()), int(n[np.isin(p, anon_pfns)].sum()), swap)
+            for v, (p, n, swap) in zip(w.vmas, per)]
 
 
 def _struct_page_words(ctx: KernelContext, pfns: np.ndarray, offs: tuple[int, ...]
