@@ -18,7 +18,12 @@ task-list order after the idle tasks (pid 0: init_task, then each other CPU's)::
 "swap_kb"}], "total": {"Rss": kB, "Anonymous": kB, "Swap": kB}, "problems": [...]}, the
 totals as /proc/PID/smaps_rollup's lines of the same names.
 
-``maps`` exits with status 1 when the VMA walk found a problem (a cycle, an unreadable
+``smaps_rollup PID``: {"start": int, "end": int, "kb": {LINE: kB, ...} (the lines this
+kernel prints, in its order), "unknown": {LINE: why}, "problems": [...]}; ``--format
+proc`` is the file byte for byte, or a one-line error (exit 2) naming a line the dump
+does not determine (memscope/mm/smaps.py says which can be).
+
+``maps`` and ``smaps_rollup`` exit with status 1 when the VMA walk found a problem (a cycle, an unreadable
 VMA).
 """
 
@@ -125,6 +130,38 @@ def _maps_rss(ctx, task, problems) -> Result:
         return out + "".join(f"problem: {p}\n" for p in problems)
 
     return Result(data, table, exit_status=1 if problems else 0)
+
+
+def _smaps_args(p) -> None:
+    p.add_argument("pid", help="the process id (its thread-group leader's)")
+
+
+@command("smaps_rollup", "a process's /proc/PID/smaps_rollup, from its page tables and "
+                         "struct pages", formats=("table", "json", "proc"),
+         arguments=_smaps_args)
+def smaps_rollup(ctx, args) -> Result:
+    from ..mm import smaps as _smaps
+
+    task = process(ctx, "smaps_rollup", args.pid)
+    problems: list = []
+    r = _smaps.smaps_rollup(ctx, task, problems)
+    data = {"start": r.start, "end": r.end, "kb": {k: v >> 10 for k, v in r.values.items()},
+            "unknown": r.unknown, "problems": [p.to_json() for p in problems]}
+
+    def table() -> str:
+        rows = [[k, v >> 10, "not reproducible: " + r.unknown[k] if k in r.unknown else ""]
+                for k, v in r.values.items()]
+        out = f"pid {task.tgid} ({task.comm}): {r.start:#x}-{r.end:#x}\n"
+        out += tabulate(rows, headers=["line", "kB", ""]) + "\n"
+        return out + "".join(f"problem: {p}\n" for p in problems)
+
+    def proc() -> str:
+        try:
+            return _smaps.format_smaps_rollup(r)
+        except _smaps.NotReproducible as e:
+            raise CommandError(f"smaps_rollup: {e}") from None
+
+    return Result(data, table, proc, exit_status=1 if problems else 0)
 
 
 def _heap_args(p) -> None:
