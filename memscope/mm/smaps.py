@@ -57,7 +57,7 @@ import numpy as np
 
 from ..kernel.problem import Problem
 from ..target.base import TargetError
-from . import page as _page
+from . import memmap, page as _page
 from .context import KernelContext
 from .task import Task
 from .vma import _PAD, walk_vmas
@@ -123,47 +123,22 @@ class _Bits:
         return (e & np.uint64(bits)) != 0
 
 
-def _records(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
-    """The struct pages of PFNS (any order, repeats allowed) as an (n, sizeof(struct
-    page)) uint8 array, read once per run of consecutive pfns; zeros where unreadable."""
-    from ..target.base import FaultError
-
-    pl = _page.page_layout(ctx)
-    vm = _page.vmemmap_base(ctx)
-    u, inv = np.unique(pfns, return_inverse=True)
-    out = np.zeros((len(u), pl.size), np.uint8)
-    if len(u):
-        breaks = np.flatnonzero(np.diff(u) != 1) + 1
-        for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(u)].tolist()):
-            try:
-                raw = ctx.t.read(vm + int(u[lo]) * pl.size, (hi - lo) * pl.size)
-            except FaultError:
-                continue
-            out[lo:hi] = np.frombuffer(raw, np.uint8).reshape(hi - lo, pl.size)
-    return out[inv.ravel()]
-
-
-def _word(rec: np.ndarray, off: int, dtype: str) -> np.ndarray:
-    n = np.dtype(dtype).itemsize
-    return rec[:, off:off + n].copy().view(dtype).ravel()
-
-
 class _Folios:
     """What smaps_account() reads of the folios of a set of pages."""
 
     def __init__(self, ctx: KernelContext, pfns: np.ndarray):
         t = ctx.t
         pl = self.pl = _page.page_layout(ctx)
-        rec = _records(ctx, pfns)
-        info = _word(rec, pl.compound_off, "<u8")
-        self.mapcount = _word(rec, pl.mapcount_off, "<i4").astype(np.int64) + 1
+        rec = memmap.struct_pages_of(ctx, pfns)
+        info = memmap.struct_page_word(rec, pl.compound_off, "<u8")
+        self.mapcount = memmap.struct_page_word(rec, pl.mapcount_off, "<i4").astype(np.int64) + 1
         tail = (info & np.uint64(1)) == 1
         head = pfns.copy()
         if tail.any():
             head[tail] = _page._heads(pl, _page.vmemmap_base(ctx), pfns[tail], info[tail])
         self.head = head
-        hrec = _records(ctx, head)
-        flags = _word(hrec, pl.flags_off, "<u8")
+        hrec = memmap.struct_pages_of(ctx, head)
+        flags = memmap.struct_page_word(hrec, pl.flags_off, "<u8")
         pf = pl.pageflags
 
         def flag(name: str) -> np.ndarray:
@@ -172,7 +147,7 @@ class _Folios:
                 return np.zeros(len(pfns), bool)
             return (flags >> np.uint64(bit) & np.uint64(1)) == 1
 
-        mapping = _word(hrec, pl.mapping_off, "<u8")
+        mapping = memmap.struct_page_word(hrec, pl.mapping_off, "<u8")
         self.anon = (mapping & np.uint64(PAGE_MAPPING_ANON)) != 0
         self.ksm = (mapping & np.uint64(3)) == PAGE_MAPPING_KSM
         self.swapbacked = flag("PG_swapbacked")
@@ -180,25 +155,25 @@ class _Folios:
         # folio_test_young(): PG_young exists with 64-bit CONFIG_PAGE_IDLE_FLAG; without
         # it page_is_young() is false (the page_ext variant is 32-bit only)
         self.young = flag("PG_young") | flag("PG_referenced")
-        self.refcount = _word(hrec, pl.refcount_off, "<i4")
+        self.refcount = memmap.struct_page_word(hrec, pl.refcount_off, "<i4")
         self.large = flag("PG_head")
         # the first tail page: the whole-folio mapcount (and 5.10/6.1's PG_double_map)
         self.entire = np.zeros(len(pfns), np.int64)
         self.double_map = np.zeros(len(pfns), bool)
         if self.large.any():
             sel = np.flatnonzero(self.large)
-            r1 = _records(ctx, head[sel] + 1)
+            r1 = memmap.struct_pages_of(ctx, head[sel] + 1)
             if t.layout("struct page").has("compound_mapcount"):
                 # v5.10/6.1 (gone in v6.3 with the folio's _entire_mapcount, commit
                 # 4b51634cd16a "mm/thp: remove page_compound_mapcount" and its series)
                 off = t.layout("struct page").offset("compound_mapcount")
-                self.entire[sel] = _word(r1, off, "<i4").astype(np.int64) + 1
+                self.entire[sel] = memmap.struct_page_word(r1, off, "<i4").astype(np.int64) + 1
                 if "PG_double_map" in pf:
-                    f1 = _word(r1, pl.flags_off, "<u8")
+                    f1 = memmap.struct_page_word(r1, pl.flags_off, "<u8")
                     self.double_map[sel] = (f1 >> np.uint64(pf["PG_double_map"]) & np.uint64(1)) == 1
             else:
                 off = t.layout("struct folio").offset("_entire_mapcount") - pl.size
-                self.entire[sel] = _word(r1, off, "<i4").astype(np.int64) + 1
+                self.entire[sel] = memmap.struct_page_word(r1, off, "<i4").astype(np.int64) + 1
         self.old_mapcount = t.layout("struct page").has("compound_mapcount")
 
     def page_mapcount(self) -> np.ndarray:

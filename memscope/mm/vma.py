@@ -363,49 +363,31 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
         mapped = lv.present & ~lv.special & (pfn < w.max_pfn)
         per.append((pfn[mapped], pages[mapped], int(pages[~lv.present].sum())))
     allp = np.concatenate([p for p, _, _ in per]) if per else np.zeros(0, np.int64)
-    anon_pfns = _anon_pfns(ctx, np.unique(allp))
-    return [VmaRss(v, int(n.sum()), int(n[np.isin(p, anon_pfns)].sum()), swap)
-            for v, (p, n, swap) in zip(w.vmas, per)]
-
-
-def _struct_page_words(ctx: KernelContext, pfns: np.ndarray, offs: tuple[int, ...]
-                       ) -> list[np.ndarray]:
-    """The 8-byte words at OFFS of the struct pages of PFNS (sorted, unique), read in
-    runs of consecutive pfns (one read per run); 0 where a run cannot be read."""
-    from . import page as _page
-
-    t = ctx.t
-    pl = _page.page_layout(ctx)
-    vm = _page.vmemmap_base(ctx)
-    out = [np.zeros(len(pfns), np.uint64) for _ in offs]
-    if not len(pfns):
-        return out
-    breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
-    for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(pfns)].tolist()):
-        first = int(pfns[lo])
-        try:
-            raw = t.read(vm + first * pl.size, (hi - lo) * pl.size)
-        except FaultError:
-            continue
-        rec = np.frombuffer(raw, np.uint8).reshape(hi - lo, pl.size)
-        for k, off in enumerate(offs):
-            out[k][lo:hi] = rec[:, off:off + 8].copy().view("<u8").ravel()
+    u = np.unique(allp)
+    anon_pfns = _anon_pfns(ctx, u)
+    out = []
+    for v, (p, n, swap) in zip(w.vmas, per):
+        i = np.searchsorted(anon_pfns, p)
+        anon = (i < len(anon_pfns)) & (anon_pfns[np.minimum(i, len(anon_pfns) - 1)] == p) \
+            if len(anon_pfns) else np.zeros(len(p), bool)
+        out.append(VmaRss(v, int(n.sum()), int(n[anon].sum()), swap))
     return out
 
 
 def _anon_pfns(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
-    """The pfns among PFNS whose folio is anonymous (``folio_test_anon()``: the head's
-    ``mapping & PAGE_MAPPING_ANON``), reading only their struct pages (and their heads')."""
-    from . import page as _page
+    """The pfns among PFNS (sorted, unique) whose folio is anonymous (``folio_test_anon()``:
+    the head's ``mapping & PAGE_MAPPING_ANON``), reading only their struct pages (and
+    their heads')."""
+    from . import memmap, page as _page
 
     pl = _page.page_layout(ctx)
-    mapping, info = _struct_page_words(ctx, pfns, (pl.mapping_off, pl.compound_off))
+    rec = memmap.struct_pages_of(ctx, pfns)
+    mapping = memmap.struct_page_word(rec, pl.mapping_off)
+    info = memmap.struct_page_word(rec, pl.compound_off)
     tail = (info & np.uint64(1)) == 1
     if tail.any():
         heads = _page._heads(pl, _page.vmemmap_base(ctx), pfns[tail], info[tail])
-        uh, inv = np.unique(heads, return_inverse=True)
-        (hmap,) = _struct_page_words(ctx, uh, (pl.mapping_off,))
         mapping = mapping.copy()
-        mapping[tail] = hmap[inv]
+        mapping[tail] = memmap.struct_page_word(memmap.struct_pages_of(ctx, heads),
+                                                pl.mapping_off)
     return pfns[(mapping & np.uint64(_page.PAGE_MAPPING_ANON)) != 0]
-
