@@ -62,19 +62,46 @@ def test_ps_lists_every_task_as_drgn_reads_it(real_kernel):
     assert len(want) > 20
 
 
-def test_rss_is_what_proc_status_printed(real_kernel):
+def _status_files(snap) -> dict[int, str]:
+    """Every "<pid>/status" of the snapshot's truth: the guest's /proc/PID/status of each
+    pid its /proc listed (the lab prints one for every pid), or of the tracked ones."""
+    truth = snap.vmcore.parent / "truth"
+    return {int(d.name): snap.truth_text(f"{d.name}/status") for d in truth.iterdir()
+            if d.is_dir() and d.name.isdigit() and (d / "status").is_file()}
+
+
+def test_ps_is_every_status_file_the_guest_printed(real_kernel):
+    """Each pid of the guest's /proc at the freeze is a process in ``ps`` with the Name,
+    State letter, Tgid and PPid of its status file and, for a process with an address
+    space, VmRSS, RssAnon, RssFile and RssShmem; a kernel thread has no Vm lines and no
+    mm.  Fails if the truth holds no status file at all."""
+    import json
+
     _prog, t = open_dump(real_kernel)
     ctx = KernelContext(t)
     kb = t.page_size // 1024
-    for pid in _tracked(real_kernel):
-        status = real_kernel.truth_text(f"{pid}/status")
-        line = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", status, re.M)}
-        x = mtask.find_task(ctx, pid)
-        assert x.rss_pages * kb == line["VmRSS"]
-        assert (x.rss["anon"] * kb, x.rss["file"] * kb, x.rss["shmem"] * kb) == (
-            line["RssAnon"], line["RssFile"], line["RssShmem"])
-        assert x.comm == re.search(r"^Name:\t(.*)$", status, re.M).group(1)
-        assert x.state == re.search(r"^State:\t(\w)", status, re.M).group(1)
+    status = _status_files(real_kernel)
+    assert status, "the snapshot's truth has no <pid>/status file"
+    text, code = commands.execute(ctx, argparse.Namespace(command="ps", format="json",
+                                                          threads=False))
+    assert code == 0
+    ps = {r["pid"]: r for r in json.loads(text)}
+    missing = sorted(set(status) - set(ps))
+    assert not missing, f"in the guest's /proc but not in ps: {missing}"
+    for pid, st in status.items():
+        line = dict(re.findall(r"^(\w+):\t(.*)$", st, re.M))
+        x = ps[pid]
+        assert x["name"] == line["Name"], pid
+        assert x["state"] == line["State"][0], pid
+        assert (x["tgid"], x["ppid"]) == (int(line["Tgid"]), int(line["PPid"])), pid
+        if "VmRSS" not in line:
+            assert not x["mm"] and x["rss_pages"] == {}, pid  # a kernel thread
+            continue
+        kbs = {k: int(line[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
+        r = x["rss_pages"]
+        assert {k: v // kb for k, v in kbs.items()} == {
+            "VmRSS": r["file"] + r["anon"] + r["shmem"], "RssAnon": r["anon"],
+            "RssFile": r["file"], "RssShmem": r["shmem"]}, pid
 
 
 @pytest.mark.parametrize("pid,message", [("2", "has no address space"),

@@ -3,9 +3,11 @@
 JSON output (``--format json``), stable keys:
 
 ``ps``: a list, one object per process (``--threads``: per thread), in the kernel's
-task-list order after the idle tasks (pid 0: init_task, then each other CPU's)::
+task-list order after the idle tasks (pid 0: init_task, then each other CPU's);
+``comm`` is ``task->comm``, ``name`` what /proc/PID/status prints as ``Name:`` (a
+kworker's workqueue, a kernel thread's full name: memscope/mm/task.py)::
 
-    {"pid": int, "tgid": int, "ppid": int, "comm": str, "state": str, "cpu": int,
+    {"pid": int, "tgid": int, "ppid": int, "comm": str, "name": str, "state": str, "cpu": int,
      "kthread": bool, "task": int, "mm": int,
      "rss_pages": {"file": int, "anon": int, "swap": int, "shmem": int}}  # {} without mm
 
@@ -46,7 +48,8 @@ def _ps_args(p) -> None:
 def ps(ctx, args) -> Result:
     tasks = _task.tasks(ctx, threads=getattr(args, "threads", False))
     kb = ctx.t.page_size // 1024
-    data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "state": x.state,
+    data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "name": x.name,
+             "state": x.state,
              "cpu": x.cpu, "kthread": x.kthread, "task": x.task, "mm": x.mm,
              "rss_pages": x.rss}
             for x in tasks]
@@ -56,9 +59,9 @@ def ps(ctx, args) -> Result:
                  x.rss_pages * kb if x.mm else "", x.rss.get("anon", 0) * kb if x.mm else "",
                  x.rss.get("file", 0) * kb if x.mm else "",
                  x.rss.get("shmem", 0) * kb if x.mm else "",
-                 f"[{x.comm}]" if x.kthread else x.comm] for x in tasks]
+                 f"[{x.name}]" if x.kthread else x.name] for x in tasks]
         return tabulate(rows, headers=["pid", "ppid", "cpu", "st", "task", "rss kB",
-                                       "anon kB", "file kB", "shmem kB", "comm"]) + "\n"
+                                       "anon kB", "file kB", "shmem kB", "name"]) + "\n"
 
     return Result(data, table)
 

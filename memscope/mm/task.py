@@ -17,6 +17,16 @@
   statistics issue for users", v6.16, in the Debian 6.12 and 7.2 kernels; kernels
   6.2-6.15 without it print the global part alone, which can be off by the per-CPU
   batches).
+- The name /proc prints (``Name:`` in status; fs/proc/array.c ``proc_task_name()``): a
+  workqueue worker's (PF_WQ_WORKER) is ``wq_worker_comm()``'s: its comm (to v6.9) or
+  ``format_worker_id()``'s ``kworker/CPU:ID[H]``, ``kworker/uPOOL:ID``,
+  ``kworker/R-WQ`` (v6.10, commit 2a1b02bcba78 "workqueue: Refactor worker ID
+  formatting"...; the debug info cannot tell, so the comm is used where it already holds
+  that prefix), then ``+desc`` while it runs a work item, ``-desc`` after; another kernel
+  thread's its ``kthread->full_name`` when it has one (v5.17, commit d6986ce24fc0,
+  "kthread: dynamically allocate memory to store kthread's full name"); else the comm.
+  ``to_kthread()`` is ``task->worker_private`` since v5.17 (commit e32cf5dfbe22), before
+  ``task->set_child_tid``.  A newline and a backslash are escaped (``seq_escape_str()``).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from .context import KernelContext
 __all__ = ("Task", "find_task", "tasks")
 
 PF_KTHREAD = 0x00200000
+PF_WQ_WORKER = 0x00000020
 # include/linux/sched.h
 TASK_REPORT = 0x7F  # RUNNING .. PARKED: the states /proc reports
 TASK_IDLE = 0x2 | 0x400  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
@@ -50,7 +61,8 @@ class Task:
     letter /proc prints (R, S, D, T, t, X, Z, P, I); ``cpu`` the CPU it last ran on;
     ``kthread`` a kernel thread (PF_KTHREAD); ``mm`` its ``struct mm_struct`` or 0;
     ``rss`` pages per counter as /proc/PID/status prints them (``{"file", "anon", "swap",
-    "shmem"}``; empty without an mm)."""
+    "shmem"}``; empty without an mm); ``name`` what /proc prints as its name (status's
+    ``Name:``; see the module: a kworker's workqueue, a kernel thread's full name)."""
 
     task: int
     pid: int
@@ -62,6 +74,7 @@ class Task:
     kthread: bool
     mm: int
     rss: dict[str, int]
+    name: str = ""
 
     @property
     def rss_pages(self) -> int:
@@ -107,11 +120,66 @@ class _Reader:
         mm = read_member(self.ts["mm"], buf)
         rss = self._rss(mm) if mm else {}
         flags = read_member(self.ts["flags"], buf)
+        comm = comm.split(b"\0", 1)[0]
         return Task(addr, read_member(self.ts["pid"], buf), read_member(self.ts["tgid"], buf),
-                    ppid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                    ppid, comm.decode(errors="replace"),
                     _state_letter(read_member(self.state, buf),
                                   read_member(self.ts["exit_state"], buf)),
-                    read_member(self.cpu, buf), bool(flags & PF_KTHREAD), mm, rss)
+                    read_member(self.cpu, buf), bool(flags & PF_KTHREAD), mm, rss,
+                    _escape(self._proc_name(buf, flags, comm)))
+
+    def _to_kthread(self, buf: bytes) -> int:
+        return read_member(self.ts["worker_private" if self.ts.has("worker_private")
+                                   else "set_child_tid"], buf)
+
+    def _proc_name(self, buf: bytes, flags: int, comm: bytes) -> bytes:
+        """proc_task_name() before escaping (see the module)."""
+        t = self.t
+        try:
+            if flags & PF_WQ_WORKER:
+                return self._wq_worker_comm(buf, comm)
+            if flags & PF_KTHREAD and _has(t, "struct kthread", "full_name"):
+                kthread = self._to_kthread(buf)
+                full = t.read_u64(kthread + t.layout("struct kthread").offset("full_name")) \
+                    if kthread else 0
+                if full:
+                    return t.read_cstr(full, 63).encode()
+        except TargetError:
+            pass  # a worker or kthread struct not in the dump: its comm
+        return comm
+
+    def _wq_worker_comm(self, buf: bytes, comm: bytes) -> bytes:
+        t = self.t
+        kthread = self._to_kthread(buf)
+        worker = t.read_u64(kthread + t.layout("struct kthread").offset("data"))
+        w = t.layout("struct worker")
+        pool = t.read_u64(worker + w.offset("pool"))
+        name = comm
+        if t.has_symbol("format_worker_id"):  # v6.10: the name is rebuilt each time
+            p = t.layout("struct worker_pool")
+            rescue = t.read_u64(worker + w.offset("rescue_wq"))
+            wid = t.read_int(worker + w.offset("id"), 4, signed=True)
+            if rescue:
+                wq = t.read_cstr(rescue + t.layout("struct workqueue_struct").offset("name"), 64)
+                name = f"kworker/R-{wq}".encode()
+            elif pool:
+                cpu = t.read_int(pool + p.offset("cpu"), 4, signed=True)
+                if cpu >= 0:
+                    attrs = t.read_u64(pool + p.offset("attrs"))
+                    nice = t.read_int(attrs + t.layout("struct workqueue_attrs").offset("nice"),
+                                      4, signed=True)
+                    name = f"kworker/{cpu}:{wid}{'H' if nice < 0 else ''}".encode()
+                else:
+                    pid = t.read_int(pool + p.offset("id"), 4, signed=True)
+                    name = f"kworker/u{pid}:{wid}".encode()
+            else:
+                name = b"kworker/dying"
+        if pool:
+            desc = t.read(worker + w.offset("desc"), w["desc"].size).split(b"\0", 1)[0]
+            if desc:
+                busy = t.read_u64(worker + w.offset("current_work"))
+                name += (b"+" if busy else b"-") + desc
+        return name[:63]
 
     def _rss(self, mm: int) -> dict[str, int]:
         t = self.t
@@ -129,6 +197,20 @@ class _Reader:
                 v = t.read_int(mm + self.rss_off + self.rss_count + 8 * i, 8, signed=True)
                 rss[key] = max(v, 0)
         return rss
+
+
+def _has(t, type_name: str, name: str) -> bool:
+    try:
+        return t.layout(type_name).has(name)
+    except TargetError:
+        return False
+
+
+def _escape(name: bytes) -> str:
+    """seq_escape_str(m, name, ESCAPE_SPACE | ESCAPE_SPECIAL, "\\n\\\\") of fs/proc/array.c:
+    only the characters of the last argument are escaped, a newline as ``\\n`` and a
+    backslash as ``\\\\``."""
+    return name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").decode(errors="replace")
 
 
 def tasks(ctx: KernelContext, threads: bool = False,
