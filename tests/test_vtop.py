@@ -74,7 +74,7 @@ def test_bad_input_is_one_line(real_kernel, address, pid, message):
 
 def test_drgn_api_vtop_is_drgns_follow_phys(real_kernel):
     """memscope.drgn_api.vtop on the Program: for kernel addresses (image, direct map,
-    vmalloc), every 64th page of the tracked process's heap and stack, and addresses
+    vmalloc), eight pages across the tracked process's heap and four of its stack, and addresses
     nothing maps, ``physical`` is drgn's ``follow_phys()`` (None where it faults), the
     step entries are the words at their physical addresses, and the offset in the page
     or block is the address's."""
@@ -92,7 +92,8 @@ def test_drgn_api_vtop_is_drgns_follow_phys(real_kernel):
                                              vmalloc + 0x10, vmalloc - 0x1000)]
     for lo, hi in ((mm.start_brk.value_(), mm.brk.value_()),
                    (mm.start_stack.value_() & ~0xfff, mm.start_stack.value_() + 0x4000)):
-        cases += [(mm, pid, va + 0x18) for va in range(lo & ~0xfff, hi, 64 * t.page_size)]
+        step = max((hi - lo) // 8, t.page_size) & ~(t.page_size - 1)
+        cases += [(mm, pid, va + 0x18) for va in range(lo & ~0xfff, hi, step)]
     cases += [(mm, pid, 0x1000), (mm, pid, mm.start_brk.value_() - 0x100000)]
     mapped = 0
     for owner, p, va in cases:
