@@ -453,7 +453,7 @@ def ps(prog: drgn.Program, threads: bool = False) -> list[Task]:
     :return: one :class:`Task` per process or thread; ``rss`` in pages per counter
     :raises TargetError: a type or member is missing from the debug info
     """
-    return _task.tasks(_fresh(prog), threads)
+    return _task.tasks(_fresh(prog), threads, names=True)
 
 
 def maps(prog: drgn.Program, pid: int) -> list[Vma]:

@@ -36,6 +36,7 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import task as _task, vma as _vma
+from ..target.base import TargetError
 from . import CommandError, Result, command, parse_pid
 
 
@@ -46,7 +47,7 @@ def _ps_args(p) -> None:
 @command("ps", "every process (or thread): pid, parent, state, CPU, RSS from the mm counters",
          arguments=_ps_args)
 def ps(ctx, args) -> Result:
-    tasks = _task.tasks(ctx, threads=getattr(args, "threads", False))
+    tasks = _task.tasks(ctx, threads=getattr(args, "threads", False), names=True)
     kb = ctx.t.page_size // 1024
     data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "name": x.name,
              "state": x.state,
@@ -71,9 +72,10 @@ def process(ctx, cmd: str, pid_text: str) -> _task.Task:
 
     :raises CommandError: not a pid, no such process, or a kernel thread (one line)."""
     pid = parse_pid(cmd, pid_text)
-    task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
-    if task is None:
-        raise CommandError(f"{cmd}: no process with pid {pid}")
+    try:
+        task = _task.find_task(ctx, pid)
+    except TargetError:
+        raise CommandError(f"{cmd}: no process with pid {pid}") from None
     if not task.mm:
         raise CommandError(f"{cmd}: pid {pid} ({task.comm}) has no address space "
                            "(a kernel thread)")

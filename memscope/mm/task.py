@@ -62,7 +62,8 @@ class Task:
     ``kthread`` a kernel thread (PF_KTHREAD); ``mm`` its ``struct mm_struct`` or 0;
     ``rss`` pages per counter as /proc/PID/status prints them (``{"file", "anon", "swap",
     "shmem"}``; empty without an mm); ``name`` what /proc prints as its name (status's
-    ``Name:``; see the module: a kworker's workqueue, a kernel thread's full name)."""
+    ``Name:``; see the module: a kworker's workqueue, a kernel thread's full name), ""
+    unless :func:`tasks` was asked for names."""
 
     task: int
     pid: int
@@ -93,8 +94,9 @@ def _state_letter(state: int, exit_state: int) -> str:
 
 
 class _Reader:
-    def __init__(self, ctx: KernelContext):
+    def __init__(self, ctx: KernelContext, names: bool = False):
         t = self.t = ctx.t
+        self.names = names
         self.ts = t.layout("struct task_struct")
         self.state = self.ts["__state" if self.ts.has("__state") else "state"]
         self.cpu = member(t, "struct task_struct",
@@ -126,7 +128,7 @@ class _Reader:
                     _state_letter(read_member(self.state, buf),
                                   read_member(self.ts["exit_state"], buf)),
                     read_member(self.cpu, buf), bool(flags & PF_KTHREAD), mm, rss,
-                    _escape(self._proc_name(buf, flags, comm)))
+                    _escape(self._proc_name(buf, flags, comm)) if self.names else "")
 
     def _to_kthread(self, buf: bytes) -> int:
         return read_member(self.ts["worker_private" if self.ts.has("worker_private")
@@ -214,23 +216,20 @@ def _escape(name: bytes) -> str:
 
 
 def tasks(ctx: KernelContext, threads: bool = False,
-          problems: list[Problem] | None = None) -> list[Task]:
+          problems: list[Problem] | None = None, names: bool = False) -> list[Task]:
     """Every process (``for_each_process()``), or with THREADS every thread
     (``for_each_process_thread()``), in the kernel's list order: the idle tasks first
     (``init_task``, CPU 0's, then each other CPU's ``runqueues.idle``: pid 0, on no list).
 
     :param problems: where the bounded list walks put what they find (a cycle, a broken
         link); None: they are dropped.
+    :param names: fill :attr:`Task.name` (a few more reads per kernel thread).
     :raises TargetError: a type or member is missing from the debug info."""
     t = ctx.t
     problems = [] if problems is None else problems
-    r = _Reader(ctx)
-    bound = t.read_u32(t.symbol("nr_threads")) + 1 if t.has_symbol("nr_threads") else 1 << 22
-    init = t.symbol("init_task")
-    leaders = [init, *_other_idle_tasks(ctx, init),
-               *klist.list_for_each_entry(t, "struct task_struct", init + r.ts.offset("tasks"),
-                                          "tasks", bound=bound, problems=problems,
-                                          where="init_task.tasks")]
+    r = _Reader(ctx, names)
+    bound = _bound(t)
+    leaders = _leaders(ctx, r, bound, problems)
     if not threads:
         return [r.task(a) for a in leaders]
     sig = t.layout("struct signal_struct")
@@ -242,6 +241,20 @@ def tasks(ctx: KernelContext, threads: bool = False,
             bound=bound, problems=problems, where=f"task {leader:#x} signal->thread_head"))
         out += [r.task(a) for a in (members or [leader])]
     return out
+
+
+def _bound(t) -> int:
+    return t.read_u32(t.symbol("nr_threads")) + 1 if t.has_symbol("nr_threads") else 1 << 22
+
+
+def _leaders(ctx: KernelContext, r: _Reader, bound: int, problems: list[Problem]) -> list[int]:
+    """The task_struct addresses of the idle tasks and of init_task.tasks, in order."""
+    t = ctx.t
+    init = t.symbol("init_task")
+    return [init, *_other_idle_tasks(ctx, init),
+            *klist.list_for_each_entry(t, "struct task_struct", init + r.ts.offset("tasks"),
+                                       "tasks", bound=bound, problems=problems,
+                                       where="init_task.tasks")]
 
 
 def _other_idle_tasks(ctx: KernelContext, init: int) -> list[int]:
@@ -262,10 +275,14 @@ def _other_idle_tasks(ctx: KernelContext, init: int) -> list[int]:
 
 
 def find_task(ctx: KernelContext, pid: int) -> Task:
-    """The thread-group leader whose tgid is PID.
+    """The thread-group leader whose tgid is PID (only each task's ``tgid`` is read until
+    it is found).
 
     :raises TargetError: no such process."""
-    for task in tasks(ctx):
-        if task.tgid == pid:
-            return task
+    t = ctx.t
+    r = _Reader(ctx)
+    tgid = r.ts["tgid"]
+    for a in _leaders(ctx, r, _bound(t), []):
+        if int.from_bytes(t.read(a + tgid.offset, 4), "little", signed=True) == pid:
+            return r.task(a)
     raise TargetError(f"no process with pid {pid}")
