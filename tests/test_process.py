@@ -104,13 +104,14 @@ def test_ps_is_every_status_file_the_guest_printed(real_kernel):
             "RssFile": r["file"], "RssShmem": r["shmem"]}, pid
 
 
+@pytest.mark.parametrize("command", ["maps", "smaps_rollup"])
 @pytest.mark.parametrize("pid,message", [("2", "has no address space"),
                                          ("987654", "no process with pid 987654"),
                                          ("x1", "is not a number")])
-def test_maps_of_no_process_is_one_line(real_kernel, pid, message):
+def test_a_command_on_no_process_is_one_line(real_kernel, command, pid, message):
     _prog, t = open_dump(real_kernel)
     with pytest.raises(MemscopeError, match=message) as e:
-        commands.execute(t, argparse.Namespace(command="maps", format="proc", pid=pid))
+        commands.execute(t, argparse.Namespace(command=command, format="proc", pid=pid))
     assert "\n" not in str(e.value)
 
 
@@ -230,17 +231,6 @@ def test_smaps_rollup_proc_is_the_guests_file_byte_for_byte(real_kernel):
         js, _ = commands.execute(ctx, argparse.Namespace(
             command="smaps_rollup", format="json", pid=str(pid)))
         assert json.loads(js)["kb"] == _rollup_lines(want)
-
-
-@pytest.mark.parametrize("pid,message", [("2", "has no address space"),
-                                         ("987654", "no process with pid 987654"),
-                                         ("x1", "is not a number")])
-def test_smaps_rollup_of_no_process_is_one_line(real_kernel, pid, message):
-    _prog, t = open_dump(real_kernel)
-    with pytest.raises(MemscopeError, match=message) as e:
-        commands.execute(t, argparse.Namespace(command="smaps_rollup", format="proc",
-                                               pid=pid))
-    assert "\n" not in str(e.value)
 
 
 def test_smaps_rollup_names_the_line_a_swap_entry_leaves_unknown(real_kernel):

@@ -225,7 +225,7 @@ def smaps_rollup(ctx: KernelContext, task: Task, problems: list[Problem] | None 
     if units:
         pfn, pages, young, dirty, locked = (np.concatenate(c) for c in zip(*units))
         _account(ctx, mss, pfn, pages, young, dirty, locked, ps)
-    lay = t.layout("struct mem_size_stats") if _has_type(t, "struct mem_size_stats") else None
+    lay = t.layout("struct mem_size_stats") if t.has_type("struct mem_size_stats") else None
     values = {}
     for label, m, pss in LINES:
         if lay is not None and not lay.has(m):
@@ -304,14 +304,6 @@ def _shmem_swap(ctx: KernelContext, vmas, unknown: dict) -> None:
         if t.read_u64(inode - info.offset("vfs_inode") + info.offset("swapped")):
             unknown["Swap"] = unknown["SwapPss"] = (
                 f"VMA {vma.start:#x} maps a shmem file with pages in swap")
-
-
-def _has_type(t, name: str) -> bool:
-    try:
-        t.layout(name)
-        return True
-    except TargetError:
-        return False
 
 
 def format_smaps_rollup(r: Rollup) -> str:

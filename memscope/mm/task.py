@@ -140,7 +140,8 @@ class _Reader:
         try:
             if flags & PF_WQ_WORKER:
                 return self._wq_worker_comm(buf, comm)
-            if flags & PF_KTHREAD and _has(t, "struct kthread", "full_name"):
+            if flags & PF_KTHREAD and t.has_type("struct kthread") and \
+                    t.layout("struct kthread").has("full_name"):
                 kthread = self._to_kthread(buf)
                 full = t.read_u64(kthread + t.layout("struct kthread").offset("full_name")) \
                     if kthread else 0
@@ -199,13 +200,6 @@ class _Reader:
                 v = t.read_int(mm + self.rss_off + self.rss_count + 8 * i, 8, signed=True)
                 rss[key] = max(v, 0)
         return rss
-
-
-def _has(t, type_name: str, name: str) -> bool:
-    try:
-        return t.layout(type_name).has(name)
-    except TargetError:
-        return False
 
 
 def _escape(name: bytes) -> str:
