@@ -138,9 +138,12 @@ class _Reader:
         self.paths = _Paths(ctx)
         self.f_mnt = member(t, "struct file", "f_path.mnt").offset
         self.f_dentry = member(t, "struct file", "f_path.dentry").offset
-        self.special = {t.symbol(s) for s in ("special_mapping_vmops",
-                                              "legacy_special_mapping_vmops")
-                        if t.has_symbol(s)}
+        # legacy_special_mapping_vmops (install_special_mapping()) is gone from the 6.12
+        # and 7.2 lab kernels; a missing symbol costs drgn a search of the whole ELF symbol table, so it is
+        # looked up only for an anonymous VMA with other vm_ops (see _special())
+        self.special = {t.symbol("special_mapping_vmops")} \
+            if t.has_symbol("special_mapping_vmops") else set()
+        self.legacy_checked = False
         self.page_shift = t.page_size.bit_length() - 1
 
     def vma(self, addr: int, mm: dict, root: tuple[int, int]) -> Vma:
@@ -168,7 +171,7 @@ class _Reader:
                        True, addr)
         name = ""
         ops = read_member(self.v["vm_ops"], buf)
-        if ops and ops in self.special:
+        if ops and self._special(ops):
             # special_mapping_name(): ((struct vm_special_mapping *)vm_private_data)->name
             sm = read_member(self.v["vm_private_data"], buf)
             name = t.read_cstr(t.read_u64(sm), 64) if sm else ""
@@ -179,6 +182,14 @@ class _Reader:
         elif anon_name is not None:
             name = f"[anon:{anon_name}]"
         return Vma(start, end, flags, 0, (0, 0), 0, name, False, addr)
+
+    def _special(self, ops: int) -> bool:
+        """Whether vm_ops OPS are a special mapping's (``vma_is_special_mapping()``)."""
+        if ops not in self.special and not self.legacy_checked:
+            self.legacy_checked = True
+            if self.t.has_symbol("legacy_special_mapping_vmops"):
+                self.special.add(self.t.symbol("legacy_special_mapping_vmops"))
+        return ops in self.special
 
     def _anon_name(self, buf: bytes, file: int) -> str | None:
         """anon_vma_name(): up to v6.6 ``anon_name`` shares a union with ``shared`` (the
@@ -306,7 +317,8 @@ class Walked:
     :func:`vmas` gives them, ``leaves[i]`` the non-empty leaf entries inside
     ``vmas[i]`` (:class:`memscope.kernel.pgtable.Leaves`; none for the gate VMA, the
     kernel's page in no process's tables); ``max_pfn`` the end of the memmap (a pfn at or
-    past it has no struct page: ``vm_normal_page()``'s ``highest_memmap_pfn``)."""
+    past it has no struct page: ``vm_normal_page()``'s ``highest_memmap_pfn + 1``, or the
+    end of the last zone where the kernel has no such variable)."""
 
     vmas: list[Vma]
     leaves: list
@@ -343,7 +355,11 @@ def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = N
     hi = np.searchsorted(lv.va, ends, "left")
     leaves = [lv.take(slice(a, b)) if v.vma else Leaves.empty()
               for v, a, b in zip(out_vmas, lo.tolist(), hi.tolist())]
-    return Walked(out_vmas, leaves, _page.max_pfn(ctx))
+    if t.has_symbol("highest_memmap_pfn"):  # mm/memory.c, what vm_normal_page() checks
+        end_pfn = t.read_u64(t.symbol("highest_memmap_pfn")) + 1
+    else:
+        end_pfn = _page.max_pfn(ctx)
+    return Walked(out_vmas, leaves, end_pfn)
 
 
 def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
