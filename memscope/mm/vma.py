@@ -314,15 +314,23 @@ class VmaRss:
 @dataclasses.dataclass(frozen=True)
 class Walked:
     """TASK's VMAs and their page tables, walked once (:func:`walk_vmas`): ``vmas`` as
-    :func:`vmas` gives them, ``leaves[i]`` the non-empty leaf entries inside
-    ``vmas[i]`` (:class:`memscope.kernel.pgtable.Leaves`; none for the gate VMA, the
-    kernel's page in no process's tables); ``max_pfn`` the end of the memmap (a pfn at or
-    past it has no struct page: ``vm_normal_page()``'s ``highest_memmap_pfn + 1``, or the
-    end of the last zone where the kernel has no such variable)."""
+    :func:`vmas` gives them; ``all`` every non-empty leaf entry of the walk
+    (:class:`memscope.kernel.pgtable.Leaves`, address order), of which ``vmas[i]``'s are
+    ``all[lo[i]:hi[i]]`` (none for the gate VMA, the kernel's page in no process's
+    tables); ``max_pfn`` the end of the memmap (a pfn at or past it has no struct page:
+    ``vm_normal_page()``'s ``highest_memmap_pfn + 1``, or the end of the last zone where
+    the kernel has no such variable)."""
 
     vmas: list[Vma]
-    leaves: list
+    all: object
+    lo: np.ndarray
+    hi: np.ndarray
     max_pfn: int
+
+    @property
+    def leaves(self) -> list:
+        """Each VMA's entries (``all[lo[i]:hi[i]]``), in the order of ``vmas``."""
+        return [self.all.take(slice(a, b)) for a, b in zip(self.lo.tolist(), self.hi.tolist())]
 
 
 def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
@@ -353,13 +361,13 @@ def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = N
     ends = np.array([v.end for v in out_vmas], np.uint64)
     lo = np.searchsorted(lv.va, starts, "left")
     hi = np.searchsorted(lv.va, ends, "left")
-    leaves = [lv.take(slice(a, b)) if v.vma else Leaves.empty()
-              for v, a, b in zip(out_vmas, lo.tolist(), hi.tolist())]
     if t.has_symbol("highest_memmap_pfn"):  # mm/memory.c, what vm_normal_page() checks
         end_pfn = t.read_u64(t.symbol("highest_memmap_pfn")) + 1
     else:
         end_pfn = _page.max_pfn(ctx)
-    return Walked(out_vmas, leaves, end_pfn)
+    gate = np.array([not v.vma for v in out_vmas], bool)
+    lo[gate] = hi[gate] = 0
+    return Walked(out_vmas, lv, lo, hi, end_pfn)
 
 
 def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
@@ -372,22 +380,19 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
     :raises TargetError: as :func:`vmas`."""
     shift = ctx.t.page_size.bit_length() - 1
     w = walk_vmas(ctx, task, problems)
-    per = []
-    for lv in w.leaves:
-        pages = (lv.size >> shift).astype(np.int64)
-        pfn = (lv.pa >> np.uint64(shift)).astype(np.int64)
-        mapped = lv.present & ~lv.special & (pfn < w.max_pfn)
-        per.append((pfn[mapped], pages[mapped], int(pages[~lv.present].sum())))
-    allp = np.concatenate([p for p, _, _ in per]) if per else np.zeros(0, np.int64)
-    u = np.unique(allp)
-    anon_pfns = _anon_pfns(ctx, u)
-    out = []
-    for v, (p, n, swap) in zip(w.vmas, per):
-        i = np.searchsorted(anon_pfns, p)
-        anon = (i < len(anon_pfns)) & (anon_pfns[np.minimum(i, len(anon_pfns) - 1)] == p) \
-            if len(anon_pfns) else np.zeros(len(p), bool)
-        out.append(VmaRss(v, int(n.sum()), int(n[anon].sum()), swap))
-    return out
+    lv = w.all
+    pages = (lv.size >> shift).astype(np.int64)
+    pfn = (lv.pa >> np.uint64(shift)).astype(np.int64)
+    mapped = lv.present & ~lv.special & (pfn < w.max_pfn)
+    anon_pfns = _anon_pfns(ctx, np.unique(pfn[mapped]))
+    anon = mapped & np.isin(pfn, anon_pfns, assume_unique=False)
+    # per VMA: sums over its slice [lo, hi) of the address-ordered entries
+    sums = np.zeros((3, len(lv) + 1), np.int64)
+    np.cumsum(np.where(mapped, pages, 0), out=sums[0, 1:])
+    np.cumsum(np.where(anon, pages, 0), out=sums[1, 1:])
+    np.cumsum(np.where(lv.present, 0, pages), out=sums[2, 1:])
+    per = sums[:, w.hi] - sums[:, w.lo]
+    return [VmaRss(v, int(r), int(a), int(sw)) for v, r, a, sw in zip(w.vmas, *per.tolist())]
 
 
 def _anon_pfns(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
