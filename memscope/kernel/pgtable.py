@@ -245,8 +245,8 @@ class _Decode:
         """The output address.  x86_64, L1TF (v4.19, commit 6b28baca9b1f): an entry without
         _PAGE_PRESENT keeps its pfn inverted (__pte_needs_invert()): a PROT_NONE one
         (NUMA balancing's hinting entries, mprotect(PROT_NONE)) still maps its page."""
-        if not self.arm:
-            e = np.where((e & np.uint64(X86_PAGE_PRESENT)) != 0, e, ~e)
+        if not self.arm:  # all ones where _PAGE_PRESENT is clear, else 0
+            e = e ^ ((e & np.uint64(X86_PAGE_PRESENT)) - np.uint64(1))
         a = e & self.oa_mask
         if self.lpa2:
             a = a | ((e & np.uint64(0x300)) << np.uint64(42))  # OA[51:50] from bits 9:8

@@ -144,6 +144,7 @@ class _Reader:
         self.special = {t.symbol("special_mapping_vmops")} \
             if t.has_symbol("special_mapping_vmops") else set()
         self.legacy_checked = False
+        self.files: dict[int, tuple] = {}  # struct file -> _file()
         self.page_shift = t.page_size.bit_length() - 1
 
     def vma(self, addr: int, mm: dict, root: tuple[int, int]) -> Vma:
@@ -155,20 +156,13 @@ class _Reader:
         f = read_member(self.v["vm_file"], buf)
         anon_name = self._anon_name(buf, f)
         if f:
-            inode = t.read_u64(f + self.file.offset("f_inode"))
-            sb = t.read_u64(inode + self.inode.offset("i_sb"))
-            s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
-            ino = t.read_u64(inode + self.inode.offset("i_ino"))
             pgoff = read_member(self.v["vm_pgoff"], buf) << self.page_shift
             if anon_name is not None:
+                dev, ino, _ = self._file(f, root)
                 name = f"[anon_shmem:{anon_name}]"
             else:
-                dentry = t.read_u64(f + self.f_dentry)
-                name = self.paths.d_path(t.read_u64(f + self.f_mnt), dentry, root)
-                if self._unlinked(dentry):
-                    name += " (deleted)"
-            return Vma(start, end, flags, pgoff, (s_dev >> 20, s_dev & 0xFFFFF), ino, name,
-                       True, addr)
+                dev, ino, name = self._file(f, root)
+            return Vma(start, end, flags, pgoff, dev, ino, name, True, addr)
         name = ""
         ops = read_member(self.v["vm_ops"], buf)
         if ops and self._special(ops):
@@ -182,6 +176,24 @@ class _Reader:
         elif anon_name is not None:
             name = f"[anon:{anon_name}]"
         return Vma(start, end, flags, 0, (0, 0), 0, name, False, addr)
+
+    def _file(self, f: int, root: tuple[int, int]) -> tuple[tuple[int, int], int, str]:
+        """(device (major, minor), inode number, d_path() with " (deleted)" when
+        unlinked) of struct file F, read once per file (a binary's text, data and bss
+        VMAs share one)."""
+        hit = self.files.get(f)
+        if hit is None:
+            t = self.t
+            inode = t.read_u64(f + self.file.offset("f_inode"))
+            sb = t.read_u64(inode + self.inode.offset("i_sb"))
+            s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
+            ino = t.read_u64(inode + self.inode.offset("i_ino"))
+            dentry = t.read_u64(f + self.f_dentry)
+            name = self.paths.d_path(t.read_u64(f + self.f_mnt), dentry, root)
+            if self._unlinked(dentry):
+                name += " (deleted)"
+            hit = self.files[f] = ((s_dev >> 20, s_dev & 0xFFFFF), ino, name)
+        return hit
 
     def _special(self, ops: int) -> bool:
         """Whether vm_ops OPS are a special mapping's (``vma_is_special_mapping()``)."""
