@@ -20,9 +20,8 @@
 - The name /proc prints (``Name:`` in status; fs/proc/array.c ``proc_task_name()``): a
   workqueue worker's (PF_WQ_WORKER) is ``wq_worker_comm()``'s: its comm (to v6.9) or
   ``format_worker_id()``'s ``kworker/CPU:ID[H]``, ``kworker/uPOOL:ID``,
-  ``kworker/R-WQ`` (v6.10, commit 2a1b02bcba78 "workqueue: Refactor worker ID
-  formatting"...; the debug info cannot tell, so the comm is used where it already holds
-  that prefix), then ``+desc`` while it runs a work item, ``-desc`` after; another kernel
+  ``kworker/R-WQ`` (v6.10; told by the function ``format_worker_id`` in the symbols;
+  commit id unverified), then ``+desc`` while it runs a work item, ``-desc`` after; another kernel
   thread's its ``kthread->full_name`` when it has one (v5.17, commit d6986ce24fc0,
   "kthread: dynamically allocate memory to store kthread's full name"); else the comm.
   ``to_kthread()`` is ``task->worker_private`` since v5.17 (commit e32cf5dfbe22), before
@@ -152,35 +151,38 @@ class _Reader:
         return comm
 
     def _wq_worker_comm(self, buf: bytes, comm: bytes) -> bytes:
+        """wq_worker_comm() (kernel/workqueue.c), the worker read in one piece."""
         t = self.t
         kthread = self._to_kthread(buf)
         worker = t.read_u64(kthread + t.layout("struct kthread").offset("data"))
         w = t.layout("struct worker")
-        pool = t.read_u64(worker + w.offset("pool"))
+        wbuf = t.read(worker, w.size)
+        pool = read_member(w["pool"], wbuf)
         name = comm
-        if t.has_symbol("format_worker_id"):  # v6.10: the name is rebuilt each time
+        if t.has_symbol("format_worker_id"):  # the name is rebuilt each time (v6.10)
             p = t.layout("struct worker_pool")
-            rescue = t.read_u64(worker + w.offset("rescue_wq"))
-            wid = t.read_int(worker + w.offset("id"), 4, signed=True)
+            rescue = read_member(w["rescue_wq"], wbuf)
+            wid = read_member(w["id"], wbuf)
             if rescue:
                 wq = t.read_cstr(rescue + t.layout("struct workqueue_struct").offset("name"), 64)
                 name = f"kworker/R-{wq}".encode()
             elif pool:
-                cpu = t.read_int(pool + p.offset("cpu"), 4, signed=True)
+                pbuf = t.read(pool, p.size)
+                cpu = read_member(p["cpu"], pbuf)
                 if cpu >= 0:
-                    attrs = t.read_u64(pool + p.offset("attrs"))
+                    attrs = read_member(p["attrs"], pbuf)
                     nice = t.read_int(attrs + t.layout("struct workqueue_attrs").offset("nice"),
                                       4, signed=True)
                     name = f"kworker/{cpu}:{wid}{'H' if nice < 0 else ''}".encode()
                 else:
-                    pid = t.read_int(pool + p.offset("id"), 4, signed=True)
-                    name = f"kworker/u{pid}:{wid}".encode()
+                    name = f"kworker/u{read_member(p['id'], pbuf)}:{wid}".encode()
             else:
                 name = b"kworker/dying"
         if pool:
-            desc = t.read(worker + w.offset("desc"), w["desc"].size).split(b"\0", 1)[0]
+            off = w.offset("desc")
+            desc = wbuf[off:off + w["desc"].size].split(b"\0", 1)[0]
             if desc:
-                busy = t.read_u64(worker + w.offset("current_work"))
+                busy = read_member(w["current_work"], wbuf)
                 name += (b"+" if busy else b"-") + desc
         return name[:63]
 

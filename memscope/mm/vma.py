@@ -8,7 +8,9 @@
   sizeof(void *) * 6 - 1``) before the name; perms from VM_READ/WRITE/EXEC/MAYSHARE; the
   offset, device and inode only for a file mapping (``i_sb->s_dev``, ``i_ino``).
 - The name, in ``get_vma_name()``'s order: a file's path (``d_path()`` through the
-  dentry and mount chain up to the task's root, `` (deleted)`` for an unlinked file), or
+  dentry and mount chain up to the task's root, `` (deleted)`` for an unlinked file; a
+  pseudo file's own ``d_dname()``: ``/dev/zero (deleted)``, ``/memfd:NAME (deleted)``,
+  ``anon_inode:NAME``), or
   ``[anon_shmem:NAME]`` for a named shared anonymous mapping; a special mapping's own
   name (``[vdso]``, ``[vvar]``...: ``vm_special_mapping.name``); ``[heap]`` for a VMA that
   meets ``[start_brk, brk]``; ``[stack]`` for the one holding ``start_stack``;
@@ -90,6 +92,30 @@ class _Paths:
             n = t.read_u32(dentry + self.qstr_len.offset)
             return t.read(ptr, n) if n else b""
         return t.read_cstr(ptr, 256).encode()
+
+    def d_dname(self, mnt: int, dentry: int) -> str | None:
+        """d_path()'s first case: a dentry of a never-mounted pseudo filesystem names
+        itself through ``dentry->d_op->d_dname`` (unless it is its mount's root):
+        ``simple_dname()`` "/NAME (deleted)" (alloc_file_pseudo()'s files: a shared
+        /dev/zero or anonymous shmem mapping, memfd, SysV shm), ``anon_inodefs_dname()``
+        "anon_inode:NAME"; None for a dentry without one (or one not reproduced here),
+        which d_path() walks."""
+        t = self.t
+        d_op = t.read_u64(dentry + self.dentry.offset("d_op"))
+        if not d_op:
+            return None
+        fn = t.read_u64(d_op + t.layout("struct dentry_operations").offset("d_dname"))
+        if not fn:
+            return None
+        parent = t.read_u64(dentry + self.dentry.offset("d_parent"))
+        if parent == dentry and dentry == t.read_u64(mnt + self.mnt_root):
+            return None  # a mounted pseudo filesystem's root: the mounted path
+        name = self.name(dentry).decode(errors="replace")
+        for sym, text in (("simple_dname", f"/{name} (deleted)"),
+                          ("anon_inodefs_dname", f"anon_inode:{name}")):
+            if t.has_symbol(sym) and fn == t.symbol(sym):
+                return text.replace("\n", "\\012")
+        return None
 
     def d_path(self, mnt: int, dentry: int, root: tuple[int, int]) -> str:
         """prepend_path(): names up the dentry tree, crossing to the mount point at each
@@ -189,9 +215,12 @@ class _Reader:
             s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
             ino = t.read_u64(inode + self.inode.offset("i_ino"))
             dentry = t.read_u64(f + self.f_dentry)
-            name = self.paths.d_path(t.read_u64(f + self.f_mnt), dentry, root)
-            if self._unlinked(dentry):
-                name += " (deleted)"
+            mnt = t.read_u64(f + self.f_mnt)
+            name = self.paths.d_dname(mnt, dentry)
+            if name is None:
+                name = self.paths.d_path(mnt, dentry, root)
+                if self._unlinked(dentry):
+                    name += " (deleted)"
             hit = self.files[f] = ((s_dev >> 20, s_dev & 0xFFFFF), ino, name)
         return hit
 
