@@ -27,12 +27,11 @@ import struct
 
 import numpy as np
 
-from ..kernel.addr import kernel_layout, virt_to_phys
-from ..kernel.pgtable import kernel_paging, phys_reader, walk_leaves
+from ..kernel.pgtable import walk_leaves
 from ..target.base import TargetError
 from .context import KernelContext
 from .task import Task
-from .vma import vmas
+from .vma import address_space, vmas
 
 __all__ = ("STATES", "HeapReport", "heap")
 
@@ -89,13 +88,9 @@ class _UserMemory:
     """A process's memory read through its page tables, page by page."""
 
     def __init__(self, ctx: KernelContext, task: Task):
-        t = ctx.t
-        self.t = t
-        self.read_phys = phys_reader(t)
-        mm = t.layout("struct mm_struct")
-        self.pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
-        self.paging = kernel_paging(t)
-        self.page = t.page_size
+        self.t = ctx.t
+        _lay, self.paging, self.read_phys, self.pgd = address_space(ctx, task)
+        self.page = ctx.t.page_size
 
     def pages(self, start: int, end: int) -> dict[int, bytes]:
         """{page address: its bytes} for every page of [START, END) the tables map and the

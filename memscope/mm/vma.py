@@ -35,7 +35,7 @@ from ..target.base import FaultError, TargetError
 from .context import KernelContext
 from .task import Task
 
-__all__ = ("Vma", "VmaRss", "Walked", "format_maps", "vma_rss", "vmas", "walk_vmas")
+__all__ = ("Vma", "VmaRss", "Walked", "address_space", "format_maps", "vma_rss", "vmas", "walk_vmas")
 
 VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80
 #: arch/x86/entry/vsyscall: the gate page, and vsyscall_mode's NONE (enum {EMULATE,
@@ -374,6 +374,21 @@ class Walked:
         return [self.all.take(slice(a, b)) for a, b in zip(self.lo.tolist(), self.hi.tolist())]
 
 
+def address_space(ctx: KernelContext, task: Task):
+    """(the kernel's :class:`~memscope.kernel.addr.KernelLayout`, its
+    :class:`~memscope.kernel.pgtable.Paging`, a ``read_phys``, the physical address of
+    TASK's top page table ``__pa(mm->pgd)``): what a walk of TASK's tables needs, the
+    first three probed once per context."""
+    from ..kernel.addr import kernel_layout, virt_to_phys
+    from ..kernel.pgtable import kernel_paging, phys_reader
+
+    t = ctx.t
+    lay, paging, read_phys = ctx.probe("address_space", lambda: (
+        kernel_layout(t), kernel_paging(t), phys_reader(t)))
+    mm = t.layout("struct mm_struct")
+    return lay, paging, read_phys, virt_to_phys(lay, t.read_u64(task.mm + mm.offset("pgd")))
+
+
 def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
               ) -> Walked:
     """TASK's VMAs with the leaf entries of its page tables (from ``mm->pgd``), the
@@ -384,18 +399,16 @@ def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = N
     :param problems: a page table that cannot be read is recorded here (its range holds
         no entries).
     :raises TargetError: as :func:`vmas`."""
-    from ..kernel.addr import kernel_layout, virt_to_phys
-    from ..kernel.pgtable import Leaves, kernel_paging, phys_reader, walk_leaves
+    from ..kernel.pgtable import Leaves, walk_leaves
     from . import page as _page
 
     t = ctx.t
     problems = [] if problems is None else problems
     out_vmas = vmas(ctx, task, problems)
     real = [v for v in out_vmas if v.vma]
-    mm = t.layout("struct mm_struct")
-    pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
+    _lay, paging, read_phys, pgd = address_space(ctx, task)
     errors: list[str] = []
-    lv = walk_leaves(kernel_paging(t), pgd, real[0].start, real[-1].end, phys_reader(t),
+    lv = walk_leaves(paging, pgd, real[0].start, real[-1].end, read_phys,
                      errors) if real else Leaves.empty()
     problems += [Problem("unreadable", f"pid {task.pid} page tables", m) for m in errors]
     starts = np.array([v.start for v in out_vmas], np.uint64)
