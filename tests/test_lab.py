@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import drgn
 import pytest
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
-from memscope.lab import kernels
+from memscope.lab import cases, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -460,6 +461,39 @@ def test_a_slabinfo_that_disagrees_with_the_dump_is_caught(lab_case, case):
     assert "slabinfo" in judged(bumped)
     assert "slabinfo" in judged(truth.replace("version: 2.1", "version: 2.0", 1))
     assert "slabinfo" in judged("".join(lines[:i] + lines[i + 1:]))
+
+
+# --- /proc/meminfo at the freeze --------------------------------------------------------
+
+@pytest.mark.parametrize("case", cases.REAL_KERNEL_CASES)
+def test_a_meminfo_counter_that_disagrees_with_the_dump_is_caught(lab_case, case):
+    """The truth's /proc/meminfo counter lines equal the dump's global counters read by drgn
+    (the lab refroze until they did), and a line one page off is caught by name: MemFree,
+    Cached, SUnreclaim, AnonPages, PageTables, Committed_AS and every other line the check
+    holds (each is moved in turn)."""
+    from memscope.lab.verify import _MEMINFO_COUNTERS, dump_disagreement
+
+    snap = lab_case(case)
+    truth = snap.truth_text("meminfo")
+    page_kb = drgn_program(snap.vmcore, snap.vmlinux)["PAGE_SIZE"].value_() // 1024
+
+    def judged(text: str) -> str | None:  # only the meminfo check runs on this truth
+        return dump_disagreement(snap.vmcore, snap.vmlinux, {"meminfo": text.encode()})
+
+    assert judged(truth) is None
+    names = ["Committed_AS"] + [lines[0] for lines, _, _ in _MEMINFO_COUNTERS]
+    moved = 0
+    for name in names:
+        m = re.search(rf"^{re.escape(name)}:(\s+)(\d+) kB$", truth, re.M)
+        if m is None:
+            continue  # a line this kernel does not print
+        value = str(int(m.group(2)) + page_kb)
+        pad = m.group(1)[:len(m.group(1)) + len(m.group(2)) - len(value)] or " "
+        text = truth[:m.start()] + f"{name}:{pad}{value} kB" + truth[m.end():]
+        why = judged(text)
+        assert why is not None and name in why, (name, why)
+        moved += 1
+    assert moved >= 15
 
 
 @pytest.mark.parametrize("case", ["6.12-slab", "7.2-slab"])

@@ -22,8 +22,20 @@ from memscope.mm.context import KernelContext
 
 
 def _tracked(snap) -> list[int]:
+    """The pids the workload tracked (their maps, smaps_rollup and label are in the truth;
+    every task's status is)."""
     truth = snap.vmcore.parent / "truth"
-    return sorted(int(d.name) for d in truth.iterdir() if d.is_dir() and d.name.isdigit())
+    return sorted(int(d.name) for d in truth.iterdir()
+                  if d.is_dir() and d.name.isdigit() and (d / "label").exists())
+
+
+def _labelled(snap, label: str) -> int:
+    """The pid the workload tracked as LABEL."""
+    truth = snap.vmcore.parent / "truth"
+    pids = [pid for pid in _tracked(snap)
+            if (truth / str(pid) / "label").read_text().strip() == label]
+    assert len(pids) == 1, (label, pids)
+    return pids[0]
 
 
 def test_maps_proc_is_the_guests_file_byte_for_byte(real_kernel):
@@ -117,7 +129,8 @@ def test_maps_rss_totals_are_smaps_rollups_lines(real_kernel):
         assert status == 0
         assert total == {"Rss": roll["Rss"], "Anonymous": roll["Anonymous"],
                          "Swap": roll["Swap"]}
-        assert total["Rss"] > 70000  # heap.sh's awk: ~75 MB of strings
+        if pid == _labelled(real_kernel, "heap"):
+            assert total["Rss"] > 70000  # heap.sh's awk: ~75 MB of strings
 
 
 def test_walk_range_finds_what_drgns_follow_phys_finds(real_kernel):
@@ -169,7 +182,7 @@ def test_heap_walk_tiles_the_brk_heap_and_finds_the_workloads_allocations(real_k
 
     _prog, t = open_dump(real_kernel)
     ctx = KernelContext(t)
-    x = mtask.find_task(ctx, _tracked(real_kernel)[0])
+    x = mtask.find_task(ctx, _labelled(real_kernel, "heap"))
     h = mheap.heap(ctx, x)
     assert h.error is None and h.tiles
     assert int(h.address[0]) == h.first_chunk and int(h.address[-1] + h.size[-1]) == h.brk
@@ -178,3 +191,24 @@ def test_heap_walk_tiles_the_brk_heap_and_finds_the_workloads_allocations(real_k
     for n in (20_000_000, 16_000_000, 12_000_000):
         assert sum(1 for _, _, c in h.mmapped if n < c <= n + 2 * t.page_size) == 1, n
     assert h.tcache_problems == []
+
+
+def test_heap_grows_by_the_chunks_the_process_allocated_between_snapshots(lab_case):
+    """msproc heap (snapshots.sh) held N chunks at "before" and N + 500 at "after", as its
+    note in each snapshot's truth says (it never frees); the chunk walk of each snapshot
+    tiles the heap, and the chunks in use grew by exactly the difference."""
+    from memscope.mm import heap as mheap
+
+    counts = {}
+    for name in ("before", "after"):
+        snap = lab_case("6.12-snapshots", name)
+        pid = _labelled(snap, "chunks")
+        held = int(snap.truth_text(f"{pid}/note").split()[1])
+        _prog, t = open_dump(snap)
+        h = mheap.heap(KernelContext(t), mtask.find_task(KernelContext(t), pid))
+        assert h.error is None and h.tiles, name
+        assert h.count("in use") >= held, name
+        counts[name] = (held, h.count("in use"))
+    (n0, used0), (n1, used1) = counts["before"], counts["after"]
+    assert n1 - n0 == 500
+    assert used1 - used0 == n1 - n0

@@ -96,7 +96,9 @@ def acceptance_problem(snap: Snapshot) -> str | None:
 #    truth's extfrag files must match the kernel's formulas on its buddyinfo; meta.json
 #    records every refreeze's reason and each snapshot's accepted_by.
 # 6: ... and every line of the truth's /proc/slabinfo with get_slabinfo() on the dump.
-ACCEPTANCE = 6
+# 7: ... and /proc/meminfo's counter lines (read just before buddyinfo now) with the dump's
+#    global counters, exactly.
+ACCEPTANCE = 7
 
 
 # How a workload runs a built-in one inside the guest: "sh /workloads/NAME.sh".
@@ -127,7 +129,7 @@ def case_key(opts: labrun.RunOptions) -> str:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     for f in sorted((Path(labrun.__file__).parent / "guest").iterdir()):
         h.update(f.read_bytes())
-    h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append]).encode())
+    h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
     name = Path(opts.workload).stem
     return f"{opts.kernel}-{name}-{opts.mem}m-{opts.smp}c-{opts.numa}n-{h.hexdigest()[:12]}"
 

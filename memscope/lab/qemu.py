@@ -24,10 +24,13 @@ def free_port() -> int:
 
 
 def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, append: str,
-            qmp: Path, console: Path, console_log: Path, gdb_port: int | None) -> list[str]:
+            qmp: Path, console: Path, console_log: Path, gdb_port: int | None,
+            disk: Path | None = None) -> list[str]:
     """The QEMU command line: TCG (single-threaded: KVM fails on these kernels' decompressor
     here and multi-threaded TCG once oopsed at boot), no network, a vmcoreinfo device, the
-    serial console on a Unix socket (logged), QMP on another."""
+    serial console on a Unix socket (logged), QMP on another; DISK (a raw image), if given,
+    as an NVMe drive (the x86_64 cloud kernels have the NVMe driver built in: the guest
+    sees /dev/nvme0n1, and its block queue's bio_sets and the driver's mempools exist)."""
     binary = kernel.spec.qemu
     if shutil.which(binary) is None:
         raise LabError(f"{binary} not found: install it (apt-get install {APT_PACKAGE[binary]})")
@@ -56,6 +59,9 @@ def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, appe
             if cpus:
                 spec += "".join(f",cpus={c}" for c in cpus)
             cmd += ["-numa", spec]
+    if disk is not None:
+        cmd += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe",
+                "-device", "nvme,drive=disk,serial=memscope"]
     if gdb_port is not None:
         cmd += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
     return cmd
