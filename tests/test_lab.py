@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,6 +174,15 @@ def test_unknown_workload_is_one_line(tmp_path):
     assert_one_line_error(proc, "no-such-thing")
 
 
+@pytest.mark.parametrize("option,value,needle", [("--disk", "-1", "--disk must be at least 0"),
+                                                 ("--mem", "64", "--mem must be at least 128"),
+                                                 ("--smp", "0", "--smp must be at least 1")])
+def test_an_option_out_of_range_is_one_line(tmp_path, option, value, needle):
+    proc = memscope("lab", "run", "6.12", option, value, "-o", str(tmp_path / "o"))
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+
+
 def test_existing_output_directory_is_never_overwritten(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -230,6 +240,17 @@ def test_missing_qemu_binary(tmp_path):
     out = tmp_path / "out"
     proc = memscope("lab", "run", "6.12", "-o", str(out), env={"PATH": str(bindir)})
     assert_one_line_error(proc, "qemu-system-x86_64 not found", "apt-get install qemu-system-x86")
+    assert no_leftovers(out)
+
+
+def test_missing_compiler_for_the_guest_programs(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(sys.executable, bindir / "python3")
+    os.symlink(shutil.which("qemu-system-x86_64"), bindir / "qemu-system-x86_64")
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "-o", str(out), env={"PATH": str(bindir)})
+    assert_one_line_error(proc, "x86_64-linux-gnu-gcc not found", "make setup installs it")
     assert no_leftovers(out)
 
 

@@ -47,12 +47,11 @@ def compile_program(source: Path, arch: str, workdir: Path) -> bytes:
 
     :raises LabError: no compiler for ARCH, or the compilation failed (the compiler's last
         line in the message)"""
-    cc = COMPILERS[arch]
-    if shutil.which(cc) is None and platform.machine() == arch:
-        cc = "gcc"
-    if shutil.which(cc) is None:
-        raise LabError(f"{cc} not found: the lab builds its guest programs with it "
-                       "(make setup installs it)")
+    candidates = [COMPILERS[arch]] + (["gcc"] if platform.machine() == arch else [])
+    cc = next((c for c in candidates if shutil.which(c)), None)
+    if cc is None:
+        raise LabError(f"{COMPILERS[arch]} not found: the lab builds its guest programs with "
+                       "it (make setup installs it)")
     out = workdir / source.stem
     r = subprocess.run([cc, "-static", "-O1", "-Wall", "-pthread", "-o", str(out), str(source)],
                        capture_output=True, text=True)

@@ -23,6 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def require(kernel: Kernel) -> str:
+    """The QEMU binary for KERNEL's architecture.
+
+    :raises LabError: it is not installed (the message names its Debian package)"""
+    binary = kernel.spec.qemu
+    if shutil.which(binary) is None:
+        raise LabError(f"{binary} not found: install it (apt-get install {APT_PACKAGE[binary]})")
+    return binary
+
+
 def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, append: str,
             qmp: Path, console: Path, console_log: Path, gdb_port: int | None,
             disk: Path | None = None) -> list[str]:
@@ -31,9 +41,7 @@ def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, appe
     serial console on a Unix socket (logged), QMP on another; DISK (a raw image), if given,
     as an NVMe drive (the x86_64 cloud kernels have the NVMe driver built in: the guest
     sees /dev/nvme0n1, and its block queue's bio_sets and the driver's mempools exist)."""
-    binary = kernel.spec.qemu
-    if shutil.which(binary) is None:
-        raise LabError(f"{binary} not found: install it (apt-get install {APT_PACKAGE[binary]})")
+    binary = require(kernel)
     if kernel.spec.qemu_arch == "aarch64":
         machine = ["-M", "virt"]
         tty = "ttyAMA0"

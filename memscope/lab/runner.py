@@ -96,6 +96,7 @@ def run(opts: RunOptions, out: Path) -> dict:
     workload = resolve_workload(opts.workload)
     kernels.spec(opts.kernel)  # an unknown kernel is an error before anything else
     kernel = kernels.ensure(opts.kernel, progress=progress)
+    qemu.require(kernel)
     out.parent.mkdir(parents=True, exist_ok=True)
     free_mb = shutil.disk_usage(out.parent).free // 2**20
     if opts.mode != "live" and free_mb < opts.mem + 16:
