@@ -97,8 +97,7 @@ def test_meta_json_describes_the_run(real_kernel):
 
 def test_truth_holds_the_tracked_process_maps(real_kernel):
     truth = real_kernel.vmcore.parent / "truth"
-    labels = {p.parent.name: p.read_text().strip() for p in truth.glob("*/label")}
-    pid = next(pid for pid, label in labels.items() if label == "heap")
+    pid = str(real_kernel.tracked_as("heap"))
     maps = (truth / pid / "maps").read_text()
     assert "[heap]" in maps and "[stack]" in maps
     assert "Rss:" in (truth / pid / "smaps_rollup").read_text()

@@ -22,20 +22,11 @@ from memscope.mm.context import KernelContext
 
 
 def _tracked(snap) -> list[int]:
-    """The pids the workload tracked (their maps, smaps_rollup and label are in the truth;
-    every task's status is)."""
-    truth = snap.vmcore.parent / "truth"
-    return sorted(int(d.name) for d in truth.iterdir()
-                  if d.is_dir() and d.name.isdigit() and (d / "label").exists())
+    return sorted(snap.tracked())
 
 
 def _labelled(snap, label: str) -> int:
-    """The pid the workload tracked as LABEL."""
-    truth = snap.vmcore.parent / "truth"
-    pids = [pid for pid in _tracked(snap)
-            if (truth / str(pid) / "label").read_text().strip() == label]
-    assert len(pids) == 1, (label, pids)
-    return pids[0]
+    return snap.tracked_as(label)
 
 
 def test_maps_proc_is_the_guests_file_byte_for_byte(real_kernel):

@@ -26,8 +26,7 @@ def _vtop(t, address, pid=None):
 
 
 def _tracked(snap) -> int:
-    truth = snap.vmcore.parent / "truth"
-    return min(int(d.name) for d in truth.iterdir() if d.is_dir() and d.name.isdigit())
+    return snap.tracked_as("heap")
 
 
 def test_kernel_and_user_addresses_translate_as_drgns_follow_phys(real_kernel):

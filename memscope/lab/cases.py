@@ -57,6 +57,23 @@ class Snapshot:
     def truth_text(self, name: str) -> str:
         return self.truth(name).decode()
 
+    def tracked(self) -> dict[int, str]:
+        """The processes the workload tracked (``track PID LABEL``): pid -> label.  Their
+        maps, smaps_rollup and label are in the truth as ``PID/...``; every task's status
+        is (``PID/status``), tracked or not."""
+        truth = self.vmcore.parent / "truth"
+        return {int(d.name): (d / "label").read_text().strip() for d in truth.iterdir()
+                if d.name.isdigit() and (d / "label").is_file()}
+
+    def tracked_as(self, label: str) -> int:
+        """The pid the workload tracked as LABEL.
+
+        :raises LookupError: none, or more than one"""
+        pids = [pid for pid, lab in self.tracked().items() if lab == label]
+        if len(pids) != 1:
+            raise LookupError(f"{self.vmcore}: {len(pids)} processes tracked as {label!r}")
+        return pids[0]
+
     @property
     def kernel(self) -> str:
         return self.meta["kernel"]
