@@ -42,6 +42,9 @@ def _lab_parser(sub) -> None:
     r.add_argument("--numa", type=int, default=1, metavar="NODES",
                    help="NUMA nodes; memory is split evenly (default 1)")
     r.add_argument("--append", default="", metavar="ARGS", help="extra kernel command line")
+    r.add_argument("--disk", type=int, default=64, metavar="MB",
+                   help="an empty NVMe disk for the workload, /dev/nvme0n1 where the kernel "
+                   "has the driver built in (default 64; 0: none)")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="time limit for one boot, workload included (default 600)")
     r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
@@ -142,7 +145,8 @@ def _lab(args) -> int:
     if args.lab_command == "run":
         mode = "keep" if args.keep else "live" if args.live else "dump"
         opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
-                              smp=args.smp, numa=args.numa, append=args.append, mode=mode,
+                              smp=args.smp, numa=args.numa, append=args.append, disk=args.disk,
+                              mode=mode,
                               tries=args.tries, timeout=args.timeout)
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:

@@ -166,10 +166,7 @@ def test_kernel_page_tables_match_follow_phys(real_kernel):
 
 
 def _heap_pid(snap):
-    for d in snap.dir.joinpath("truth").iterdir():
-        if (d / "label").is_file() and (d / "label").read_text().strip() == "heap":
-            return int(d.name)
-    raise AssertionError("the lab's mixed workload tracks a heap process; none in the truth")
+    return snap.tracked_as("heap")  # the lab's mixed workload tracks one
 
 
 def test_user_page_tables_match_follow_phys(real_kernel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import drgn
 import pytest
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
-from memscope.lab import kernels
+from memscope.lab import cases, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,8 +97,7 @@ def test_meta_json_describes_the_run(real_kernel):
 
 def test_truth_holds_the_tracked_process_maps(real_kernel):
     truth = real_kernel.vmcore.parent / "truth"
-    labels = {p.parent.name: p.read_text().strip() for p in truth.glob("*/label")}
-    pid = next(pid for pid, label in labels.items() if label == "heap")
+    pid = str(real_kernel.tracked_as("heap"))
     maps = (truth / pid / "maps").read_text()
     assert "[heap]" in maps and "[stack]" in maps
     assert "Rss:" in (truth / pid / "smaps_rollup").read_text()
@@ -172,6 +173,15 @@ def test_unknown_workload_is_one_line(tmp_path):
     assert_one_line_error(proc, "no-such-thing")
 
 
+@pytest.mark.parametrize("option,value,needle", [("--disk", "-1", "--disk must be at least 0"),
+                                                 ("--mem", "64", "--mem must be at least 128"),
+                                                 ("--smp", "0", "--smp must be at least 1")])
+def test_an_option_out_of_range_is_one_line(tmp_path, option, value, needle):
+    proc = memscope("lab", "run", "6.12", option, value, "-o", str(tmp_path / "o"))
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+
+
 def test_existing_output_directory_is_never_overwritten(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -229,6 +239,17 @@ def test_missing_qemu_binary(tmp_path):
     out = tmp_path / "out"
     proc = memscope("lab", "run", "6.12", "-o", str(out), env={"PATH": str(bindir)})
     assert_one_line_error(proc, "qemu-system-x86_64 not found", "apt-get install qemu-system-x86")
+    assert no_leftovers(out)
+
+
+def test_missing_compiler_for_the_guest_programs(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(sys.executable, bindir / "python3")
+    os.symlink(shutil.which("qemu-system-x86_64"), bindir / "qemu-system-x86_64")
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "-o", str(out), env={"PATH": str(bindir)})
+    assert_one_line_error(proc, "x86_64-linux-gnu-gcc not found", "make setup installs it")
     assert no_leftovers(out)
 
 
@@ -460,6 +481,39 @@ def test_a_slabinfo_that_disagrees_with_the_dump_is_caught(lab_case, case):
     assert "slabinfo" in judged(bumped)
     assert "slabinfo" in judged(truth.replace("version: 2.1", "version: 2.0", 1))
     assert "slabinfo" in judged("".join(lines[:i] + lines[i + 1:]))
+
+
+# --- /proc/meminfo at the freeze --------------------------------------------------------
+
+@pytest.mark.parametrize("case", cases.REAL_KERNEL_CASES)
+def test_a_meminfo_counter_that_disagrees_with_the_dump_is_caught(lab_case, case):
+    """The truth's /proc/meminfo counter lines equal the dump's global counters read by drgn
+    (the lab refroze until they did), and a line one page off is caught by name: MemFree,
+    Cached, SUnreclaim, AnonPages, PageTables, Committed_AS and every other line the check
+    holds (each is moved in turn)."""
+    from memscope.lab.verify import _MEMINFO_COUNTERS, dump_disagreement
+
+    snap = lab_case(case)
+    truth = snap.truth_text("meminfo")
+    page_kb = drgn_program(snap.vmcore, snap.vmlinux)["PAGE_SIZE"].value_() // 1024
+
+    def judged(text: str) -> str | None:  # only the meminfo check runs on this truth
+        return dump_disagreement(snap.vmcore, snap.vmlinux, {"meminfo": text.encode()})
+
+    assert judged(truth) is None
+    names = ["Committed_AS"] + [lines[0] for lines, _, _ in _MEMINFO_COUNTERS]
+    moved = 0
+    for name in names:
+        m = re.search(rf"^{re.escape(name)}:(\s+)(\d+) kB$", truth, re.M)
+        if m is None:
+            continue  # a line this kernel does not print
+        value = str(int(m.group(2)) + page_kb)
+        pad = m.group(1)[:len(m.group(1)) + len(m.group(2)) - len(value)] or " "
+        text = truth[:m.start()] + f"{name}:{pad}{value} kB" + truth[m.end():]
+        why = judged(text)
+        assert why is not None and name in why, (name, why)
+        moved += 1
+    assert moved >= 15
 
 
 @pytest.mark.parametrize("case", ["6.12-slab", "7.2-slab"])

@@ -104,3 +104,32 @@ def test_drgn_api_mempool_reads_one_pool_as_drgn_does(real_kernel):
     assert drgn_api.mempool(prog, slab_pool).owner == ""
     with pytest.raises(TargetError, match="is not a mempool_t"):
         drgn_api.mempool(prog, prog["fs_bio_set"].address_of_().value_() + 1)
+
+
+@pytest.mark.parametrize("case", ["5.10", "6.1", "6.12", "7.2"])
+def test_the_nvme_disks_pools_are_found(lab_case, case):
+    """mixed.sh mounts an ext2 file system on the lab's NVMe disk (block.sh): the disk's
+    split bio_set (``gendisk.bio_split``, in ``request_queue`` before 6.?; embedded in a
+    kmalloc'd structure) and the NVMe driver's mempools (``struct nvme_dev``'s
+    ``mempool_t *`` members, mempool_create_node()d) are found by the slab scan, with the
+    fields drgn reads.  The disk is found with drgn's block helpers, its driver data from
+    the queue (``queuedata`` is the ``nvme_ns``)."""
+    from drgn.helpers.linux.block import disk_name, for_each_disk
+
+    snap = lab_case(case)
+    prog, _t = open_dump(snap)
+    disk = next(d for d in for_each_disk(prog) if disk_name(d) == b"nvme0n1")
+    holder = disk if disk.type_.type.has_member("bio_split") else disk.queue
+    want = {holder.bio_split.bio_pool.address_of_().value_()}
+    ns = drgn.cast("struct nvme_ns *", disk.queue.queuedata)
+    dev = drgn.container_of(ns.ctrl, "struct nvme_dev", "ctrl")
+    for m in dev.type_.type.members:
+        if m.name and "mempool" in m.name and dev.member_(m.name).value_():
+            want.add(dev.member_(m.name).value_())
+    assert len(want) >= 2
+    by_addr = {p.address: p for p in _scan(snap).pools}
+    for addr in want:
+        p = by_addr[addr]
+        m = drgn.Object(prog, "mempool_t *", addr)
+        assert (p.min_nr, p.curr_nr) == (m.min_nr.value_(), m.curr_nr.value_())
+        assert p.found == "slab", (hex(addr), p.found, p.owner)

@@ -508,10 +508,8 @@ def test_pcp_pages_are_what_every_cpu_pcp_count_says(real_kernel):
 def _heap_task(snap):
     """The pid and /proc/PID/maps of the process the workload tracked as "heap" (truth
     directories without a label, e.g. extfrag/, are other files)."""
-    for d in snap.dir.joinpath("truth").iterdir():
-        if (d / "label").is_file() and (d / "label").read_text().strip() == "heap":
-            return int(d.name), (d / "maps").read_text()
-    pytest.fail("the workload tracked no heap process: nothing to test", pytrace=False)
+    pid = snap.tracked_as("heap")
+    return pid, snap.truth_text(f"{pid}/maps")
 
 
 def test_the_heap_process_pages_are_anon(real_kernel):

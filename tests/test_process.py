@@ -22,17 +22,11 @@ from memscope.mm.context import KernelContext
 
 
 def _tracked(snap) -> list[int]:
-    """The processes the workload tracked (``track PID``: their maps, smaps_rollup and
-    status are in the truth; other pids have only a status file), heap.sh's first."""
-    truth = snap.vmcore.parent / "truth"
-    pids = sorted(int(d.name) for d in truth.iterdir()
-                  if d.is_dir() and d.name.isdigit() and (d / "maps").is_file())
-    return sorted(pids, key=lambda p: _label(snap, p) != "heap")
+    return sorted(snap.tracked())
 
 
-def _label(snap, pid: int) -> str:
-    f = snap.vmcore.parent / "truth" / str(pid) / "label"
-    return f.read_text().strip() if f.is_file() else ""
+def _labelled(snap, label: str) -> int:
+    return snap.tracked_as(label)
 
 
 def test_maps_proc_is_the_guests_file_byte_for_byte(real_kernel):
@@ -171,7 +165,7 @@ def test_maps_rss_totals_are_smaps_rollups_lines(real_kernel):
         assert status == 0
         assert total == {"Rss": roll["Rss"], "Anonymous": roll["Anonymous"],
                          "Swap": roll["Swap"]}
-        if pid == _tracked(real_kernel)[0]:
+        if pid == _labelled(real_kernel, "heap"):
             assert total["Rss"] > 70000  # heap.sh's awk: ~75 MB of strings
 
 
@@ -224,7 +218,7 @@ def test_heap_walk_tiles_the_brk_heap_and_finds_the_workloads_allocations(real_k
 
     _prog, t = open_dump(real_kernel)
     ctx = KernelContext(t)
-    x = mtask.find_task(ctx, _tracked(real_kernel)[0])
+    x = mtask.find_task(ctx, _labelled(real_kernel, "heap"))
     h = mheap.heap(ctx, x)
     assert h.error is None and h.tiles
     assert int(h.address[0]) == h.first_chunk and int(h.address[-1] + h.size[-1]) == h.brk
@@ -300,3 +294,24 @@ def test_smaps_rollup_names_the_line_a_swap_entry_leaves_unknown(real_kernel):
     assert set(got["unknown"]) == {"Swap", "SwapPss"}
     assert got["kb"]["Swap"] == real.page_size // 1024
     assert got["kb"]["Rss"] == want["Rss"] - real.page_size // 1024
+
+
+def test_heap_grows_by_the_chunks_the_process_allocated_between_snapshots(lab_case):
+    """msproc heap (snapshots.sh) held N chunks at "before" and N + 500 at "after", as its
+    note in each snapshot's truth says (it never frees); the chunk walk of each snapshot
+    tiles the heap, and the chunks in use grew by exactly the difference."""
+    from memscope.mm import heap as mheap
+
+    counts = {}
+    for name in ("before", "after"):
+        snap = lab_case("6.12-snapshots", name)
+        pid = _labelled(snap, "chunks")
+        held = int(snap.truth_text(f"{pid}/note").split()[1])
+        _prog, t = open_dump(snap)
+        h = mheap.heap(KernelContext(t), mtask.find_task(KernelContext(t), pid))
+        assert h.error is None and h.tiles, name
+        assert h.count("in use") >= held, name
+        counts[name] = (held, h.count("in use"))
+    (n0, used0), (n1, used1) = counts["before"], counts["after"]
+    assert n1 - n0 == 500
+    assert used1 - used0 == n1 - n0

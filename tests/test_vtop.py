@@ -26,11 +26,7 @@ def _vtop(t, address, pid=None):
 
 
 def _tracked(snap) -> int:
-    """The first process the workload tracked (its maps are in the truth; other pids
-    have only a status file)."""
-    truth = snap.vmcore.parent / "truth"
-    return min(int(d.name) for d in truth.iterdir()
-               if d.is_dir() and d.name.isdigit() and (d / "maps").is_file())
+    return snap.tracked_as("heap")
 
 
 def test_kernel_and_user_addresses_translate_as_drgns_follow_phys(real_kernel):

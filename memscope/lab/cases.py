@@ -57,6 +57,23 @@ class Snapshot:
     def truth_text(self, name: str) -> str:
         return self.truth(name).decode()
 
+    def tracked(self) -> dict[int, str]:
+        """The processes the workload tracked (``track PID LABEL``): pid -> label.  Their
+        maps, smaps_rollup and label are in the truth as ``PID/...``; every task's status
+        is (``PID/status``), tracked or not."""
+        truth = self.vmcore.parent / "truth"
+        return {int(d.name): (d / "label").read_text().strip() for d in truth.iterdir()
+                if d.name.isdigit() and (d / "label").is_file()}
+
+    def tracked_as(self, label: str) -> int:
+        """The pid the workload tracked as LABEL.
+
+        :raises LookupError: none, or more than one"""
+        pids = [pid for pid, lab in self.tracked().items() if lab == label]
+        if len(pids) != 1:
+            raise LookupError(f"{self.vmcore}: {len(pids)} processes tracked as {label!r}")
+        return pids[0]
+
     @property
     def kernel(self) -> str:
         return self.meta["kernel"]
@@ -81,7 +98,11 @@ def acceptance_problem(snap: Snapshot) -> str | None:
     """Why SNAP cannot serve as evidence, or None: every test that reads a case relies on
     the lab having kept it only after all of verify.CHECKS (drgn's reading of the dump
     and the kernel's formulas, independent of memscope.mm) ran and passed."""
-    missing = [c for c in verify.CHECKS if c not in snap.accepted_by]
+    # On a slub_debug= kernel /proc/slabinfo counts its own reader (verify.slub_debug_on()):
+    # no freeze can agree with it, so that check cannot have run.
+    exempt = verify.NOT_CHECKED_WITH_SLUB_DEBUG if "slub_debug" in snap.meta.get("append", "") \
+        else ()
+    missing = [c for c in verify.CHECKS if c not in snap.accepted_by and c not in exempt]
     if missing:
         return (f"lab snapshot {snap.vmcore} was not accepted by the independent checks "
                 f"{missing} (accepted_by: {snap.accepted_by}; see its meta.json)")
@@ -96,7 +117,9 @@ def acceptance_problem(snap: Snapshot) -> str | None:
 #    truth's extfrag files must match the kernel's formulas on its buddyinfo; meta.json
 #    records every refreeze's reason and each snapshot's accepted_by.
 # 6: ... and every line of the truth's /proc/slabinfo with get_slabinfo() on the dump.
-ACCEPTANCE = 6
+# 7: ... and /proc/meminfo's counter lines (read just before buddyinfo now) with the dump's
+#    global counters, exactly.
+ACCEPTANCE = 7
 
 
 # How a workload runs a built-in one inside the guest: "sh /workloads/NAME.sh".
@@ -127,7 +150,7 @@ def case_key(opts: labrun.RunOptions) -> str:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     for f in sorted((Path(labrun.__file__).parent / "guest").iterdir()):
         h.update(f.read_bytes())
-    h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append]).encode())
+    h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
     name = Path(opts.workload).stem
     return f"{opts.kernel}-{name}-{opts.mem}m-{opts.smp}c-{opts.numa}n-{h.hexdigest()[:12]}"
 

@@ -23,14 +23,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, append: str,
-            qmp: Path, console: Path, console_log: Path, gdb_port: int | None) -> list[str]:
-    """The QEMU command line: TCG (single-threaded: KVM fails on these kernels' decompressor
-    here and multi-threaded TCG once oopsed at boot), no network, a vmcoreinfo device, the
-    serial console on a Unix socket (logged), QMP on another."""
+def require(kernel: Kernel) -> str:
+    """The QEMU binary for KERNEL's architecture.
+
+    :raises LabError: it is not installed (the message names its Debian package)"""
     binary = kernel.spec.qemu
     if shutil.which(binary) is None:
         raise LabError(f"{binary} not found: install it (apt-get install {APT_PACKAGE[binary]})")
+    return binary
+
+
+def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, append: str,
+            qmp: Path, console: Path, console_log: Path, gdb_port: int | None,
+            disk: Path | None = None) -> list[str]:
+    """The QEMU command line: TCG (single-threaded: KVM fails on these kernels' decompressor
+    here and multi-threaded TCG once oopsed at boot), no network, a vmcoreinfo device, the
+    serial console on a Unix socket (logged), QMP on another; DISK (a raw image), if given,
+    as an NVMe drive (the x86_64 cloud kernels have the NVMe driver built in: the guest
+    sees /dev/nvme0n1, and its block queue's bio_sets and the driver's mempools exist)."""
+    binary = require(kernel)
     if kernel.spec.qemu_arch == "aarch64":
         machine = ["-M", "virt"]
         tty = "ttyAMA0"
@@ -56,6 +67,9 @@ def command(kernel: Kernel, *, initrd: Path, mem: int, smp: int, numa: int, appe
             if cpus:
                 spec += "".join(f",cpus={c}" for c in cpus)
             cmd += ["-numa", spec]
+    if disk is not None:
+        cmd += ["-drive", f"file={disk},if=none,id=disk,format=raw,cache=unsafe",
+                "-device", "nvme,drive=disk,serial=memscope"]
     if gdb_port is not None:
         cmd += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
     return cmd

@@ -41,6 +41,7 @@ class RunOptions:
     smp: int = 2
     numa: int = 1
     append: str = ""
+    disk: int = 64  # MiB of NVMe disk for the guest (/dev/nvme0n1; 0: none)
     mode: str = "dump"  # "dump", "keep" (frozen guest stays with gdbstub) or "live"
     tries: int = 4  # boots
     refreezes: int = 8  # refreezes per snapshot within one boot
@@ -86,7 +87,8 @@ def run(opts: RunOptions, out: Path) -> dict:
     if opts.mode not in ("dump", "keep", "live"):
         raise LabError(f"unknown mode {opts.mode}")
     for what, value, low in (("--mem", opts.mem, 128), ("--smp", opts.smp, 1),
-                             ("--numa", opts.numa, 1), ("--tries", opts.tries, 1)):
+                             ("--numa", opts.numa, 1), ("--tries", opts.tries, 1),
+                             ("--disk", opts.disk, 0)):
         if value < low:
             raise LabError(f"{what} must be at least {low} (got {value})", exit_status=2)
     progress = sys.stderr.isatty() if opts.progress is None else opts.progress
@@ -94,6 +96,7 @@ def run(opts: RunOptions, out: Path) -> dict:
     workload = resolve_workload(opts.workload)
     kernels.spec(opts.kernel)  # an unknown kernel is an error before anything else
     kernel = kernels.ensure(opts.kernel, progress=progress)
+    qemu.require(kernel)
     out.parent.mkdir(parents=True, exist_ok=True)
     free_mb = shutil.disk_usage(out.parent).free // 2**20
     if opts.mode != "live" and free_mb < opts.mem + 16:
@@ -118,7 +121,9 @@ def run(opts: RunOptions, out: Path) -> dict:
         initrd = stage / "initrd.gz"
         initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
                         workload=workload.read_bytes(), conf={"MEMSCOPE_MODE": opts.mode},
-                        library=library())
+                        library=library(),
+                        programs={"msproc": initramfs.compile_program(
+                            initramfs.GUEST / "msproc.c", kernel.spec.qemu_arch, stage)})
         last_error: LabError | None = None
         for attempt in range(1, opts.tries + 1):
             meta["tries"] = attempt
@@ -222,9 +227,17 @@ class _Boot:
         opts = self.opts
         gdb_port = qemu.free_port() if opts.mode in ("keep", "live") else None
         log = self.stage / "console.log"
+        disk = None
+        if opts.disk:
+            # Sparse, beside the sockets: it lives as long as the guest (a --keep or --live
+            # guest outlives this run; the directory goes with it).
+            disk = self.sockdir / "disk.img"
+            with open(disk, "wb") as f:
+                f.truncate(opts.disk << 20)
         cmd = qemu.command(self.kernel, initrd=self.initrd, mem=opts.mem, smp=opts.smp,
                            numa=opts.numa, append=opts.append, qmp=self.qmp_path,
-                           console=self.console_path, console_log=log, gdb_port=gdb_port)
+                           console=self.console_path, console_log=log, gdb_port=gdb_port,
+                           disk=disk)
         t0 = time.monotonic()
         deadline = t0 + opts.timeout
         self.say(f"booting {self.kernel.name} ({self.kernel.release}), try {self.meta['tries']}")

@@ -9,8 +9,8 @@
   offset, device and inode only for a file mapping (``i_sb->s_dev``, ``i_ino``).
 - The name, in ``get_vma_name()``'s order: a file's path (``d_path()`` through the
   dentry and mount chain up to the task's root, `` (deleted)`` for an unlinked file; a
-  pseudo file's own ``d_dname()``: ``/dev/zero (deleted)``, ``/memfd:NAME (deleted)``,
-  ``anon_inode:NAME``), or
+  pseudo file's own ``d_dname()``: ``/dev/zero (deleted)`` for a shared anonymous
+  mapping, ``/memfd:NAME (deleted)``, ``anon_inode:NAME``), or
   ``[anon_shmem:NAME]`` for a named shared anonymous mapping; a special mapping's own
   name (``[vdso]``, ``[vvar]``...: ``vm_special_mapping.name``); ``[heap]`` for a VMA that
   meets ``[start_brk, brk]``; ``[stack]`` for the one holding ``start_stack``;
@@ -30,6 +30,7 @@ import numpy as np
 
 from ..kernel import list as klist, maple
 from ..kernel.fields import member, read_member
+from ..kernel.kallsyms import format_symbol
 from ..kernel.problem import Problem
 from ..target.base import FaultError, TargetError
 from .context import KernelContext
@@ -76,6 +77,7 @@ class _Paths:
 
     def __init__(self, ctx: KernelContext):
         t = self.t = ctx.t
+        self.ctx = ctx
         self.dentry = t.layout("struct dentry")
         self.qstr_name = member(t, "struct dentry", "d_name.name")
         self.qstr_len = member(t, "struct dentry", "d_name.len") \
@@ -84,6 +86,47 @@ class _Paths:
         self.mnt_in_mount = self.mount.offset("mnt")
         vm = t.layout("struct vfsmount")
         self.mnt_root = vm.offset("mnt_root")
+        self.d_op = self.dentry.offset("d_op")
+        self.d_dname = t.layout("struct dentry_operations").offset("d_dname")
+        # The d_dname() methods whose text this module reproduces (fs/d_path.c, fs/anon_inodes.c).
+        self.dname_methods = {t.symbol(s): s for s in ("simple_dname", "anon_inodefs_dname")
+                              if t.has_symbol(s)}
+
+    def file_path(self, mnt: int, dentry: int, root: tuple[int, int]) -> str:
+        """d_path() of the file at (MNT, DENTRY) as seq_path() prints it in /proc/PID/maps:
+        a pseudo file's dentry (a shared anonymous mapping's "dev/zero", a memfd) names
+        itself through its ``d_op->d_dname`` unless it is its mount's root (fs/d_path.c
+        d_path()): simple_dname() prints "/NAME (deleted)", anon_inodefs_dname()
+        "anon_inode:NAME"; otherwise the names up to ROOT (:meth:`d_path`), " (deleted)"
+        after an unlinked file's.
+
+        :raises TargetError: the dentry names itself with a d_dname() method this module
+            does not reproduce (its symbol in the message)"""
+        t = self.t
+        ops = t.read_u64(dentry + self.d_op)
+        dname = t.read_u64(ops + self.d_dname) if ops else 0
+        parent = t.read_u64(dentry + self.dentry.offset("d_parent"))
+        if dname and not (parent == dentry and dentry == t.read_u64(mnt + self.mnt_root)):
+            method = self.dname_methods.get(dname)
+            name = self.name(dentry).decode(errors="replace")
+            if method == "simple_dname":
+                return f"/{name} (deleted)"
+            if method == "anon_inodefs_dname":
+                return f"anon_inode:{name}"
+            raise TargetError(f"the file of dentry {dentry:#x} names itself with "
+                              f"{format_symbol(self.ctx, dname)}, which memscope does not "
+                              "reproduce")
+        path = self.d_path(mnt, dentry, root)
+        if self.unlinked(dentry):
+            path += " (deleted)"
+        return path
+
+    def unlinked(self, dentry: int) -> bool:
+        """d_unlinked(): not hashed and not a root."""
+        t = self.t
+        pprev = t.read_u64(dentry + self.dentry.offset("d_hash") + 8)
+        parent = t.read_u64(dentry + self.dentry.offset("d_parent"))
+        return pprev == 0 and parent != dentry
 
     def name(self, dentry: int) -> bytes:
         t = self.t
@@ -92,30 +135,6 @@ class _Paths:
             n = t.read_u32(dentry + self.qstr_len.offset)
             return t.read(ptr, n) if n else b""
         return t.read_cstr(ptr, 256).encode()
-
-    def d_dname(self, mnt: int, dentry: int) -> str | None:
-        """d_path()'s first case: a dentry of a never-mounted pseudo filesystem names
-        itself through ``dentry->d_op->d_dname`` (unless it is its mount's root):
-        ``simple_dname()`` "/NAME (deleted)" (alloc_file_pseudo()'s files: a shared
-        /dev/zero or anonymous shmem mapping, memfd, SysV shm), ``anon_inodefs_dname()``
-        "anon_inode:NAME"; None for a dentry without one (or one not reproduced here),
-        which d_path() walks."""
-        t = self.t
-        d_op = t.read_u64(dentry + self.dentry.offset("d_op"))
-        if not d_op:
-            return None
-        fn = t.read_u64(d_op + t.layout("struct dentry_operations").offset("d_dname"))
-        if not fn:
-            return None
-        parent = t.read_u64(dentry + self.dentry.offset("d_parent"))
-        if parent == dentry and dentry == t.read_u64(mnt + self.mnt_root):
-            return None  # a mounted pseudo filesystem's root: the mounted path
-        name = self.name(dentry).decode(errors="replace")
-        for sym, text in (("simple_dname", f"/{name} (deleted)"),
-                          ("anon_inodefs_dname", f"anon_inode:{name}")):
-            if t.has_symbol(sym) and fn == t.symbol(sym):
-                return text.replace("\n", "\\012")
-        return None
 
     def d_path(self, mnt: int, dentry: int, root: tuple[int, int]) -> str:
         """prepend_path(): names up the dentry tree, crossing to the mount point at each
@@ -214,13 +233,8 @@ class _Reader:
             sb = t.read_u64(inode + self.inode.offset("i_sb"))
             s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
             ino = t.read_u64(inode + self.inode.offset("i_ino"))
-            dentry = t.read_u64(f + self.f_dentry)
-            mnt = t.read_u64(f + self.f_mnt)
-            name = self.paths.d_dname(mnt, dentry)
-            if name is None:
-                name = self.paths.d_path(mnt, dentry, root)
-                if self._unlinked(dentry):
-                    name += " (deleted)"
+            name = self.paths.file_path(t.read_u64(f + self.f_mnt),
+                                        t.read_u64(f + self.f_dentry), root)
             hit = self.files[f] = ((s_dev >> 20, s_dev & 0xFFFFF), ino, name)
         return hit
 
@@ -248,13 +262,6 @@ class _Reader:
         off = self.t.layout("struct anon_vma_name").offset("name")
         return self.t.read_cstr(p + off, 256)
 
-    def _unlinked(self, dentry: int) -> bool:
-        """d_unlinked(): not hashed and not a root."""
-        t = self.t
-        d = self.paths.dentry
-        pprev = t.read_u64(dentry + d.offset("d_hash") + 8)
-        parent = t.read_u64(dentry + d.offset("d_parent"))
-        return pprev == 0 and parent != dentry
 
 
 def vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None) -> list[Vma]:
