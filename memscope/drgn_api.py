@@ -82,6 +82,7 @@ import drgn
 
 from .mm import buddy as _buddy
 from .mm import freelists as _fl
+from .mm import check as _check
 from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyinfo, \
     format_pagetypeinfo
 from .mm.freelists import CheckReport, FreeBlock, PcpList, Problem, ZoneCheck, \
@@ -253,7 +254,12 @@ def check(prog: drgn.Program) -> CheckReport:
     list has a cycle, a wrong ``prev`` link or a block that is also on another list; the
     blocks on each order's lists number ``free_area[order].nr_free``; their pages, the
     MIGRATE_ISOLATE lists excluded, equal ``zone_page_state_snapshot(zone,
-    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.
+    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.  Then every
+    slab of every cache (:func:`memscope.mm.slub_debug.check_slabs`): freelists decoded and
+    bounded (cycles, pointers off an object boundary), ``inuse`` against the freelist,
+    objects free twice, sheaves holding other caches' objects, and on caches with SLUB
+    debugging each object's red zones and poison as mm/slub.c check_object() checks them
+    (``report.slabs`` counts what was walked).
 
     On a frozen dump a healthy kernel gives no problem; on a live target lists and
     counters move under the read and the differences are reported as problems too.
@@ -268,7 +274,7 @@ def check(prog: drgn.Program) -> CheckReport:
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    return _fl.check(_fresh(prog))
+    return _check.check(_fresh(prog))
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:

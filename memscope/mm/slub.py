@@ -202,6 +202,9 @@ class KmemCache:
     - ``nodes``: one :class:`KmemCacheNode` per node with one
       (``for_each_kmem_cache_node``).
     - ``problems``: what went wrong walking its lists.
+    - ``inuse``: ``s->inuse``, where the object's metadata starts (the free pointer when
+      it is outside the object, then SLUB debugging's tracks; mm/slub.c
+      calculate_sizes()).
     """
 
     address: int
@@ -219,6 +222,7 @@ class KmemCache:
     cpu_sheaves: int
     nodes: list[KmemCacheNode]
     problems: list[Problem]
+    inuse: int = 0
 
 
 def nr_node_ids(t: Target) -> int:
@@ -320,7 +324,7 @@ def _read_cache(ctx: KernelContext, sl: SlubLayout, addr: int, nnodes: int) -> K
     return KmemCache(addr, name, get("size"), get("object_size"), get("offset"),
                      oo_order(oo), oo_objects(oo), get("refcount"), get("flags"),
                      get("random"), get("red_left_pad"),
-                     get("cpu_slab"), get("cpu_sheaves"), nodes, problems)
+                     get("cpu_slab"), get("cpu_sheaves"), nodes, problems, get("inuse"))
 
 
 def kmem_caches(ctx: KernelContext) -> list[KmemCache]:
