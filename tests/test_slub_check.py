@@ -20,6 +20,7 @@ import pytest
 from test_check import ElfCore, run_cli
 
 from kernel_dumps import open_dump
+from test_slub import _has_member as _has, _has_type
 
 DEBUG_CASES = ["6.12-slub-debug", "7.2-slub-debug"]
 CORRUPT_KERNELS = ["5.10", "6.12", "7.2"]
@@ -38,14 +39,6 @@ def _slabinfo(snap) -> dict[str, list[int]]:
         f = line.split()
         out[f[0]] = [int(x) for x in f[1:6]] + [int(f[14])]
     return out
-
-
-def _has(obj, member) -> bool:
-    try:
-        obj.member_(member)
-        return True
-    except LookupError:
-        return False
 
 
 def _debug_flags(prog) -> dict[str, int]:
@@ -93,14 +86,6 @@ def _partial_slab(prog, min_free=2, cache_filter=None):
             if sl.objects.value_() - sl.inuse.value_() >= min_free and sl.freelist:
                 return s, sl.value_(), sl.freelist.value_()
     raise AssertionError("no partial slab with free objects")
-
-
-def _has_type(prog, name) -> bool:
-    try:
-        prog.type(name)
-        return True
-    except LookupError:
-        return False
 
 
 def _encode(s, ptr: int, at: int) -> int:
