@@ -12,6 +12,7 @@ kernel names them, with the byte expected and the byte found."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -139,8 +140,19 @@ def test_check_names_a_corrupted_freelist(copy, corruption):
         word = sl.counters.value_() - 1
     with core.patched(_phys(prog, where), word.to_bytes(8, "little")):
         r = _check(core.path, snap.vmlinux)
+        api = _drgn_api_check(core.path, snap.vmlinux)
     kind = {"wild": "bad_pointer", "cycle": "cycle", "inuse": "inuse_mismatch"}[corruption]
     _named(r, kind, name, f"slab {slab:#x}")
+    # memscope.drgn_api.check on a drgn Program of the same copy reports the same
+    assert not api.ok and [p.to_json() for p in api.problems] == json.loads(
+        r.stdout)["problems"]
+
+
+def _drgn_api_check(vmcore, vmlinux):
+    import memscope.drgn_api as ms
+    from memscope.target.drgn import open_core
+
+    return ms.check(open_core(vmcore, vmlinux))
 
 
 def test_check_names_a_sheaf_entry_outside_its_cache(lab_case, tmp_path):
@@ -190,6 +202,8 @@ def test_debug_dump_is_clean_and_every_debug_object_is_checked(debug_case):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["problems"] == []
+    api = _drgn_api_check(debug_case.vmcore, debug_case.vmlinux)
+    assert api.ok and dataclasses.asdict(api.slabs) == {**report["slabs"], "problems": []}
     assert report["slabs"]["debug_objects"] == sum(truth[n][1] for n in debug if n in truth)
     assert report["slabs"]["debug_caches"] == sum(1 for n in debug if truth.get(n, [0, 0])[1])
 
