@@ -89,8 +89,10 @@ class KmallocCache:
       ``size``: ``s->size``, what each takes in the slab (metadata included).
     - ``same_as``: ``"KIND[INDEX]"`` of the first slot holding the same cache (its
       numbers are repeated here and not counted twice in totals), else None.
-    - ``refcount``: ``s->refcount``; ``aliases``: ``refcount - 1``, caches merged into
-      this one (their objects are counted here too).
+    - ``refcount``: ``s->refcount`` (-1: exempt from merging, as v6.1's
+      new_kmalloc_cache() marks the normal caches under CONFIG_MEMCG_KMEM; v6.5 made
+      that the SLAB_NO_MERGE flag); ``aliases``: ``refcount - 1`` (0 for -1), caches
+      merged into this one (their objects are counted here too).
     - ``slabs``, ``objects``, ``allocated``: slabs found, objects they hold, objects
       allocated (:func:`memscope.mm.slub.cache_usage`); ``kfence``: objects allocated
       from the KFENCE pool instead (not in the byte counts).
