@@ -247,3 +247,18 @@ def test_check_names_an_overwritten_poison_byte_of_a_free_object(debug_case, tmp
         r = _check(core.path, debug_case.vmlinux)
     _named(r, "poison", "dentry", "Poison overwritten", f"slab {slab:#x}",
            f"object {first:#x}", "free", "offset 5:", "0x6b expected, 0x00 found")
+
+
+def test_check_names_an_overwritten_right_red_zone_of_a_free_object(debug_case, tmp_path):
+    """The first byte after a free dentry (its right red zone, object_size to inuse, read
+    with drgn) written 0x00: "Right Redzone overwritten", 0xbb (SLUB_RED_INACTIVE)
+    expected."""
+    prog, _ = open_dump(debug_case)
+    s, slab, first = _partial_slab(prog, 1, lambda s: s.name.string_() == b"dentry")
+    size = s.object_size.value_()
+    assert s.inuse.value_() > size and prog.read(first + size, 1) == b"\xbb"
+    core = _debug_copy(debug_case, tmp_path)
+    with core.patched(_phys(prog, first + size), b"\x00"):
+        r = _check(core.path, debug_case.vmlinux)
+    _named(r, "right_redzone", "dentry", "Right Redzone overwritten", f"slab {slab:#x}",
+           f"object {first:#x}", "free", f"offset {size}:", "0xbb expected, 0x00 found")

@@ -551,7 +551,9 @@ class _Walker:
 
     def _find_slabs(self) -> None:
         pm = self.pm
-        is_slab = (pm.cls == _page.C["slab"]) & pm.valid
+        # The pages' own slab type, not their class: a corrupted free list whose block
+        # claims slab pages must not hide the slabs (the buddy half reports the block).
+        is_slab = pm.slab if pm.slab is not None else (pm.cls == _page.C["slab"]) & pm.valid
         heads = np.flatnonzero(is_slab & ~pm.tail)
         # KFENCE pool pages are slab pages too (kfence_init_pool() sets PG_slab/PGTY_slab
         # on each object page): their objects are counted apart (kfence_objects()).
