@@ -20,12 +20,13 @@ row's), the kinds from the enumerators, never from a version number.  The layout
   the slab extension vectors, with memory allocation profiling); by v7.2 the random
   copies are KMALLOC_PARTITION_START..END (Debian's 7.2 source);
 - v6.11 typed the rows ``kmem_buckets`` (``struct kmem_cache *[KMALLOC_SHIFT_HIGH +
-  1]``, commit "mm/slab: Introduce kmem_buckets typedef"): the same array;
+  1]``, commit 72e0fe2241ce "mm/slab: Introduce kmem_buckets typedef"): the same array;
 - a type the kernel lacks is an enumerator equal to KMALLOC_NORMAL (``KMALLOC_DMA =
   KMALLOC_NORMAL`` without CONFIG_ZONE_DMA): such aliases are not kinds of their own.
 
-(The commit ids are from memory, not checked against the kernel's git; each layout was
-read in Debian's 5.10, 6.1, 6.12 and 7.2 sources and is detected, not assumed.)
+(The commit ids were checked against the kernel's history in public mail and git
+archives; each layout was read in Debian's 5.10, 6.1, 6.12 and 7.2 sources and is
+detected, not assumed.)
 
 One cache can sit in several slots: new_kmalloc_cache() points a KMALLOC_CGROUP slot at
 the normal cache when kmem accounting is off (``cgroup.memory=nokmem``), and an index at

@@ -18,8 +18,8 @@ it cited there):
   5ba6bc27b1f9 "slab: move barn from kmem_cache_node");
 - /proc/slabinfo's free count: the node partial lists counted exactly to v6.9,
   ``count_partial_free_approx()`` from v6.10 (commit 1c5610f451be "slub: introduce
-  count_partial_free_approx()"; the id is from memory, not checked against the kernel's
-  git: Debian's 6.12 source has the function, 6.1's has not): exact up to MAX_PARTIAL_TO_SCAN (10000) partial slabs,
+  count_partial_free_approx()", merged for v6.10: Debian's 6.12 source has the function,
+  6.1's has not): exact up to MAX_PARTIAL_TO_SCAN (10000) partial slabs,
   else 5000 from each end of the list, scaled.
 
 Walks are bounded: the cache list by :data:`MAX_CACHES`, a partial list by its

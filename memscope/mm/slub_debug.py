@@ -31,12 +31,13 @@ slot of ``s->size`` bytes, the object at ``s->red_left_pad``:
   when the high half is zero on every allocated object, the 4-byte one otherwise).
 
 The SLAB_* flag values come from ``enum _slab_flag_bits`` (bit numbers, since v6.9,
-commit "mm, slab: use an enum to define SLAB_ cache creation flags"); kernels before it
+commit cc61eb851c9a "mm, slab: use an enum to define SLAB_ cache creation flags"); kernels before it
 have them as #defines, which the debug info does not keep: their values (stable since
 v4.x, SLAB_KMALLOC since v6.1) are :data:`SLAB_FLAG_DEFINES`.
 
-The commit ids above are from memory, not checked against the kernel's git; the code
-they describe was read in Debian's 5.10, 6.1, 6.12 and 7.2 sources.
+The commit ids above were checked against the kernel's history in public mail and git
+archives (the slabobj_ext one could not be found there, so it is named by its subject
+only); the code they describe was read in Debian's 5.10, 6.1, 6.12 and 7.2 sources.
 
 Everything is decoded in bulk: a cache's slabs are read whole, laid out as one
 (objects x ``s->size``) byte matrix, and each region is compared with numpy.
