@@ -27,6 +27,8 @@ the same name returns):
 - :func:`slab_usage`: the true counts of every slab cache, every slab walked
   (``slabinfo --walk``).
 - :func:`slab`: one cache's slabs and free objects (``slab CACHE``).
+- :func:`kmalloc`: kmalloc's caches by kind and size, requested bytes where slub_debug
+  stores them (``kmalloc``).
 - :func:`whatis`: what an address is: slab object, KFENCE, large kmalloc, page class.
 - :func:`meminfo`: every line of /proc/meminfo (:func:`format_meminfo` prints the file).
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
@@ -86,6 +88,7 @@ import drgn
 
 from .mm import buddy as _buddy
 from .mm import freelists as _fl
+from .mm import check as _check
 from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyinfo, \
     format_pagetypeinfo
 from .mm.freelists import CheckReport, FreeBlock, PcpList, Problem, ZoneCheck, \
@@ -99,6 +102,8 @@ from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm import slub as _slub
+from .mm import kmalloc as _kmalloc
+from .mm.kmalloc import KmallocCache
 from .mm.slub import CacheUsage, CacheWalk, SlabInfo, WhatIs, format_slabinfo
 from .mm.context import KernelContext
 from .mm import heap as _heap
@@ -117,7 +122,7 @@ from .mm.vma import Vma, format_maps
 from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
 from .target.drgn import DrgnTarget
 
-__all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
+__all__ = ["kmalloc", "KmallocCache", "buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
            "pageblocks", "frag", "CheckReport", "ZoneCheck", "ZonePages", "PageRecord",
            "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
@@ -262,7 +267,12 @@ def check(prog: drgn.Program) -> CheckReport:
     list has a cycle, a wrong ``prev`` link or a block that is also on another list; the
     blocks on each order's lists number ``free_area[order].nr_free``; their pages, the
     MIGRATE_ISOLATE lists excluded, equal ``zone_page_state_snapshot(zone,
-    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.
+    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.  Then every
+    slab of every cache (:func:`memscope.mm.slub_debug.check_slabs`): freelists decoded and
+    bounded (cycles, pointers off an object boundary), ``inuse`` against the freelist,
+    objects free twice, sheaves holding other caches' objects, and on caches with SLUB
+    debugging each object's red zones and poison as mm/slub.c check_object() checks them
+    (``report.slabs`` counts what was walked).
 
     On a frozen dump a healthy kernel gives no problem; on a live target lists and
     counters move under the read and the differences are reported as problems too.
@@ -277,7 +287,7 @@ def check(prog: drgn.Program) -> CheckReport:
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    return _fl.check(_fresh(prog))
+    return _check.check(_fresh(prog))
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:
@@ -593,6 +603,22 @@ def slab_usage(prog: drgn.Program) -> list[CacheUsage]:
     :raises TargetError: as :func:`slabinfo` and :func:`pages`
     """
     return _slub.slab_usage(_fresh(prog))
+
+
+def kmalloc(prog: drgn.Program) -> list[KmallocCache]:
+    """
+    Get kmalloc's caches (``memscope kmalloc``): every slot of the kernel's
+    ``kmalloc_caches[type][index]`` (kinds from ``enum kmalloc_cache_type``), its cache's
+    objects, allocated bytes against its slabs' memory, and where SLUB debugging stores
+    each object's requested size (``orig_size``, 6.1+), the bytes asked for.
+
+    :param prog: the kernel
+    :return: one :class:`KmallocCache` per slot holding a cache, by type then index
+        (bytes in bytes; ``requested_bytes`` None when the cache stores no sizes)
+    :raises TargetError: the debug info has no ``kmalloc_caches`` or ``enum
+        kmalloc_cache_type``, and as :func:`slab_usage`
+    """
+    return _kmalloc.kmalloc_caches(_fresh(prog))
 
 
 def slab(prog: drgn.Program, name: str) -> CacheWalk:
