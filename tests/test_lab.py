@@ -491,14 +491,15 @@ def test_a_meminfo_counter_that_disagrees_with_the_dump_is_caught(lab_case, case
     (the lab refroze until they did), and a line one page off is caught by name: MemFree,
     Cached, SUnreclaim, AnonPages, PageTables, Committed_AS and every other line the check
     holds (each is moved in turn)."""
-    from memscope.lab.verify import _MEMINFO_COUNTERS, dump_disagreement
+    from memscope.lab.verify import _MEMINFO_COUNTERS, _dump_meminfo
 
     snap = lab_case(case)
     truth = snap.truth_text("meminfo")
-    page_kb = drgn_program(snap.vmcore, snap.vmlinux)["PAGE_SIZE"].value_() // 1024
+    prog = drgn_program(snap.vmcore, snap.vmlinux)
+    page_kb = prog["PAGE_SIZE"].value_() // 1024
 
-    def judged(text: str) -> str | None:  # only the meminfo check runs on this truth
-        return dump_disagreement(snap.vmcore, snap.vmlinux, {"meminfo": text.encode()})
+    def judged(text: str) -> str | None:  # the meminfo check of verify.judge(), one program
+        return _dump_meminfo(prog, {"meminfo": text.encode()})
 
     assert judged(truth) is None
     names = ["Committed_AS"] + [lines[0] for lines, _, _ in _MEMINFO_COUNTERS]
