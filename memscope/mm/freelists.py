@@ -282,8 +282,12 @@ class FreeListWalker:
                 lo = r * self._per_region
                 hi = min(lo + self._per_region, self.end_pfn)
                 try:
-                    buf = self._regions[r] = self.t.read(self.vmemmap + lo * self.page_size,
-                                                         (hi - lo) * self.page_size)
+                    # A guess: the piece may hold a hole of the dump that this walk never
+                    # needs; the pages are then read one by one.
+                    with self.t.speculative():
+                        buf = self.t.read(self.vmemmap + lo * self.page_size,
+                                          (hi - lo) * self.page_size)
+                    self._regions[r] = buf
                     return buf, i * self.page_size
                 except FaultError:
                     self._bad_regions.add(r)

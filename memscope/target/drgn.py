@@ -4,6 +4,7 @@ Only this module (and the drgn front end) imports drgn."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import drgn
 
 from ..errors import MemscopeError
-from .base import FaultError, Layout, Member, Target, TargetError, Variable
+from .base import FaultError, Layout, Member, MissingPage, Target, TargetError, Variable
+from .dumpfile import DumpFile, NotADump, read_dump_file
 from .elf import PT_LOAD, NotElf64, program_headers
 
 
@@ -45,12 +47,99 @@ def _flatten(t: drgn.Type, base: int, out: dict[str, Member]) -> None:
                            bit_offset % 8, m.bit_field_size)
 
 
+class DumpHoles:
+    """The holes of one dump, made to fault in one drgn Program.
+
+    drgn reads a PT_LOAD's bytes past its file size as zeros and says nothing; for every
+    :class:`~memscope.target.dumpfile.Missing` range of the dump this adds a memory
+    segment of its own on top (drgn: "the new segment takes precedence"), physical and,
+    where the dump maps it, virtual, whose reader raises ``drgn.FaultError`` naming the
+    page and why it is missing.  Reads that translate through the page tables reach the
+    physical segments, so every path into a hole faults, drgn's own helpers' included.
+    Each hole touched is recorded (:attr:`hits`) unless :attr:`speculative` is set."""
+
+    def __init__(self, prog: drgn.Program, dump: DumpFile, page_size: int):
+        self.dump = dump
+        self.page_size = page_size
+        self.hits: dict[int, MissingPage] = {}
+        self.speculative = 0
+        self.last: MissingPage | None = None
+        for m in dump.missing:
+            prog.add_memory_segment(m.start, m.size, self._reader(m, m.start), True)
+            if m.vaddr is not None:
+                prog.add_memory_segment(m.vaddr, m.size, self._reader(m, m.start), False)
+
+    def _reader(self, m, phys_start: int):
+        mask = ~(self.page_size - 1)
+        shift = self.page_size.bit_length() - 1
+
+        def read(address: int, count: int, offset: int, physical: bool) -> bytes:
+            page = (phys_start + offset) & mask
+            miss = self.last = MissingPage(page, page >> shift, m.why)
+            if not self.speculative:
+                self.hits.setdefault(page, miss)
+            raise drgn.FaultError(str(miss), address)
+
+        return read
+
+
+def dump_holes(prog: drgn.Program) -> DumpHoles | None:
+    """The :class:`DumpHoles` of PROG's dump, installed on first use and kept in
+    ``prog.cache``; None for a live kernel, a QEMU guest or a dump whose headers cannot
+    be read (drgn then reports what it can)."""
+    key = "memscope_dump_holes"
+    if key in prog.cache:
+        return prog.cache[key]
+    holes = None
+    path = getattr(prog, "core_dump_path", None)
+    if path and not (prog.flags & drgn.ProgramFlags.IS_LIVE):
+        try:
+            dump = read_dump_file(path)
+        except (NotADump, OSError, ValueError):
+            dump = None
+        if dump is not None:
+            try:
+                page_size = int(prog["PAGE_SIZE"].value_())
+            except (KeyError, LookupError, ValueError):
+                page_size = dump.page_size or 4096
+            holes = DumpHoles(prog, dump, page_size)
+    prog.cache[key] = holes
+    return holes
+
+
 class DrgnTarget(Target):
     def __init__(self, prog: drgn.Program):
         self.prog = prog
         self.arch = "aarch64" if prog.platform.arch == drgn.Architecture.AARCH64 else "x86_64"
         self._layouts: dict[str, Layout] = {}
         self._symbols: dict[str, int | None] = {}
+        self.holes = dump_holes(prog)
+
+    def missing_pages_read(self) -> list[MissingPage]:
+        return list(self.holes.hits.values()) if self.holes else []
+
+    def forget_missing_pages(self) -> None:
+        if self.holes:
+            self.holes.hits.clear()
+
+    @contextlib.contextmanager
+    def speculative(self):
+        if self.holes is None:
+            yield
+            return
+        self.holes.speculative += 1
+        try:
+            yield
+        finally:
+            self.holes.speculative -= 1
+
+    def _fault(self, e: drgn.FaultError, address: int, size: int) -> FaultError:
+        """Our FaultError for drgn's E, with the missing page when a hole raised it."""
+        last = self.holes.last if self.holes else None
+        if last is not None and str(e).startswith(str(last)):
+            self.holes.last = None
+            return FaultError(address, size, last)
+        return FaultError(address, size)
 
     def symbol(self, name: str) -> int:
         # Cached, misses included: the commands ask for the same few globals many times.
@@ -142,15 +231,17 @@ class DrgnTarget(Target):
     def read(self, address: int, size: int) -> bytes:
         try:
             return self.prog.read(address, size)
-        except drgn.FaultError:
-            raise FaultError(address, size) from None
+        except drgn.FaultError as e:
+            raise self._fault(e, address, size) from None
 
     def read_phys(self, address: int, size: int) -> bytes:
         """SIZE bytes at physical ADDRESS (a vmcore's PT_LOAD physical addresses, /proc/kcore's
         direct map, QEMU's guest memory)."""
         try:
             return self.prog.read(address, size, True)
-        except (drgn.FaultError, ValueError):
+        except drgn.FaultError as e:
+            raise self._fault(e, address, size) from None
+        except ValueError:
             raise FaultError(address, size) from None
 
     def vmcoreinfo(self) -> bytes:
@@ -214,12 +305,13 @@ def _program() -> drgn.Program:
 
 
 def _check_elf_core_size(vmcore: Path) -> None:
-    """A truncated ELF vmcore: its PT_LOAD segments reach past the end of the file (drgn
-    would only fail later, at the first read of a missing part)."""
+    """A truncated ELF vmcore whose program headers are cut: what it holds cannot be told.
+    Memory segments cut by the end of the file are not refused here: they are holes
+    (:func:`memscope.target.dumpfile.read_dump_file`), and only a command that needs a
+    page from them fails, naming it."""
     try:
         with open(vmcore, "rb") as f:
             phdrs, phnum = program_headers(f)
-            size = os.fstat(f.fileno()).st_size
     except NotElf64:
         return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)
     except OSError as e:
@@ -227,11 +319,6 @@ def _check_elf_core_size(vmcore: Path) -> None:
     if len(phdrs) < phnum:
         raise MemscopeError(f"{vmcore}: truncated: the file ends inside its ELF program "
                             "headers")
-    need = max((ph.p_offset + ph.p_filesz for ph in phdrs if ph.p_type == PT_LOAD),
-               default=0)
-    if need > size:
-        raise MemscopeError(f"{vmcore}: truncated: {size} bytes, but its memory segments "
-                            f"need {need}")
 
 
 def _load_debug_info(prog: drgn.Program, vmlinux) -> None:

@@ -1,0 +1,232 @@
+"""Dumps with holes: filtered copies of real lab dumps (tests/filtered_dumps.py writes them
+as makedumpfile -E does, p_filesz < p_memsz) with one chosen page left out, and a dump
+cut short.  Every command either gives the answer the guest's kernel gave (its /proc files
+in the snapshot's truth) where it does not need the page, or fails in one line naming the
+page, whose address drgn finds on the unfiltered dump.  Never a traceback, never an
+answer made of the zeros a reader gets from the hole.
+
+The pages excluded: the page holding node_data[0] (the pglist_data every command starts
+from), the page of struct pages holding the first block of the longest top-order free
+list, a page of the "heap" process's brk heap (a user page), and the first page of a free
+top-order block (a free page: its contents are needed by nobody)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import drgn
+import pytest
+from drgn.helpers.linux.list import list_for_each
+from drgn.helpers.linux.mm import follow_phys, page_to_pfn
+from drgn.helpers.linux.pid import find_task
+
+from filtered_dumps import write_filtered
+from memscope.cli import build_parser
+from memscope.commands import execute
+from memscope.errors import MemscopeError
+from memscope.target.drgn import DrgnTarget, open_core
+
+KERNEL = "6.12"
+
+
+def _truth_pages(snap) -> dict[str, int]:
+    """Physical addresses of the pages the tests leave out, found with drgn's own helpers
+    on the unfiltered dump (never with memscope)."""
+    prog = drgn.Program()
+    prog.set_core_dump(str(snap.vmcore))
+    prog.load_debug_info([str(snap.vmlinux)])
+    init_mm = prog["init_mm"].address_of_()
+
+    def phys(addr) -> int:
+        return int(follow_phys(init_mm, int(addr))) & ~4095
+
+    page_t = prog.type("struct page")
+    link = page_t.member("buddy_list" if page_t.has_member("buddy_list") else "lru").offset
+    best = None
+    pgdat = prog["node_data"][0]
+    for zone in pgdat.node_zones:
+        if not zone.present_pages:
+            continue
+        fa = zone.free_area[len(zone.free_area) - 1]
+        for mt in range(len(fa.free_list)):
+            entries = [int(e) for e in list_for_each(fa.free_list[mt].address_of_())]
+            if entries and (best is None or len(entries) > len(best)):
+                best = entries
+    assert best, "no top-order free block in the dump: nothing to exclude"
+    struct_page = best[0] - link
+    free_pfn = int(page_to_pfn(drgn.Object(prog, "struct page *", struct_page)))
+    pid = _heap_pid(snap)
+    task_mm = find_task(prog, pid).mm
+    heap = next(v for v in _vmas(snap, pid) if v[2] == "[heap]")
+    user = int(follow_phys(task_mm, heap[0])) & ~4095
+    return dict(node_data=phys(pgdat.value_()), struct_page=phys(struct_page),
+                user=user, free=free_pfn * 4096, pid=pid)
+
+
+def _heap_pid(snap) -> int:
+    for d in snap.dir.joinpath("truth").iterdir():
+        if (d / "label").is_file() and (d / "label").read_text().strip() == "heap":
+            return int(d.name)
+    pytest.fail("the workload tracked no heap process", pytrace=False)
+
+
+def _vmas(snap, pid):
+    for line in (snap.dir / "truth" / str(pid) / "maps").read_text().splitlines():
+        f = line.split()
+        lo, hi = (int(x, 16) for x in f[0].split("-"))
+        yield lo, hi, f[5] if len(f) > 5 else ""
+
+
+@pytest.fixture(scope="module")
+def snap(lab_case):
+    return lab_case(KERNEL)
+
+
+@pytest.fixture(scope="module")
+def excluded(snap):
+    return _truth_pages(snap)
+
+
+class Filtered:
+    """A filtered copy, opened once; ``run(argv)`` runs a command as the CLI does
+    (memscope.commands.execute): (stdout, one-line error or None, exit status)."""
+
+    def __init__(self, path, vmlinux):
+        self.path, self.vmlinux = path, vmlinux
+        self.target = DrgnTarget(open_core(path, vmlinux))
+
+    def run(self, *argv: str):
+        args = build_parser().parse_args(list(argv))
+        try:
+            text, status = execute(self.target, args)
+            return text, None, status
+        except MemscopeError as e:
+            return "", str(e), e.exit_status
+
+
+@pytest.fixture(scope="module")
+def filtered(snap, excluded, tmp_path_factory):
+    made = {}
+
+    def get(which: str) -> Filtered:
+        if which not in made:
+            path = tmp_path_factory.mktemp(f"holes-{which}") / "vmcore"
+            write_filtered(snap.vmcore, path, [excluded[which]])
+            made[which] = Filtered(path, snap.vmlinux)
+        return made[which]
+
+    return get
+
+
+def _names_the_page(err, page: int, command: str) -> None:
+    assert err is not None, f"{command}: an answer although it needs page {page:#x}"
+    assert "\n" not in err
+    assert err.startswith(f"{command}: ")
+    assert f"physical page {page:#x} (pfn {page >> 12:#x}) is not in the dump" in err, err
+    assert "excluded from the dump" in err
+
+
+def test_the_copies_have_the_hole_where_drgn_reads_zeros(snap, excluded, filtered):
+    # The premise: drgn alone reads the excluded page as zeros, with no fault.
+    f = filtered("node_data")
+    prog = drgn.Program()
+    prog.set_core_dump(str(f.path))
+    assert prog.read(excluded["node_data"], 4096, True) == bytes(4096)
+    with open(snap.vmcore, "rb") as whole:
+        assert whole.read(1)  # the original is readable
+    # ... and memscope's target faults there, naming the page.
+    from memscope.target.base import FaultError
+
+    with pytest.raises(FaultError) as e:
+        f.target.read_phys(excluded["node_data"] + 8, 8)
+    assert e.value.missing is not None and e.value.missing.phys == excluded["node_data"]
+
+
+@pytest.mark.parametrize("argv", [["buddyinfo"], ["buddyinfo", "-f", "proc"], ["frag"],
+                                  ["check"], ["pages"], ["pagetypeinfo"], ["meminfo"],
+                                  ["pagetypeinfo", "-f", "proc"]])
+def test_without_node_data_every_command_names_the_page(filtered, excluded, argv):
+    out, err, status = filtered("node_data").run(*argv)
+    _names_the_page(err, excluded["node_data"], argv[0])
+    assert status == 2 and out == ""
+
+
+def test_without_a_page_of_struct_pages(snap, filtered, excluded):
+    f = filtered("struct_page")
+    page = excluded["struct_page"]
+    # buddyinfo reads nr_free only: the kernel's own numbers.
+    out, err, _ = f.run("buddyinfo", "-f", "proc")
+    assert err is None and out == snap.truth_text("buddyinfo")
+    # The free-list walks go through the excluded struct page: no count made of zeros
+    # (the bug: 1 where the kernel printed 78 blocks).
+    for argv in (["pagetypeinfo", "-f", "proc"], ["pages"], ["check"], ["freelists"]):
+        out, err, status = f.run(*argv)
+        _names_the_page(err, page, argv[0])
+        assert status == 2
+
+
+@pytest.mark.parametrize("which", ["user", "free"])
+def test_a_page_no_mm_answer_reads_changes_nothing(snap, filtered, which):
+    f = filtered(which)
+    out, err, status = f.run("buddyinfo", "-f", "proc")
+    assert (err, status, out) == (None, 0, snap.truth_text("buddyinfo"))
+    out, err, status = f.run("pagetypeinfo", "-f", "proc")
+    assert (err, status, out) == (None, 0, snap.truth_text("pagetypeinfo"))
+    out, err, status = f.run("check", "-f", "json")
+    assert (err, status) == (None, 0) and json.loads(out)["ok"]
+    out, err, status = f.run("pages", "-f", "json")
+    assert err is None, err
+    truth = [[int(x) for x in line.split()[4:]]
+             for line in snap.truth_text("buddyinfo").splitlines()]
+    assert [z["buddy_blocks"] for z in json.loads(out) if "zone" in z] == truth
+
+
+def test_the_heap_walk_needs_the_user_page(filtered, excluded):
+    out, err, status = filtered("user").run("heap", str(excluded["pid"]))
+    _names_the_page(err, excluded["user"], "heap")
+
+
+def test_the_command_line_prints_one_line(filtered, excluded):
+    f = filtered("node_data")
+    for cmd in ("buddyinfo", "pages"):
+        r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(f.path), "-s",
+                            str(f.vmlinux), cmd], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stdout == ""
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"memscope: {cmd}: cannot answer: ")
+        assert f"{excluded['node_data']:#x}" in lines[0]
+
+
+def test_a_dump_that_lacks_only_the_bios_rom_is_read_whole(snap, tmp_path):
+    # QEMU writes the BIOS ROM (0xfffc0000, 256 KiB) last: cut it off, keep every RAM byte.
+    from filtered_dumps import read_loads
+
+    _, _, loads = read_loads(snap.vmcore)
+    rom = max(loads, key=lambda l: l[2])
+    assert rom[2] >= 0xF0000000 and rom[3] == 256 << 10
+    cut = tmp_path / "vmcore"
+    with open(snap.vmcore, "rb") as src, open(cut, "wb") as dst:
+        left = rom[0]
+        while left:
+            n = src.read(min(left, 64 << 20))
+            dst.write(n)
+            left -= len(n)
+    f = Filtered(cut, snap.vmlinux)
+    for cmd, truth in (("buddyinfo", "buddyinfo"), ("pagetypeinfo", "pagetypeinfo")):
+        out, err, status = f.run(cmd, "-f", "proc")
+        assert (err, status, out) == (None, 0, snap.truth_text(truth))
+    out, err, status = f.run("check")
+    assert (err, status) == (None, 0)
+
+
+def test_the_drgn_api_raises_instead_of_counting_zeros(snap, filtered, excluded):
+    from memscope import drgn_api
+    from memscope.target.base import FaultError
+
+    prog = filtered("struct_page").target.prog
+    with pytest.raises(FaultError) as e:
+        drgn_api.pagetypeinfo(prog)
+    assert e.value.missing.phys == excluded["struct_page"]
+    assert drgn_api.format_buddyinfo(drgn_api.buddyinfo(prog)) == snap.truth_text("buddyinfo")
