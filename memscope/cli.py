@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "it a running guest changes under the read and answers are approximate")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _lab_parser(sub)
+    i = sub.add_parser("info", help="what a dump is: format, compression, dump level, "
+                       "release, build ID, memory, what is missing (needs only -c)",
+                       description="Read a dump's own headers (no debug info needed): its "
+                       "format, compression, makedumpfile dump level, kernel release and "
+                       "build ID (VMCOREINFO), the memory it describes and every range it "
+                       "describes but does not hold.  With -s, whether the vmlinux's build "
+                       "ID matches.")
+    i.add_argument("--format", "-f", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
     commands.add_subparsers(p)
     return p
 
@@ -161,6 +170,21 @@ def _lab(args) -> int:
         lab.stop(Path(args.dir))
         return 0
     raise AssertionError(args.lab_command)
+
+
+def _info(args) -> int:
+    """memscope info: the dump's headers, printed (no debug info is loaded)."""
+    import dataclasses
+    import json
+
+    from .info import dump_info, format_info
+
+    if not args.core:
+        raise MemscopeError("info reads a dump: give -c VMCORE")
+    info = dump_info(args.core, args.symbols)
+    sys.stdout.write(json.dumps(dataclasses.asdict(info), indent=2) + "\n"
+                     if args.format == "json" else format_info(info))
+    return 0
 
 
 def _terminated(signum, frame):
@@ -239,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.command == "lab":
             return _lab(args)
+        if args.command == "info":
+            return _info(args)
         if args.pause and not args.qemu:
             raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
                                 "running kernel of -k cannot be paused)")

@@ -213,6 +213,9 @@ def test_a_dump_that_lacks_only_the_bios_rom_is_read_whole(snap, tmp_path):
             n = src.read(min(left, 64 << 20))
             dst.write(n)
             left -= len(n)
+    info = _info(cut)
+    assert [(m["start"], m["end"]) for m in info["missing"]] == [(rom[2], rom[2] + rom[4])]
+    assert "cut off" in info["missing"][0]["why"]
     f = Filtered(cut, snap.vmlinux)
     for cmd, truth in (("buddyinfo", "buddyinfo"), ("pagetypeinfo", "pagetypeinfo")):
         out, err, status = f.run(cmd, "-f", "proc")
@@ -230,3 +233,46 @@ def test_the_drgn_api_raises_instead_of_counting_zeros(snap, filtered, excluded)
         drgn_api.pagetypeinfo(prog)
     assert e.value.missing.phys == excluded["struct_page"]
     assert drgn_api.format_buddyinfo(drgn_api.buddyinfo(prog)) == snap.truth_text("buddyinfo")
+
+
+# --- memscope info ----------------------------------------------------------------------
+def _readelf_loads(path) -> list[tuple[int, int, int]]:
+    """(paddr, filesz, memsz) of each PT_LOAD as binutils' readelf prints them."""
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] == "LOAD":
+            rows.append((int(f[3], 16), int(f[4], 16), int(f[5], 16)))
+    return rows
+
+
+def _info(path, *extra):
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(path), *extra, "info",
+                        "-f", "json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_info_says_what_the_dump_is(snap):
+    info = _info(snap.vmcore, "-s", str(snap.vmlinux))
+    notes = subprocess.run(["readelf", "-n", str(snap.vmlinux)], capture_output=True,
+                           text=True).stdout
+    build_id = next(line.split()[-1] for line in notes.splitlines() if "Build ID" in line)
+    assert info["build_id"] == build_id and info["vmlinux_matches"] is True
+    assert info["release"] == snap.meta["release"]
+    assert (info["format"], info["compression"], info["dump_level"]) == ("elf", None, None)
+    assert info["machine"] == snap.arch
+    assert info["memory_bytes"] == sum(m for _, _, m in _readelf_loads(snap.vmcore))
+    assert info["missing"] == [] and info["missing_bytes"] == 0
+
+
+def test_info_names_the_excluded_page(filtered, excluded, lab_case):
+    f = filtered("struct_page")
+    info = _info(f.path, "-s", str(lab_case("6.1").vmlinux))
+    assert info["vmlinux_matches"] is False
+    page = excluded["struct_page"]
+    assert [(m["start"], m["end"]) for m in info["missing"]] == [(page, page + 4096)]
+    assert "excluded" in info["missing"][0]["why"]
+    # readelf sees the same hole: a PT_LOAD whose file size ends at the page.
+    assert any(p + fs == page and ms - fs == 4096 for p, fs, ms in _readelf_loads(f.path))

@@ -24,6 +24,8 @@ import numpy as np
 
 from .elf import PT_LOAD, NotElf64
 
+PT_NOTE = 4
+
 __all__ = ("DUMP_LEVEL_BITS", "Missing", "DumpFile", "NotADump", "read_dump_file",
            "describe_dump_level")
 
@@ -76,7 +78,9 @@ class DumpFile:
     ``segments``: the physical ranges [start, end) the dump describes, in bytes.
     ``missing``: :class:`Missing` ranges, sorted by start, not overlapping.
     ``release``: the kernel release in the kdump header's utsname (None for ELF).
-    ``page_size``: the dump's block size (kdump) or None."""
+    ``page_size``: the dump's block size (kdump) or None.
+    ``vmcoreinfo``: the kernel's VMCOREINFO text (kernel/vmcore_info.c), from the ELF
+    note or the kdump sub-header; :meth:`vmcoreinfo_fields` splits it."""
 
     path: Path
     format: str
@@ -86,6 +90,8 @@ class DumpFile:
     missing: list[Missing] = dataclasses.field(default_factory=list)
     release: str | None = None
     page_size: int | None = None
+    vmcoreinfo: bytes = b""  # the VMCOREINFO note's text, b"" when the dump has none
+    machine: str | None = None  # "x86_64", "aarch64", ... (ELF e_machine, kdump utsname)
 
     def __post_init__(self):
         self.missing.sort(key=lambda m: m.start)
@@ -97,6 +103,21 @@ class DumpFile:
         if i >= 0 and self.missing[i].start <= phys < self.missing[i].end:
             return self.missing[i]
         return None
+
+    def vmcoreinfo_fields(self) -> dict[str, str]:
+        """VMCOREINFO's KEY=VALUE lines ("OSRELEASE", "BUILD-ID", "PAGESIZE", ...)."""
+        out = {}
+        for line in self.vmcoreinfo.decode(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key] = value
+        return out
+
+    @property
+    def build_id(self) -> str | None:
+        """The kernel's GNU build ID in hex (VMCOREINFO ``BUILD-ID``, Linux 5.9+), or
+        None."""
+        return self.vmcoreinfo_fields().get("BUILD-ID") or None
 
     @property
     def memory_size(self) -> int:
@@ -139,11 +160,14 @@ def _elf(path: Path, f) -> DumpFile:
     f.seek(e_phoff)
     raw = f.read(e_phentsize * e_phnum)
     size = os.fstat(f.fileno()).st_size
-    segments, missing = [], []
+    segments, missing, vmcoreinfo = [], [], b""
     for i in range(len(raw) // e_phentsize if e_phentsize else 0):
         # Elf64_Phdr: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz
         p_type, _, off, vaddr, paddr, filesz, memsz = struct.unpack_from(
             endian + "IIQQQQQ", raw, i * e_phentsize)
+        if p_type == PT_NOTE and not vmcoreinfo:
+            f.seek(off)
+            vmcoreinfo = _note(f.read(min(filesz, 1 << 20)), b"VMCOREINFO", endian)
         if p_type != PT_LOAD:
             continue
         segments.append((paddr, paddr + memsz))
@@ -162,7 +186,29 @@ def _elf(path: Path, f) -> DumpFile:
                                    "shorter than its memory size: the pages makedumpfile "
                                    "filters out of an ELF dump)",
                                    None if virt is None else virt + filesz))
-    return DumpFile(path, "elf", segments=segments, missing=missing)
+    e_machine, = struct.unpack_from(endian + "H", ident, 0x12)
+    return DumpFile(path, "elf", segments=segments, missing=missing, vmcoreinfo=vmcoreinfo,
+                    machine=_E_MACHINE.get(e_machine, f"ELF machine {e_machine}"))
+
+
+_E_MACHINE = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 22: "s390x", 21: "ppc64",
+              243: "riscv64"}
+
+
+def _note(data: bytes, name: bytes, endian: str) -> bytes:
+    """The descriptor of the first ELF note called NAME in DATA (Elf64_Nhdr: namesz,
+    descsz, type; name and descriptor each padded to 4 bytes), or b""."""
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, _ = struct.unpack_from(endian + "III", data, pos)
+        pos += 12
+        n = data[pos:pos + namesz].rstrip(b"\0")
+        pos += (namesz + 3) & ~3
+        desc = data[pos:pos + descsz]
+        pos += (descsz + 3) & ~3
+        if n == name:
+            return desc
+    return b""
 
 
 # struct disk_dump_header (makedumpfile diskdump_mod.h), 64-bit: signature[8],
@@ -183,18 +229,27 @@ def _kdump(path: Path, f) -> DumpFile:
         raise NotADump(f"{path}: truncated kdump header")
     status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from(
         "<IiiII", hdr, _STATUS_OFF)
-    release = hdr[_UTS_OFF + 2 * _UTS_LEN:_UTS_OFF + 3 * _UTS_LEN].split(b"\0")[0].decode(
-        errors="replace")
+    uts = [hdr[_UTS_OFF + k * _UTS_LEN:_UTS_OFF + (k + 1) * _UTS_LEN].split(b"\0")[0].decode(
+        errors="replace") for k in range(6)]  # sysname, nodename, release, version, machine
+    release = uts[2]
     compression = next((name for bit, name in _COMPRESSION if status & bit), None)
     # struct kdump_sub_header, one block after the header: phys_base (ul), dump_level
-    # (int), split, start_pfn, end_pfn (ul), ... max_mapnr_64 (ull) at 0x68 (version 6+).
+    # (int), split (int), start_pfn, end_pfn, offset_vmcoreinfo, size_vmcoreinfo (at
+    # 0x20, 0x28), ..., max_mapnr_64 at 0x60 (header version 6+).
     f.seek(block_size)
-    sub = f.read(0x70)
+    sub = f.read(0x68)
+    if len(sub) < 0x30:
+        raise NotADump(f"{path}: truncated kdump sub-header")
     dump_level, = struct.unpack_from("<i", sub, 8)
-    if len(sub) >= 0x70:
-        mapnr64, = struct.unpack_from("<Q", sub, 0x68)
+    vi_off, vi_size = struct.unpack_from("<QQ", sub, 0x20)
+    if len(sub) >= 0x68:
+        mapnr64, = struct.unpack_from("<Q", sub, 0x60)
         if mapnr64:
             max_mapnr = mapnr64
+    vmcoreinfo = b""
+    if vi_off and vi_size:
+        f.seek(vi_off)
+        vmcoreinfo = f.read(vi_size)
     f.seek(block_size * (1 + sub_hdr_size))
     bitmaps = f.read(block_size * bitmap_blocks)
     half = len(bitmaps) // 2
@@ -207,7 +262,7 @@ def _kdump(path: Path, f) -> DumpFile:
            f"({describe_dump_level(dump_level)})")
     missing = [Missing(s * block_size, e * block_size, why) for s, e in _runs(ram & ~dumped)]
     return DumpFile(path, "kdump", compression, dump_level, segments, missing, release,
-                    block_size)
+                    block_size, vmcoreinfo, uts[4] or None)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

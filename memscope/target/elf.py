@@ -10,8 +10,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers", "section_names",
-           "symbol_size")
+__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "build_id", "program_headers",
+           "section_names", "symbol_size")
 
 PT_LOAD = 1
 
@@ -77,6 +77,32 @@ def symbol_size(f: BinaryIO, name: str) -> int | None:
         for k in np.flatnonzero(hit)[:1]:  # defined here, not SHN_UNDEF
             return int(sym["size"][k])
         return None
+    return None
+
+
+def build_id(f: BinaryIO) -> str | None:
+    """The GNU build ID (hex) of the ELF64 file F: the ``NT_GNU_BUILD_ID`` note of its
+    SHT_NOTE sections (a vmlinux's ``.note.gnu.build-id``; the kernel prints the same
+    bytes in VMCOREINFO's ``BUILD-ID``), or None when it has none.
+
+    :raises NotElf64: F does not start with an ELF64 header.
+    :raises ValueError: the section table lies outside the file."""
+    table, entsize, num, endian = _sections(f)
+    for i in range(num):
+        sh_type, = struct.unpack_from(endian + "I", table, i * entsize + 4)
+        if sh_type != 7:  # SHT_NOTE
+            continue
+        off, size = struct.unpack_from(endian + "QQ", table, i * entsize + 0x18)
+        f.seek(off)
+        data = f.read(min(size, 1 << 16))
+        pos = 0
+        while pos + 12 <= len(data):
+            namesz, descsz, ntype = struct.unpack_from(endian + "III", data, pos)
+            name = data[pos + 12:pos + 12 + namesz]
+            desc_at = pos + 12 + ((namesz + 3) & ~3)
+            if name == b"GNU\0" and ntype == 3:  # NT_GNU_BUILD_ID
+                return data[desc_at:desc_at + descsz].hex()
+            pos = desc_at + ((descsz + 3) & ~3)
     return None
 
 
