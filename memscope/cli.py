@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "ID matches.")
     i.add_argument("--format", "-f", choices=("table", "json"), default="table",
                    help="output format (default: table)")
+    from . import fleet
+
+    fleet.add_parser(sub)
     commands.add_subparsers(p)
     return p
 
@@ -256,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        from .fleet import split_argv
+
+        head, fleet_argv = split_argv(sys.argv[1:] if argv is None else list(argv))
+        args = parser.parse_args(head)
+        if fleet_argv:
+            args.fleet_argv = fleet_argv
         if args.command is None:
             parser.print_usage(sys.stderr)
             print("memscope: a COMMAND is needed (see memscope --help)", file=sys.stderr)
@@ -265,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             return _lab(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "fleet":
+            from . import fleet
+
+            return fleet.main(args)
         if args.pause and not args.qemu:
             raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
                                 "running kernel of -k cannot be paused)")
