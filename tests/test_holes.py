@@ -22,7 +22,7 @@ from drgn.helpers.linux.list import list_for_each
 from drgn.helpers.linux.mm import follow_phys, page_to_pfn
 from drgn.helpers.linux.pid import find_task
 
-from filtered_dumps import write_filtered
+from filtered_dumps import write_filtered, write_kdump
 from memscope.cli import build_parser
 from memscope.commands import execute
 from memscope.errors import MemscopeError
@@ -108,16 +108,26 @@ class Filtered:
 
 @pytest.fixture(scope="module")
 def filtered(snap, excluded, tmp_path_factory):
+    """filtered(WHICH, FORM="elf"): a copy of the snapshot's dump without the page
+    excluded[WHICH] ("" for none), as an ELF dump (makedumpfile -E style) or a
+    kdump-compressed one (zlib, dump level 31 recorded)."""
     made = {}
 
-    def get(which: str) -> Filtered:
-        if which not in made:
-            path = tmp_path_factory.mktemp(f"holes-{which}") / "vmcore"
-            write_filtered(snap.vmcore, path, [excluded[which]])
-            made[which] = Filtered(path, snap.vmlinux)
-        return made[which]
+    def get(which: str, form: str = "elf") -> Filtered:
+        if (which, form) not in made:
+            path = tmp_path_factory.mktemp(f"holes-{which or 'none'}-{form}") / "vmcore"
+            pages = [excluded[which]] if which else []
+            if form == "elf":
+                write_filtered(snap.vmcore, path, pages)
+            else:
+                write_kdump(snap.vmcore, path, pages, dump_level=31 if which else 0)
+            made[which, form] = Filtered(path, snap.vmlinux)
+        return made[which, form]
 
     return get
+
+
+FORMS = ["elf", "kdump"]
 
 
 def _names_the_page(err, page: int, command: str) -> None:
@@ -125,7 +135,8 @@ def _names_the_page(err, page: int, command: str) -> None:
     assert "\n" not in err
     assert err.startswith(f"{command}: ")
     assert f"physical page {page:#x} (pfn {page >> 12:#x}) is not in the dump" in err, err
-    assert "excluded from the dump" in err
+    assert ("excluded from the dump (its segment's file size is shorter" in err
+            or "excluded by makedumpfile at dump level 31 (" in err), err
 
 
 def test_the_copies_have_the_hole_where_drgn_reads_zeros(snap, excluded, filtered):
@@ -144,17 +155,19 @@ def test_the_copies_have_the_hole_where_drgn_reads_zeros(snap, excluded, filtere
     assert e.value.missing is not None and e.value.missing.phys == excluded["node_data"]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("argv", [["buddyinfo"], ["buddyinfo", "-f", "proc"], ["frag"],
                                   ["check"], ["pages"], ["pagetypeinfo"], ["meminfo"],
                                   ["pagetypeinfo", "-f", "proc"]])
-def test_without_node_data_every_command_names_the_page(filtered, excluded, argv):
-    out, err, status = filtered("node_data").run(*argv)
+def test_without_node_data_every_command_names_the_page(filtered, excluded, argv, form):
+    out, err, status = filtered("node_data", form).run(*argv)
     _names_the_page(err, excluded["node_data"], argv[0])
     assert status == 2 and out == ""
 
 
-def test_without_a_page_of_struct_pages(snap, filtered, excluded):
-    f = filtered("struct_page")
+@pytest.mark.parametrize("form", FORMS)
+def test_without_a_page_of_struct_pages(snap, filtered, excluded, form):
+    f = filtered("struct_page", form)
     page = excluded["struct_page"]
     # buddyinfo reads nr_free only: the kernel's own numbers.
     out, err, _ = f.run("buddyinfo", "-f", "proc")
@@ -167,9 +180,10 @@ def test_without_a_page_of_struct_pages(snap, filtered, excluded):
         assert status == 2
 
 
-@pytest.mark.parametrize("which", ["user", "free"])
-def test_a_page_no_mm_answer_reads_changes_nothing(snap, filtered, which):
-    f = filtered(which)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("which", ["user", "free", ""])
+def test_a_page_no_mm_answer_reads_changes_nothing(snap, filtered, which, form):
+    f = filtered(which, form)
     out, err, status = f.run("buddyinfo", "-f", "proc")
     assert (err, status, out) == (None, 0, snap.truth_text("buddyinfo"))
     out, err, status = f.run("pagetypeinfo", "-f", "proc")
@@ -183,8 +197,9 @@ def test_a_page_no_mm_answer_reads_changes_nothing(snap, filtered, which):
     assert [z["buddy_blocks"] for z in json.loads(out) if "zone" in z] == truth
 
 
-def test_the_heap_walk_needs_the_user_page(filtered, excluded):
-    out, err, status = filtered("user").run("heap", str(excluded["pid"]))
+@pytest.mark.parametrize("form", FORMS)
+def test_the_heap_walk_needs_the_user_page(filtered, excluded, form):
+    out, err, status = filtered("user", form).run("heap", str(excluded["pid"]))
     _names_the_page(err, excluded["user"], "heap")
 
 
@@ -274,5 +289,11 @@ def test_info_names_the_excluded_page(filtered, excluded, lab_case):
     page = excluded["struct_page"]
     assert [(m["start"], m["end"]) for m in info["missing"]] == [(page, page + 4096)]
     assert "excluded" in info["missing"][0]["why"]
+    k = _info(filtered("struct_page", "kdump").path)
+    assert (k["format"], k["compression"], k["dump_level"]) == ("kdump", "zlib", 31)
+    assert k["release"] == info["release"] and k["build_id"] == info["build_id"]
+    assert k["missing"] == [dict(start=page, end=page + 4096, bytes=4096,
+                                 why=k["missing"][0]["why"])]
+    assert "dump level 31 (zero pages, page-cache pages" in k["missing"][0]["why"]
     # readelf sees the same hole: a PT_LOAD whose file size ends at the page.
     assert any(p + fs == page and ms - fs == 4096 for p, fs, ms in _readelf_loads(f.path))

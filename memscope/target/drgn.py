@@ -133,13 +133,46 @@ class DrgnTarget(Target):
         finally:
             self.holes.speculative -= 1
 
-    def _fault(self, e: drgn.FaultError, address: int, size: int) -> FaultError:
+    def _fault(self, e: drgn.FaultError, address: int, size: int,
+               physical: bool = False) -> FaultError:
         """Our FaultError for drgn's E, with the missing page when a hole raised it."""
-        last = self.holes.last if self.holes else None
+        holes = self.holes
+        if holes is None or not holes.dump.missing:
+            return FaultError(address, size)
+        last = holes.last
         if last is not None and str(e).startswith(str(last)):
-            self.holes.last = None
+            holes.last = None
             return FaultError(address, size, last)
-        return FaultError(address, size)
+        # A read that drgn did not route through our segments: a kdump-compressed dump's
+        # virtual reads are translated by libkdumpfile itself.  Find the page by the
+        # kernel's page tables.
+        miss = self._missing_page(address, size, physical)
+        if miss is not None and not holes.speculative:
+            holes.hits.setdefault(miss.phys, miss)
+        return FaultError(address, size, miss)
+
+    def _missing_page(self, address: int, size: int, physical: bool) -> MissingPage | None:
+        """The first page of [ADDRESS, ADDRESS + SIZE) that lies in a hole of the dump
+        (virtual addresses translated through init_mm's page tables), or None."""
+        from drgn.helpers.linux.mm import follow_phys
+
+        ps = self.holes.page_size
+        init_mm = None
+        for page in range(address & ~(ps - 1), address + size, ps):
+            if physical:
+                phys = page
+            else:
+                try:
+                    if init_mm is None:
+                        init_mm = self.prog["init_mm"].address_of_()
+                    phys = int(follow_phys(init_mm, page))
+                except (drgn.FaultError, LookupError, ValueError):
+                    continue
+            m = self.holes.dump.missing_at(phys)
+            if m is not None:
+                p = phys & ~(ps - 1)
+                return MissingPage(p, p // ps, m.why)
+        return None
 
     def symbol(self, name: str) -> int:
         # Cached, misses included: the commands ask for the same few globals many times.
@@ -240,7 +273,7 @@ class DrgnTarget(Target):
         try:
             return self.prog.read(address, size, True)
         except drgn.FaultError as e:
-            raise self._fault(e, address, size) from None
+            raise self._fault(e, address, size, physical=True) from None
         except ValueError:
             raise FaultError(address, size) from None
 
