@@ -169,11 +169,11 @@ def run_one(dump: str, vmlinux: str | None, argv: list[str]) -> Row:
 
 
 def _build_id_of(dump: Path) -> str | None:
-    from .target.dumpfile import NotADump, read_dump_file
+    from .info import dump_info
 
     try:
-        return read_dump_file(dump).build_id
-    except (NotADump, OSError, ValueError):
+        return dump_info(dump).build_id
+    except MemscopeError:
         return None
 
 

@@ -9,7 +9,9 @@ the kdump header's utsname when VMCOREINFO has no OSRELEASE), ``machine`` (archi
 dump describes: the sum of its segments), ``segments`` (``[start, end)`` physical byte
 ranges), ``missing`` (``{"start", "end", "bytes", "why"}`` for each range the dump
 describes but does not hold: pages a filter left out, a part cut off by truncation),
-``missing_bytes``, and ``vmlinux_matches`` (true/false when a vmlinux was given with -s:
+``missing_bytes``, ``reassembled`` (for a flattened dump, format "flattened": the path of
+its reassembled copy in the cache, whose headers the other fields describe; null
+otherwise), and ``vmlinux_matches`` (true/false when a vmlinux was given with -s:
 its GNU build ID equals the dump's; null otherwise).
 """
 
@@ -44,6 +46,7 @@ class DumpInfo:
     missing: list[dict]
     missing_bytes: int
     vmlinux_matches: bool | None = None
+    reassembled: str | None = None
 
 
 def vmlinux_build_id(path: str | os.PathLike) -> str | None:
@@ -62,12 +65,12 @@ def dump_info(path: str | os.PathLike, vmlinux: str | os.PathLike | None = None)
     """Read what the dump at PATH says of itself.
 
     :raises MemscopeError: the file is missing, unreadable, or not a dump (one line)."""
-    from .target.drgn import _readable_file
+    from .target.drgn import _reassembled
 
     path = Path(path)
-    _readable_file(path)
+    real = _reassembled(path)  # a flattened dump: its reassembled copy
     try:
-        d: DumpFile = read_dump_file(path)
+        d: DumpFile = read_dump_file(real)
     except NotADump as e:
         raise MemscopeError(str(e)) from None
     except OSError as e:
@@ -75,16 +78,19 @@ def dump_info(path: str | os.PathLike, vmlinux: str | os.PathLike | None = None)
     vi = d.vmcoreinfo_fields()
     matches = None
     if vmlinux is not None:
+        from .target.drgn import _readable_file
+
         _readable_file(Path(vmlinux))
         matches = d.build_id is not None and vmlinux_build_id(vmlinux) == d.build_id
     return DumpInfo(
-        dump=str(path), format=d.format, compression=d.compression, dump_level=d.dump_level,
+        dump=str(path), format="flattened" if real != path else d.format, compression=d.compression, dump_level=d.dump_level,
         dump_level_drops=None if d.dump_level is None else describe_dump_level(d.dump_level),
         release=vi.get("OSRELEASE") or d.release, build_id=d.build_id, machine=d.machine,
         page_size=int(vi["PAGESIZE"]) if vi.get("PAGESIZE", "").isdigit() else d.page_size,
         memory_bytes=d.memory_size, segments=[[s, e] for s, e in d.segments],
         missing=[dict(start=m.start, end=m.end, bytes=m.size, why=m.why) for m in d.missing],
-        missing_bytes=d.missing_size, vmlinux_matches=matches)
+        missing_bytes=d.missing_size, vmlinux_matches=matches,
+        reassembled=str(real) if real != path else None)
 
 
 def _size(n: int) -> str:
@@ -97,10 +103,9 @@ def _size(n: int) -> str:
 def format_info(info: DumpInfo, max_ranges: int = 20) -> str:
     """The table view: one "key: value" line per field, then the missing ranges (the
     first MAX_RANGES, and how many more)."""
-    if info.format == "flattened":
-        fmt = "flattened (makedumpfile -F): reassemble it with makedumpfile -R first"
-    else:
-        fmt = info.format + (f", {info.compression}-compressed" if info.compression else "")
+    fmt = info.format + (f", {info.compression}-compressed" if info.compression else "")
+    if info.reassembled:
+        fmt += f" (makedumpfile -F); reassembled as makedumpfile -R would: {info.reassembled}"
     rows = [("dump", info.dump), ("format", fmt),
             ("dump level", "not recorded (ELF)" if info.dump_level is None else
              f"{info.dump_level} (leaves out {info.dump_level_drops})"),

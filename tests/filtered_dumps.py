@@ -173,3 +173,25 @@ def write_kdump(src, dst, exclude: list[int] = (), dump_level: int = 0,
         for d in datas:
             fout.write(d)
     return Path(dst)
+
+
+def write_flattened(src, dst, record: int = 1 << 20) -> Path:
+    """Write the file SRC as makedumpfile's flattened stream DST (what makedumpfile -F and
+    QEMU's kdump output look like): the 4096-byte header, then (offset, size) records of
+    RECORD bytes each, big-endian, in an order that is not the file's (the second half
+    first), then the end marker."""
+    size = os.path.getsize(src)
+    starts = list(range(0, size, record))
+    order = starts[len(starts) // 2:] + starts[:len(starts) // 2]
+    head = bytearray(4096)
+    head[:12] = b"makedumpfile"
+    struct.pack_into(">qq", head, 16, 1, 1)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(bytes(head))
+        for off in order:
+            fin.seek(off)
+            data = fin.read(record)
+            fout.write(struct.pack(">qq", off, len(data)))
+            fout.write(data)
+        fout.write(struct.pack(">qq", -1, 0))
+    return Path(dst)

@@ -13,6 +13,7 @@ top-order block (a free page: its contents are needed by nobody)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -297,3 +298,32 @@ def test_info_names_the_excluded_page(filtered, excluded, lab_case):
     assert "dump level 31 (zero pages, page-cache pages" in k["missing"][0]["why"]
     # readelf sees the same hole: a PT_LOAD whose file size ends at the page.
     assert any(p + fs == page and ms - fs == 4096 for p, fs, ms in _readelf_loads(f.path))
+
+
+# --- the flattened form (makedumpfile -F, QEMU's kdump output) ---------------------------
+def test_a_flattened_dump_is_reassembled_and_read(snap, filtered, tmp_path, monkeypatch):
+    from filtered_dumps import write_flattened
+
+    kdump = filtered("", "kdump").path
+    flat = write_flattened(kdump, tmp_path / "vmcore.flat")
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MEMSCOPE_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(flat), "-s",
+                        str(snap.vmlinux), "pagetypeinfo", "-f", "proc"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == snap.truth_text("pagetypeinfo")
+    copies = list((cache / "reassembled").iterdir())
+    assert len(copies) == 1 and copies[0].read_bytes() == kdump.read_bytes()
+    monkeypatch.setenv("MEMSCOPE_CACHE", str(cache))
+    info = _info(flat)
+    assert (info["format"], info["compression"], info["reassembled"]) == (
+        "flattened", "zlib", str(copies[0]))
+    # Cut short: one line, exit status 2.
+    cut = tmp_path / "cut.flat"
+    cut.write_bytes(flat.read_bytes()[:5 << 20])
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(cut), "-s",
+                        str(snap.vmlinux), "buddyinfo"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "truncated dump" in r.stderr

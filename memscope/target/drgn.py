@@ -291,8 +291,7 @@ class DrgnTarget(Target):
 
 def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> drgn.Program:
     """A drgn Program for VMCORE with debug info from VMLINUX; one-line errors."""
-    vmcore = Path(vmcore)
-    _readable_file(vmcore)
+    vmcore = _reassembled(Path(vmcore))
     _check_elf_core_size(vmcore)
     prog = _program()
     try:
@@ -305,6 +304,27 @@ def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> d
         raise MemscopeError(f"{vmcore}: not a Linux kernel core dump (no VMCOREINFO)")
     _load_debug_info(prog, vmlinux)
     return prog
+
+
+def _reassembled(vmcore: Path) -> Path:
+    """VMCORE itself, or for a flattened dump (makedumpfile -F, QEMU's kdump output) its
+    reassembled copy in the cache ($MEMSCOPE_CACHE/reassembled, made on first use as
+    ``makedumpfile -R`` would): drgn cannot read the flattened stream."""
+    from .flattened import SIZE_FLAT_HEADER, FlattenedError, reassembled_path
+
+    _readable_file(vmcore)
+    with open(vmcore, "rb") as f:
+        if not f.read(SIZE_FLAT_HEADER).startswith(b"makedumpfile"):
+            return vmcore
+    cache = Path(os.environ.get("MEMSCOPE_CACHE") or Path.home() / ".cache" / "memscope")
+    try:
+        return reassembled_path(vmcore, cache)
+    except FlattenedError as e:
+        raise MemscopeError(str(e)) from None
+    except OSError as e:
+        raise MemscopeError(f"{vmcore}: a flattened dump that could not be reassembled into "
+                            f"{cache / 'reassembled'}: {e.strerror or e} (reassemble it "
+                            "with makedumpfile -R and give the result)") from None
 
 
 def _readable_file(path: Path) -> None:
