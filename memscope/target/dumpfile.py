@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .elf import PT_LOAD, NotElf64
+from .elf import PT_LOAD, NotElf64, notes
 
 PT_NOTE = 4
 
@@ -196,19 +196,8 @@ _E_MACHINE = {62: "x86_64", 183: "aarch64", 3: "i386", 40: "arm", 22: "s390x", 2
 
 
 def _note(data: bytes, name: bytes, endian: str) -> bytes:
-    """The descriptor of the first ELF note called NAME in DATA (Elf64_Nhdr: namesz,
-    descsz, type; name and descriptor each padded to 4 bytes), or b""."""
-    pos = 0
-    while pos + 12 <= len(data):
-        namesz, descsz, _ = struct.unpack_from(endian + "III", data, pos)
-        pos += 12
-        n = data[pos:pos + namesz].rstrip(b"\0")
-        pos += (namesz + 3) & ~3
-        desc = data[pos:pos + descsz]
-        pos += (descsz + 3) & ~3
-        if n == name:
-            return desc
-    return b""
+    """The descriptor of the first ELF note called NAME in DATA, or b""."""
+    return next((desc for n, _, desc in notes(data, endian) if n == name), b"")
 
 
 # struct disk_dump_header (makedumpfile diskdump_mod.h), 64-bit: signature[8],
