@@ -110,7 +110,7 @@ def _open_target(args):
     from .target import drgn as tdrgn
 
     if args.core:
-        prog = tdrgn.open_core(args.core, args.symbols)
+        return tdrgn.open_dump_target(args.core, args.symbols)
     elif args.kernel:
         prog = tdrgn.open_live(args.symbols)
     elif args.qemu:
@@ -199,7 +199,10 @@ def _run_command(args) -> int:
     """Open the target, run the command, print its output; the command's exit status."""
     from .commands import execute
 
-    text, status = execute(_open_target(args), args)
+    target = _open_target(args)
+    text, status = execute(target, args)
+    if hasattr(target, "save_cache"):
+        target.save_cache()
     if sys.stdout is None:
         raise MemscopeError("standard output is closed: nowhere to print the answer")
     try:

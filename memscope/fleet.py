@@ -155,8 +155,10 @@ def run_one(dump: str, vmlinux: str | None, argv: list[str]) -> Row:
 
         args = build_parser().parse_args(["-c", dump, "-s", vmlinux, *argv, "--format",
                                           "json"])
-        target = tdrgn.DrgnTarget(tdrgn.open_core(dump, vmlinux))
+        target = tdrgn.open_dump_target(dump, vmlinux)
         text, _ = execute(target, args)
+        if hasattr(target, "save_cache"):
+            target.save_cache()
         result = json.loads(text)
         return Row(dump, kernel, build, "ok", result, _headline(argv[0], result))
     except MemscopeError as e:

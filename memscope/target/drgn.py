@@ -98,10 +98,8 @@ def dump_holes(prog: drgn.Program) -> DumpHoles | None:
         except (NotADump, OSError, ValueError):
             dump = None
         if dump is not None:
-            try:
-                page_size = int(prog["PAGE_SIZE"].value_())
-            except (KeyError, LookupError, ValueError):
-                page_size = dump.page_size or 4096
+            vi_page = dump.vmcoreinfo_fields().get("PAGESIZE", "")
+            page_size = int(vi_page) if vi_page.isdigit() else dump.page_size or 4096
             holes = DumpHoles(prog, dump, page_size)
     prog.cache[key] = holes
     return holes
@@ -289,8 +287,133 @@ class DrgnTarget(Target):
         return self.prog["UTS_RELEASE"].string_().decode()
 
 
-def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> drgn.Program:
-    """A drgn Program for VMCORE with debug info from VMLINUX; one-line errors."""
+class CachedDrgnTarget(DrgnTarget):
+    """A dump read through drgn whose debug-info answers come from the build's
+    :class:`~memscope.target.debuginfo_cache.DebugInfoCache`; the DWARF is loaded (by
+    LOAD_DWARF) only for a question the cache has not seen, whose answer is then added.
+    :meth:`save_cache` writes what was added.  The release and VMCOREINFO come from the
+    dump file itself."""
+
+    def __init__(self, prog: drgn.Program, cache, dump: DumpFile, load_dwarf,
+                 dwarf_loaded: bool):
+        super().__init__(prog)
+        self.cache, self.dump, self._load_dwarf = cache, dump, load_dwarf
+        self.dwarf_loaded = dwarf_loaded
+
+    def _dwarf(self) -> None:
+        if not self.dwarf_loaded:
+            self._load_dwarf()
+            self.dwarf_loaded = True
+
+    def _ask(self, kind: str, name: str, compute):
+        hit, value = self.cache.get(kind, name)
+        if hit:
+            if isinstance(value, TargetError):
+                raise value
+            return value
+        self._dwarf()
+        try:
+            value = compute()
+        except TargetError as e:
+            self.cache.put(kind, name, error=str(e))
+            raise
+        self.cache.put(kind, name, value)
+        return value
+
+    def save_cache(self) -> None:
+        """Write the answers added since the cache was read (no-op when none were)."""
+        try:
+            self.cache.save()
+        except OSError:
+            pass  # a read-only cache directory: the next run loads the DWARF again
+
+    def symbol(self, name: str) -> int:
+        return self._ask("symbol", name, lambda: DrgnTarget.symbol(self, name))
+
+    def variable(self, name: str) -> Variable:
+        v = self._ask("variable", name, lambda: DrgnTarget.variable(self, name))
+        return v if isinstance(v, Variable) else Variable(name, *v)
+
+    def constant(self, name: str) -> int:
+        return self._ask("constant", name, lambda: DrgnTarget.constant(self, name))
+
+    def layout(self, type_name: str) -> Layout:
+        return self._ask("layout", type_name, lambda: DrgnTarget.layout(self, type_name))
+
+    def enum(self, type_name: str) -> dict[str, int]:
+        return self._ask("enum", type_name, lambda: DrgnTarget.enum(self, type_name))
+
+    def sizeof(self, type_name: str) -> int:
+        return self._ask("sizeof", type_name, lambda: DrgnTarget.sizeof(self, type_name))
+
+    def array_length(self, name: str) -> int:
+        return self._ask("array_length", name, lambda: DrgnTarget.array_length(self, name))
+
+    def vmcoreinfo(self) -> bytes:
+        return self.dump.vmcoreinfo
+
+    @property
+    def release(self) -> str:
+        return self.dump.vmcoreinfo_fields().get("OSRELEASE") or DrgnTarget.release.fget(self)
+
+    def _missing_page(self, address: int, size: int, physical: bool):
+        if not physical:
+            self._dwarf()  # the page-table walk of drgn's helpers needs the types
+        return super()._missing_page(address, size, physical)
+
+
+def open_dump_target(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
+                     cache_root: str | os.PathLike | None = None) -> DrgnTarget:
+    """The target for the dump VMCORE with debug info from VMLINUX, the debug-info cache
+    used where it can be (:mod:`memscope.target.debuginfo_cache` under CACHE_ROOT,
+    default $MEMSCOPE_CACHE or ~/.cache/memscope; none when $MEMSCOPE_DEBUGINFO_CACHE is
+    0, or the dump has no build ID, or no VMLINUX is given): a
+    :class:`CachedDrgnTarget`, else a :class:`DrgnTarget` as :func:`open_core` opens it.
+
+    :raises MemscopeError: as :func:`open_core`; also a VMLINUX whose build ID is not the
+        dump's (checked before any DWARF is read)."""
+    from .debuginfo_cache import DebugInfoCache, cache_path
+
+    path = _reassembled(Path(vmcore))
+    try:
+        dump = read_dump_file(path)
+    except (NotADump, OSError, ValueError):
+        dump = None
+    build = dump.build_id if dump else None
+    if vmlinux is not None and build:
+        from .elf import build_id
+
+        _readable_file(Path(vmlinux))
+        try:
+            with open(vmlinux, "rb") as f:
+                theirs = build_id(f)
+        except (NotElf64, ValueError, OSError):
+            theirs = None
+        if theirs is not None and theirs != build:
+            raise MemscopeError(f"{vmlinux}: does not match this kernel (build ID {theirs}; "
+                                f"the dump's is {build})")
+    if (os.environ.get("MEMSCOPE_DEBUGINFO_CACHE") == "0" or not build or vmlinux is None):
+        return DrgnTarget(open_core(path, vmlinux))
+    prog = open_core(path, vmlinux, load_debug_info=False)
+    vi = dump.vmcoreinfo_fields()
+    root = Path(cache_root or os.environ.get("MEMSCOPE_CACHE")
+                or Path.home() / ".cache" / "memscope")
+    try:
+        kaslr = int(vi.get("KERNELOFFSET", "0"), 16)
+    except ValueError:
+        kaslr = 0
+    cache = DebugInfoCache(cache_path(root, build), build, vi.get("OSRELEASE", ""), kaslr)
+    cold = cache.load(vi) is not None
+    if cold:
+        _load_debug_info(prog, vmlinux)
+    return CachedDrgnTarget(prog, cache, dump, lambda: _load_debug_info(prog, vmlinux),
+                            dwarf_loaded=cold)
+
+
+def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
+              load_debug_info: bool = True) -> drgn.Program:
+    """A drgn Program for VMCORE with debug info from VMLINUX (none yet when
+    LOAD_DEBUG_INFO is false: the debug-info cache loads it on demand); one-line errors."""
     vmcore = _reassembled(Path(vmcore))
     _check_elf_core_size(vmcore)
     prog = _program()
@@ -302,7 +425,8 @@ def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> d
         raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
     if not (prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL):
         raise MemscopeError(f"{vmcore}: not a Linux kernel core dump (no VMCOREINFO)")
-    _load_debug_info(prog, vmlinux)
+    if load_debug_info:
+        _load_debug_info(prog, vmlinux)
     return prog
 
 
