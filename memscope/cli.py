@@ -45,6 +45,13 @@ def _lab_parser(sub) -> None:
     r.add_argument("--disk", type=int, default=64, metavar="MB",
                    help="an empty NVMe disk for the workload, /dev/nvme0n1 where the kernel "
                    "has the driver built in (default 64; 0: none)")
+    r.add_argument("--dump-format", action="append", default=[], metavar="FORMAT",
+                   choices=("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy"),
+                   help="also dump each accepted snapshot in FORMAT (QEMU's kdump-zlib, "
+                   "kdump-lzo, kdump-snappy: flattened, read by memscope as makedumpfile -R "
+                   "would reassemble it) from the same stopped guest, into DIR/vmcore.FORMAT; "
+                   "repeatable; the ELF dump DIR/vmcore, which acceptance reads, is always "
+                   "written")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="time limit for one boot, workload included (default 600)")
     r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
@@ -159,6 +166,8 @@ def _lab(args) -> int:
         opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
                               smp=args.smp, numa=args.numa, append=args.append, disk=args.disk,
                               mode=mode,
+                              dump_formats=tuple(f for f in dict.fromkeys(args.dump_format)
+                                                 if f != "elf"),
                               tries=args.tries, timeout=args.timeout)
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:

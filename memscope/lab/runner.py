@@ -47,6 +47,10 @@ class RunOptions:
     refreezes: int = 8  # refreezes per snapshot within one boot
     timeout: float = 600.0  # seconds for one boot, workload included
     progress: bool | None = None
+    # Other forms of each accepted snapshot, dumped from the same stopped guest right
+    # after its ELF dump into vmcore.FORMAT: QEMU's "kdump-zlib", "kdump-lzo",
+    # "kdump-snappy" (written in makedumpfile's flattened form).
+    dump_formats: tuple[str, ...] = ()
 
 
 def resolve_workload(workload: str) -> Path:
@@ -352,6 +356,11 @@ class _Boot:
                                            "try": self.meta["tries"], "reason": why})
             return False
         tmp.rename(vmcore)
+        forms = {}
+        for fmt in self.opts.dump_formats:  # the guest is still stopped: the same memory
+            forms[fmt] = str(where / f"vmcore.{fmt}")
+            self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{forms[fmt]}",
+                             format=fmt)
         tdir = where / "truth"
         for label, data in truth.items():
             p = tdir / label
@@ -360,6 +369,8 @@ class _Boot:
         snap = {"name": "" if name == FINAL else name, "vmcore": str(vmcore), "truth": str(tdir),
                 "stop_seconds": round(t_stop - t0, 3), "dump_seconds": round(t_dump - t_stop, 3),
                 "files": sorted(truth), "accepted_by": accepted_by}
+        if forms:
+            snap["forms"] = forms
         self.meta["snapshots"].append(snap)
         self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
                  f"{snap['dump_seconds']} s, accepted by {', '.join(accepted_by) or 'no check'}")
