@@ -38,9 +38,10 @@ CASES: dict[str, dict] = {
     # kmalloc's requested sizes): the slab half of `check` and `kmalloc`'s requested bytes.
     "6.12-slub-debug": dict(kernel="6.12", workload="slub-debug", append="slub_debug=FZPU"),
     "7.2-slub-debug": dict(kernel="7.2", workload="slub-debug", append="slub_debug=FZPU"),
-    # The same snapshot as QEMU writes it in each of its dump formats: ELF (vmcore) and
-    # kdump-compressed, flattened (vmcore.kdump-zlib, vmcore.kdump-lzo).
-    "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib", "kdump-lzo")),
+    # The same snapshot as QEMU writes it in its dump formats: ELF (vmcore) and
+    # kdump-compressed, flattened (vmcore.kdump-zlib; Debian 12's QEMU 7.2 offers no lzo
+    # or snappy: query-dump-guest-memory-capability).
+    "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 

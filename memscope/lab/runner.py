@@ -249,6 +249,12 @@ class _Boot:
         self.proc = qemu.spawn(cmd, qemu_log, outlive=opts.mode != "dump")
         self.console = qemu.Console(self.console_path, t0 + 30, self.proc, qemu_log)
         self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, qemu_log)
+        if opts.dump_formats:  # before the workload runs, not after the first snapshot
+            offered = self.qmp.execute("query-dump-guest-memory-capability")["formats"]
+            lacking = [f for f in opts.dump_formats if f not in offered]
+            if lacking:
+                raise LabError(f"this QEMU cannot dump {', '.join(lacking)}: it offers "
+                               f"{', '.join(offered)}", exit_status=2)
         self.meta.update(qemu_command=cmd, console_log=str(log), gdb_port=gdb_port,
                          qemu_pid=self.proc.pid)
         truth: dict[str, bytes] = {}
