@@ -41,7 +41,7 @@ from .errors import MemscopeError
 __all__ = ("Row", "find_dumps", "vmlinux_index", "run_one", "run_fleet", "add_parser",
            "main")
 
-_DUMP_MAGIC = (b"\x7fELF", b"KDUMP   ", b"makedumpfile")
+_DUMP_MAGIC = (b"KDUMP   ", b"makedumpfile")  # besides an ELF core
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def _is_core(path: Path) -> bool:
         return False
     if head.startswith(b"\x7fELF"):
         return len(head) >= 18 and int.from_bytes(head[16:18], "little") == 4  # ET_CORE
-    return head.startswith(_DUMP_MAGIC[1:])
+    return head.startswith(_DUMP_MAGIC)
 
 
 def find_dumps(where: str) -> list[Path]:
@@ -111,7 +111,7 @@ def vmlinux_index(root: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def _headline(command: str, result) -> dict:
+def _headline(result) -> dict:
     """The fleet's comparison numbers from a command's JSON records (module docstring)."""
     out: dict = {}
     zones = result if isinstance(result, list) else []
@@ -160,7 +160,7 @@ def run_one(dump: str, vmlinux: str | None, argv: list[str]) -> Row:
         if hasattr(target, "save_cache"):
             target.save_cache()
         result = json.loads(text)
-        return Row(dump, kernel, build, "ok", result, _headline(argv[0], result))
+        return Row(dump, kernel, build, "ok", result, _headline(result))
     except MemscopeError as e:
         return Row(dump, kernel, build, str(e))
     except SystemExit:  # argparse: the command line was checked before the run
