@@ -95,8 +95,8 @@ class Snapshot:
             return self.vmcore
         name = "" if (self.dir / "meta.json").exists() else self.dir.name
         for rec in self.meta.get("snapshots", []):
-            if rec.get("name") == name:
-                return Path(rec.get("forms", {})[fmt])
+            if rec.get("name") == name and fmt in rec.get("forms", {}):
+                return self.vmcore.with_name(f"vmcore.{fmt}")  # beside it, wherever it moved
         raise KeyError(fmt)
 
     @property

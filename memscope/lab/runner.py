@@ -174,6 +174,8 @@ def _fix_paths(meta: dict, old: Path, new: Path) -> None:
     for snap in meta["snapshots"]:
         for key in ("vmcore", "truth"):
             snap[key] = snap[key].replace(str(old), str(new), 1)
+        for fmt, path in snap.get("forms", {}).items():
+            snap["forms"][fmt] = path.replace(str(old), str(new), 1)
     if "console_log" in meta:
         meta["console_log"] = meta["console_log"].replace(str(old), str(new), 1)
 

@@ -16,7 +16,8 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ("SIZE_FLAT_HEADER", "FlattenedError", "reassemble", "reassembled_path")
+__all__ = ("SIZE_FLAT_HEADER", "FlattenedError", "fill_empty_utsname", "reassemble",
+           "reassembled_path")
 
 SIZE_FLAT_HEADER = 4096
 _SIGNATURE = b"makedumpfile"
@@ -80,7 +81,31 @@ def reassembled_path(src: str | os.PathLike, cache: str | os.PathLike) -> Path:
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
     try:
         reassemble(src, tmp)
+        fill_empty_utsname(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def fill_empty_utsname(path: str | os.PathLike) -> bool:
+    """QEMU's kdump output (dump/dump.c, QEMU 7.2) leaves the header's utsname empty but
+    for ``machine``, and libkdumpfile then refuses the file ("KDUMP_ATTR_ARCH_NAME: Key
+    has no value"); makedumpfile writes all six fields.  In the reassembled copy, fill the
+    empty ones as the kernel would print them: sysname "Linux", release from VMCOREINFO's
+    OSRELEASE, "(none)" for the rest.  Returns whether the header was changed; a header
+    with a sysname is left alone."""
+    from .dumpfile import read_dump_file
+
+    with open(path, "r+b") as f:
+        head = f.read(12 + 6 * 65)
+        if not head.startswith(b"KDUMP   ") or head[12] != 0:
+            return False
+        release = read_dump_file(path).vmcoreinfo_fields().get("OSRELEASE", "")
+        fields = [b"Linux", b"(none)", release.encode()[:64], b"(none)", None, b"(none)"]
+        for k, value in enumerate(fields):
+            at = 12 + 65 * k
+            if value is not None and head[at] == 0:
+                f.seek(at)
+                f.write(value)
+    return True
