@@ -106,6 +106,10 @@ def dump_holes(prog: drgn.Program) -> DumpHoles | None:
 
 
 class DrgnTarget(Target):
+    """The Target interface over a drgn Program: a vmcore, /proc/kcore or a QEMU guest.
+    For a dump, its holes (:class:`DumpHoles`) fault with the page named and are
+    recorded (:meth:`missing_pages_read`)."""
+
     def __init__(self, prog: drgn.Program):
         self.prog = prog
         self.arch = "aarch64" if prog.platform.arch == drgn.Architecture.AARCH64 else "x86_64"
