@@ -256,6 +256,11 @@ def test_the_drgn_api_raises_instead_of_counting_zeros(snap, filtered, excluded)
     with pytest.raises(FaultError) as e:
         drgn_api.pagetypeinfo(prog)
     assert e.value.missing.phys == excluded["struct_page"]
+    report = drgn_api.check(prog)  # check reports it: a finding
+    assert not report.ok
+    assert [p.message for p in report.problems if p.kind == "missing_page"] == [
+        f"physical page {excluded['struct_page']:#x} (pfn {excluded['struct_page'] >> 12:#x}) "
+        f"is not in the dump: " + report.problems[-1].message.split(": ", 1)[1]]
     assert drgn_api.format_buddyinfo(drgn_api.buddyinfo(prog)) == snap.truth_text("buddyinfo")
 
 
