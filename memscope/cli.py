@@ -45,6 +45,13 @@ def _lab_parser(sub) -> None:
     r.add_argument("--disk", type=int, default=64, metavar="MB",
                    help="an empty NVMe disk for the workload, /dev/nvme0n1 where the kernel "
                    "has the driver built in (default 64; 0: none)")
+    r.add_argument("--dump-format", action="append", default=[], metavar="FORMAT",
+                   choices=("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy"),
+                   help="also dump each accepted snapshot in FORMAT (QEMU's kdump-zlib, "
+                   "kdump-lzo, kdump-snappy: flattened, read by memscope as makedumpfile -R "
+                   "would reassemble it) from the same stopped guest, into DIR/vmcore.FORMAT; "
+                   "repeatable; the ELF dump DIR/vmcore, which acceptance reads, is always "
+                   "written")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="time limit for one boot, workload included (default 600)")
     r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
@@ -90,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "it a running guest changes under the read and answers are approximate")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _lab_parser(sub)
+    i = sub.add_parser("info", help="what a dump is: format, compression, dump level, "
+                       "release, build ID, memory, what is missing (needs only -c)",
+                       description="Read a dump's own headers (no debug info needed): its "
+                       "format, compression, makedumpfile dump level, kernel release and "
+                       "build ID (VMCOREINFO), the memory it describes and every range it "
+                       "describes but does not hold.  With -s, whether the vmlinux's build "
+                       "ID matches.")
+    i.add_argument("--format", "-f", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
+    from . import fleet
+
+    fleet.add_parser(sub)
     commands.add_subparsers(p)
     return p
 
@@ -98,7 +117,7 @@ def _open_target(args):
     from .target import drgn as tdrgn
 
     if args.core:
-        prog = tdrgn.open_core(args.core, args.symbols)
+        return tdrgn.open_dump_target(args.core, args.symbols)
     elif args.kernel:
         prog = tdrgn.open_live(args.symbols)
     elif args.qemu:
@@ -147,6 +166,8 @@ def _lab(args) -> int:
         opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
                               smp=args.smp, numa=args.numa, append=args.append, disk=args.disk,
                               mode=mode,
+                              dump_formats=tuple(f for f in dict.fromkeys(args.dump_format)
+                                                 if f != "elf"),
                               tries=args.tries, timeout=args.timeout)
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:
@@ -163,6 +184,21 @@ def _lab(args) -> int:
     raise AssertionError(args.lab_command)
 
 
+def _info(args) -> int:
+    """memscope info: the dump's headers, printed (no debug info is loaded)."""
+    import dataclasses
+    import json
+
+    from .info import dump_info, format_info
+
+    if not args.core:
+        raise MemscopeError("info reads a dump: give -c VMCORE")
+    info = dump_info(args.core, args.symbols)
+    sys.stdout.write(json.dumps(dataclasses.asdict(info), indent=2) + "\n"
+                     if args.format == "json" else format_info(info))
+    return 0
+
+
 def _terminated(signum, frame):
     # SIGTERM cleans up like Ctrl-C: the lab stops its QEMU and removes what it staged.
     raise KeyboardInterrupt
@@ -172,7 +208,10 @@ def _run_command(args) -> int:
     """Open the target, run the command, print its output; the command's exit status."""
     from .commands import execute
 
-    text, status = execute(_open_target(args), args)
+    target = _open_target(args)
+    text, status = execute(target, args)
+    if hasattr(target, "save_cache"):
+        target.save_cache()
     if sys.stdout is None:
         raise MemscopeError("standard output is closed: nowhere to print the answer")
     try:
@@ -232,13 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        from .fleet import split_argv
+
+        head, fleet_argv = split_argv(sys.argv[1:] if argv is None else list(argv))
+        args = parser.parse_args(head)
+        if fleet_argv:
+            args.fleet_argv = fleet_argv
         if args.command is None:
             parser.print_usage(sys.stderr)
             print("memscope: a COMMAND is needed (see memscope --help)", file=sys.stderr)
             return 2
         if args.command == "lab":
             return _lab(args)
+        if args.command == "info":
+            return _info(args)
+        if args.command == "fleet":
+            from . import fleet
+
+            return fleet.main(args)
         if args.pause and not args.qemu:
             raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
                                 "running kernel of -k cannot be paused)")

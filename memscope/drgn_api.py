@@ -106,6 +106,7 @@ from .mm import kmalloc as _kmalloc
 from .mm.kmalloc import KmallocCache
 from .mm.slub import CacheUsage, CacheWalk, SlabInfo, WhatIs, format_slabinfo
 from .mm.context import KernelContext
+from .target.base import FaultError
 from .mm import heap as _heap
 from .mm import mempool as _mempool
 from .mm.mempool import Mempool, MempoolScan
@@ -656,6 +657,33 @@ def whatis(prog: drgn.Program, addr: int) -> WhatIs:
     :raises TargetError: as :func:`slab_usage`
     """
     return _slub.whatis(_fresh(prog), int(addr))
+
+
+def _whole(fn):
+    """FN, made to raise :class:`~memscope.target.base.FaultError` (with ``missing``, the
+    first page) when a read it made fell into a hole of the dump and was carried past:
+    the records would lack what the page held (the CLI's one-line error is the same
+    check, memscope.commands.execute)."""
+    import functools
+
+    @functools.wraps(fn)
+    def checked(prog, *args, **kwargs):
+        t = context_for(prog).t
+        t.forget_missing_pages()
+        out = fn(prog, *args, **kwargs)
+        missing = t.missing_pages_read()
+        if missing:
+            raise FaultError(missing[0].phys, 1, missing[0])
+        return out
+
+    return checked
+
+
+# check is not wrapped: a missing page it needed is one of its problems (missing_page).
+for _name in ("buddyinfo", "pagetypeinfo", "freelists", "pages", "page_records",
+              "pageblocks", "frag", "meminfo", "vmallocinfo", "vmalloc_by_caller", "ps",
+              "maps", "heap", "mempools", "slabinfo", "slab_usage", "slab", "whatis"):
+    globals()[_name] = _whole(globals()[_name])
 
 
 def _register() -> bool:

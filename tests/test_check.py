@@ -52,19 +52,10 @@ class ElfCore:
     PT_LOAD per RAM block, p_paddr = guest physical address)."""
 
     def __init__(self, path):
+        from filtered_dumps import read_loads
+
         self.path = path
-        with open(path, "rb") as f:
-            hdr = f.read(64)
-            assert hdr[:4] == b"\x7fELF" and hdr[4] == 2 and hdr[5] == 1
-            phoff, = struct.unpack_from("<Q", hdr, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", hdr, 0x36)
-            f.seek(phoff)
-            raw = f.read(phentsize * phnum)
-        self.loads = []
-        for i in range(phnum):
-            p_type, _, off, _, paddr, filesz = struct.unpack_from("<IIQQQQ", raw, i * phentsize)
-            if p_type == 1:
-                self.loads.append((paddr, filesz, off))
+        self.loads = [(paddr, filesz, off) for off, _, paddr, filesz, _ in read_loads(path)[2]]
 
     def offset(self, phys: int) -> int:
         for paddr, size, off in self.loads:

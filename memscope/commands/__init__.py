@@ -78,17 +78,22 @@ class Command:
     run: Callable[[KernelContext, argparse.Namespace], Result]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     formats: tuple[str, ...] = ("table", "json")
+    #: The command turns the dump's missing pages it read into findings of its own
+    #: (``Target.missing_pages_read()``); for the others an answer past one is refused.
+    reports_missing: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, help: str, *, formats: tuple[str, ...] = ("table", "json"),
-            arguments: Callable[[argparse.ArgumentParser], None] | None = None):
-    """Register the decorated function as the command NAME."""
+            arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+            reports_missing: bool = False):
+    """Register the decorated function as the command NAME (REPORTS_MISSING: see
+    :attr:`Command.reports_missing`)."""
 
     def register(fn: Callable[[KernelContext, argparse.Namespace], Result]):
-        COMMANDS[name] = Command(name, help, fn, arguments, formats)
+        COMMANDS[name] = Command(name, help, fn, arguments, formats, reports_missing)
         return fn
 
     return register
@@ -113,14 +118,29 @@ def execute(target: Target | KernelContext, args: argparse.Namespace) -> tuple[s
         ctx.refresh()
     else:
         ctx = KernelContext(target)
+    ctx.t.forget_missing_pages()
     try:
         result = COMMANDS[args.command].run(ctx, args)
         text = result.render(args.format)
     except CommandError as e:
         raise MemscopeError(str(e)) from None
     except TargetError as e:
-        raise MemscopeError(f"{args.command}: {e}") from None
+        missing = getattr(e, "missing", None)
+        raise MemscopeError(f"{args.command}: {_missing_message(ctx) if missing else e}") \
+            from None
+    if ctx.t.missing_pages_read() and not COMMANDS[args.command].reports_missing:
+        # A read fell into a hole of the dump and whoever made it carried on: the answer
+        # lacks what that page held.  Never print it as if it were whole.
+        raise MemscopeError(f"{args.command}: {_missing_message(ctx)}")
     return text, result.exit_status
+
+
+def _missing_message(ctx: KernelContext) -> str:
+    """One line naming the first page of the dump's holes that this command read, and how
+    many more."""
+    pages = ctx.t.missing_pages_read()
+    more = f" (and {len(pages) - 1} more missing pages)" if len(pages) > 1 else ""
+    return f"cannot answer: {pages[0]}{more}"
 
 
 def add_subparsers(parser: argparse.ArgumentParser) -> None:

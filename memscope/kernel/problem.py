@@ -16,6 +16,11 @@ Kinds the walks of this package report:
   pivots out of order or outside the node's range, an xa_node shift that does not fit);
 - ``too_long``: more entries than the caller's bound (stops);
 - ``gave_up``: :data:`MAX_PROBLEMS` problems in one walk; the rest is not walked.
+
+And the commands that report what they could not check (``check``):
+
+- ``missing_page``: a read needed a page the dump left out (a filtered or truncated
+  dump, :class:`memscope.target.base.MissingPage`); what it held was not checked.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ CASES: dict[str, dict] = {
     # kmalloc's requested sizes): the slab half of `check` and `kmalloc`'s requested bytes.
     "6.12-slub-debug": dict(kernel="6.12", workload="slub-debug", append="slub_debug=FZPU"),
     "7.2-slub-debug": dict(kernel="7.2", workload="slub-debug", append="slub_debug=FZPU"),
+    # The same snapshot as QEMU writes it in its dump formats: ELF (vmcore) and
+    # kdump-compressed, flattened (vmcore.kdump-zlib; Debian 12's QEMU 7.2 offers no lzo
+    # or snappy: query-dump-guest-memory-capability).
+    "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -81,6 +85,19 @@ class Snapshot:
     @property
     def arch(self) -> str:
         return self.meta["arch"]
+
+    def form(self, fmt: str) -> Path:
+        """The snapshot as QEMU dumped it in format FMT ("elf": the vmcore itself;
+        "kdump-zlib", ...: the flattened file of RunOptions.dump_formats).
+
+        :raises KeyError: the case was not dumped in that format."""
+        if fmt == "elf":
+            return self.vmcore
+        name = "" if (self.dir / "meta.json").exists() else self.dir.name
+        for rec in self.meta.get("snapshots", []):
+            if rec.get("name") == name and fmt in rec.get("forms", {}):
+                return self.vmcore.with_name(f"vmcore.{fmt}")  # beside it, wherever it moved
+        raise KeyError(fmt)
 
     @property
     def accepted_by(self) -> list[str]:
@@ -152,6 +169,9 @@ def case_key(opts: labrun.RunOptions) -> str:
         h.update(f.read_bytes())
     h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
     name = Path(opts.workload).stem
+    if opts.dump_formats:  # a name of its own: _remove_stale never takes the ELF-only case
+        h.update(json.dumps(list(opts.dump_formats)).encode())
+        name += "-" + "+".join(opts.dump_formats)
     return f"{opts.kernel}-{name}-{opts.mem}m-{opts.smp}c-{opts.numa}n-{h.hexdigest()[:12]}"
 
 

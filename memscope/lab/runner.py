@@ -47,6 +47,10 @@ class RunOptions:
     refreezes: int = 8  # refreezes per snapshot within one boot
     timeout: float = 600.0  # seconds for one boot, workload included
     progress: bool | None = None
+    # Other forms of each accepted snapshot, dumped from the same stopped guest right
+    # after its ELF dump into vmcore.FORMAT: QEMU's "kdump-zlib", "kdump-lzo",
+    # "kdump-snappy" (written in makedumpfile's flattened form).
+    dump_formats: tuple[str, ...] = ()
 
 
 def resolve_workload(workload: str) -> Path:
@@ -170,6 +174,8 @@ def _fix_paths(meta: dict, old: Path, new: Path) -> None:
     for snap in meta["snapshots"]:
         for key in ("vmcore", "truth"):
             snap[key] = snap[key].replace(str(old), str(new), 1)
+        for fmt, path in snap.get("forms", {}).items():
+            snap["forms"][fmt] = path.replace(str(old), str(new), 1)
     if "console_log" in meta:
         meta["console_log"] = meta["console_log"].replace(str(old), str(new), 1)
 
@@ -245,6 +251,12 @@ class _Boot:
         self.proc = qemu.spawn(cmd, qemu_log, outlive=opts.mode != "dump")
         self.console = qemu.Console(self.console_path, t0 + 30, self.proc, qemu_log)
         self.qmp = qemu.QMP(self.qmp_path, t0 + 30, self.proc, qemu_log)
+        if opts.dump_formats:  # before the workload runs, not after the first snapshot
+            offered = self.qmp.execute("query-dump-guest-memory-capability")["formats"]
+            lacking = [f for f in opts.dump_formats if f not in offered]
+            if lacking:
+                raise LabError(f"this QEMU cannot dump {', '.join(lacking)}: it offers "
+                               f"{', '.join(offered)}", exit_status=2)
         self.meta.update(qemu_command=cmd, console_log=str(log), gdb_port=gdb_port,
                          qemu_pid=self.proc.pid)
         truth: dict[str, bytes] = {}
@@ -352,6 +364,11 @@ class _Boot:
                                            "try": self.meta["tries"], "reason": why})
             return False
         tmp.rename(vmcore)
+        forms = {}
+        for fmt in self.opts.dump_formats:  # the guest is still stopped: the same memory
+            forms[fmt] = str(where / f"vmcore.{fmt}")
+            self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{forms[fmt]}",
+                             format=fmt)
         tdir = where / "truth"
         for label, data in truth.items():
             p = tdir / label
@@ -360,6 +377,8 @@ class _Boot:
         snap = {"name": "" if name == FINAL else name, "vmcore": str(vmcore), "truth": str(tdir),
                 "stop_seconds": round(t_stop - t0, 3), "dump_seconds": round(t_dump - t_stop, 3),
                 "files": sorted(truth), "accepted_by": accepted_by}
+        if forms:
+            snap["forms"] = forms
         self.meta["snapshots"].append(snap)
         self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
                  f"{snap['dump_seconds']} s, accepted by {', '.join(accepted_by) or 'no check'}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..kernel.problem import Problem
 from . import freelists, slub_debug
 from .context import KernelContext
 
@@ -20,12 +21,16 @@ def check(ctx: KernelContext) -> freelists.CheckReport:
 
     :param ctx: the context of the target
     :return: a :class:`memscope.mm.freelists.CheckReport` whose ``problems`` are the buddy
-        half's then the slab half's, ``slabs`` the :class:`memscope.mm.slub_debug.SlabCheck`,
+        half's then the slab half's (``missing_page`` for each page the dump left out that
+        a walk needed), ``slabs`` the :class:`memscope.mm.slub_debug.SlabCheck`,
         ``ok`` False when either found anything
     :raises TargetError: a type, member or symbol either half needs is missing
     :raises FaultError: a zone's ``free_area[]`` or ``slab_caches`` cannot be read
     """
-    report = freelists.check(ctx)
+    report = freelists.check(ctx)  # its missing pages are among its problems
+    ctx.t.forget_missing_pages()
     slabs = slub_debug.check_slabs(ctx)
-    problems = report.problems + slabs.problems
+    # A page the dump left out that the slab half needed: what it held was not checked.
+    missing = [Problem("missing_page", "dump", str(m)) for m in ctx.t.missing_pages_read()]
+    problems = report.problems + slabs.problems + missing
     return dataclasses.replace(report, ok=not problems, problems=problems, slabs=slabs)

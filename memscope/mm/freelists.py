@@ -78,11 +78,12 @@ REGION = 64 << 10
 #: ``gave_up`` (16 problems on one list: the rest is not walked), ``nr_free_mismatch``
 #: (``free_area[order].nr_free`` differs from the blocks walked),
 #: ``free_pages_counter_mismatch`` (NR_FREE_PAGES differs from the pages walked),
-#: ``pcp_count_mismatch`` (``pcp->count`` differs from the pages on that CPU's lists).
+#: ``pcp_count_mismatch`` (``pcp->count`` differs from the pages on that CPU's lists),
+#: ``missing_page`` (:func:`check`: a page the dump left out that a walk needed).
 PROBLEM_KINDS = ("cycle", "outside_memory", "unreadable", "broken_link", "not_buddy",
                  "wrong_order", "misaligned", "outside_zone", "cross_linked", "too_long",
                  "gave_up", "nr_free_mismatch", "free_pages_counter_mismatch",
-                 "pcp_count_mismatch")
+                 "pcp_count_mismatch", "missing_page")
 
 
 class _CallbackSink(ProblemSink):
@@ -282,8 +283,12 @@ class FreeListWalker:
                 lo = r * self._per_region
                 hi = min(lo + self._per_region, self.end_pfn)
                 try:
-                    buf = self._regions[r] = self.t.read(self.vmemmap + lo * self.page_size,
-                                                         (hi - lo) * self.page_size)
+                    # A guess: the piece may hold a hole of the dump that this walk never
+                    # needs; the pages are then read one by one.
+                    with self.t.speculative():
+                        buf = self.t.read(self.vmemmap + lo * self.page_size,
+                                          (hi - lo) * self.page_size)
+                    self._regions[r] = buf
                     return buf, i * self.page_size
                 except FaultError:
                     self._bad_regions.add(r)
@@ -707,11 +712,16 @@ def check(ctx: KernelContext) -> CheckReport:
       (``zone_page_state_snapshot()``);
     - per CPU: pages on the pcp lists == ``pcp->count``.
 
+    - pages of a filtered or truncated dump that the walks needed (the target's
+      ``missing_pages_read()`` during the check): a ``missing_page`` problem each, since
+      what they held was not checked.
+
     :param ctx: the context of the target
     :return: a :class:`CheckReport` (``ok`` is False when any :class:`Problem` was found)
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a zone's ``free_area[]`` cannot be read
     """
+    ctx.t.forget_missing_pages()
     zones = freelists(ctx)
     iso = walker(ctx).isolate
     rows = [ZoneCheck(z.node, z.zone, z.nr_free, [sum(per_mt) for per_mt in z.walked],
@@ -719,6 +729,7 @@ def check(ctx: KernelContext) -> CheckReport:
                       sum(len(p.pfns) << p.order for p in z.pcp))
             for z in zones]
     problems = [p for z in zones for p in z.problems]
+    problems += [Problem("missing_page", "dump", str(m)) for m in ctx.t.missing_pages_read()]
     return CheckReport(not problems, rows, problems)
 
 

@@ -413,7 +413,9 @@ def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int):
         if hi <= lo:
             continue
         try:
-            put(lo, hi, t.read(vmemmap + lo * sz, (hi - lo) * sz))
+            with t.speculative():  # retried in pieces: only those pieces' holes count
+                raw = t.read(vmemmap + lo * sz, (hi - lo) * sz)
+            put(lo, hi, raw)
         except FaultError:
             step = max(1, 65536 // sz)
             for a in range(lo, hi, step):

@@ -8,6 +8,7 @@ is written against this interface only: it never imports drgn or gdb.  Adapters
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 from functools import cached_property
@@ -18,12 +19,37 @@ class TargetError(Exception):
 
 
 class FaultError(TargetError):
-    """Memory at an address cannot be read."""
+    """Memory at an address cannot be read.
 
-    def __init__(self, address: int, size: int):
-        super().__init__(f"cannot read {size} bytes at {address:#x}")
+    ``address`` and ``size`` are the read asked for; ``missing`` is the
+    :class:`MissingPage` when the read touched a page the dump left out (a hole of a
+    filtered or truncated dump), else None."""
+
+    def __init__(self, address: int, size: int, missing: MissingPage | None = None):
+        text = f"cannot read {size} bytes at {address:#x}"
+        if missing is not None:
+            text += f": {missing}"
+        super().__init__(text)
         self.address = address
         self.size = size
+        self.missing = missing
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingPage:
+    """A page of the machine's memory that the target does not hold: the dump describes
+    it (inside a PT_LOAD's memory size, or marked as RAM in a kdump bitmap) but left it
+    out.  ``phys``: the page's physical address (bytes, page-aligned); ``pfn``: its page
+    frame number; ``why``: one phrase from the dump's headers
+    (:class:`memscope.target.dumpfile.Missing`)."""
+
+    phys: int
+    pfn: int
+    why: str
+
+    def __str__(self) -> str:
+        return (f"physical page {self.phys:#x} (pfn {self.pfn:#x}) is not in the dump: "
+                f"{self.why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +175,26 @@ class Target:
     @property
     def release(self) -> str:
         raise NotImplementedError
+
+    # --- holes: pages the target describes but does not hold ---------------------------
+    # A live target (QEMU, /proc/kcore, gdb) has every page; a filtered or truncated dump
+    # does not.  Adapters that read dumps override these three.
+    def missing_pages_read(self) -> list[MissingPage]:
+        """The pages the dump left out that reads have touched since
+        :meth:`forget_missing_pages` (reads inside :meth:`speculative` excepted), in the
+        order first touched.  A command whose answer used such a read must say so: it
+        read no bytes there, whatever the caller did with the FaultError."""
+        return []
+
+    def forget_missing_pages(self) -> None:
+        """Start a new record for :meth:`missing_pages_read` (each command starts one)."""
+
+    @contextlib.contextmanager
+    def speculative(self):
+        """Reads inside this block are guesses the caller can do without (a bulk read of
+        a region that is retried piece by piece when it fails): a hole they touch is not
+        recorded in :meth:`missing_pages_read`; FaultError is raised as usual."""
+        yield
 
     # --- derived --------------------------------------------------------------------
     @cached_property

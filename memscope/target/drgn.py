@@ -4,6 +4,7 @@ Only this module (and the drgn front end) imports drgn."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import drgn
 
 from ..errors import MemscopeError
-from .base import FaultError, Layout, Member, Target, TargetError, Variable
+from .base import FaultError, Layout, Member, MissingPage, Target, TargetError, Variable
+from .dumpfile import DumpFile, NotADump, read_dump_file
 from .elf import PT_LOAD, NotElf64, program_headers
 
 
@@ -45,12 +47,134 @@ def _flatten(t: drgn.Type, base: int, out: dict[str, Member]) -> None:
                            bit_offset % 8, m.bit_field_size)
 
 
+class DumpHoles:
+    """The holes of one dump, made to fault in one drgn Program.
+
+    drgn reads a PT_LOAD's bytes past its file size as zeros and says nothing; for every
+    :class:`~memscope.target.dumpfile.Missing` range of the dump this adds a memory
+    segment of its own on top (drgn: "the new segment takes precedence"), physical and,
+    where the dump maps it, virtual, whose reader raises ``drgn.FaultError`` naming the
+    page and why it is missing.  Reads that translate through the page tables reach the
+    physical segments, so every path into a hole faults, drgn's own helpers' included.
+    Each hole touched is recorded (:attr:`hits`) unless :attr:`speculative` is set."""
+
+    def __init__(self, prog: drgn.Program, dump: DumpFile, page_size: int):
+        self.dump = dump
+        self.page_size = page_size
+        self.hits: dict[int, MissingPage] = {}
+        self.speculative = 0
+        self.last: MissingPage | None = None
+        for m in dump.missing:
+            prog.add_memory_segment(m.start, m.size, self._reader(m, m.start), True)
+            if m.vaddr is not None:
+                prog.add_memory_segment(m.vaddr, m.size, self._reader(m, m.start), False)
+
+    def _reader(self, m, phys_start: int):
+        mask = ~(self.page_size - 1)
+        shift = self.page_size.bit_length() - 1
+
+        def read(address: int, count: int, offset: int, physical: bool) -> bytes:
+            page = (phys_start + offset) & mask
+            miss = self.last = MissingPage(page, page >> shift, m.why)
+            if not self.speculative:
+                self.hits.setdefault(page, miss)
+            raise drgn.FaultError(str(miss), address)
+
+        return read
+
+
+def dump_holes(prog: drgn.Program) -> DumpHoles | None:
+    """The :class:`DumpHoles` of PROG's dump, installed on first use and kept in
+    ``prog.cache``; None for a live kernel, a QEMU guest or a dump whose headers cannot
+    be read (drgn then reports what it can)."""
+    key = "memscope_dump_holes"
+    if key in prog.cache:
+        return prog.cache[key]
+    holes = None
+    path = getattr(prog, "core_dump_path", None)
+    if path and not (prog.flags & drgn.ProgramFlags.IS_LIVE):
+        try:
+            dump = read_dump_file(path)
+        except (NotADump, OSError, ValueError):
+            dump = None
+        if dump is not None:
+            vi_page = dump.vmcoreinfo_fields().get("PAGESIZE", "")
+            page_size = int(vi_page) if vi_page.isdigit() else dump.page_size or 4096
+            holes = DumpHoles(prog, dump, page_size)
+    prog.cache[key] = holes
+    return holes
+
+
 class DrgnTarget(Target):
+    """The Target interface over a drgn Program: a vmcore, /proc/kcore or a QEMU guest.
+    For a dump, its holes (:class:`DumpHoles`) fault with the page named and are
+    recorded (:meth:`missing_pages_read`)."""
+
     def __init__(self, prog: drgn.Program):
         self.prog = prog
         self.arch = "aarch64" if prog.platform.arch == drgn.Architecture.AARCH64 else "x86_64"
         self._layouts: dict[str, Layout] = {}
         self._symbols: dict[str, int | None] = {}
+        self.holes = dump_holes(prog)
+
+    def missing_pages_read(self) -> list[MissingPage]:
+        return list(self.holes.hits.values()) if self.holes else []
+
+    def forget_missing_pages(self) -> None:
+        if self.holes:
+            self.holes.hits.clear()
+
+    @contextlib.contextmanager
+    def speculative(self):
+        if self.holes is None:
+            yield
+            return
+        self.holes.speculative += 1
+        try:
+            yield
+        finally:
+            self.holes.speculative -= 1
+
+    def _fault(self, e: drgn.FaultError, address: int, size: int,
+               physical: bool = False) -> FaultError:
+        """Our FaultError for drgn's E, with the missing page when a hole raised it."""
+        holes = self.holes
+        if holes is None or not holes.dump.missing:
+            return FaultError(address, size)
+        last = holes.last
+        if last is not None and str(e).startswith(str(last)):
+            holes.last = None
+            return FaultError(address, size, last)
+        # A read that drgn did not route through our segments: a kdump-compressed dump's
+        # virtual reads are translated by libkdumpfile itself.  Find the page by the
+        # kernel's page tables.
+        miss = self._missing_page(address, size, physical)
+        if miss is not None and not holes.speculative:
+            holes.hits.setdefault(miss.phys, miss)
+        return FaultError(address, size, miss)
+
+    def _missing_page(self, address: int, size: int, physical: bool) -> MissingPage | None:
+        """The first page of [ADDRESS, ADDRESS + SIZE) that lies in a hole of the dump
+        (virtual addresses translated through init_mm's page tables), or None."""
+        from drgn.helpers.linux.mm import follow_phys
+
+        ps = self.holes.page_size
+        init_mm = None
+        for page in range(address & ~(ps - 1), address + size, ps):
+            if physical:
+                phys = page
+            else:
+                try:
+                    if init_mm is None:
+                        init_mm = self.prog["init_mm"].address_of_()
+                    phys = int(follow_phys(init_mm, page))
+                except (drgn.FaultError, LookupError, ValueError):
+                    continue
+            m = self.holes.dump.missing_at(phys)
+            if m is not None:
+                p = phys & ~(ps - 1)
+                return MissingPage(p, p // ps, m.why)
+        return None
 
     def symbol(self, name: str) -> int:
         # Cached, misses included: the commands ask for the same few globals many times.
@@ -142,15 +266,17 @@ class DrgnTarget(Target):
     def read(self, address: int, size: int) -> bytes:
         try:
             return self.prog.read(address, size)
-        except drgn.FaultError:
-            raise FaultError(address, size) from None
+        except drgn.FaultError as e:
+            raise self._fault(e, address, size) from None
 
     def read_phys(self, address: int, size: int) -> bytes:
         """SIZE bytes at physical ADDRESS (a vmcore's PT_LOAD physical addresses, /proc/kcore's
         direct map, QEMU's guest memory)."""
         try:
             return self.prog.read(address, size, True)
-        except (drgn.FaultError, ValueError):
+        except drgn.FaultError as e:
+            raise self._fault(e, address, size, physical=True) from None
+        except ValueError:
             raise FaultError(address, size) from None
 
     def vmcoreinfo(self) -> bytes:
@@ -165,10 +291,134 @@ class DrgnTarget(Target):
         return self.prog["UTS_RELEASE"].string_().decode()
 
 
-def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> drgn.Program:
-    """A drgn Program for VMCORE with debug info from VMLINUX; one-line errors."""
-    vmcore = Path(vmcore)
-    _readable_file(vmcore)
+class CachedDrgnTarget(DrgnTarget):
+    """A dump read through drgn whose debug-info answers come from the build's
+    :class:`~memscope.target.debuginfo_cache.DebugInfoCache`; the DWARF is loaded (by
+    LOAD_DWARF) only for a question the cache has not seen, whose answer is then added.
+    :meth:`save_cache` writes what was added.  The release and VMCOREINFO come from the
+    dump file itself."""
+
+    def __init__(self, prog: drgn.Program, cache, dump: DumpFile, load_dwarf,
+                 dwarf_loaded: bool):
+        super().__init__(prog)
+        self.cache, self.dump, self._load_dwarf = cache, dump, load_dwarf
+        self.dwarf_loaded = dwarf_loaded
+
+    def _dwarf(self) -> None:
+        if not self.dwarf_loaded:
+            self._load_dwarf()
+            self.dwarf_loaded = True
+
+    def _ask(self, kind: str, name: str, compute):
+        hit, value = self.cache.get(kind, name)
+        if hit:
+            if isinstance(value, TargetError):
+                raise value
+            return value
+        self._dwarf()
+        try:
+            value = compute()
+        except TargetError as e:
+            self.cache.put(kind, name, error=str(e))
+            raise
+        self.cache.put(kind, name, value)
+        return value
+
+    def save_cache(self) -> None:
+        """Write the answers added since the cache was read (no-op when none were)."""
+        try:
+            self.cache.save()
+        except OSError:
+            pass  # a read-only cache directory: the next run loads the DWARF again
+
+    def symbol(self, name: str) -> int:
+        return self._ask("symbol", name, lambda: DrgnTarget.symbol(self, name))
+
+    def variable(self, name: str) -> Variable:
+        v = self._ask("variable", name, lambda: DrgnTarget.variable(self, name))
+        return v if isinstance(v, Variable) else Variable(name, *v)
+
+    def constant(self, name: str) -> int:
+        return self._ask("constant", name, lambda: DrgnTarget.constant(self, name))
+
+    def layout(self, type_name: str) -> Layout:
+        return self._ask("layout", type_name, lambda: DrgnTarget.layout(self, type_name))
+
+    def enum(self, type_name: str) -> dict[str, int]:
+        return self._ask("enum", type_name, lambda: DrgnTarget.enum(self, type_name))
+
+    def sizeof(self, type_name: str) -> int:
+        return self._ask("sizeof", type_name, lambda: DrgnTarget.sizeof(self, type_name))
+
+    def array_length(self, name: str) -> int:
+        return self._ask("array_length", name, lambda: DrgnTarget.array_length(self, name))
+
+    def vmcoreinfo(self) -> bytes:
+        return self.dump.vmcoreinfo
+
+    @property
+    def release(self) -> str:
+        return self.dump.vmcoreinfo_fields().get("OSRELEASE") or DrgnTarget.release.fget(self)
+
+    def _missing_page(self, address: int, size: int, physical: bool):
+        if not physical:
+            self._dwarf()  # the page-table walk of drgn's helpers needs the types
+        return super()._missing_page(address, size, physical)
+
+
+def open_dump_target(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
+                     cache_root: str | os.PathLike | None = None) -> DrgnTarget:
+    """The target for the dump VMCORE with debug info from VMLINUX, the debug-info cache
+    used where it can be (:mod:`memscope.target.debuginfo_cache` under CACHE_ROOT,
+    default $MEMSCOPE_CACHE or ~/.cache/memscope; none when $MEMSCOPE_DEBUGINFO_CACHE is
+    0, or the dump has no build ID, or no VMLINUX is given): a
+    :class:`CachedDrgnTarget`, else a :class:`DrgnTarget` as :func:`open_core` opens it.
+
+    :raises MemscopeError: as :func:`open_core`; also a VMLINUX whose build ID is not the
+        dump's (checked before any DWARF is read)."""
+    from .debuginfo_cache import DebugInfoCache, cache_path
+
+    path = _reassembled(Path(vmcore))
+    try:
+        dump = read_dump_file(path)
+    except (NotADump, OSError, ValueError):
+        dump = None
+    build = dump.build_id if dump else None
+    if vmlinux is not None and build:
+        from .elf import build_id
+
+        _readable_file(Path(vmlinux))
+        try:
+            with open(vmlinux, "rb") as f:
+                theirs = build_id(f)
+        except (NotElf64, ValueError, OSError):
+            theirs = None
+        if theirs is not None and theirs != build:
+            raise MemscopeError(f"{vmlinux}: does not match this kernel (build ID {theirs}; "
+                                f"the dump's is {build})")
+    if (os.environ.get("MEMSCOPE_DEBUGINFO_CACHE") == "0" or not build or vmlinux is None):
+        return DrgnTarget(open_core(path, vmlinux))
+    prog = open_core(path, vmlinux, load_debug_info=False)
+    vi = dump.vmcoreinfo_fields()
+    root = Path(cache_root or os.environ.get("MEMSCOPE_CACHE")
+                or Path.home() / ".cache" / "memscope")
+    try:
+        kaslr = int(vi.get("KERNELOFFSET", "0"), 16)
+    except ValueError:
+        kaslr = 0
+    cache = DebugInfoCache(cache_path(root, build), build, vi.get("OSRELEASE", ""), kaslr)
+    cold = cache.load(vi) is not None
+    if cold:
+        _load_debug_info(prog, vmlinux)
+    return CachedDrgnTarget(prog, cache, dump, lambda: _load_debug_info(prog, vmlinux),
+                            dwarf_loaded=cold)
+
+
+def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
+              load_debug_info: bool = True) -> drgn.Program:
+    """A drgn Program for VMCORE with debug info from VMLINUX (none yet when
+    LOAD_DEBUG_INFO is false: the debug-info cache loads it on demand); one-line errors."""
+    vmcore = _reassembled(Path(vmcore))
     _check_elf_core_size(vmcore)
     prog = _program()
     try:
@@ -179,8 +429,30 @@ def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None) -> d
         raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
     if not (prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL):
         raise MemscopeError(f"{vmcore}: not a Linux kernel core dump (no VMCOREINFO)")
-    _load_debug_info(prog, vmlinux)
+    if load_debug_info:
+        _load_debug_info(prog, vmlinux)
     return prog
+
+
+def _reassembled(vmcore: Path) -> Path:
+    """VMCORE itself, or for a flattened dump (makedumpfile -F, QEMU's kdump output) its
+    reassembled copy in the cache ($MEMSCOPE_CACHE/reassembled, made on first use as
+    ``makedumpfile -R`` would): drgn cannot read the flattened stream."""
+    from .flattened import SIZE_FLAT_HEADER, FlattenedError, reassembled_path
+
+    _readable_file(vmcore)
+    with open(vmcore, "rb") as f:
+        if not f.read(SIZE_FLAT_HEADER).startswith(b"makedumpfile"):
+            return vmcore
+    cache = Path(os.environ.get("MEMSCOPE_CACHE") or Path.home() / ".cache" / "memscope")
+    try:
+        return reassembled_path(vmcore, cache)
+    except FlattenedError as e:
+        raise MemscopeError(str(e)) from None
+    except OSError as e:
+        raise MemscopeError(f"{vmcore}: a flattened dump that could not be reassembled into "
+                            f"{cache / 'reassembled'}: {e.strerror or e} (reassemble it "
+                            "with makedumpfile -R and give the result)") from None
 
 
 def _readable_file(path: Path) -> None:
@@ -214,12 +486,13 @@ def _program() -> drgn.Program:
 
 
 def _check_elf_core_size(vmcore: Path) -> None:
-    """A truncated ELF vmcore: its PT_LOAD segments reach past the end of the file (drgn
-    would only fail later, at the first read of a missing part)."""
+    """A truncated ELF vmcore whose program headers are cut: what it holds cannot be told.
+    Memory segments cut by the end of the file are not refused here: they are holes
+    (:func:`memscope.target.dumpfile.read_dump_file`), and only a command that needs a
+    page from them fails, naming it."""
     try:
         with open(vmcore, "rb") as f:
             phdrs, phnum = program_headers(f)
-            size = os.fstat(f.fileno()).st_size
     except NotElf64:
         return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)
     except OSError as e:
@@ -227,11 +500,6 @@ def _check_elf_core_size(vmcore: Path) -> None:
     if len(phdrs) < phnum:
         raise MemscopeError(f"{vmcore}: truncated: the file ends inside its ELF program "
                             "headers")
-    need = max((ph.p_offset + ph.p_filesz for ph in phdrs if ph.p_type == PT_LOAD),
-               default=0)
-    if need > size:
-        raise MemscopeError(f"{vmcore}: truncated: {size} bytes, but its memory segments "
-                            f"need {need}")
 
 
 def _load_debug_info(prog: drgn.Program, vmlinux) -> None:

@@ -10,8 +10,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "program_headers", "section_names",
-           "symbol_size")
+__all__ = ("PT_LOAD", "ProgramHeader", "NotElf64", "build_id", "notes", "program_headers",
+           "section_names", "symbol_size")
 
 PT_LOAD = 1
 
@@ -40,6 +40,19 @@ def _sections(f: BinaryIO) -> tuple[bytes, int, int, str]:
     return table, e_shentsize, e_shnum, endian
 
 
+def _sections_of_type(f: BinaryIO, sh_type: int):
+    """Yield (sh_offset, sh_size, sh_link, byte order, section table, e_shentsize) for
+    each section of type SH_TYPE of the ELF64 file F."""
+    table, entsize, num, endian = _sections(f)
+    for i in range(num):
+        # Elf64_Shdr: sh_type (u32) at 4, sh_offset, sh_size at 0x18, sh_link (u32) at 0x28
+        if struct.unpack_from(endian + "I", table, i * entsize + 4)[0] != sh_type:
+            continue
+        off, size = struct.unpack_from(endian + "QQ", table, i * entsize + 0x18)
+        link, = struct.unpack_from(endian + "I", table, i * entsize + 0x28)
+        yield off, size, link, endian, table, entsize
+
+
 def symbol_size(f: BinaryIO, name: str) -> int | None:
     """``st_size`` of the symbol NAME in the ELF64 file F's ``.symtab`` (the bytes an object
     takes: the definition's size, whatever a declaration elsewhere says), or None when
@@ -47,14 +60,7 @@ def symbol_size(f: BinaryIO, name: str) -> int | None:
 
     :raises NotElf64: F does not start with an ELF64 header.
     :raises ValueError: the section table lies outside the file."""
-    table, entsize, num, endian = _sections(f)
-    for i in range(num):
-        # Elf64_Shdr: sh_type (u32) at 4, sh_offset, sh_size at 0x18, sh_link (u32) at 0x28
-        sh_type, = struct.unpack_from(endian + "I", table, i * entsize + 4)
-        if sh_type != 2:  # SHT_SYMTAB
-            continue
-        off, size = struct.unpack_from(endian + "QQ", table, i * entsize + 0x18)
-        link, = struct.unpack_from(endian + "I", table, i * entsize + 0x28)
+    for off, size, link, endian, table, entsize in _sections_of_type(f, 2):  # SHT_SYMTAB
         str_off, str_size = struct.unpack_from(endian + "QQ", table, link * entsize + 0x18)
         f.seek(str_off)
         strtab = f.read(str_size)
@@ -78,6 +84,34 @@ def symbol_size(f: BinaryIO, name: str) -> int | None:
             return int(sym["size"][k])
         return None
     return None
+
+
+def build_id(f: BinaryIO) -> str | None:
+    """The GNU build ID (hex) of the ELF64 file F: the ``NT_GNU_BUILD_ID`` note of its
+    SHT_NOTE sections (a vmlinux's ``.note.gnu.build-id``; the kernel prints the same
+    bytes in VMCOREINFO's ``BUILD-ID``), or None when it has none.
+
+    :raises NotElf64: F does not start with an ELF64 header.
+    :raises ValueError: the section table lies outside the file."""
+    for off, size, _, endian, _, _ in _sections_of_type(f, 7):  # SHT_NOTE
+        f.seek(off)
+        for name, ntype, desc in notes(f.read(min(size, 1 << 16)), endian):
+            if name == b"GNU" and ntype == 3:  # NT_GNU_BUILD_ID
+                return desc.hex()
+    return None
+
+
+def notes(data: bytes, endian: str = "<"):
+    """Yield (name without its NUL, type, descriptor) for each ELF note in DATA
+    (Elf64_Nhdr: namesz, descsz, type as u32; name and descriptor each padded to 4
+    bytes); ENDIAN is struct's "<" or ">"."""
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from(endian + "III", data, pos)
+        name = data[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+        desc_at = pos + 12 + ((namesz + 3) & ~3)
+        yield name, ntype, data[desc_at:desc_at + descsz]
+        pos = desc_at + ((descsz + 3) & ~3)
 
 
 def section_names(f: BinaryIO) -> set[str]:
