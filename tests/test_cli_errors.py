@@ -32,8 +32,9 @@ def run_cli(*args: str, as_nobody: bool = False):
         # Drop to an unprivileged uid inside the interpreter, after importing what the CLI
         # needs (the interpreter and the package live under /root, unreadable to nobody),
         # then run the real main() on ARGS.
-        code = ("import os, sys, memscope.cli, memscope.target.drgn, memscope.commands, "
-                "memscope.mm.zone\n"
+        code = ("import os, stat, sys, memscope.cli, memscope.target.drgn, memscope.commands, "
+                "memscope.mm.zone, memscope.target.flattened, memscope.target.dumpfile, "
+                "memscope.target.debuginfo_cache, memscope.target.elf\n"
                 "memscope.cli.build_parser()\n"
                 f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
                 "sys.exit(memscope.cli.main(sys.argv[1:]))")

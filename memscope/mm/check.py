@@ -30,7 +30,10 @@ def check(ctx: KernelContext) -> freelists.CheckReport:
     report = freelists.check(ctx)  # its missing pages are among its problems
     ctx.t.forget_missing_pages()
     slabs = slub_debug.check_slabs(ctx)
-    # A page the dump left out that the slab half needed: what it held was not checked.
-    missing = [Problem("missing_page", "dump", str(m)) for m in ctx.t.missing_pages_read()]
+    # A page the dump left out that the slab half needed (and the buddy half had not
+    # already named): what it held was not checked.
+    named = {p.message for p in report.problems if p.kind == "missing_page"}
+    missing = [Problem("missing_page", "dump", str(m)) for m in ctx.t.missing_pages_read()
+               if str(m) not in named]
     problems = report.problems + slabs.problems + missing
     return dataclasses.replace(report, ok=not problems, problems=problems, slabs=slabs)
