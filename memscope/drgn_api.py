@@ -34,6 +34,9 @@ the same name returns):
 - :func:`ps`: every process or thread; :func:`maps`: a process's VMAs; :func:`heap`: its
   malloc heap walked chunk by chunk.
 - :func:`mempools`: every mempool found in the kernel's data and slab objects.
+- :func:`cma`: every CMA area (bitmap use, buddy and pcp pages inside it);
+  :func:`cma_map`: one area chunk by chunk; :func:`cma_can_alloc`: would cma_alloc()
+  succeed now.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
   :func:`format_maps`, :func:`format_slabinfo`: the /proc files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
@@ -104,9 +107,12 @@ from .mm import task as _task
 from .mm.heap import HeapReport
 from .mm import vma as _vma
 from .mm import vmalloc as _vmalloc
+from .mm import cma as _cma
+from .mm.cma import CanAlloc, ChunkRun, CmaArea, CmaRange
 from .mm.task import Task
 from .mm.vma import Vma, format_maps
 from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
+from .target.base import TargetError as _TargetError
 from .target.drgn import DrgnTarget
 
 __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
@@ -119,7 +125,8 @@ __all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_rec
            "heap", "HeapReport", "mempools", "Mempool", "MempoolScan",
            "meminfo", "Meminfo", "MeminfoLine", "format_meminfo",
            "slabinfo", "slab_usage", "slab", "whatis", "format_slabinfo",
-           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs"]
+           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs",
+           "cma", "cma_map", "cma_can_alloc", "CmaArea", "CmaRange", "ChunkRun", "CanAlloc"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -431,6 +438,55 @@ def vmalloc_by_caller(prog: drgn.Program) -> list[CallerUsage]:
     :raises TargetError: as :func:`vmallocinfo`
     """
     return _vmalloc.by_caller(_vmalloc.vmallocinfo(_fresh(prog)))
+
+
+def cma(prog: drgn.Program) -> list[CmaArea] | None:
+    """
+    Get every CMA area as ``memscope cma`` lists them (:mod:`memscope.mm.cma`).
+
+    :param prog: the kernel
+    :return: one :class:`CmaArea` per ``cma_areas[]`` entry (pages; an empty list when
+        the kernel reserved none), or None when it has no CONFIG_CMA
+    :raises TargetError: as :func:`memscope.mm.cma.cma_areas`
+    """
+    return _cma.cma_areas(_fresh(prog))
+
+
+def _cma_area(ctx: KernelContext, name: str) -> CmaArea:
+    area = _cma.find_area(_cma.cma_areas(ctx) or [], name)
+    if area is None:
+        raise _TargetError(f"no CMA area named {name!r}")
+    return area
+
+
+def cma_map(prog: drgn.Program, name: str) -> list[ChunkRun]:
+    """
+    Get CMA area NAME chunk by chunk (``memscope cma NAME --map``).
+
+    :param prog: the kernel
+    :param name: the area's ``cma->name``
+    :return: the :class:`ChunkRun` records, in pfn order
+    :raises TargetError: no such area (or no CMA), or as
+        :func:`memscope.mm.cma.chunk_map`
+    """
+    ctx = _fresh(prog)
+    return _cma.chunk_map(ctx, _cma_area(ctx, name))
+
+
+def cma_can_alloc(prog: drgn.Program, name: str, count: int, align: int = 0) -> CanAlloc:
+    """
+    Would ``cma_alloc()`` of COUNT pages aligned to 2^ALIGN pages from area NAME succeed
+    now (``memscope cma NAME --can-alloc COUNT --align ALIGN``)?
+
+    :param prog: the kernel
+    :param name: the area's ``cma->name``
+    :param count: pages (> 0)
+    :param align: alignment order
+    :return: a :class:`CanAlloc`
+    :raises TargetError: no such area (or no CMA), or as :func:`memscope.mm.cma.can_alloc`
+    """
+    ctx = _fresh(prog)
+    return _cma.can_alloc(ctx, _cma_area(ctx, name), count, align)
 
 
 def ps(prog: drgn.Program, threads: bool = False) -> list[Task]:
