@@ -1,0 +1,415 @@
+"""``cma`` (memscope.mm.cma) on real lab kernels with CMA, against truths independent of
+memscope's reconstruction:
+
+- the guest's own /proc/meminfo (CmaTotal, CmaFree) and /proc/pagetypeinfo (the CMA rows,
+  which the lab checked against the dump's free lists with drgn), and on 7.2 its
+  /sys/kernel/mm/cma/<area>/ counters (pages allocated and released by cma_alloc());
+- the areas, bitmaps, free lists, per-CPU lists and struct pages read here with drgn's own
+  objects and helpers (``prog["cma_areas"]``, list_for_each_entry, per_cpu_ptr,
+  compound_head, PageLRU...), and cma_alloc()'s search and alloc_contig_range()'s rules
+  written again here, by brute force, on that reading.
+
+Cases: 6.12 arm64 (one range per area, 64 MiB by default), and, once built, 7.2 x86_64
+with cma=128M and 7.2 arm64 (multi-range ``struct cma``, CONFIG_CMA_SYSFS).  Kernels
+without CMA (6.12 x86_64) or without an area (7.2 x86_64 without cma=) answer one line.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from drgn import cast
+from drgn.helpers.linux.cpumask import for_each_possible_cpu
+from drgn.helpers.linux.list import list_for_each_entry
+from drgn.helpers.linux.mm import PageHead, PageLRU, compound_head, page_to_pfn, pfn_to_page
+from drgn.helpers.linux.mmzone import for_each_online_pgdat
+from drgn.helpers.linux.percpu import per_cpu_ptr
+
+from memscope.lab import cases
+from memscope.mm import cma as mcma
+from memscope.mm.context import KernelContext
+
+from kernel_dumps import open_dump
+
+#: The lab cases with CMA areas (those not built yet are built on first use).
+CMA_CASES = [c for c in ("6.12-arm64", "7.2-cma", "7.2-arm64", "7.2-cma16")
+             if c in cases.CASES]
+#: Cases whose kernel has CONFIG_CMA_SYSFS (/sys/kernel/mm/cma/<area>/ in the truth).
+SYSFS_CASES = [c for c in CMA_CASES if c.startswith("7.2")]
+
+
+@pytest.fixture(scope="module", params=CMA_CASES)
+def case(request, lab_case):
+    snap = lab_case(request.param)
+    prog, target = open_dump(snap)
+    return snap, prog, KernelContext(target)
+
+
+def _meminfo_kb(snap, name: str) -> int:
+    return int(re.search(rf"^{name}:\s+(\d+) kB$", snap.truth_text("meminfo"), re.M).group(1))
+
+
+# --- the dump read with drgn ----------------------------------------------------------------
+def drgn_areas(prog) -> list[dict]:
+    """Every area read with drgn's objects: name, count, order_per_bit, and each range's
+    base_pfn, count and bitmap (a numpy bool array; None before activation)."""
+    out = []
+    cma_t = prog.type("struct cma")
+    multi = any(m.name == "nranges" for m in cma_t.members)
+    for i in range(prog["cma_area_count"].value_()):
+        c = prog["cma_areas"][i]
+        opb = c.order_per_bit.value_()
+        if multi:
+            flags = c.flags.value_()
+            active = bool(flags >> prog["CMA_ACTIVATED"].value_() & 1)
+            rngs = [(r.base_pfn.value_(), r.count.value_(), r.bitmap.value_() if active else 0)
+                    for r in (c.ranges[j] for j in range(c.nranges.value_()))]
+        else:
+            rngs = [(c.base_pfn.value_(), c.count.value_(), c.bitmap.value_())]
+        ranges = []
+        for base, count, bm in rngs:
+            nbits = count >> opb
+            bits = None
+            if bm:
+                raw = prog.read(bm, (nbits + 63) // 64 * 8)
+                val = int.from_bytes(raw, "little")
+                bits = np.array([val >> k & 1 for k in range(nbits)], bool)
+            ranges.append({"base_pfn": base, "count": count, "bits": bits})
+        out.append({"name": c.name.string_().decode(), "count": c.count.value_(),
+                    "order_per_bit": opb, "ranges": ranges})
+    return out
+
+
+def drgn_free_pfns(prog) -> tuple[dict[int, str], set[int]]:
+    """The free lists walked with drgn: {pfn: migratetype name} of every page of every
+    free block, and the set of pfns on the per-CPU lists (every page of each block)."""
+    names = [prog["migratetype_names"][i].string_().decode()
+             for i in range(prog["MIGRATE_TYPES"].value_())]
+    page_t = prog.type("struct page")
+    link = "buddy_list" if any(m.name == "buddy_list" for m in page_t.members) else "lru"
+    plink = "pcp_list" if any(m.name == "pcp_list" for m in page_t.members) else "lru"
+    buddy: dict[int, str] = {}
+    pcp: set[int] = set()
+    for pgdat in for_each_online_pgdat(prog):
+        for z in range(pgdat.nr_zones.value_()):
+            zone = pgdat.node_zones[z]
+            if not zone.present_pages.value_():
+                continue
+            for order in range(len(zone.free_area)):
+                fa = zone.free_area[order]
+                for mt in range(len(fa.free_list)):
+                    for page in list_for_each_entry("struct page",
+                                                    fa.free_list[mt].address_of_(), link):
+                        pfn = page_to_pfn(page).value_()
+                        for p in range(pfn, pfn + (1 << order)):
+                            buddy[p] = names[mt]
+            pcps = zone.per_cpu_pageset
+            for cpu in for_each_possible_cpu(prog):
+                pc = per_cpu_ptr(pcps, cpu)
+                nl = len(pc.lists)
+                for li in range(nl):
+                    order = li // 3 if li < 12 else \
+                        (prog["PAGE_SIZE"].value_() // 8).bit_length() - 1
+                    for page in list_for_each_entry("struct page", pc.lists[li].address_of_(),
+                                                    plink):
+                        pfn = page_to_pfn(page).value_()
+                        pcp.update(range(pfn, pfn + (1 << order)))
+    return buddy, pcp
+
+
+def drgn_blockers(prog, lo: int, hi: int, buddy: dict, pcp: set) -> dict[int, bool]:
+    """{pfn: blocks} for pfns [LO, HI): alloc_contig_range()'s rules re-done on drgn's
+    objects.  Free: on a free list or a pcp list, or refcount 0.  Movable: its folio is on
+    the LRU (PageLRU) and not pinned (order 0: refcount >= GUP_PIN_COUNTING_BIAS, 1024;
+    large: folio->_pincount), non-LRU movable (mapping & 3 == PAGE_MAPPING_MOVABLE) or a
+    hugetlb folio.  Anything else allocated blocks."""
+    out = {}
+    pgty_hugetlb = None
+    try:
+        pgty_hugetlb = prog["PGTY_hugetlb"].value_()
+    except KeyError:
+        pass
+    for pfn in range(lo, hi):
+        if pfn in buddy or pfn in pcp:
+            out[pfn] = False
+            continue
+        page = pfn_to_page(prog, pfn)
+        if page._refcount.counter.value_() == 0 and not PageLRU(compound_head(page)):
+            out[pfn] = False
+            continue
+        head = compound_head(page)
+        if pgty_hugetlb is not None and head.page_type.value_() >> 24 == pgty_hugetlb:
+            out[pfn] = False
+            continue
+        mapping = head.mapping.value_()
+        if mapping & 3 == 2:
+            out[pfn] = False
+            continue
+        if PageLRU(head):
+            if PageHead(head):  # a large folio counts its pins in _pincount
+                pinned = cast("struct folio *", head)._pincount.counter.value_() > 0
+            else:
+                pinned = head._refcount.counter.value_() >= 1024
+            out[pfn] = pinned
+            continue
+        out[pfn] = True
+    return out
+
+
+_TRUTH: dict[str, dict] = {}
+
+
+def truth(snap, prog) -> dict:
+    """drgn's reading of SNAP, once per case: areas, free pages, blockers per area range."""
+    key = str(snap.vmcore)
+    if key not in _TRUTH:
+        areas = drgn_areas(prog)
+        buddy, pcp = drgn_free_pfns(prog)
+        for a in areas:
+            for r in a["ranges"]:
+                r["blocks"] = drgn_blockers(prog, r["base_pfn"], r["base_pfn"] + r["count"],
+                                            buddy, pcp)
+        _TRUTH[key] = {"areas": areas, "buddy": buddy, "pcp": pcp}
+    return _TRUTH[key]
+
+
+def expected_search(area: dict, count: int, align: int):
+    """cma_alloc()'s search written out by brute force on drgn's reading: in range order,
+    every aligned position whose COUNT pages' bits are clear, in increasing order (what
+    bitmap_find_next_zero_area_off() from start = last + mask + 1 visits); the first whose
+    pages hold no blocker wins.  Returns (winner's start pfn or None, [(candidate start
+    pfn, its first blocking pfn)] of the busy ones before it)."""
+    opb = area["order_per_bit"]
+    nbits = -(-count // (1 << opb))
+    mask = (1 << (align - opb)) - 1 if align > opb else 0
+    busy = []
+    for r in area["ranges"]:
+        bits = r["bits"]
+        if bits is None or nbits > len(bits):
+            continue
+        offset = (r["base_pfn"] & ((1 << align) - 1)) >> opb
+        for i in range(len(bits) - nbits + 1):
+            if (i + offset) & mask or bits[i:i + nbits].any():
+                continue
+            start = r["base_pfn"] + (i << opb)
+            blockers = [p for p in range(start, start + count) if r["blocks"][p]]
+            if not blockers:
+                return start, busy
+            busy.append((start, blockers[0]))
+    return None, busy
+
+
+# --- totals against the guest's own files -----------------------------------------------------
+def test_area_pages_add_up_to_cmatotal(case):
+    snap, prog, ctx = case
+    areas = mcma.cma_areas(ctx)
+    assert areas, "the case has CMA areas"
+    assert sum(a.count for a in areas) * ctx.t.page_size // 1024 == _meminfo_kb(snap, "CmaTotal")
+
+
+def _pagetypeinfo_cma_pages(text: str) -> int:
+    total = 0
+    for line in text.splitlines():
+        m = re.match(r"Node\s+\d+, zone\s+\S+, type\s+CMA\s+(.*)$", line)
+        if m:
+            total += sum(int(n) << o for o, n in enumerate(m.group(1).split()))
+    return total
+
+
+def test_buddy_free_in_the_areas_equals_pagetypeinfos_cma_column(case):
+    """/proc/pagetypeinfo's CMA rows (the lab checked every free list's length in the dump
+    against them with drgn) count exactly the free pages on MIGRATE_CMA lists, all of
+    which lie in areas."""
+    snap, prog, ctx = case
+    areas = mcma.cma_areas(ctx)
+    assert sum(a.buddy_free for a in areas) == _pagetypeinfo_cma_pages(
+        snap.truth_text("pagetypeinfo"))
+
+
+def test_buddy_free_equals_nr_free_cma_pages_and_cmafree(case):
+    """NR_FREE_CMA_PAGES summed over the zones with every CPU's unfolded diff (drgn) is
+    exactly the pages found on the CMA free lists; /proc/meminfo's CmaFree (the global
+    counter, read before the other truth files) is compared as printed."""
+    snap, prog, ctx = case
+    areas = mcma.cma_areas(ctx)
+    found = sum(a.buddy_free for a in areas)
+    item = prog["NR_FREE_CMA_PAGES"].value_()
+    exact = 0
+    for pgdat in for_each_online_pgdat(prog):
+        for z in range(pgdat.nr_zones.value_()):
+            zone = pgdat.node_zones[z]
+            exact += zone.vm_stat[item].counter.value_()
+            for cpu in for_each_possible_cpu(prog):
+                exact += per_cpu_ptr(zone.per_cpu_zonestats, cpu).vm_stat_diff[item].value_()
+    assert found == exact
+    assert found * ctx.t.page_size // 1024 == _meminfo_kb(snap, "CmaFree")
+
+
+# --- the bitmaps against drgn ------------------------------------------------------------------
+def test_areas_ranges_and_bitmaps_are_drgns(case):
+    snap, prog, ctx = case
+    want = truth(snap, prog)["areas"]
+    got = mcma.cma_areas(ctx)
+    assert [(a.name, a.count, a.order_per_bit) for a in got] == \
+        [(a["name"], a["count"], a["order_per_bit"]) for a in want]
+    for g, w in zip(got, want):
+        assert [(r.base_pfn, r.count) for r in g.ranges] == \
+            [(r["base_pfn"], r["count"]) for r in w["ranges"]]
+        for gr, wr in zip(g.ranges, w["ranges"]):
+            bits = wr["bits"]
+            assert (gr.bitmap is None) == (bits is None)
+            if bits is None:
+                continue
+            assert gr.allocated == int(bits.sum()) << w["order_per_bit"]
+            assert gr.free == int((~bits).sum()) << w["order_per_bit"]
+            # debugfs maxchunk: the longest run of clear bits, written as a loop
+            longest = run = 0
+            for b in bits.tolist():
+                run = 0 if b else run + 1
+                longest = max(longest, run)
+            assert gr.maxchunk == longest << w["order_per_bit"]
+
+
+@pytest.mark.parametrize("case", SYSFS_CASES, indirect=True)
+def test_bitmap_allocated_equals_sysfs_success_minus_released(case):
+    """CONFIG_CMA_SYSFS: /sys/kernel/mm/cma/<area>/alloc_pages_success counts the pages
+    cma_alloc() gave out, release_pages_success those cma_release() took back."""
+    snap, prog, ctx = case
+    for a in mcma.cma_areas(ctx):
+        ok = int(snap.truth_text(f"cma/{a.name}/alloc_pages_success"))
+        rel = int(snap.truth_text(f"cma/{a.name}/release_pages_success"))
+        assert a.allocated == ok - rel, a.name
+
+
+def test_pcp_and_other_lists_in_the_areas_are_drgns(case):
+    snap, prog, ctx = case
+    t = truth(snap, prog)
+    for a in mcma.cma_areas(ctx):
+        pfns = [p for r in a.ranges for p in range(r.base_pfn, r.end_pfn)]
+        assert a.pcp == sum(p in t["pcp"] for p in pfns)
+        assert a.buddy_free == sum(t["buddy"].get(p) == "CMA" for p in pfns)
+        assert a.buddy_free_other == sum(t["buddy"].get(p) not in (None, "CMA") for p in pfns)
+
+
+# --- the map and --can-alloc -------------------------------------------------------------------
+def test_map_names_exactly_the_pages_that_block_migration(case):
+    """Every page of the free part of the bitmap that drgn's reading says would make
+    alloc_contig_range() fail is named in a blocked run, and no other page is."""
+    snap, prog, ctx = case
+    t = truth(snap, prog)
+    for a, w in zip(mcma.cma_areas(ctx), t["areas"]):
+        runs = mcma.chunk_map(ctx, a)
+        named = {p for r in runs for p, _ in r.blockers}
+        want = set()
+        step = 1 << a.order_per_bit
+        for wr in w["ranges"]:
+            for i, taken in enumerate(wr["bits"].tolist()):
+                if not taken:
+                    lo = wr["base_pfn"] + i * step
+                    want.update(p for p in range(lo, lo + step) if wr["blocks"][p])
+        assert named == want
+        # runs tile the area and taken runs are exactly the set bits
+        assert sum(r.end_pfn - r.start_pfn for r in runs) == a.count
+        assert sum(r.end_pfn - r.start_pfn for r in runs if r.state == "taken") == a.allocated
+
+
+def _counts(area: mcma.CmaArea) -> list[tuple[int, int]]:
+    """(count, align) pairs to try: one page, a 64-page run aligned to 16 pages, the
+    largest free run, one more than it, and the whole area."""
+    return [(1, 0), (64, 4), (max(area.maxchunk, 1), 0), (area.maxchunk + 1, 0),
+            (area.count, 0), (area.maxchunk // 2 + 1, 9)]
+
+
+def test_can_alloc_follows_cma_allocs_search_and_names_the_blockers(case):
+    snap, prog, ctx = case
+    t = truth(snap, prog)
+    for a, w in zip(mcma.cma_areas(ctx), t["areas"]):
+        for count, align in _counts(a):
+            start, busy = expected_search(w, count, align)
+            res = mcma.can_alloc(ctx, a, count, align)
+            what = f"{a.name} count {count} align {align}"
+            if a.available_count is not None and count > a.available_count:
+                assert not res.ok and not res.candidates, what
+                continue
+            assert res.ok == (start is not None), what
+            assert res.start_pfn == start, what
+            got_busy = [(c.start_pfn, c.blockers[0][0]) for c in res.candidates if c.blocking]
+            assert got_busy == busy, what
+
+
+def test_can_alloc_says_no_with_the_blocking_page_named_when_drgn_finds_one(case):
+    """A page drgn finds unmovable in the free part of the bitmap: a request for the whole
+    free run around it cannot take that run, and the answer names the page."""
+    snap, prog, ctx = case
+    t = truth(snap, prog)
+    for a, w in zip(mcma.cma_areas(ctx), t["areas"]):
+        for r, wr in zip(a.ranges, w["ranges"]):
+            bad = [p for p, b in wr["blocks"].items()
+                   if b and not wr["bits"][(p - wr["base_pfn"]) >> a.order_per_bit]]
+            if not bad:
+                continue
+            p = bad[0]
+            # the free run of bits around p
+            i = j = (p - r.base_pfn) >> a.order_per_bit
+            while i > 0 and not wr["bits"][i - 1]:
+                i -= 1
+            while j < len(wr["bits"]) and not wr["bits"][j]:
+                j += 1
+            count = (j - i) << a.order_per_bit
+            res = mcma.can_alloc(ctx, a, count)
+            tried = [c for c in res.candidates if c.start_pfn == r.base_pfn + (i << a.order_per_bit)]
+            if res.ok and res.start_pfn == tried[0].start_pfn:
+                pytest.fail(f"{a.name}: pfn {p:#x} blocks but the run around it was given")
+            assert tried and p in [q for q, _ in tried[0].blockers] or \
+                tried[0].blocking > mcma.MAX_BLOCKERS
+            return
+    pytest.skip("drgn finds no unmovable page in the free part of any area of this case "
+                "(test_map_names_exactly_the_pages_that_block_migration checks memscope "
+                "names none either)")
+
+
+# --- the command -------------------------------------------------------------------------------
+def _cli(snap, *args):
+    return subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(snap.vmcore),
+                           "-s", str(snap.vmlinux), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_json_has_one_record_per_area_with_the_documented_keys(case):
+    import json
+
+    snap, prog, ctx = case
+    r = _cli(snap, "cma", "-f", "json")
+    assert r.returncode == 0, r.stderr
+    recs = json.loads(r.stdout)
+    assert [x["name"] for x in recs] == [a["name"] for a in truth(snap, prog)["areas"]]
+    for x in recs:
+        assert {"name", "count", "allocated", "buddy_free"} <= set(x)
+
+
+def test_an_unknown_area_is_one_line_exit_2(case):
+    snap, _, _ = case
+    r = _cli(snap, "cma", "no-such-area", "--map")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "no-such-area" in r.stderr
+
+
+@pytest.mark.parametrize("name,what", [("6.12", "has no CMA"), ("7.2", "has no CMA area")])
+def test_a_kernel_without_cma_or_without_an_area_says_so_in_one_line(lab_case, name, what):
+    """6.12 x86_64 has no CONFIG_CMA (drgn: no cma_areas); 7.2 x86_64 has it with no
+    area unless cma= is given (drgn: cma_area_count is 0)."""
+    snap = lab_case(name)
+    prog, _ = open_dump(snap)
+    if name == "6.12":
+        with pytest.raises(KeyError):
+            prog["cma_areas"]
+    else:
+        assert prog["cma_area_count"].value_() == 0
+    for args in (["cma"], ["cma", "reserved", "--map"], ["cma", "x", "--can-alloc", "1"]):
+        r = _cli(snap, *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("\n") == 1 and what in r.stdout, r.stdout
