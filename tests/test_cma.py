@@ -27,7 +27,7 @@ from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import PageHead, PageLRU, compound_head, page_to_pfn, pfn_to_page
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
-from drgn.helpers.linux.percpu import per_cpu_ptr
+from drgn.helpers.linux.percpu import per_cpu, per_cpu_ptr
 
 from memscope.lab import cases
 from memscope.mm import cma as mcma
@@ -121,27 +121,53 @@ def drgn_free_pfns(prog) -> tuple[dict[int, str], set[int]]:
     return buddy, pcp
 
 
-def drgn_blockers(prog, lo: int, hi: int, buddy: dict, pcp: set) -> dict[int, bool]:
+def drgn_batched(prog) -> dict[int, int]:
+    """pfn -> references held by the per-CPU folio batches (mm/swap.c cpu_fbatches, every
+    struct folio_batch member; mm/mlock.c mlock_fbatch), read with drgn's objects."""
+    out: dict[int, int] = {}
+    for var in ("cpu_fbatches", "mlock_fbatch"):
+        try:
+            v = prog[var]
+        except KeyError:
+            continue
+        members = [m.name for m in v.type_.members
+                   if m.type.type_name() == "struct folio_batch"]
+        for cpu in for_each_possible_cpu(prog):
+            pc = per_cpu(v, cpu)
+            for m in members:
+                fb = getattr(pc, m)
+                for i in range(fb.nr.value_()):
+                    pfn = page_to_pfn(cast("struct page *", fb.folios[i])).value_()
+                    out[pfn] = out.get(pfn, 0) + 1
+    return out
+
+
+def drgn_blockers(prog, lo: int, hi: int, buddy: dict, pcp: set,
+                  batched: dict) -> dict[int, bool]:
     """{pfn: blocks} for pfns [LO, HI): alloc_contig_range()'s rules re-done on drgn's
     objects.  Free: on a free list or a pcp list, or refcount 0.  Movable: its folio is on
-    the LRU (PageLRU) and not pinned (order 0: refcount >= GUP_PIN_COUNTING_BIAS, 1024;
-    large: folio->_pincount), non-LRU movable (mapping & 3 == PAGE_MAPPING_MOVABLE) or a
-    hugetlb folio.  Anything else allocated blocks."""
+    the LRU (PageLRU) or in a per-CPU LRU batch, is not pinned (order 0: refcount >=
+    GUP_PIN_COUNTING_BIAS, 1024; large: folio->_pincount) and, order 0, holds no
+    reference beyond include/linux/mm.h folio_expected_ref_count() (mappings, page cache,
+    PG_private, swap cache) and its batches'; non-LRU movable (mapping & 3 ==
+    PAGE_MAPPING_MOVABLE) or a hugetlb folio.  Anything else allocated blocks."""
     out = {}
     pgty_hugetlb = None
     try:
         pgty_hugetlb = prog["PGTY_hugetlb"].value_()
     except KeyError:
         pass
+    bit = {n: prog[n].value_() for n in ("PG_private", "PG_swapcache", "PG_swapbacked")}
     for pfn in range(lo, hi):
         if pfn in buddy or pfn in pcp:
             out[pfn] = False
             continue
         page = pfn_to_page(prog, pfn)
-        if page._refcount.counter.value_() == 0 and not PageLRU(compound_head(page)):
+        head = compound_head(page)
+        ref = page._refcount.counter.value_()
+        if ref == 0 and not PageLRU(head):
             out[pfn] = False
             continue
-        head = compound_head(page)
         if pgty_hugetlb is not None and head.page_type.value_() >> 24 == pgty_hugetlb:
             out[pfn] = False
             continue
@@ -149,12 +175,22 @@ def drgn_blockers(prog, lo: int, hi: int, buddy: dict, pcp: set) -> dict[int, bo
         if mapping & 3 == 2:
             out[pfn] = False
             continue
-        if PageLRU(head):
+        if PageLRU(head) or pfn in batched:
             if PageHead(head):  # a large folio counts its pins in _pincount
-                pinned = cast("struct folio *", head)._pincount.counter.value_() > 0
-            else:
-                pinned = head._refcount.counter.value_() >= 1024
-            out[pfn] = pinned
+                out[pfn] = cast("struct folio *", head)._pincount.counter.value_() > 0
+                continue
+            if ref >= 1024:
+                out[pfn] = True
+                continue
+            flags = head.flags.value_() if head.flags.type_.kind.name != "STRUCT" \
+                else head.flags.f.value_()
+            anon = mapping & 1
+            expected = page._mapcount.counter.value_() + 1
+            if flags >> bit["PG_swapbacked"] & 1 and flags >> bit["PG_swapcache"] & 1:
+                expected += 1
+            if not anon and mapping:
+                expected += 1 + (flags >> bit["PG_private"] & 1)
+            out[pfn] = ref > expected + batched.get(pfn, 0)
             continue
         out[pfn] = True
     return out
@@ -169,10 +205,11 @@ def truth(snap, prog) -> dict:
     if key not in _TRUTH:
         areas = drgn_areas(prog)
         buddy, pcp = drgn_free_pfns(prog)
+        batched = drgn_batched(prog)
         for a in areas:
             for r in a["ranges"]:
                 r["blocks"] = drgn_blockers(prog, r["base_pfn"], r["base_pfn"] + r["count"],
-                                            buddy, pcp)
+                                            buddy, pcp, batched)
         _TRUTH[key] = {"areas": areas, "buddy": buddy, "pcp": pcp}
     return _TRUTH[key]
 

@@ -38,6 +38,13 @@ CASES: dict[str, dict] = {
     # kmalloc's requested sizes): the slab half of `check` and `kmalloc`'s requested bytes.
     "6.12-slub-debug": dict(kernel="6.12", workload="slub-debug", append="slub_debug=FZPU"),
     "7.2-slub-debug": dict(kernel="7.2", workload="slub-debug", append="slub_debug=FZPU"),
+    # CMA (memscope.mm.cma): memory filled with page cache and anonymous memory, a third
+    # of the page cache freed again, so that the areas hold movable, buddy-free and pcp
+    # pages.  7.2 x86_64 reserves an area only with cma=; 7.2 arm64 has its default
+    # 64 MiB area (multi-range struct cma, CONFIG_CMA_SYSFS on both).
+    "7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
+    "7.2-cma16": dict(kernel="7.2", workload="cma", append="cma=16M"),
+    "7.2-arm64": dict(kernel="7.2-arm64", workload="cma", mem=1024, timeout=1200),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 

@@ -66,7 +66,8 @@ NUMA_NO_NODE = -1
 PAGE_KINDS = ("free", "movable", "blocker")
 
 #: The page classes (memscope.mm.page.CLASSES) of each kind, with "pinned" for an anon or
-#: page cache page held by pin_user_pages().
+#: page cache page held by pin_user_pages() and "referenced" for one with references
+#: migration does not expect (see :func:`page_kinds`).
 FREE_CLASSES = ("buddy", "pcp", "free")
 MOVABLE_CLASSES = ("anon", "pagecache", "hugetlb")
 
@@ -398,10 +399,11 @@ def page_kinds(ctx: KernelContext, lo: int, hi: int) -> tuple[np.ndarray, np.nda
     What alloc_contig_range() can do with each page of pfns [LO, HI): (class codes, kind
     codes), two arrays of HI - LO entries.
 
-    Class codes index ``memscope.mm.page.CLASSES`` plus one more, :data:`PINNED`
-    (``len(CLASSES)``): an anon or page cache page held by pin_user_pages() (an order-0
-    page whose refcount is at least GUP_PIN_COUNTING_BIAS, or a large folio whose
-    ``_pincount`` is not 0), which migration cannot move.  Kind codes index
+    Class codes index :data:`PAGE_CLASSES`: ``memscope.mm.page.CLASSES`` plus
+    :data:`PINNED`, an anon or page cache page held by pin_user_pages() (an order-0 page
+    whose refcount is at least GUP_PIN_COUNTING_BIAS, or a large folio whose
+    ``_pincount`` is not 0), and :data:`REFERENCED` (below), which migration cannot
+    move.  Kind codes index
     :data:`PAGE_KINDS`:
 
     - ``free``: buddy (any list), pcp (alloc_contig_range() drains the per-CPU lists),
@@ -410,7 +412,11 @@ def page_kinds(ctx: KernelContext, lo: int, hi: int) -> tuple[np.ndarray, np.nda
       __alloc_contig_migrate_range() after lru_add_drain_all()), hugetlb folios
       (isolate_or_dissolve_huge_folio()), non-LRU movable pages (``page->mapping`` with
       PAGE_MAPPING_MOVABLE alone: zsmalloc, balloon);
-    - ``blocker``: everything else (pinned, slab, page tables, large kmalloc, reserved,
+    - ``blocker``: everything else (pinned; ``referenced``: an order-0 anon or page cache
+      page whose refcount exceeds what its mappings, the page cache, PG_private, the swap
+      cache and the per-CPU LRU batches account for (:func:`lru_batch_refs`): someone
+      holds it, a pipe after splice() for instance, and migration's reference check
+      fails while they do; slab, page tables, large kmalloc, reserved,
       kernel allocations with no movable owner, offline and other typed pages, holes):
       migration fails with -EBUSY, and cma_alloc() tries the next candidate.
 
@@ -448,6 +454,9 @@ def page_kinds(ctx: KernelContext, lo: int, hi: int) -> tuple[np.ndarray, np.nda
             ok = (hp >= 0) & (hp < len(pinned))
             pinned[tpfn[ok]] |= pinned[hp[ok]]
     cls[pinned] = PINNED
+    extra = user & ~pinned & ~tail & ~is_head & (ref > _expected_refs(ctx, pl, lo, cls, flags,
+                                                                     field))
+    cls[extra] = REFERENCED
     kind = np.full(hi - lo, KIND["blocker"], np.uint8)
     for c in FREE_CLASSES:
         kind[cls == C[c]] = KIND["free"]
@@ -473,10 +482,93 @@ def _pincounts(ctx: KernelContext, pm, lo: int, heads: np.ndarray, off: int) -> 
     return out
 
 
-#: The class code of a pinned page (after memscope.mm.page.CLASSES' codes).
+#: The class codes of a pinned page and of a page with unexpected references (after
+#: memscope.mm.page.CLASSES' codes).
 PINNED = len(mpage.CLASSES)
+REFERENCED = PINNED + 1
 #: Names of the class codes of :func:`page_kinds`.
-PAGE_CLASSES = (*mpage.CLASSES, "pinned")
+PAGE_CLASSES = (*mpage.CLASSES, "pinned", "referenced")
+
+
+def _expected_refs(ctx: KernelContext, pl, lo: int, cls: np.ndarray, flags: np.ndarray,
+                   field) -> np.ndarray:
+    """The references an order-0 anon or page cache page holds when nothing but its
+    owners use it: include/linux/mm.h folio_expected_ref_count() (one per page table
+    mapping, one from the page cache, one for PG_private, one from the swap cache;
+    mm/migrate.c's migration compares the count with it plus its own isolation
+    reference), plus one per place in a per-CPU LRU batch (mm/swap.c ``cpu_fbatches``,
+    mm/mlock.c ``mlock_fbatch``: folio_batch_add() holds a reference; alloc_contig_range()
+    drains them first)."""
+    C = mpage.C
+    mapcount = field(mpage.memmap(ctx).pages["mapcount"], 0, np.int64)
+    mapcount = np.where(mapcount >= 1 << 31, mapcount - (1 << 32), mapcount) + 1
+    exp = np.maximum(mapcount, 0)
+    cache = cls == C["pagecache"]
+
+    def flag(name: str) -> np.ndarray:
+        bit = pl.pageflags.get(name)
+        if bit is None:
+            return np.zeros(len(flags), bool)
+        return (flags >> np.uint64(bit)) & np.uint64(1) == 1
+
+    exp += cache  # the page cache's reference
+    exp += cache & flag("PG_private")
+    # folio_test_swapcache(): PG_swapcache (PG_owner_priv_1) on a swap-backed folio
+    exp += flag("PG_swapbacked") & flag("PG_swapcache")
+    batched = lru_batch_refs(ctx)
+    if batched:
+        idx = np.array(list(batched), np.int64) - lo
+        cnt = np.array(list(batched.values()), np.int64)
+        ok = (idx >= 0) & (idx < len(exp))
+        np.add.at(exp, idx[ok], cnt[ok])
+    return exp
+
+
+def lru_batch_refs(ctx: KernelContext) -> dict[int, int]:
+    """pfn -> references held by the per-CPU folio batches of every possible CPU: every
+    ``struct folio_batch`` member of ``cpu_fbatches`` (mm/swap.c, 6.2+: lru_add,
+    lru_deactivate_file, lru_deactivate, lru_lazyfree, lru_activate, lru_move_tail) and
+    ``mlock_fbatch.fbatch`` (mm/mlock.c), ``folios[0 .. nr)`` each.  Empty on kernels
+    without them (pagevecs before 6.2 are not read)."""
+    return ctx.snapshot("cma.lru_batches", lambda: _read_batches(ctx))
+
+
+def _read_batches(ctx: KernelContext) -> dict[int, int]:
+    from ..kernel.percpu import per_cpu_ptrs
+
+    t = ctx.t
+    try:
+        fb = t.layout("struct folio_batch")
+    except TargetError:
+        return {}
+    nr_off, folios_off = fb.offset("nr"), fb.offset("folios")
+    cap = fb["folios"].array_length or 0
+    places = []  # (per-CPU variable, offset of a folio_batch in it)
+    for var, typ in (("cpu_fbatches", "struct cpu_fbatches"),
+                     ("mlock_fbatch", "struct mlock_fbatch")):
+        if not t.has_symbol(var):
+            continue
+        try:
+            lay = t.layout(typ)
+        except TargetError:
+            continue
+        places += [(var, m.offset, lay.size) for m in lay.members.values()
+                   if m.type_name == "struct folio_batch"]
+    pm = mpage.memmap(ctx)
+    out: dict[int, int] = {}
+    for var, off, size in places:
+        for _, base in per_cpu_ptrs(t, t.symbol(var)):
+            try:
+                raw = t.read(base + off, fb.size)
+            except FaultError:
+                continue
+            n = min(raw[nr_off], cap)
+            for i in range(n):
+                folio = _u(raw, folios_off + 8 * i)
+                pfn, rem = divmod(folio - pm.vmemmap, pm.page_size_struct)
+                if not rem and 0 <= pfn < pm.nr_pages:
+                    out[pfn] = out.get(pfn, 0) + 1
+    return out
 KIND = {k: i for i, k in enumerate(PAGE_KINDS)}
 
 
