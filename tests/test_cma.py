@@ -182,8 +182,10 @@ def drgn_blockers(prog, lo: int, hi: int, buddy: dict, pcp: set,
             if ref >= 1024:
                 out[pfn] = True
                 continue
-            flags = head.flags.value_() if head.flags.type_.kind.name != "STRUCT" \
-                else head.flags.f.value_()
+            try:  # 7.2: memdesc_flags_t { unsigned long f; }
+                flags = head.flags.f.value_()
+            except (AttributeError, LookupError, TypeError):
+                flags = head.flags.value_()
             anon = mapping & 1
             expected = page._mapcount.counter.value_() + 1
             if flags >> bit["PG_swapbacked"] & 1 and flags >> bit["PG_swapcache"] & 1:
@@ -219,25 +221,29 @@ def expected_search(area: dict, count: int, align: int):
     every aligned position whose COUNT pages' bits are clear, in increasing order (what
     bitmap_find_next_zero_area_off() from start = last + mask + 1 visits); the first whose
     pages hold no blocker wins.  Returns (winner's start pfn or None, [(candidate start
-    pfn, its first blocking pfn)] of the busy ones before it)."""
+    pfn, its first blocking pfn)] of the busy ones before it, the set of every blocking
+    pfn of those)."""
     opb = area["order_per_bit"]
     nbits = -(-count // (1 << opb))
     mask = (1 << (align - opb)) - 1 if align > opb else 0
-    busy = []
+    busy, pages = [], set()
     for r in area["ranges"]:
         bits = r["bits"]
         if bits is None or nbits > len(bits):
             continue
-        offset = (r["base_pfn"] & ((1 << align) - 1)) >> opb
+        base = r["base_pfn"]
+        bad = np.array(sorted(p - base for p, b in r["blocks"].items() if b), np.int64)
+        offset = (base & ((1 << align) - 1)) >> opb
         for i in range(len(bits) - nbits + 1):
             if (i + offset) & mask or bits[i:i + nbits].any():
                 continue
-            start = r["base_pfn"] + (i << opb)
-            blockers = [p for p in range(start, start + count) if r["blocks"][p]]
-            if not blockers:
-                return start, busy
-            busy.append((start, blockers[0]))
-    return None, busy
+            lo = i << opb
+            inside = bad[(bad >= lo) & (bad < lo + count)]
+            if not len(inside):
+                return base + lo, busy, pages
+            busy.append((base + lo, base + int(inside[0])))
+            pages.update((base + inside).tolist())
+    return None, busy, pages
 
 
 # --- totals against the guest's own files -----------------------------------------------------
@@ -366,16 +372,18 @@ def test_can_alloc_follows_cma_allocs_search_and_names_the_blockers(case):
     t = truth(snap, prog)
     for a, w in zip(mcma.cma_areas(ctx), t["areas"]):
         for count, align in _counts(a):
-            start, busy = expected_search(w, count, align)
+            start, busy, pages = expected_search(w, count, align)
             res = mcma.can_alloc(ctx, a, count, align)
             what = f"{a.name} count {count} align {align}"
             if a.available_count is not None and count > a.available_count:
-                assert not res.ok and not res.candidates, what
+                assert not res.ok and not res.tried, what
                 continue
             assert res.ok == (start is not None), what
             assert res.start_pfn == start, what
-            got_busy = [(c.start_pfn, c.blockers[0][0]) for c in res.candidates if c.blocking]
-            assert got_busy == busy, what
+            assert res.busy == len(busy) and res.tried == len(busy) + res.ok, what
+            assert [(c.start_pfn, c.blockers[0][0]) for c in res.candidates] == \
+                busy[:mcma.MAX_CANDIDATES], what
+            assert {p for p, _ in res.blocking_pages} == pages, what
 
 
 def test_can_alloc_says_no_with_the_blocking_page_named_when_drgn_finds_one(case):
@@ -398,11 +406,10 @@ def test_can_alloc_says_no_with_the_blocking_page_named_when_drgn_finds_one(case
                 j += 1
             count = (j - i) << a.order_per_bit
             res = mcma.can_alloc(ctx, a, count)
-            tried = [c for c in res.candidates if c.start_pfn == r.base_pfn + (i << a.order_per_bit)]
-            if res.ok and res.start_pfn == tried[0].start_pfn:
-                pytest.fail(f"{a.name}: pfn {p:#x} blocks but the run around it was given")
-            assert tried and p in [q for q, _ in tried[0].blockers] or \
-                tried[0].blocking > mcma.MAX_BLOCKERS
+            start = r.base_pfn + (i << a.order_per_bit)
+            assert not (res.ok and res.start_pfn == start), \
+                f"{a.name}: pfn {p:#x} blocks but the run around it was given"
+            assert p in {q for q, _ in res.blocking_pages}
             return
     pytest.skip("drgn finds no unmovable page in the free part of any area of this case "
                 "(test_map_names_exactly_the_pages_that_block_migration checks memscope "
@@ -450,3 +457,60 @@ def test_a_kernel_without_cma_or_without_an_area_says_so_in_one_line(lab_case, n
         r = _cli(snap, *args)
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("\n") == 1 and what in r.stdout, r.stdout
+
+
+# --- GDB on a frozen guest prints what drgn prints on its dump -----------------------------------
+#: Frozen guests (lab run --keep) with the cma workload: 7.2 x86_64 with cma=128M (gdb) and
+#: the 6.12 arm64 kernel's default area (gdb-multiarch).
+GDB_GUESTS = {"7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
+              "6.12-arm64-cma": dict(kernel="6.12-arm64", workload="cma", mem=1024)}
+GDB_RUNS = [["cma"], ["cma", "-f", "json"], ["cma", "reserved", "--map"],
+            ["cma", "reserved", "--map", "-f", "json"],
+            ["cma", "reserved", "--can-alloc", "64", "--align", "4"],
+            ["cma", "reserved", "--can-alloc", "4096", "-f", "json"],
+            ["cma", "reserved", "--can-alloc", "1000000"],
+            ["cma", "reserved", "--png", "{png}/cma.png"]]
+GDB_DRIVER = r"""
+import json, gdb
+plan = json.load(open(PLAN))
+out = []
+for argv in plan["runs"]:
+    try:
+        text, err = gdb.execute("memscope " + " ".join(argv), to_string=True), None
+    except gdb.error as e:
+        text, err = None, str(e)
+    out.append({"out": text, "error": err,
+                "status": int(gdb.convenience_variable("memscope_status"))})
+json.dump(out, open(plan["output"], "w"))
+"""
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("name", list(GDB_GUESTS))
+def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(name, tmp_path):
+    import guests
+    from memscope import lab
+
+    opts = lab.RunOptions(**GDB_GUESTS[name], mode="keep", progress=False, timeout=1800)
+    g = guests.Guest(name, tmp_path / "guest", lab.run(opts, tmp_path / "guest"))
+    gdb = "gdb-multiarch" if g.arch == "aarch64" else "gdb"
+    try:
+        if not guests.have(gdb):
+            pytest.skip(f"{gdb} is not installed")
+        want = guests.run_cli(["-c", g.vmcore, "-s", g.vmlinux], GDB_RUNS, tmp_path / "cli",
+                              tmp_path / "png-cli")
+        work = tmp_path / "gdb"
+        work.mkdir()
+        (work / "png").mkdir()
+        import json
+
+        (work / "plan.json").write_text(json.dumps(
+            {"runs": [guests.concrete(a, work / "png") for a in GDB_RUNS],
+             "output": str(work / "result.json")}))
+        p = guests.gdb_batch(gdb, g.vmlinux, g.gdb_port, GDB_DRIVER, work)
+        assert (work / "result.json").exists(), f"gdb failed:\n{p.stdout}\n{p.stderr}"
+        got = [{**r, "argv": a, "err": ""} for r, a in
+               zip(json.loads((work / "result.json").read_text()), GDB_RUNS)]
+        guests.assert_same(got, want, work / "png", tmp_path / "png-cli", f"{name} gdb")
+    finally:
+        guests.stop(tmp_path / "guest")

@@ -29,8 +29,10 @@ JSON output (``--format json``), stable keys; pages are the target's pages:
 "blockers": [{"pfn", "class"}]}]}``.
 
 ``cma NAME --can-alloc COUNT``: ``{"area", "count", "align", "ok", "start_pfn",
-"end_pfn", "reason", "candidates": [{"range", "start_pfn", "end_pfn", "blocking",
-"blockers": [{"pfn", "class"}]}]}``.
+"end_pfn", "reason", "tried", "busy", "candidates": [{"range", "start_pfn", "end_pfn",
+"blocking", "blockers": [{"pfn", "class"}]}], "blocking_pages": [{"pfn", "class"}]}``:
+``candidates`` are the first 64 busy candidates (16 blockers each), ``blocking_pages``
+every page that blocked a candidate tried.
 
 A kernel without CMA, or without areas, gives ``[]`` (json) for every form.
 """
@@ -43,8 +45,10 @@ from tabulate import tabulate
 from ..mm import cma as mcma
 from . import CommandError, Result, command, parse_number
 
-#: --map's table lists at most this many blocking pages per run.
+#: The tables list at most this many blocking pages per run or candidate, and
+#: --can-alloc's this many busy candidates.
 TABLE_BLOCKERS = 8
+TABLE_CANDIDATES = 10
 
 
 def _args(p) -> None:
@@ -83,8 +87,6 @@ def cma(ctx, args) -> Result:
         raise CommandError("cma: give --map or --can-alloc, not both")
     if align_text is not None and count_text is None:
         raise CommandError("cma: --align goes with --can-alloc")
-    if png_path is not None and not png_path.strip():
-        raise CommandError("cma: --png needs a file name")
     count = align = None
     if count_text is not None:
         count = parse_number("cma", "count", count_text)
@@ -94,10 +96,9 @@ def cma(ctx, args) -> Result:
         align = parse_number("cma", "align order", align_text)
         if align > 63:
             raise CommandError(f"cma: align order {align_text} is above 63")
-    if png_path:
-        from .pages import _new_file
+    from .pages import png_path as checked_png
 
-        _new_file(png_path)
+    png_path = checked_png("cma", png_path)
     areas = mcma.cma_areas(ctx)
     note = _no_area_note(areas)
     if note:
@@ -180,13 +181,20 @@ def _can_alloc(ctx, area, count: int, align: int) -> Result:
     def table() -> str:
         out = (f"cma_alloc({area.name}, {count} pages, align {align}): "
                f"{'yes' if res.ok else 'no'}: {res.reason}\n")
-        busy = [c for c in res.candidates if c.blocking]
-        if busy:
+        if res.busy:
+            shown = res.candidates[:TABLE_CANDIDATES]
             rows = [[f"{c.start_pfn:#x}", f"{c.end_pfn - 1:#x}", c.blocking,
                      " ".join(f"{p:#x}:{k}" for p, k in c.blockers[:TABLE_BLOCKERS])
-                     + (" ..." if c.blocking > TABLE_BLOCKERS else "")] for c in busy]
+                     + (" ..." if c.blocking > TABLE_BLOCKERS else "")] for c in shown]
             out += tabulate(rows, headers=["busy candidate", "to", "blocking pages",
                                            "first of them (pfn:class)"]) + "\n"
+            if res.busy > len(shown):
+                out += f"... and {res.busy - len(shown)} more busy candidates\n"
+            by_class: dict[str, int] = {}
+            for _, c in res.blocking_pages:
+                by_class[c] = by_class.get(c, 0) + 1
+            out += (f"pages blocking the candidates tried: {len(res.blocking_pages)} ("
+                    + ", ".join(f"{k} {v}" for k, v in sorted(by_class.items())) + ")\n")
         return out
 
     return Result(res.to_json(), table)

@@ -735,10 +735,10 @@ def bitmap_find_next_zero_area_off(bits: _Bits, size: int, start: int, nr: int,
 @dataclasses.dataclass
 class Candidate:
     """
-    One place cma_alloc() would try (:func:`can_alloc`): pfns [start_pfn, end_pfn) of
-    range ``range`` (bits free in the bitmap), and the pages that would make
-    alloc_contig_range() fail there, as (pfn, class) (empty: it would succeed).
-    ``blocking`` counts them all; ``blockers`` lists at most :data:`MAX_BLOCKERS`.
+    One place cma_alloc() tried and found busy (:func:`can_alloc`): pfns [start_pfn,
+    end_pfn) of range ``range`` (bits free in the bitmap), with pages that make
+    alloc_contig_range() fail there.  ``blocking`` counts them; ``blockers`` lists the
+    first :data:`MAX_BLOCKERS` as (pfn, class).
     """
 
     range: int
@@ -753,8 +753,9 @@ class Candidate:
         return d
 
 
-#: Blocking pages listed per candidate.
+#: Blocking pages listed per busy candidate, and busy candidates listed per answer.
 MAX_BLOCKERS = 16
+MAX_CANDIDATES = 64
 
 
 @dataclasses.dataclass
@@ -766,8 +767,12 @@ class CanAlloc:
     - ``ok``: it would succeed.
     - ``start_pfn``, ``end_pfn``: the pages it would take (None when not ok).
     - ``reason``: one sentence: why not, or where.
-    - ``candidates``: every place tried in the kernel's order (the first that succeeds
-      last), at most the bitmap's bits.
+    - ``tried``: candidates tried in the kernel's order, the one that succeeds included
+      (at most the bitmap's bits).
+    - ``busy``: how many of them were busy; ``candidates``: the first
+      :data:`MAX_CANDIDATES` busy ones, in order.
+    - ``blocking_pages``: every page that blocked some candidate tried, as (pfn, class),
+      in pfn order.
     """
 
     area: str
@@ -777,11 +782,15 @@ class CanAlloc:
     start_pfn: int | None
     end_pfn: int | None
     reason: str
+    tried: int
+    busy: int
     candidates: list[Candidate]
+    blocking_pages: list[tuple[int, str]]
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["candidates"] = [c.to_json() for c in self.candidates]
+        d["blocking_pages"] = [{"pfn": p, "class": c} for p, c in self.blocking_pages]
         return d
 
 
@@ -818,8 +827,8 @@ def can_alloc(ctx: KernelContext, area: CmaArea, count: int, align: int = 0) -> 
     them); a busy candidate makes the search go on after it.  6.14+ stops at once when
     ``count`` exceeds ``cma->available_count``.
 
-    Not modelled: a migration that fails for a transient reason (an extra reference held
-    right now, a page under writeback that cannot wait), which the kernel retries.
+    Not modelled: a migration that fails for a transient reason the dump cannot show (a
+    page under writeback that cannot wait), which the kernel retries.
 
     :param ctx: the context of the target
     :param area: an activated area (:func:`cma_areas`)
@@ -829,8 +838,10 @@ def can_alloc(ctx: KernelContext, area: CmaArea, count: int, align: int = 0) -> 
     :raises TargetError: the area was not activated, or as :func:`page_kinds`
     """
     _need_bitmap(area)
-    found: list[Candidate] = []
-    ok_c = None
+    listed: list[Candidate] = []
+    blocking: dict[int, str] = {}
+    tried = busy = 0
+    won = None
     why = ""
     if not area.count:
         why = "the area is empty (count 0)"
@@ -842,39 +853,44 @@ def can_alloc(ctx: KernelContext, area: CmaArea, count: int, align: int = 0) -> 
             if r.bitmap is None or not r.bits:
                 continue
             cls, kind = page_kinds(ctx, r.base_pfn, r.end_pfn)
-            blocking = np.concatenate(([0], np.cumsum(kind == KIND["blocker"])))
+            bad = np.flatnonzero(kind == KIND["blocker"])  # offsets in the range, sorted
             for no in candidates(area, r, count, align):
+                tried += 1
                 lo = no << area.order_per_bit
                 hi = lo + count
-                nblock = int(blocking[min(hi, len(kind))] - blocking[lo])
-                listed = []
-                if nblock:
-                    b = np.flatnonzero(kind[lo:hi] == KIND["blocker"])[:MAX_BLOCKERS]
-                    listed = [(r.base_pfn + lo + int(i), PAGE_CLASSES[cls[lo + i]]) for i in b]
-                c = Candidate(ri, r.base_pfn + lo, r.base_pfn + hi, nblock, listed)
-                found.append(c)
-                if not nblock:
-                    ok_c = c
+                i, j = np.searchsorted(bad, [lo, hi])
+                if i == j:
+                    won = (r.base_pfn + lo, r.base_pfn + hi)
                     break
-            if ok_c:
+                busy += 1
+                for k in bad[i:j].tolist():
+                    blocking.setdefault(r.base_pfn + k, PAGE_CLASSES[cls[k]])
+                if len(listed) < MAX_CANDIDATES:
+                    listed.append(Candidate(
+                        ri, r.base_pfn + lo, r.base_pfn + hi, int(j - i),
+                        [(r.base_pfn + k, PAGE_CLASSES[cls[k]])
+                         for k in bad[i:min(j, i + MAX_BLOCKERS)].tolist()]))
+            if won:
                 break
-        if ok_c is None:
-            if not found:
+        if won is None:
+            if not tried:
                 why = (f"no run of {cma_bitmap_pages_to_bits(area.order_per_bit, count)} "
                        f"free bits aligned to 2^{align} pages in the bitmap (largest free "
                        f"run {area.maxchunk} pages)")
             else:
-                why = (f"every one of the {len(found)} candidate ranges holds pages that "
-                       "cannot be migrated")
-    if ok_c is not None:
-        return CanAlloc(area.name, count, align, True, ok_c.start_pfn, ok_c.end_pfn,
-                        f"pfns {ok_c.start_pfn:#x}-{ok_c.end_pfn - 1:#x} after "
-                        f"{len(found) - 1} busy candidates", found)
-    return CanAlloc(area.name, count, align, False, None, None, why, found)
+                why = (f"every one of the {tried} candidate ranges holds pages that cannot "
+                       f"be migrated ({len(blocking)} such pages)")
+    pages = sorted(blocking.items())
+    if won is not None:
+        return CanAlloc(area.name, count, align, True, won[0], won[1],
+                        f"pfns {won[0]:#x}-{won[1] - 1:#x} after {busy} busy candidates",
+                        tried, busy, listed, pages)
+    return CanAlloc(area.name, count, align, False, None, None, why, tried, busy, listed,
+                    pages)
 
 
 __all__ = ["CHUNK_STATES", "CanAlloc", "Candidate", "ChunkRun", "CmaArea", "CmaRange",
-           "CmaTotals", "GUP_PIN_COUNTING_BIAS", "PAGE_CLASSES", "PAGE_KINDS",
+           "CmaTotals", "GUP_PIN_COUNTING_BIAS", "MAX_BLOCKERS", "MAX_CANDIDATES", "PAGE_CLASSES", "PAGE_KINDS",
            "area_page_classes", "bitmap_find_next_zero_area_off", "can_alloc",
            "candidates", "chunk_map", "clear_runs", "cma_areas",
            "cma_bitmap_aligned_mask", "cma_bitmap_aligned_offset",
