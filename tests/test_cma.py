@@ -473,6 +473,7 @@ GDB_RUNS = [["cma"], ["cma", "-f", "json"], ["cma", "reserved", "--map"],
 GDB_DRIVER = r"""
 import json, gdb
 plan = json.load(open(PLAN))
+gdb.execute("memscope buddyinfo", to_string=True)  # the first command notes the KASLR offset
 out = []
 for argv in plan["runs"]:
     try:
@@ -511,6 +512,12 @@ def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(name, tmp_p
         assert (work / "result.json").exists(), f"gdb failed:\n{p.stdout}\n{p.stderr}"
         got = [{**r, "argv": a, "err": ""} for r, a in
                zip(json.loads((work / "result.json").read_text()), GDB_RUNS)]
+        for g_, w_ in zip(got, want):  # the first difference, line by line
+            if g_["out"] != w_["out"] and g_["out"] is not None:
+                diff = [(a, b) for a, b in zip(g_["out"].splitlines(), w_["out"].splitlines())
+                        if a != b][:3]
+                pytest.fail(f"{name} gdb: memscope {' '.join(w_['argv'])} differs from drgn "
+                            f"on the vmcore (gdb, drgn): {diff}")
         guests.assert_same(got, want, work / "png", tmp_path / "png-cli", f"{name} gdb")
     finally:
         guests.stop(tmp_path / "guest")
