@@ -422,6 +422,11 @@ def page_kinds(ctx: KernelContext, lo: int, hi: int) -> tuple[np.ndarray, np.nda
 
     :raises TargetError: as :func:`memscope.mm.page.zone_counts`
     """
+    cls, kind = ctx.snapshot(f"cma.kinds.{lo}.{hi}", lambda: _page_kinds(ctx, lo, hi))
+    return cls.copy(), kind.copy()
+
+
+def _page_kinds(ctx: KernelContext, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     pm = mpage.memmap(ctx)
     C = mpage.C
 
