@@ -526,3 +526,37 @@ def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(name, tmp_p
         guests.assert_same(got, want, work / "png", tmp_path / "png-cli", f"{name} gdb")
     finally:
         guests.stop(tmp_path / "guest")
+
+
+def test_png_draws_the_taken_chunks_and_the_blocking_pages_where_drgn_finds_them(case, tmp_path):
+    """--png: at each page's pixel (the geometry in the PNG's text chunks), the
+    ``cma_taken`` colour exactly where drgn's bitmap has the page's bit set, and the
+    colour of a blocking class (``pinned``, ``referenced``, ...) at the pages drgn's rules
+    say block."""
+    from PIL import Image
+
+    from memscope.report.png import CLASS_COLOURS
+
+    snap, prog, ctx = case
+    w = truth(snap, prog)["areas"][0]
+    out = tmp_path / "cma.png"
+    r = _cli(snap, "cma", w["name"], "--png", str(out))
+    assert r.returncode == 0, r.stderr
+    im = Image.open(out)
+    geo = {k.split(":", 1)[1]: int(v) for k, v in im.text.items() if k.startswith("memscope:")}
+    rgb = np.asarray(im.convert("RGB"))
+    taken = np.array(CLASS_COLOURS["cma_taken"], np.uint8)
+    movable_or_free = {tuple(CLASS_COLOURS[c]) for c in
+                       (*mcma.FREE_CLASSES, *mcma.MOVABLE_CLASSES, "other")}
+    step = 1 << w["order_per_bit"]
+    for wr in w["ranges"]:
+        for i, bit in enumerate(wr["bits"].tolist()):
+            for pfn in range(wr["base_pfn"] + i * step, wr["base_pfn"] + (i + 1) * step):
+                q = pfn - geo["origin_pfn"]
+                x = geo["map_x"] + (q % geo["pages_per_row"]) * geo["px_x"]
+                y = geo["map_y"] + (q // geo["pages_per_row"]) * geo["px_y"]
+                px = rgb[y, x]
+                assert bool((px == taken).all()) == bit, hex(pfn)
+                if not bit:
+                    assert (tuple(px.tolist()) not in movable_or_free) == wr["blocks"][pfn], \
+                        hex(pfn)
