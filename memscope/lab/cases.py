@@ -40,7 +40,7 @@ CASES: dict[str, dict] = {
     "7.2-slub-debug": dict(kernel="7.2", workload="slub-debug", append="slub_debug=FZPU"),
     # CMA (memscope.mm.cma): memory filled with page cache and anonymous memory, a third
     # of the page cache freed again, so that the areas hold movable, buddy-free and pcp
-    # pages.  7.2 x86_64 reserves an area only with cma=; 7.2 arm64 has its default
+    # pages, and pipes holding page cache pages (which migration cannot move).  7.2 x86_64 reserves an area only with cma=; 7.2 arm64 has its default
     # 64 MiB area (multi-range struct cma, CONFIG_CMA_SYSFS on both).
     "7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
     "7.2-cma16": dict(kernel="7.2", workload="cma", append="cma=16M"),
