@@ -466,9 +466,10 @@ def test_a_kernel_without_cma_or_without_an_area_says_so_in_one_line(lab_case, n
 
 # --- GDB on a frozen guest prints what drgn prints on its dump -----------------------------------
 #: Frozen guests (lab run --keep) with the cma workload: 7.2 x86_64 with cma=128M (gdb) and
-#: the 6.12 arm64 kernel's default area (gdb-multiarch).
+#: the 6.12 and 7.2 arm64 kernels' default areas (gdb-multiarch).
 GDB_GUESTS = {"7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
-              "6.12-arm64-cma": dict(kernel="6.12-arm64", workload="cma", mem=1024)}
+              "6.12-arm64-cma": dict(kernel="6.12-arm64", workload="cma", mem=1024),
+              "7.2-arm64-cma": dict(kernel="7.2-arm64", workload="cma", mem=1024)}
 GDB_RUNS = [["cma"], ["cma", "-f", "json"], ["cma", "reserved", "--map"],
             ["cma", "reserved", "--map", "-f", "json"],
             ["cma", "reserved", "--can-alloc", "64", "--align", "4"],
