@@ -26,7 +26,10 @@ JSON output (``--format json``), stable keys; pages are the target's pages:
 
 ``cma NAME --map``: ``{"area": <the record above>, "runs": [{"start_pfn", "end_pfn",
 "chunks", "state": "taken"|"free"|"movable"|"blocked", "pages": {class: pages},
-"blockers": [{"pfn", "class"}]}]}``.
+"blockers": [{"pfn", "class"}]}]}``; classes are memscope.mm.page's (buddy, pcp, anon,
+pagecache, slab, pagetable, reserved, kernel...) and ``pinned`` (pin_user_pages()) and
+``referenced`` (references migration does not expect, e.g. a pipe holding the page after
+splice()): memscope.mm.cma.page_kinds.
 
 ``cma NAME --can-alloc COUNT``: ``{"area", "count", "align", "ok", "start_pfn",
 "end_pfn", "reason", "tried", "busy", "candidates": [{"range", "start_pfn", "end_pfn",
