@@ -39,6 +39,9 @@ the same name returns):
 - :func:`vtop`: a virtual address translated level by level (crash's ``vtop``).
 - :func:`mempools`: every mempool found in the kernel's data and slab objects;
   :func:`mempool`: one pool and its elements.
+- :func:`cma`: every CMA area (bitmap use, buddy and pcp pages inside it);
+  :func:`cma_map`: one area chunk by chunk; :func:`cma_can_alloc`: would cma_alloc()
+  succeed now.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
   :func:`format_maps`, :func:`format_slabinfo`, :func:`format_smaps_rollup`: the /proc
   files, byte for byte.
@@ -116,11 +119,14 @@ from .mm import vma as _vma
 from .mm import vmalloc as _vmalloc
 from .mm import smaps as _smaps
 from .mm.smaps import Rollup, format_smaps_rollup
+from .mm import cma as _cma
+from .mm.cma import CanAlloc, ChunkRun, CmaArea, CmaRange
 from .mm.task import Task
 from .mm import vtop as _vtop
 from .mm.vtop import Translation
 from .mm.vma import Vma, format_maps
 from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
+from .target.base import TargetError as _TargetError
 from .target.drgn import DrgnTarget
 
 __all__ = ["kmalloc", "KmallocCache", "buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
@@ -134,7 +140,8 @@ __all__ = ["kmalloc", "KmallocCache", "buddyinfo", "pagetypeinfo", "freelists", 
            "smaps_rollup", "Rollup", "format_smaps_rollup", "vtop", "Translation",
            "meminfo", "Meminfo", "MeminfoLine", "format_meminfo",
            "slabinfo", "slab_usage", "slab", "whatis", "format_slabinfo",
-           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs"]
+           "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs",
+           "cma", "cma_map", "cma_can_alloc", "CmaArea", "CmaRange", "ChunkRun", "CanAlloc"]
 
 _CONTEXTS: "weakref.WeakKeyDictionary[drgn.Program, KernelContext]" = \
     weakref.WeakKeyDictionary()
@@ -451,6 +458,55 @@ def vmalloc_by_caller(prog: drgn.Program) -> list[CallerUsage]:
     :raises TargetError: as :func:`vmallocinfo`
     """
     return _vmalloc.by_caller(_vmalloc.vmallocinfo(_fresh(prog)))
+
+
+def cma(prog: drgn.Program) -> list[CmaArea] | None:
+    """
+    Get every CMA area as ``memscope cma`` lists them (:mod:`memscope.mm.cma`).
+
+    :param prog: the kernel
+    :return: one :class:`CmaArea` per ``cma_areas[]`` entry (pages; an empty list when
+        the kernel reserved none), or None when it has no CONFIG_CMA
+    :raises TargetError: as :func:`memscope.mm.cma.cma_areas`
+    """
+    return _cma.cma_areas(_fresh(prog))
+
+
+def _cma_area(ctx: KernelContext, name: str) -> CmaArea:
+    area = _cma.find_area(_cma.cma_areas(ctx) or [], name)
+    if area is None:
+        raise _TargetError(f"no CMA area named {name!r}")
+    return area
+
+
+def cma_map(prog: drgn.Program, name: str) -> list[ChunkRun]:
+    """
+    Get CMA area NAME chunk by chunk (``memscope cma NAME --map``).
+
+    :param prog: the kernel
+    :param name: the area's ``cma->name``
+    :return: the :class:`ChunkRun` records, in pfn order
+    :raises TargetError: no such area (or no CMA), or as
+        :func:`memscope.mm.cma.chunk_map`
+    """
+    ctx = _fresh(prog)
+    return _cma.chunk_map(ctx, _cma_area(ctx, name))
+
+
+def cma_can_alloc(prog: drgn.Program, name: str, count: int, align: int = 0) -> CanAlloc:
+    """
+    Would ``cma_alloc()`` of COUNT pages aligned to 2^ALIGN pages from area NAME succeed
+    now (``memscope cma NAME --can-alloc COUNT --align ALIGN``)?
+
+    :param prog: the kernel
+    :param name: the area's ``cma->name``
+    :param count: pages (> 0)
+    :param align: alignment order
+    :return: a :class:`CanAlloc`
+    :raises TargetError: no such area (or no CMA), or as :func:`memscope.mm.cma.can_alloc`
+    """
+    ctx = _fresh(prog)
+    return _cma.can_alloc(ctx, _cma_area(ctx, name), count, align)
 
 
 def ps(prog: drgn.Program, threads: bool = False) -> list[Task]:

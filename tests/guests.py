@@ -122,6 +122,8 @@ def plan(guest: Guest) -> list[list[str]]:
              ["freelists", "--no-pcp", "-f", "json"],
              ["slabinfo", "--walk", "-f", "json"], ["slabinfo", "--walk"],
              ["frag", "-f", "proc", "--proc-file", "extfrag_index"]]
+    if guest.arch == "aarch64":  # the arm64 kernels reserve a CMA area: draw it
+        runs.append(["cma", "reserved", "--png", f"{PNG}/cma.png"])
     from memscope.mm.frag import GFP_CLASSES
 
     for gfp in GFP_CLASSES:
@@ -141,8 +143,12 @@ def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
 
     slab = [["dentry"], ["kmalloc-64", "--objects", "--free"]]
     # init (pid 1) has an address space on every guest; ps also with its threads
+    # cma: the default DMA area of cma= is called "reserved"; a kernel without CMA or
+    # without an area answers every form with one line
     fixed = {"slab": slab, "maps": [["1"]], "heap": [["1"]], "smaps_rollup": [["1"]],
-             "ps": [[], ["--threads"]], "kmalloc": [[], ["--kind", "reclaim"]]}
+             "ps": [[], ["--threads"]], "kmalloc": [[], ["--kind", "reclaim"]],
+             "cma": [[], ["reserved", "--map"], ["reserved", "--can-alloc", "64", "--align", "4"],
+                     ["reserved", "--can-alloc", "1000000"]]}
     try:
         vmcore = guest.vmcore
     except (KeyError, IndexError):

@@ -19,7 +19,8 @@ KERNEL = "6.12"  # any real dump will do; the errors happen before any analysis
 #: of them).
 ARGS = {"slab": ["dentry"], "whatis": ["0xffff888000000000"], "maps": ["1"], "heap": ["1"],
         "smaps_rollup": ["1"],
-        "vtop": ["0xffff888000000000"], "mempool": ["0xffff888000000000"]}
+        "vtop": ["0xffff888000000000"], "mempool": ["0xffff888000000000"],
+        "cma": ["reserved", "--can-alloc", "16"]}
 
 
 def argv(cmd: str) -> list[str]:

@@ -58,6 +58,16 @@ def _new_file(path: str) -> None:
                            "name a new file")
 
 
+def png_path(cmd: str, path: str | None) -> str | None:
+    """A command's ``--png`` argument checked before any work: None when not given; an
+    empty name, or a file that exists, is refused (:class:`CommandError`, one line)."""
+    if path is not None and not path.strip():
+        raise CommandError(f"{cmd}: --png needs a file name")
+    if path:
+        _new_file(path)
+    return path or None
+
+
 def _write(path: str, data: bytes) -> None:
     from ..report import png
 

@@ -33,7 +33,7 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import vmalloc as vm
-from . import CommandError, Result, command
+from . import Result, command
 
 
 def _area_json(a: vm.VmallocArea) -> dict:
@@ -76,13 +76,9 @@ def _vmalloc_args(p) -> None:
 @command("vmalloc", "vmalloc usage per caller and kind (from the vmap areas)",
          arguments=_vmalloc_args)
 def vmalloc(ctx, args) -> Result:
-    from .pages import _new_file, _write
+    from .pages import _write, png_path as checked_png
 
-    png_path = getattr(args, "png", None)
-    if png_path is not None and not png_path.strip():
-        raise CommandError("vmalloc: --png needs a file name")
-    if png_path:
-        _new_file(png_path)
+    png_path = checked_png("vmalloc", getattr(args, "png", None))
     info = vm.vmallocinfo(ctx)
     if png_path:
         from ..report import png

@@ -42,6 +42,16 @@ CASES: dict[str, dict] = {
     # kdump-compressed, flattened (vmcore.kdump-zlib; Debian 12's QEMU 7.2 offers no lzo
     # or snappy: query-dump-guest-memory-capability).
     "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
+    # CMA (memscope.mm.cma): memory filled with page cache and anonymous memory, a third
+    # of the page cache freed again, so that the areas hold movable, buddy-free and pcp
+    # pages, and pipes holding page cache pages (which migration cannot move).  7.2 x86_64 reserves an area only with cma=; 7.2 arm64 has its default
+    # 64 MiB area (multi-range struct cma, CONFIG_CMA_SYSFS on both).
+    "7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
+    # 384 MiB: a case's directory is named by kernel, workload and sizes, not by its
+    # append, and a build removes the older ones of the same name (_remove_stale): at
+    # 512 MiB this case and 7.2-cma would remove each other.
+    "7.2-cma16": dict(kernel="7.2", workload="cma", append="cma=16M", mem=384),
+    "7.2-arm64": dict(kernel="7.2-arm64", workload="cma", mem=1024, timeout=1200),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 

@@ -61,8 +61,10 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("6.1", "bookworm", "linux-image-cloud-amd64", "amd64", "x86_64"),
         KernelSpec("6.12", "trixie", "linux-image-cloud-amd64", "amd64", "x86_64"),
         KernelSpec("7.2", "sid", "linux-image-cloud-amd64", "amd64", "x86_64"),
-        # The one Debian kernel with CONFIG_CMA: the generic arm64 flavour.
+        # The generic arm64 flavour has CONFIG_CMA (64 MiB by default); 7.2 also
+        # CONFIG_CMA_SYSFS and multi-range areas (struct cma_memrange).
         KernelSpec("6.12-arm64", "trixie", "linux-image-arm64", "arm64", "aarch64"),
+        KernelSpec("7.2-arm64", "sid", "linux-image-arm64", "arm64", "aarch64"),
     )
 }
 DEFAULT_KERNEL = "6.12"

@@ -39,6 +39,9 @@ CLASS_COLOURS = {
     "hugetlb": (120, 80, 40), "offline": (90, 90, 90), "reserved": (130, 130, 150),
     "anon": (220, 50, 50), "pagecache": (50, 110, 220), "free": (200, 240, 200),
     "kernel": (240, 210, 40), "other": (0, 200, 200),
+    # CMA maps (memscope.mm.cma): pinned user pages, chunks taken by cma_alloc(), pfns
+    # between an area's ranges
+    "pinned": (120, 0, 0), "cma_taken": (30, 30, 110), "not_in_area": (235, 235, 235),
 }
 MIGRATETYPE_COLOURS = {
     "Unmovable": (220, 50, 50), "Movable": (60, 170, 60), "Reclaimable": (50, 110, 220),
