@@ -65,6 +65,16 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
     return best
 
 
+def interleaved(contenders: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    """The best of REPEAT rounds for each of CONTENDERS (name -> function), one call of
+    each per round, so that a burst of load elsewhere on the machine hits them alike."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            best[name] = min(best[name], best_of(fn, 1))
+    return best
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     with contextlib.redirect_stdout(io.StringIO()):
         t = time.perf_counter()
