@@ -143,6 +143,17 @@ def run_command(prog, name: str, fmt: str, **extra) -> str:
         .render(fmt)
 
 
+def simple_main(doc: str, run: Callable[..., list[Row]], repeat: int) -> None:
+    """The command line of a benchmark module whose ``run(snap, repeat, prog)`` needs
+    nothing else: ``python3 -m benchmarks.NAME [CASE] [--repeat N]``, its table printed."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("case", nargs="?", default=DEFAULT_CASE)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    args = ap.parse_args()
+    snap, prog = open_case(args.case)
+    print(render(run(snap, args.repeat, prog)))
+
+
 def machine() -> str:
     cpu = ""
     with contextlib.suppress(OSError):

@@ -20,9 +20,7 @@ context) and the work alone (``meminfo()`` + formatting, the context kept and re
 
 from __future__ import annotations
 
-import argparse
-
-from . import DEFAULT_CASE, Row, interleaved, open_case, render, run_command, warm_file
+from . import Row, interleaved, run_command, simple_main, warm_file
 from .drgn_meminfo import drgn_meminfo
 
 
@@ -72,12 +70,7 @@ def run(snap, repeat: int = 7, prog=None, log=print) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", nargs="?", default=DEFAULT_CASE)
-    ap.add_argument("--repeat", type=int, default=7)
-    args = ap.parse_args()
-    snap, prog = open_case(args.case)
-    print(render(run(snap, args.repeat, prog)))
+    simple_main(__doc__, run, 7)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ and refreshed, as a second command in the same GDB or drgn session).
 
 from __future__ import annotations
 
-import argparse
-
-from . import DEFAULT_CASE, Row, interleaved, open_case, render, run_command, warm_file
+from . import Row, interleaved, run_command, simple_main, warm_file
 
 # include/linux/vmalloc.h (#defines, not in the debug info), as contrib/vmallocinfo.py
 VM_IOREMAP, VM_ALLOC, VM_MAP, VM_USERMAP, VM_DMA_COHERENT = 0x1, 0x2, 0x4, 0x8, 0x10
@@ -211,12 +209,7 @@ def run(snap, repeat: int = 7, prog=None, log=print) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", nargs="?", default=DEFAULT_CASE)
-    ap.add_argument("--repeat", type=int, default=7)
-    args = ap.parse_args()
-    snap, prog = open_case(args.case)
-    print(render(run(snap, args.repeat, prog)))
+    simple_main(__doc__, run, 7)
 
 
 if __name__ == "__main__":
