@@ -14,6 +14,7 @@ Baselines:
 
 Two memscope subjects: the whole command through the CLI's code path (fresh target and
 context) and the work alone (``meminfo()`` + formatting, the context kept and refreshed).
+Each contender takes milliseconds: the best of 3 x REPEAT interleaved rounds is kept.
 
     python3 -m benchmarks.bench_meminfo [CASE] [--repeat N]
 """
@@ -54,7 +55,7 @@ def run(snap, repeat: int = 7, prog=None, log=print) -> list[Row]:
     kmem = has_crash_kmem()
     if kmem:
         contenders["kmem"] = lambda: crash(prog, "kmem -i")
-    best = interleaved(contenders, repeat)
+    best = interleaved(contenders, 3 * repeat)  # milliseconds each: more rounds, same cost
     log(f"  meminfo: memscope {best['cli'] * 1e3:.1f} ms (work {best['work'] * 1e3:.1f} ms), "
         f"drgn helpers {best['drgn'] * 1e3:.1f} ms"
         + (f", kmem -i {best['kmem'] * 1e3:.1f} ms" if kmem else "") + f"; {note}")
