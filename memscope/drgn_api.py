@@ -27,15 +27,21 @@ the same name returns):
 - :func:`slab_usage`: the true counts of every slab cache, every slab walked
   (``slabinfo --walk``).
 - :func:`slab`: one cache's slabs and free objects (``slab CACHE``).
+- :func:`kmalloc`: kmalloc's caches by kind and size, requested bytes where slub_debug
+  stores them (``kmalloc``).
 - :func:`whatis`: what an address is: slab object, KFENCE, large kmalloc, page class.
 - :func:`meminfo`: every line of /proc/meminfo (:func:`format_meminfo` prints the file).
 - :func:`vmallocinfo`: every vmap area as /proc/vmallocinfo lists them;
   :func:`vmalloc_by_caller`: vmalloc use per caller and kind.
 - :func:`ps`: every process or thread; :func:`maps`: a process's VMAs; :func:`heap`: its
-  malloc heap walked chunk by chunk.
-- :func:`mempools`: every mempool found in the kernel's data and slab objects.
+  malloc heap walked chunk by chunk; :func:`smaps_rollup`: its /proc/PID/smaps_rollup
+  from the page tables (:func:`format_smaps_rollup` prints the file).
+- :func:`vtop`: a virtual address translated level by level (crash's ``vtop``).
+- :func:`mempools`: every mempool found in the kernel's data and slab objects;
+  :func:`mempool`: one pool and its elements.
 - :func:`format_buddyinfo`, :func:`format_pagetypeinfo`, :func:`format_vmallocinfo`,
-  :func:`format_maps`, :func:`format_slabinfo`: the /proc files, byte for byte.
+  :func:`format_maps`, :func:`format_slabinfo`, :func:`format_smaps_rollup`: the /proc
+  files, byte for byte.
 - :func:`context_for`: the per-Program context the functions share (``mm_for`` is its
   former name).
 
@@ -82,6 +88,7 @@ import drgn
 
 from .mm import buddy as _buddy
 from .mm import freelists as _fl
+from .mm import check as _check
 from .mm.buddy import PageTypeInfo, ZoneBuddyInfo, ZonePageTypes, format_buddyinfo, \
     format_pagetypeinfo
 from .mm.freelists import CheckReport, FreeBlock, PcpList, Problem, ZoneCheck, \
@@ -95,6 +102,8 @@ from .mm.frag import ZoneFrag
 from .mm.page import PageRecord, ZonePages
 from .mm.pageblock import ZonePageblocks
 from .mm import slub as _slub
+from .mm import kmalloc as _kmalloc
+from .mm.kmalloc import KmallocCache
 from .mm.slub import CacheUsage, CacheWalk, SlabInfo, WhatIs, format_slabinfo
 from .mm.context import KernelContext
 from .mm import heap as _heap
@@ -104,19 +113,24 @@ from .mm import task as _task
 from .mm.heap import HeapReport
 from .mm import vma as _vma
 from .mm import vmalloc as _vmalloc
+from .mm import smaps as _smaps
+from .mm.smaps import Rollup, format_smaps_rollup
 from .mm.task import Task
+from .mm import vtop as _vtop
+from .mm.vtop import Translation
 from .mm.vma import Vma, format_maps
 from .mm.vmalloc import CallerUsage, VmallocArea, VmallocInfo, format_vmallocinfo
 from .target.drgn import DrgnTarget
 
-__all__ = ["buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
+__all__ = ["kmalloc", "KmallocCache", "buddyinfo", "pagetypeinfo", "freelists", "check", "pages", "page_records",
            "pageblocks", "frag", "CheckReport", "ZoneCheck", "ZonePages", "PageRecord",
            "ZonePageblocks", "ZoneFrag",
            "ZoneBuddyInfo", "PageTypeInfo", "ZonePageTypes", "ZoneFreeLists", "FreeBlock",
            "PcpList", "Problem", "format_buddyinfo", "format_pagetypeinfo", "context_for",
            "mm_for", "vmallocinfo", "vmalloc_by_caller", "format_vmallocinfo", "VmallocInfo",
            "VmallocArea", "CallerUsage", "ps", "maps", "format_maps", "Task", "Vma",
-           "heap", "HeapReport", "mempools", "Mempool", "MempoolScan",
+           "heap", "HeapReport", "mempools", "mempool", "Mempool", "MempoolScan",
+           "smaps_rollup", "Rollup", "format_smaps_rollup", "vtop", "Translation",
            "meminfo", "Meminfo", "MeminfoLine", "format_meminfo",
            "slabinfo", "slab_usage", "slab", "whatis", "format_slabinfo",
            "SlabInfo", "CacheUsage", "CacheWalk", "WhatIs"]
@@ -253,7 +267,12 @@ def check(prog: drgn.Program) -> CheckReport:
     list has a cycle, a wrong ``prev`` link or a block that is also on another list; the
     blocks on each order's lists number ``free_area[order].nr_free``; their pages, the
     MIGRATE_ISOLATE lists excluded, equal ``zone_page_state_snapshot(zone,
-    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.
+    NR_FREE_PAGES)``; each CPU's per-CPU lists hold ``pcp->count`` pages.  Then every
+    slab of every cache (:func:`memscope.mm.slub_debug.check_slabs`): freelists decoded and
+    bounded (cycles, pointers off an object boundary), ``inuse`` against the freelist,
+    objects free twice, sheaves holding other caches' objects, and on caches with SLUB
+    debugging each object's red zones and poison as mm/slub.c check_object() checks them
+    (``report.slabs`` counts what was walked).
 
     On a frozen dump a healthy kernel gives no problem; on a live target lists and
     counters move under the read and the differences are reported as problems too.
@@ -268,7 +287,7 @@ def check(prog: drgn.Program) -> CheckReport:
     :raises TargetError: a type or member is missing from the debug info
     :raises FaultError: a ``struct zone`` cannot be read
     """
-    return _fl.check(_fresh(prog))
+    return _check.check(_fresh(prog))
 
 
 def pages(prog: drgn.Program) -> list[ZonePages]:
@@ -444,7 +463,7 @@ def ps(prog: drgn.Program, threads: bool = False) -> list[Task]:
     :return: one :class:`Task` per process or thread; ``rss`` in pages per counter
     :raises TargetError: a type or member is missing from the debug info
     """
-    return _task.tasks(_fresh(prog), threads)
+    return _task.tasks(_fresh(prog), threads, names=True)
 
 
 def maps(prog: drgn.Program, pid: int) -> list[Vma]:
@@ -493,6 +512,61 @@ def mempools(prog: drgn.Program) -> MempoolScan:
     return _mempool.mempools(_fresh(prog))
 
 
+def mempool(prog: drgn.Program, addr: int) -> Mempool:
+    """
+    Read the ``mempool_t`` at *addr* (mm/mempool.c) and the elements it holds, checked as
+    :func:`mempools` checks what it finds (:func:`memscope.mm.mempool.mempool`).
+
+    >>> ms.mempool(prog, prog["fs_bio_set"].bio_pool.address_of_().value_()).min_nr
+    2
+
+    :param prog: the kernel
+    :param addr: the address of a ``mempool_t`` (a global's, a member's, a slab object's)
+    :return: a :class:`Mempool`: counts in elements, ``element_size`` in bytes,
+        ``elements`` the addresses of the ``curr_nr`` elements held, ``owner`` ``%pS`` of
+        *addr* ("" when no symbol covers it)
+    :raises TargetError: *addr* is not a mempool_t this kernel could be using, or the
+        kernel has no mempool callbacks
+    """
+    return _mempool.mempool(_fresh(prog), addr)
+
+
+def vtop(prog: drgn.Program, addr: int, pid: int | None = None) -> Translation:
+    """
+    Translate virtual address *addr* through the page tables, level by level, as crash's
+    ``vtop`` does: the kernel's tables (``init_mm.pgd``), or with *pid* that process's
+    (``mm->pgd``; on arm64 the upper half is always the kernel's), and say what the
+    physical page is (:mod:`memscope.mm.vtop`).  ``physical`` is what drgn's
+    ``follow_phys(mm, addr)`` returns, None where it would raise ``FaultError``.
+
+    :param prog: the kernel
+    :param addr: a 64-bit virtual address
+    :param pid: a process id (thread-group leader), or None for the kernel's tables
+    :return: a :class:`Translation` (physical addresses in bytes; ``steps`` top level
+        first); an address that is not mapped is a Translation with ``physical`` None
+    :raises TargetError: *addr* is not canonical, no such process, or a kernel thread
+    """
+    ctx = _fresh(prog)
+    return _vtop.vtop(ctx, addr, _task.find_task(ctx, pid) if pid is not None else None)
+
+
+def smaps_rollup(prog: drgn.Program, pid: int) -> Rollup:
+    """
+    Reproduce process *pid*'s /proc/PID/smaps_rollup from its page tables and struct
+    pages with its kernel's arithmetic (fs/proc/task_mmu.c ``smaps_account()``;
+    :mod:`memscope.mm.smaps`); :func:`format_smaps_rollup` prints the file (it raises
+    :class:`memscope.mm.smaps.NotReproducible` naming a line the dump does not determine).
+
+    :param prog: the kernel
+    :param pid: the process (thread-group leader) id
+    :return: a :class:`Rollup`: ``values`` line label -> bytes (the lines this kernel
+        prints, in its order), ``unknown`` label -> why the dump does not determine it
+    :raises TargetError: no such process, a kernel thread, or a missing type or member
+    """
+    ctx = _fresh(prog)
+    return _smaps.smaps_rollup(ctx, _task.find_task(ctx, pid))
+
+
 # --- drgn command registration -------------------------------------------------------
 def slabinfo(prog: drgn.Program) -> list[SlabInfo]:
     """
@@ -529,6 +603,22 @@ def slab_usage(prog: drgn.Program) -> list[CacheUsage]:
     :raises TargetError: as :func:`slabinfo` and :func:`pages`
     """
     return _slub.slab_usage(_fresh(prog))
+
+
+def kmalloc(prog: drgn.Program) -> list[KmallocCache]:
+    """
+    Get kmalloc's caches (``memscope kmalloc``): every slot of the kernel's
+    ``kmalloc_caches[type][index]`` (kinds from ``enum kmalloc_cache_type``), its cache's
+    objects, allocated bytes against its slabs' memory, and where SLUB debugging stores
+    each object's requested size (``orig_size``, 6.1+), the bytes asked for.
+
+    :param prog: the kernel
+    :return: one :class:`KmallocCache` per slot holding a cache, by type then index
+        (bytes in bytes; ``requested_bytes`` None when the cache stores no sizes)
+    :raises TargetError: the debug info has no ``kmalloc_caches`` or ``enum
+        kmalloc_cache_type``, and as :func:`slab_usage`
+    """
+    return _kmalloc.kmalloc_caches(_fresh(prog))
 
 
 def slab(prog: drgn.Program, name: str) -> CacheWalk:

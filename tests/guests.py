@@ -141,8 +141,8 @@ def command_arguments(guest: Guest) -> dict[str, list[list[str]]]:
 
     slab = [["dentry"], ["kmalloc-64", "--objects", "--free"]]
     # init (pid 1) has an address space on every guest; ps also with its threads
-    fixed = {"slab": slab, "maps": [["1"]], "heap": [["1"]],
-             "ps": [[], ["--threads"]]}
+    fixed = {"slab": slab, "maps": [["1"]], "heap": [["1"]], "smaps_rollup": [["1"]],
+             "ps": [[], ["--threads"]], "kmalloc": [[], ["--kind", "reclaim"]]}
     try:
         vmcore = guest.vmcore
     except (KeyError, IndexError):

@@ -18,6 +18,7 @@ KERNEL = "6.12"  # any real dump will do; the errors happen before any analysis
 #: The arguments a command cannot run without (the errors tested here come before any use
 #: of them).
 ARGS = {"slab": ["dentry"], "whatis": ["0xffff888000000000"], "maps": ["1"], "heap": ["1"],
+        "smaps_rollup": ["1"],
         "vtop": ["0xffff888000000000"], "mempool": ["0xffff888000000000"]}
 
 

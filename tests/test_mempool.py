@@ -80,6 +80,32 @@ def test_one_pool_lists_its_elements(real_kernel, how):
     assert status == 0
 
 
+def test_drgn_api_mempool_reads_one_pool_as_drgn_does(real_kernel):
+    """memscope.drgn_api.mempool on fs_bio_set's two pools and on a pool found in a slab
+    object: the counts, backing cache and elements drgn reads in the same mempool_t; an
+    address that is no mempool_t is an error."""
+    from memscope import drgn_api
+    from memscope.target.base import TargetError
+
+    prog, _t = open_dump(real_kernel)
+    slab_pool = next(p.address for p in _scan(real_kernel).pools if p.found == "slab")
+    addrs = [prog["fs_bio_set"].member_(m).address_of_().value_()
+             for m in ("bio_pool", "bvec_pool")] + [slab_pool]
+    for addr in addrs:
+        p = drgn_api.mempool(prog, addr)
+        m = drgn.Object(prog, "mempool_t *", addr)
+        assert (p.address, p.min_nr, p.curr_nr) == (addr, m.min_nr.value_(), m.curr_nr.value_())
+        assert list(p.elements) == [m.elements[i].value_() for i in range(m.curr_nr)]
+        if p.backing == "slab":
+            cache = drgn.cast("struct kmem_cache *", m.pool_data)
+            assert (p.cache, p.element_size) == (cache.name.string_().decode(),
+                                                 cache.object_size.value_())
+    assert drgn_api.mempool(prog, addrs[0]).owner.startswith("fs_bio_set+")
+    assert drgn_api.mempool(prog, slab_pool).owner == ""
+    with pytest.raises(TargetError, match="is not a mempool_t"):
+        drgn_api.mempool(prog, prog["fs_bio_set"].address_of_().value_() + 1)
+
+
 @pytest.mark.parametrize("case", ["5.10", "6.1", "6.12", "7.2"])
 def test_the_nvme_disks_pools_are_found(lab_case, case):
     """mixed.sh mounts an ext2 file system on the lab's NVMe disk (block.sh): the disk's

@@ -30,6 +30,8 @@ JSON output (``--format json``), stable keys:
 ``check``::
 
     {"ok": bool,
+     "slabs": {"caches": int, "slabs": int, "objects": int,   # the slab half (every slab
+               "debug_caches": int, "debug_objects": int},    # walked; red zones checked)
      "zones": [{"node": int, "zone": str, "nr_free": [int per order],
                 "walked": [int per order],           # blocks found on the lists
                 "free_pages": int,                   # pages on the lists (all but Isolate)
@@ -40,7 +42,12 @@ JSON output (``--format json``), stable keys:
 where ``problem`` is ``{"kind": str, "node": int, "zone": str, "where": str,
 "message": str}`` and ``kind`` one of: cycle, outside_memory, unreadable, broken_link,
 not_buddy, wrong_order, misaligned, outside_zone, cross_linked, too_long, gave_up,
-nr_free_mismatch, free_pages_counter_mismatch, pcp_count_mismatch.
+nr_free_mismatch, free_pages_counter_mismatch, pcp_count_mismatch; the slab half's
+``where`` is the cache's name and its kinds those of :mod:`memscope.mm.slub_debug`
+(cycle, bad_pointer, too_long, inuse_mismatch, double_free, unlisted, wrong_slab,
+bad_sheaf, unknown_cache; under SLUB debugging left_redzone, right_redzone,
+kmalloc_redzone, alignment_padding, poison, end_poison, object_padding, padding, each
+message starting with the kernel's own name, "Left Redzone overwritten: ...").
 
 ``check`` exits with status 1 when it finds any problem, 0 otherwise.  The free-page
 counter is compared exactly (global ``vm_stat`` plus every CPU's ``vm_stat_diff``): on a
@@ -54,7 +61,7 @@ import dataclasses
 
 from tabulate import tabulate
 
-from ..mm import buddy, freelists as fl
+from ..mm import buddy, check as mm_check, freelists as fl
 from . import Result, command
 
 
@@ -136,25 +143,32 @@ def freelists(ctx, args) -> Result:
     return Result(data, table, None, status)
 
 
-@command("check", "walk the free lists and verify them against nr_free and NR_FREE_PAGES "
-         "(exit status 1 when anything is wrong)")
+@command("check", "walk the free lists (against nr_free and NR_FREE_PAGES) and every slab "
+         "(freelists, inuse, sheaves; red zones and poison under slub_debug); exit status 1 "
+         "when anything is wrong")
 def check(ctx, args) -> Result:
-    report = fl.check(ctx)
+    report = mm_check.check(ctx)
     problems = report.problems
     rows = [dataclasses.asdict(z) for z in report.zones]
-    data = {"ok": report.ok, "zones": rows, "problems": [p.to_json() for p in problems]}
+    sc = report.slabs
+    slabs = {k: v for k, v in dataclasses.asdict(sc).items() if k != "problems"}
+    data = {"ok": report.ok, "zones": rows, "slabs": slabs,
+            "problems": [p.to_json() for p in problems]}
 
     def table() -> str:
         t = tabulate([[r["node"], r["zone"], sum(r["nr_free"]), sum(r["walked"]),
                        r["free_pages"], r["free_pages_counter"], r["pcp_pages"]] for r in rows],
                      headers=["node", "zone", "nr_free", "walked", "free pages",
                               "NR_FREE_PAGES", "pcp pages"])
-        lines = [t, ""]
+        lines = [t, "", f"slabs: {sc.slabs} slabs of {sc.caches} caches walked, "
+                 f"{sc.objects} objects; red zones and poison checked on {sc.debug_objects} "
+                 f"objects of {sc.debug_caches} caches with SLUB debugging", ""]
         if problems:
             lines += [f"problem: {p}" for p in problems]
             lines.append(f"{len(problems)} problem(s) found")
         else:
-            lines.append("ok: free lists agree with nr_free and NR_FREE_PAGES")
+            lines.append("ok: free lists agree with nr_free and NR_FREE_PAGES; every slab's "
+                         "freelist, inuse and red zones are sound")
         return "\n".join(lines) + "\n"
 
     return Result(data, table, None, 0 if report.ok else 1)

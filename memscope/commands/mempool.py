@@ -86,15 +86,11 @@ def mempool(ctx, args) -> Result:
                 addr += offsetof(t, vtype, path)
             except TargetError as e:
                 raise CommandError(f"mempool: {text}: {e}") from None
-    p = _mp._Checker(ctx).check(addr, "given", "")
-    if p is None:
-        raise CommandError(f"mempool: {text} ({addr:#x}) is not a mempool_t this kernel "
-                           "could be using (its callbacks, counts or element array do not "
-                           "check)")
-    from ..kernel import kallsyms
-
-    owner = kallsyms.format_symbol(ctx, addr)
-    p = dataclasses.replace(p, owner="" if owner == f"{addr:#x}" else owner)
+    try:
+        p = _mp.mempool(ctx, addr)
+    except TargetError as e:
+        where = "" if text[0].isdigit() else f"{text}: "
+        raise CommandError(f"mempool: {where}{e}") from None
 
     def table() -> str:
         head = (f"mempool_t {p.address:#x}{f' ({p.owner})' if p.owner else ''}: "

@@ -3,9 +3,11 @@
 JSON output (``--format json``), stable keys:
 
 ``ps``: a list, one object per process (``--threads``: per thread), in the kernel's
-task-list order after the idle tasks (pid 0: init_task, then each other CPU's)::
+task-list order after the idle tasks (pid 0: init_task, then each other CPU's);
+``comm`` is ``task->comm``, ``name`` what /proc/PID/status prints as ``Name:`` (a
+kworker's workqueue, a kernel thread's full name: memscope/mm/task.py)::
 
-    {"pid": int, "tgid": int, "ppid": int, "comm": str, "state": str, "cpu": int,
+    {"pid": int, "tgid": int, "ppid": int, "comm": str, "name": str, "state": str, "cpu": int,
      "kthread": bool, "task": int, "mm": int,
      "rss_pages": {"file": int, "anon": int, "swap": int, "shmem": int}}  # {} without mm
 
@@ -18,7 +20,12 @@ task-list order after the idle tasks (pid 0: init_task, then each other CPU's)::
 "swap_kb"}], "total": {"Rss": kB, "Anonymous": kB, "Swap": kB}, "problems": [...]}, the
 totals as /proc/PID/smaps_rollup's lines of the same names.
 
-``maps`` exits with status 1 when the VMA walk found a problem (a cycle, an unreadable
+``smaps_rollup PID``: {"start": int, "end": int, "kb": {LINE: kB, ...} (the lines this
+kernel prints, in its order), "unknown": {LINE: why}, "problems": [...]}; ``--format
+proc`` is the file byte for byte, or a one-line error (exit 2) naming a line the dump
+does not determine (memscope/mm/smaps.py says which can be).
+
+``maps`` and ``smaps_rollup`` exit with status 1 when the VMA walk found a problem (a cycle, an unreadable
 VMA).
 """
 
@@ -29,6 +36,7 @@ import dataclasses
 from tabulate import tabulate
 
 from ..mm import task as _task, vma as _vma
+from ..target.base import TargetError
 from . import CommandError, Result, command, parse_pid
 
 
@@ -39,9 +47,10 @@ def _ps_args(p) -> None:
 @command("ps", "every process (or thread): pid, parent, state, CPU, RSS from the mm counters",
          arguments=_ps_args)
 def ps(ctx, args) -> Result:
-    tasks = _task.tasks(ctx, threads=getattr(args, "threads", False))
+    tasks = _task.tasks(ctx, threads=getattr(args, "threads", False), names=True)
     kb = ctx.t.page_size // 1024
-    data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "state": x.state,
+    data = [{"pid": x.pid, "tgid": x.tgid, "ppid": x.ppid, "comm": x.comm, "name": x.name,
+             "state": x.state,
              "cpu": x.cpu, "kthread": x.kthread, "task": x.task, "mm": x.mm,
              "rss_pages": x.rss}
             for x in tasks]
@@ -51,9 +60,9 @@ def ps(ctx, args) -> Result:
                  x.rss_pages * kb if x.mm else "", x.rss.get("anon", 0) * kb if x.mm else "",
                  x.rss.get("file", 0) * kb if x.mm else "",
                  x.rss.get("shmem", 0) * kb if x.mm else "",
-                 f"[{x.comm}]" if x.kthread else x.comm] for x in tasks]
+                 f"[{x.name}]" if x.kthread else x.name] for x in tasks]
         return tabulate(rows, headers=["pid", "ppid", "cpu", "st", "task", "rss kB",
-                                       "anon kB", "file kB", "shmem kB", "comm"]) + "\n"
+                                       "anon kB", "file kB", "shmem kB", "name"]) + "\n"
 
     return Result(data, table)
 
@@ -63,9 +72,10 @@ def process(ctx, cmd: str, pid_text: str) -> _task.Task:
 
     :raises CommandError: not a pid, no such process, or a kernel thread (one line)."""
     pid = parse_pid(cmd, pid_text)
-    task = next((x for x in _task.tasks(ctx) if x.tgid == pid), None)
-    if task is None:
-        raise CommandError(f"{cmd}: no process with pid {pid}")
+    try:
+        task = _task.find_task(ctx, pid)
+    except TargetError:
+        raise CommandError(f"{cmd}: no process with pid {pid}") from None
     if not task.mm:
         raise CommandError(f"{cmd}: pid {pid} ({task.comm}) has no address space "
                            "(a kernel thread)")
@@ -125,6 +135,38 @@ def _maps_rss(ctx, task, problems) -> Result:
         return out + "".join(f"problem: {p}\n" for p in problems)
 
     return Result(data, table, exit_status=1 if problems else 0)
+
+
+def _smaps_args(p) -> None:
+    p.add_argument("pid", help="the process id (its thread-group leader's)")
+
+
+@command("smaps_rollup", "a process's /proc/PID/smaps_rollup, from its page tables and "
+                         "struct pages", formats=("table", "json", "proc"),
+         arguments=_smaps_args)
+def smaps_rollup(ctx, args) -> Result:
+    from ..mm import smaps as _smaps
+
+    task = process(ctx, "smaps_rollup", args.pid)
+    problems: list = []
+    r = _smaps.smaps_rollup(ctx, task, problems)
+    data = {"start": r.start, "end": r.end, "kb": {k: v >> 10 for k, v in r.values.items()},
+            "unknown": r.unknown, "problems": [p.to_json() for p in problems]}
+
+    def table() -> str:
+        rows = [[k, v >> 10, "not reproducible: " + r.unknown[k] if k in r.unknown else ""]
+                for k, v in r.values.items()]
+        out = f"pid {task.tgid} ({task.comm}): {r.start:#x}-{r.end:#x}\n"
+        out += tabulate(rows, headers=["line", "kB", ""]) + "\n"
+        return out + "".join(f"problem: {p}\n" for p in problems)
+
+    def proc() -> str:
+        try:
+            return _smaps.format_smaps_rollup(r)
+        except _smaps.NotReproducible as e:
+            raise CommandError(f"smaps_rollup: {e}") from None
+
+    return Result(data, table, proc, exit_status=1 if problems else 0)
 
 
 def _heap_args(p) -> None:

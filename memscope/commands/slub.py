@@ -1,4 +1,4 @@
-"""SLUB: ``slabinfo`` (``--walk``), ``slab CACHE``, ``whatis ADDR``.
+"""SLUB: ``slabinfo`` (``--walk``), ``slab CACHE``, ``whatis ADDR``, ``kmalloc``.
 
 JSON records:
 
@@ -31,6 +31,15 @@ JSON records:
 ``whatis ADDR``: the :class:`memscope.mm.slub.WhatIs` record (``kind`` always;
 ``cache``, ``slab``, ``index``, ``offset``, ``state`` for slab objects).
 
+``kmalloc``: a list, one :class:`memscope.mm.kmalloc.KmallocCache` per slot of
+``kmalloc_caches[type][index]`` holding a cache, by type then index::
+
+    {"kind": str, "type": int, "index": int, "cache": str, "address": int,
+     "object_size": int, "size": int, "same_as": str | null, "refcount": int,
+     "aliases": int, "slabs": int, "objects": int, "allocated": int, "kfence": int,
+     "allocated_bytes": int, "slab_bytes": int,
+     "requested_bytes": int | null, "waste_bytes": int | null}   # null: no orig_size
+
 ``problem`` is ``{"kind", "where", "message", "node", "zone"}``; kinds: cycle,
 bad_pointer, too_long, unreadable, inuse_mismatch, double_free, unlisted, wrong_slab,
 bad_sheaf, unknown_cache, broken_link, gave_up.  ``slabinfo --walk`` and ``slab`` exit
@@ -39,12 +48,13 @@ with status 1 when the walk finds a problem.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import numpy as np
 from tabulate import tabulate
 
-from ..mm import slub
+from ..mm import kmalloc as _kmalloc, slub
 from ..target.base import TargetError
 from . import CommandError, Result, command, parse_number
 
@@ -184,3 +194,78 @@ def whatis(ctx, args) -> Result:
         return f"{addr:#x}: {where}{r.kind}\n"
 
     return Result(dataclasses.asdict(r), table)
+
+
+_KMALLOC_EPILOG = """\
+kmalloc(size, gfp) takes its object from kmalloc_caches[type][index]: the index is the
+size rounded up (8, 16, 32, 64, 96, 128, 192, 256, ... 8192 bytes: kmalloc-<size>), the
+type comes from the gfp flags:
+  normal     GFP_KERNEL and the like                    kmalloc-<size>
+  reclaim    __GFP_RECLAIMABLE                          kmalloc-rcl-<size>
+  dma        __GFP_DMA                                  dma-kmalloc-<size>
+  cgroup     __GFP_ACCOUNT (charged to a memory cgroup) kmalloc-cg-<size>
+(read from the kernel's enum kmalloc_cache_type: a kernel lists the kinds it has).
+
+Columns: objects allocated and their bytes (allocated x object size) against the memory
+of the cache's slabs; where the kernel stores each object's requested size (slub_debug
+with user tracking, U, on a 6.1+ kernel), the bytes the callers asked for and what the
+rounding up to the cache's size wasted.  "same as" marks a slot that holds another
+slot's cache (counted once); "aliases" counts caches merged into a kmalloc cache.
+
+examples:
+  memscope -c vmcore -s vmlinux kmalloc
+  memscope -c vmcore -s vmlinux kmalloc --kind cgroup -f json
+"""
+
+
+def _kmalloc_args(p) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _KMALLOC_EPILOG
+    p.add_argument("--kind", metavar="KIND", help="only the caches of one kind: normal, "
+                   "reclaim, dma, cgroup (the kinds the kernel has)")
+
+
+@command("kmalloc", "kmalloc's caches by size and kind: objects and bytes in use against "
+         "their slabs, requested bytes and rounding waste where slub_debug stores them",
+         arguments=_kmalloc_args)
+def kmalloc(ctx, args) -> Result:
+    kind = getattr(args, "kind", None)
+    try:
+        rows = _kmalloc.kmalloc_caches(ctx)
+    except TargetError as e:
+        raise CommandError(f"kmalloc: {e}") from None
+    if kind is not None:
+        kinds = [k for k in _kmalloc.kmalloc_types(ctx) if k]
+        if kind not in kinds:
+            raise CommandError(f"kmalloc: no kind {kind!r} on this kernel (it has "
+                               f"{', '.join(kinds)})")
+        rows = [r for r in rows if r.kind == kind]
+
+    def kib(n) -> str:
+        return "-" if n is None else f"{n / 1024:.1f}"
+
+    def table() -> str:
+        t = tabulate([[r.kind, r.object_size, r.cache, r.slabs, f"{r.allocated}/{r.objects}",
+                       kib(r.allocated_bytes), kib(r.slab_bytes), kib(r.requested_bytes),
+                       "-" if r.waste_bytes is None or not r.allocated_bytes
+                       else f"{100 * r.waste_bytes / r.allocated_bytes:.1f}%",
+                       f"same as {r.same_as}" if r.same_as else
+                       (f"{r.aliases} aliases" if r.aliases else "")] for r in rows],
+                     headers=["kind", "size", "cache", "slabs", "allocated/objects",
+                              "allocated KiB", "slab KiB", "requested KiB", "waste",
+                              "note"])
+        once = [r for r in rows if r.same_as is None]
+        alloc = sum(r.allocated_bytes for r in once)
+        tot = (f"\n{sum(r.allocated for r in once)} objects, {alloc >> 10} KiB allocated in "
+               f"{sum(r.slab_bytes for r in once) >> 10} KiB of slabs")
+        req = [r for r in once if r.requested_bytes is not None]
+        if req:
+            a = sum(r.allocated_bytes for r in req)
+            q = sum(r.requested_bytes for r in req)
+            tot += (f"; {q >> 10} KiB requested of {a >> 10} KiB allocated where stored "
+                    f"({(a - q) >> 10} KiB rounding waste)")
+        else:
+            tot += "; requested sizes not stored (boot with slub_debug=U on 6.1+ to see them)"
+        return t + tot + "\n"
+
+    return Result([dataclasses.asdict(r) for r in rows], table)

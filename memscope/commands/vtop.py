@@ -9,20 +9,16 @@ JSON output::
      "physical": int | null, "page_size": int | null,   # null: not mapped
      "page": {"pfn": int, "class": str, "flags": [str]} | null}
 
-Without ``--pid`` the kernel's own tables (``init_mm.pgd``) translate ADDR; with it the
-process's (``mm->pgd``).  On arm64 the upper half always goes through the kernel's tables
-(TTBR1, ``swapper_pg_dir``) and the lower half through the process's (TTBR0); without a
-process the lower half maps nothing (``steps`` empty).  An address the tables do not map is an answer (exit 0), not an
-error.
+What is translated, and how: memscope/mm/vtop.py.  An address the tables do not map is
+an answer (exit 0), not an error.
 """
 
 from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..kernel.addr import kernel_layout, virt_to_phys
-from ..kernel.pgtable import kernel_paging, phys_reader, walk_steps
-from ..mm import page as _page
+from ..mm import vtop as _vtop
+from ..target.base import TargetError
 from . import CommandError, Result, command, parse_number
 
 
@@ -36,57 +32,31 @@ def _args(p) -> None:
 def vtop(ctx, args) -> Result:
     t = ctx.t
     va = parse_number("vtop", "address", args.address)
-    paging = kernel_paging(t)
-    # x86_64: bits 63..va_bits-1 copy the top VA bit; arm64: bits 63..va_bits select the
-    # table (TTBR0 all zeros, TTBR1 all ones)
-    first = paging.va_bits - 1 if paging.arch == "x86_64" else paging.va_bits
-    if va >> first not in (0, (1 << (64 - first)) - 1):
-        raise CommandError(f"vtop: {va:#x} is not a canonical address (this kernel "
-                           f"translates {paging.va_bits}-bit virtual addresses)")
-    lay = kernel_layout(t)
-    pid = None
-    mm_pgd = t.layout("struct mm_struct").offset("pgd")
-    kernel_pgd = t.read_u64(t.symbol("init_mm") + mm_pgd)
+    task = None
     if getattr(args, "pid", None) is not None:
         from .process import process
 
         task = process(ctx, "vtop", args.pid)
-        pid = task.tgid
-        pgd_va = t.read_u64(task.mm + mm_pgd)
-    else:
-        pgd_va = kernel_pgd
-    if t.arch == "aarch64" and va >> 63:
-        pgd_va = kernel_pgd  # TTBR1: the kernel's half, whatever the process
-    if t.arch == "aarch64" and not va >> 63 and pgd_va == kernel_pgd:
-        # TTBR0 of the kernel's own init_mm maps nothing: no user half without a process
-        steps, res, pgd = [], None, virt_to_phys(lay, pgd_va)
-    else:
-        pgd = virt_to_phys(lay, pgd_va)
-        steps, res = walk_steps(paging, pgd, va, phys_reader(t))
-    phys = size = page = None
-    if res is not None:
-        block, size = res
-        phys = block + (va & (size - 1))
-        pfn = phys // t.page_size
-        try:
-            rec = _page.page_records(ctx, pfn, pfn + 1)[0]
-            page = {"pfn": pfn, "class": rec.cls, "flags": rec.flags}
-        except Exception:  # noqa: BLE001 - a pfn outside the memmap (MMIO): no struct page
-            page = {"pfn": pfn, "class": "no struct page", "flags": []}
-    data = {"address": va, "pid": pid, "pgd": pgd,
-            "steps": [s.__dict__ for s in steps], "physical": phys, "page_size": size,
-            "page": page}
+    try:
+        r = _vtop.vtop(ctx, va, task)
+    except TargetError as e:
+        raise CommandError(f"vtop: {e}") from None
+    data = {"address": r.address, "pid": r.pid, "pgd": r.pgd,
+            "steps": [s.__dict__ for s in r.steps], "physical": r.physical,
+            "page_size": r.page_size, "page": r.page}
 
     def table() -> str:
         rows = [[s.level, f"{s.table:#x}", s.index, f"{s.entry_pa:#x}",
-                 "unreadable" if s.entry is None else f"{s.entry:#018x}"] for s in steps]
-        out = f"VIRTUAL {va:#x}" + (f" (pid {pid})" if pid is not None else " (kernel)")
-        out += f"  pgd at physical {pgd:#x}\n"
+                 "unreadable" if s.entry is None else f"{s.entry:#018x}"] for s in r.steps]
+        out = f"VIRTUAL {va:#x}" + (f" (pid {r.pid})" if r.pid is not None else " (kernel)")
+        out += f"  pgd at physical {r.pgd:#x}\n"
         out += tabulate(rows, headers=["level", "table", "index", "entry at", "entry"]) + "\n"
-        if phys is None:
-            hint = " (a user address: give --pid)" if not steps and pid is None else ""
+        if r.physical is None:
+            hint = " (a user address: give --pid)" if not r.steps and r.pid is None else ""
             return out + f"not mapped{hint}\n"
-        out += f"PHYSICAL {phys:#x} ({size // 1024} KiB {'page' if size == t.page_size else 'block'})\n"
+        kind = "page" if r.page_size == t.page_size else "block"
+        out += f"PHYSICAL {r.physical:#x} ({r.page_size // 1024} KiB {kind})\n"
+        page = r.page
         flags = f" (flags: {' '.join(page['flags'])})" if page["flags"] else ""
         return out + f"PAGE pfn {page['pfn']:#x}: {page['class']}{flags}\n"
 

@@ -33,7 +33,7 @@ from ..target.base import FaultError, Target, TargetError
 from .addr import KernelLayout, phys_to_virt, x86_pgtable_levels
 
 __all__ = ("LEVEL_NAMES", "Leaf", "Step", "walk_steps", "Paging", "PageTableWalker", "direct_map_reader", "follow_phys",
-           "kernel_paging", "phys_reader", "walk", "walk_range")
+           "kernel_paging", "phys_reader", "walk", "walk_range", "Leaves", "walk_leaves")
 
 MASK64 = (1 << 64) - 1
 X86_PHYS_MASK = 0x000FFFFFFFFFF000  # bits 12-51
@@ -178,36 +178,104 @@ def _table(read_phys: PhysRead, pa: int) -> np.ndarray | None:
     return np.frombuffer(raw, "<u8")
 
 
-def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRead,
-               problems: list | None = None) -> list[Leaf]:
+@dataclasses.dataclass(frozen=True)
+class Leaves:
+    """Every non-empty leaf entry of a range (:func:`walk_leaves`), as parallel arrays of
+    one element per entry, in address order (the fields of :class:`Leaf`):
+
+    - ``va`` (uint64) the first address each maps; ``shift`` (uint8) log2 of its size (12
+      for a page, 21 or 30 for a 2 MiB / 1 GiB block);
+    - ``entry`` (uint64) the raw descriptor;
+    - ``present`` (bool) as :attr:`Leaf.present`; ``pa`` (uint64) the physical address
+      it maps, 0 where not present; ``special`` (bool) the software special bit."""
+
+    va: np.ndarray
+    shift: np.ndarray
+    entry: np.ndarray
+    present: np.ndarray
+    pa: np.ndarray
+    special: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.va)
+
+    @property
+    def size(self) -> np.ndarray:
+        """Bytes each entry maps (int64)."""
+        return np.left_shift(1, self.shift.astype(np.int64))
+
+    def take(self, sel) -> "Leaves":
+        """The entries SEL selects (a boolean mask or indices)."""
+        return Leaves(*(getattr(self, f.name)[sel] for f in dataclasses.fields(self)))
+
+    def leaf(self, i: int) -> Leaf:
+        """Entry I as a :class:`Leaf`."""
+        return Leaf(int(self.va[i]), 1 << int(self.shift[i]), int(self.entry[i]),
+                    bool(self.present[i]), int(self.pa[i]), bool(self.special[i]))
+
+    @classmethod
+    def empty(cls) -> "Leaves":
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint8), np.zeros(0, np.uint64),
+                   np.zeros(0, bool), np.zeros(0, np.uint64), np.zeros(0, bool))
+
+
+class _Decode:
+    """The vectorized entry tests of one paging mode (the per-entry rules of
+    :func:`walk` and :class:`Leaf`, on arrays of raw entries)."""
+
+    def __init__(self, paging: Paging):
+        self.arm = arm = paging.arch == "aarch64"
+        self.lpa2 = paging.lpa2
+        self.oa_mask = np.uint64((ARM64_OA_MASK_LPA2 if paging.lpa2 else ARM64_OA_MASK)
+                                 if arm else X86_PHYS_MASK)
+        self.special_bit = np.uint64(ARM64_PTE_SPECIAL if arm else X86_PAGE_SPECIAL)
+
+    def present(self, e: np.ndarray) -> np.ndarray:
+        """pte_present(): arm64 valid; x86_64 _PAGE_PRESENT or _PAGE_PROTNONE."""
+        bits = 1 if self.arm else X86_PAGE_PRESENT | X86_PAGE_PROTNONE
+        return (e & np.uint64(bits)) != 0
+
+    def block(self, e: np.ndarray) -> np.ndarray:
+        """At levels above the last: a leaf block (arm64 bit 1 clear, x86_64 _PAGE_PSE)."""
+        if self.arm:
+            return (e & np.uint64(2)) == 0
+        return (e & np.uint64(X86_PAGE_PSE)) != 0
+
+    def oa(self, e: np.ndarray) -> np.ndarray:
+        """The output address.  x86_64, L1TF (v4.19, commit 6b28baca9b1f): an entry without
+        _PAGE_PRESENT keeps its pfn inverted (__pte_needs_invert()): a PROT_NONE one
+        (NUMA balancing's hinting entries, mprotect(PROT_NONE)) still maps its page."""
+        if not self.arm:  # all ones where _PAGE_PRESENT is clear, else 0
+            e = e ^ ((e & np.uint64(X86_PAGE_PRESENT)) - np.uint64(1))
+        a = e & self.oa_mask
+        if self.lpa2:
+            a = a | ((e & np.uint64(0x300)) << np.uint64(42))  # OA[51:50] from bits 9:8
+        return a
+
+    def special(self, e: np.ndarray) -> np.ndarray:
+        return (e & self.special_bit) != 0
+
+
+def walk_leaves(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRead,
+                problems: list | None = None) -> Leaves:
     """Every non-empty leaf entry mapping [START, END) (user or kernel addresses), in
-    address order: present pages and blocks, and non-present entries that are not empty
-    (swap and migration entries).  Each table is read whole (one 4 KiB physical read).
+    address order, as arrays (:class:`Leaves`): present pages and blocks, and non-present
+    entries that are not empty (swap and migration entries).  Each table is read whole
+    (one 4 KiB physical read) and decoded with numpy: the only Python loop is over the
+    entries that point at lower tables.
 
     :param problems: a table that cannot be read is appended here as a string (its
         range is skipped); None: skipped silently.
-    :return: the leaves; an empty list for a non-canonical range."""
-    out: list[Leaf] = []
+    :return: the leaves; none for a non-canonical or empty range."""
     start &= MASK64
     if end <= start or not _canonical(paging, start):
-        return out
-    arm = paging.arch == "aarch64"
-    oa_mask = (ARM64_OA_MASK_LPA2 if paging.lpa2 else ARM64_OA_MASK) if arm else X86_PHYS_MASK
+        return Leaves.empty()
+    d = _Decode(paging)
     top_bits = paging.va_bits - paging.shifts[0]
+    chunks: list[tuple] = []
 
-    def oa(e: int) -> int:
-        if not arm and not e & X86_PAGE_PRESENT:
-            # L1TF (v4.19, commit 6b28baca9b1f): a non-present entry keeps its pfn
-            # inverted (__pte_needs_invert()); a PROT_NONE one (NUMA balancing's hinting
-            # entries, mprotect(PROT_NONE)) still maps its page
-            e ^= MASK64
-        a = e & oa_mask
-        if arm and paging.lpa2:
-            a |= (e & 0x300) << 42
-        return a
-
-    def present(e: int) -> bool:
-        return bool(e & 1) if arm else bool(e & (X86_PAGE_PRESENT | X86_PAGE_PROTNONE))
+    def emit(va, shift, e, pres, pa, special) -> None:
+        chunks.append((va, np.full(len(va), shift, np.uint8), e, pres, pa, special))
 
     def visit(table_pa: int, level: int, base: int) -> None:
         shift = paging.shifts[level]
@@ -217,35 +285,54 @@ def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRe
                 problems.append(f"page table at {table_pa:#x} (level {level}) cannot be read")
             return
         bits = top_bits if level == 0 else 9
-        span = 1 << shift
         lo = max(start, base)
         first = (lo - base) >> shift
         last = min((end - 1 - base) >> shift, (1 << bits) - 1)
-        idx = np.flatnonzero(entries[first:last + 1]) + first
-        for i in idx.tolist():
-            e = int(entries[i])
-            va = (base + i * span) & MASK64
-            if shift == 12:
-                p = present(e) and (not arm or bool(e & 2))
-                out.append(Leaf(va, span, e, p, oa(e) if p else 0,
-                                bool(e & (ARM64_PTE_SPECIAL if arm else X86_PAGE_SPECIAL))))
-                continue
-            if not present(e):
-                out.append(Leaf(va, span, e, False, 0, False))  # e.g. a PMD migration entry
-                continue
-            block = (not e & 2) if arm else bool(e & X86_PAGE_PSE)
-            if block:
-                if shift in (21, 30):
-                    out.append(Leaf(va, span, e, True, oa(e) & ~(span - 1),
-                                    bool(e & (ARM64_PTE_SPECIAL if arm else X86_PAGE_SPECIAL))))
-                continue
-            visit(oa(e), level + 1, va)
+        sl = entries[first:last + 1]
+        nz = np.flatnonzero(sl)
+        if not len(nz):
+            return
+        e = sl[nz]
+        va = np.uint64(base) + (nz + first).astype(np.uint64) * np.uint64(1 << shift)
+        pres = d.present(e)
+        if shift == 12:
+            if d.arm:
+                pres &= (e & np.uint64(2)) != 0  # 0b01 at level 3 is reserved
+            emit(va, shift, e, pres, np.where(pres, d.oa(e), np.uint64(0)), d.special(e))
+            return
+        gone = ~pres  # e.g. a PMD migration entry
+        if gone.any():
+            emit(va[gone], shift, e[gone], pres[gone], np.zeros(int(gone.sum()), np.uint64),
+                 np.zeros(int(gone.sum()), bool))
+        block = pres & d.block(e)
+        if block.any() and shift in (21, 30):
+            eb = e[block]
+            emit(va[block], shift, eb, pres[block], d.oa(eb) & ~np.uint64((1 << shift) - 1),
+                 d.special(eb))
+        tables = pres & ~d.block(e)
+        for pa, v in zip(d.oa(e[tables]).tolist(), va[tables].tolist()):
+            visit(pa, level + 1, v)
 
     # the top table indexes the VA bits below va_bits; the upper half (kernel addresses)
     # starts over at index 0 with the sign bits set
     sign = start & ~(MASK64 >> (64 - paging.va_bits))
     visit(pgd, 0, sign)
-    return out
+    if not chunks:
+        return Leaves.empty()
+    cols = [np.concatenate(c) for c in zip(*chunks)]
+    order = np.argsort(cols[0], kind="stable")
+    return Leaves(*(c[order] for c in cols))
+
+
+def walk_range(paging: Paging, pgd: int, start: int, end: int, read_phys: PhysRead,
+               problems: list | None = None) -> list[Leaf]:
+    """:func:`walk_leaves` as one :class:`Leaf` per entry (for a few entries; the
+    arrays are what a large range wants).
+
+    :param problems: as :func:`walk_leaves`.
+    :return: the leaves in address order; an empty list for a non-canonical range."""
+    lv = walk_leaves(paging, pgd, start, end, read_phys, problems)
+    return [lv.leaf(i) for i in range(len(lv))]
 
 
 #: The kernel's names of the levels, top first, by number of levels (x86_64 and arm64

@@ -682,12 +682,16 @@ class CheckReport:
     - ``problems``: every :class:`Problem` of every zone, zone by zone in walk order:
       the free lists by order then migratetype (each order's ``nr_free`` check after its
       lists), then each CPU's per-CPU lists and their ``pcp->count`` check, then the
-      NR_FREE_PAGES check.
+      NR_FREE_PAGES check; with the slab half (:func:`memscope.mm.check.check`), then
+      the slab walk's problems.
+    - ``slabs``: the slab half's :class:`memscope.mm.slub_debug.SlabCheck` (None from
+      this module's :func:`check`, the buddy half alone).
     """
 
     ok: bool
     zones: list[ZoneCheck]
     problems: list[Problem]
+    slabs: object = None
 
 
 def check(ctx: KernelContext) -> CheckReport:

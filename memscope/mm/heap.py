@@ -2,7 +2,7 @@
 
 - The brk heap is ``[mm->start_brk, mm->brk)``: malloc's main arena grows it with
   ``sbrk()``.  Its pages are read through the process's page tables
-  (:func:`memscope.kernel.pgtable.walk_range`); a page the tables do not map (never
+  (:func:`memscope.kernel.pgtable.walk_leaves`); a page the tables do not map (never
   touched, swapped out) or the dump does not hold is reported, not guessed.
 - The chunk walk (glibc malloc/malloc.c, ``struct malloc_chunk``): each chunk starts
   with ``mchunk_prev_size`` and ``mchunk_size`` (8 bytes each on 64-bit); the size's low
@@ -27,12 +27,11 @@ import struct
 
 import numpy as np
 
-from ..kernel.addr import kernel_layout, virt_to_phys
-from ..kernel.pgtable import kernel_paging, phys_reader, walk_range
+from ..kernel.pgtable import walk_leaves
 from ..target.base import TargetError
 from .context import KernelContext
 from .task import Task
-from .vma import vmas
+from .vma import address_space, vmas
 
 __all__ = ("STATES", "HeapReport", "heap")
 
@@ -89,23 +88,19 @@ class _UserMemory:
     """A process's memory read through its page tables, page by page."""
 
     def __init__(self, ctx: KernelContext, task: Task):
-        t = ctx.t
-        self.t = t
-        self.read_phys = phys_reader(t)
-        mm = t.layout("struct mm_struct")
-        self.pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
-        self.paging = kernel_paging(t)
-        self.page = t.page_size
+        self.t = ctx.t
+        _lay, self.paging, self.read_phys, self.pgd = address_space(ctx, task)
+        self.page = ctx.t.page_size
 
     def pages(self, start: int, end: int) -> dict[int, bytes]:
         """{page address: its bytes} for every page of [START, END) the tables map and the
         target holds."""
         out = {}
-        for leaf in walk_range(self.paging, self.pgd, start, end, self.read_phys):
-            if not leaf.present:
-                continue
-            lo, hi = max(leaf.va, start - start % self.page), min(leaf.va + leaf.size, end)
-            data = self.read_phys(leaf.pa + (lo - leaf.va), hi - lo)
+        lv = walk_leaves(self.paging, self.pgd, start, end, self.read_phys)
+        for i in np.flatnonzero(lv.present).tolist():
+            va, pa, lsize = int(lv.va[i]), int(lv.pa[i]), 1 << int(lv.shift[i])
+            lo, hi = max(va, start - start % self.page), min(va + lsize, end)
+            data = self.read_phys(pa + (lo - va), hi - lo)
             if data is None or len(data) != hi - lo:
                 continue
             for off in range(0, hi - lo, self.page):
@@ -124,27 +119,48 @@ def _missing(pages: dict[int, bytes], start: int, end: int, size: int) -> list[t
     return out
 
 
-def _tcache(pages: dict[int, bytes], first: int, page: int, lo: int, hi: int,
-            problems: list[str]) -> set[int]:
+class _Image:
+    """The heap [START, END) as one buffer (END - START a multiple of 16), and which
+    16-byte slots lie on pages the tables map and the dump holds: what the chunk walk
+    and the tcache reads both read."""
+
+    def __init__(self, pages: dict[int, bytes], start: int, end: int, page: int):
+        self.start = start
+        nslot = (end - start) // 16 if end > start else 0
+        buf = bytearray(nslot * 16)
+        held = bytearray(nslot)
+        for p, data in pages.items():
+            lo, hi = max(p, start), min(p + page, start + nslot * 16)
+            if hi <= lo:
+                continue
+            buf[lo - start:hi - start] = data[lo - p:hi - p]
+            held[(lo - start) // 16:(hi - start) // 16] = b"\1" * ((hi - lo) // 16)
+        self.buf, self.held, self.nslot = bytes(buf), held, nslot
+
+    def sizes(self) -> list[int]:
+        """The second word of every 16-byte slot (a chunk header's size field)."""
+        return np.frombuffer(self.buf, "<u8")[1::2].tolist() if self.nslot else []
+
+    def unpack(self, fmt: str, addr: int) -> int | None:
+        """The little-endian integer of struct format FMT at ADDR, None where it is not
+        in the heap or not held."""
+        n = struct.calcsize(fmt)
+        off = addr - self.start
+        if off < 0 or off + n > len(self.buf) or \
+                not all(self.held[off // 16:(off + n - 1) // 16 + 1]):
+            return None
+        return struct.unpack_from("<" + fmt, self.buf, off)[0]
+
+
+def _tcache(img: _Image, first: int, lo: int, hi: int, problems: list[str]) -> set[int]:
     """Chunk addresses held in the tcache whose tcache_perthread_struct is the chunk at
     FIRST (glibc >= 2.26); safe-linking (2.32) is recognised per pointer."""
-
-    def u64(addr: int) -> int | None:
-        p = pages.get(addr - addr % page)
-        if p is None or addr % page > page - 8:
-            return None
-        return struct.unpack_from("<Q", p, addr % page)[0]
-
-    def u16(addr: int) -> int | None:
-        p = pages.get(addr - addr % page)
-        return None if p is None else struct.unpack_from("<H", p, addr % page)[0]
-
     held: set[int] = set()
     counts_at = first + 16
     entries_at = counts_at + 2 * TCACHE_BINS
     for b in range(TCACHE_BINS):
-        n = u16(counts_at + 2 * b)
-        mem = u64(entries_at + 8 * b)
+        n = img.unpack("H", counts_at + 2 * b)
+        mem = img.unpack("Q", entries_at + 8 * b)
         if not n or not mem:
             continue
         seen = 0
@@ -154,7 +170,7 @@ def _tcache(pages: dict[int, bytes], first: int, page: int, lo: int, hi: int,
                 break
             held.add(mem - 16)
             seen += 1
-            nxt = u64(mem)
+            nxt = img.unpack("Q", mem)
             if nxt is None:
                 break
             # glibc 2.32 safe-linking: next = (&e->next >> 12) ^ real next
@@ -181,18 +197,8 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
 
     # The heap's words at every 16-byte step as Python ints (a chunk header is 16-aligned:
     # its size field is the second word), with whether the page under each is held.
-    nslot = (brk - start) // 16 if brk > start else 0
-    buf = bytearray(nslot * 16)
-    held_slot = bytearray(nslot)
-    per_page = size // 16
-    for p, data in pages.items():
-        lo, hi = max(p, start), min(p + size, start + nslot * 16)
-        if hi <= lo:
-            continue
-        buf[lo - start:hi - start] = data[lo - p:hi - p]
-        held_slot[(lo - start) // 16:(hi - start) // 16] = b"\1" * ((hi - lo) // 16)
-    fields = np.frombuffer(bytes(buf), "<u8")[1::2].tolist() if nslot else []
-    del per_page
+    img = _Image(pages, start, brk, size)
+    nslot, held_slot, fields = img.nslot, img.held, img.sizes()
 
     def walk(pos: int) -> tuple[list[tuple[int, int]], int, str | None]:
         raw: list[tuple[int, int]] = []  # (address, size field)
@@ -230,7 +236,7 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
                 break
     tiles = error is None and pos == brk and bool(raw)
     problems: list[str] = []
-    held = _tcache(pages, raw[0][0], size, start, brk, problems) if raw else set()
+    held = _tcache(img, raw[0][0], start, brk, problems) if raw else set()
     addr = np.array([a for a, _ in raw], np.uint64)
     field = np.array([f for _, f in raw], np.uint64)
     state = np.full(len(raw), STATES.index("in use"), np.uint8)

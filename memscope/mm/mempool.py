@@ -33,7 +33,7 @@ from ..kernel.addr import kernel_layout
 from ..target.base import FaultError, TargetError
 from .context import KernelContext
 
-__all__ = ("Mempool", "MempoolScan", "mempools")
+__all__ = ("Mempool", "MempoolScan", "mempool", "mempools")
 
 #: alloc callback -> (its free callback, what pool_data is)
 CALLBACKS = {
@@ -211,3 +211,22 @@ def mempools(ctx: KernelContext) -> MempoolScan:
             else:
                 rejected["slab"] += 1
     return MempoolScan(pools, rejected)
+
+
+def mempool(ctx: KernelContext, addr: int) -> Mempool:
+    """The ``mempool_t`` at ADDR, checked as :func:`mempools` checks what it finds (its
+    callbacks, ``0 <= curr_nr <= min_nr``, a readable element array), with the elements
+    it holds; ``found`` is "given", ``owner`` ``%pS`` of ADDR when a symbol covers it
+    ("" otherwise).
+
+    :raises TargetError: ADDR is not a mempool_t this kernel could be using (one line),
+        or the kernel has no mempool callbacks."""
+    c = _Checker(ctx)
+    if not c.callbacks:
+        raise TargetError("the kernel has none of mempool's callbacks (mempool_alloc_slab...)")
+    p = c.check(addr, "given", "")
+    if p is None:
+        raise TargetError(f"{addr:#x} is not a mempool_t this kernel could be using (its "
+                          "callbacks, counts or element array do not check)")
+    owner = kallsyms.format_symbol(ctx, addr)
+    return dataclasses.replace(p, owner="" if owner == f"{addr:#x}" else owner)

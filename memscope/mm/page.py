@@ -107,6 +107,11 @@ class PageMap:
     # What the per-CPU list walk found wrong (memscope.mm.freelists.FreeListWalker.pcp).
     pcp_findings: list[Problem]
     unreadable_pages: int  # present in mem_section but the memmap read failed
+    # bool: the page's own struct page says slab (PG_slab / PGTY_slab, a tail by its
+    # head), even where a free block's span claims it (``cls`` then says buddy and
+    # ``inconsistent`` is set): the slab walk trusts the slab's own word, the buddy check
+    # reports the block.
+    slab: np.ndarray | None = None
 
     @property
     def nr_pages(self) -> int:
@@ -291,6 +296,7 @@ def _build(ctx: KernelContext) -> PageMap:
         cls[tpfn[ok]] = cls[hp_c[ok]]
         bad[tpfn[~ok]] = True
 
+    slab = cls == C["slab"]
     bad |= cover > 1
     inner = covered.copy()
     inner[bud] = False
@@ -312,7 +318,7 @@ def _build(ctx: KernelContext) -> PageMap:
     cls = np.where(valid & (zid >= 0), cls, u8(C["hole"]))
     bad &= valid
     return PageMap(vm, pl.size, pages, valid, cls, order, tail, bad, zid, zones_,
-                   findings, unreadable)
+                   findings, unreadable, slab & valid & (zid >= 0))
 
 
 def _cover(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ it cited there):
   5ba6bc27b1f9 "slab: move barn from kmem_cache_node");
 - /proc/slabinfo's free count: the node partial lists counted exactly to v6.9,
   ``count_partial_free_approx()`` from v6.10 (commit 1c5610f451be "slub: introduce
-  count_partial_free_approx()"; the id is from memory, not checked against the kernel's
-  git: Debian's 6.12 source has the function, 6.1's has not): exact up to MAX_PARTIAL_TO_SCAN (10000) partial slabs,
+  count_partial_free_approx()", merged for v6.10: Debian's 6.12 source has the function,
+  6.1's has not): exact up to MAX_PARTIAL_TO_SCAN (10000) partial slabs,
   else 5000 from each end of the list, scaled.
 
 Walks are bounded: the cache list by :data:`MAX_CACHES`, a partial list by its
@@ -202,6 +202,9 @@ class KmemCache:
     - ``nodes``: one :class:`KmemCacheNode` per node with one
       (``for_each_kmem_cache_node``).
     - ``problems``: what went wrong walking its lists.
+    - ``inuse``: ``s->inuse``, where the object's metadata starts (the free pointer when
+      it is outside the object, then SLUB debugging's tracks; mm/slub.c
+      calculate_sizes()).
     """
 
     address: int
@@ -219,6 +222,7 @@ class KmemCache:
     cpu_sheaves: int
     nodes: list[KmemCacheNode]
     problems: list[Problem]
+    inuse: int = 0
 
 
 def nr_node_ids(t: Target) -> int:
@@ -320,7 +324,7 @@ def _read_cache(ctx: KernelContext, sl: SlubLayout, addr: int, nnodes: int) -> K
     return KmemCache(addr, name, get("size"), get("object_size"), get("offset"),
                      oo_order(oo), oo_objects(oo), get("refcount"), get("flags"),
                      get("random"), get("red_left_pad"),
-                     get("cpu_slab"), get("cpu_sheaves"), nodes, problems)
+                     get("cpu_slab"), get("cpu_sheaves"), nodes, problems, get("inuse"))
 
 
 def kmem_caches(ctx: KernelContext) -> list[KmemCache]:
@@ -547,7 +551,9 @@ class _Walker:
 
     def _find_slabs(self) -> None:
         pm = self.pm
-        is_slab = (pm.cls == _page.C["slab"]) & pm.valid
+        # The pages' own slab type, not their class: a corrupted free list whose block
+        # claims slab pages must not hide the slabs (the buddy half reports the block).
+        is_slab = pm.slab if pm.slab is not None else (pm.cls == _page.C["slab"]) & pm.valid
         heads = np.flatnonzero(is_slab & ~pm.tail)
         # KFENCE pool pages are slab pages too (kfence_init_pool() sets PG_slab/PGTY_slab
         # on each object page): their objects are counted apart (kfence_objects()).

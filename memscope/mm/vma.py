@@ -36,7 +36,7 @@ from ..target.base import FaultError, TargetError
 from .context import KernelContext
 from .task import Task
 
-__all__ = ("Vma", "format_maps", "vmas")
+__all__ = ("Vma", "VmaRss", "Walked", "address_space", "format_maps", "vma_rss", "vmas", "walk_vmas")
 
 VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80
 #: arch/x86/entry/vsyscall: the gate page, and vsyscall_mode's NONE (enum {EMULATE,
@@ -183,9 +183,13 @@ class _Reader:
         self.paths = _Paths(ctx)
         self.f_mnt = member(t, "struct file", "f_path.mnt").offset
         self.f_dentry = member(t, "struct file", "f_path.dentry").offset
-        self.special = {t.symbol(s) for s in ("special_mapping_vmops",
-                                              "legacy_special_mapping_vmops")
-                        if t.has_symbol(s)}
+        # legacy_special_mapping_vmops (install_special_mapping()) is gone from the 6.12
+        # and 7.2 lab kernels; a missing symbol costs drgn a search of the whole ELF symbol table, so it is
+        # looked up only for an anonymous VMA with other vm_ops (see _special())
+        self.special = {t.symbol("special_mapping_vmops")} \
+            if t.has_symbol("special_mapping_vmops") else set()
+        self.legacy_checked = False
+        self.files: dict[int, tuple] = {}  # struct file -> _file()
         self.page_shift = t.page_size.bit_length() - 1
 
     def vma(self, addr: int, mm: dict, root: tuple[int, int]) -> Vma:
@@ -197,21 +201,16 @@ class _Reader:
         f = read_member(self.v["vm_file"], buf)
         anon_name = self._anon_name(buf, f)
         if f:
-            inode = t.read_u64(f + self.file.offset("f_inode"))
-            sb = t.read_u64(inode + self.inode.offset("i_sb"))
-            s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
-            ino = t.read_u64(inode + self.inode.offset("i_ino"))
             pgoff = read_member(self.v["vm_pgoff"], buf) << self.page_shift
             if anon_name is not None:
+                dev, ino, _ = self._file(f, root)
                 name = f"[anon_shmem:{anon_name}]"
             else:
-                name = self.paths.file_path(t.read_u64(f + self.f_mnt),
-                                            t.read_u64(f + self.f_dentry), root)
-            return Vma(start, end, flags, pgoff, (s_dev >> 20, s_dev & 0xFFFFF), ino, name,
-                       True, addr)
+                dev, ino, name = self._file(f, root)
+            return Vma(start, end, flags, pgoff, dev, ino, name, True, addr)
         name = ""
         ops = read_member(self.v["vm_ops"], buf)
-        if ops and ops in self.special:
+        if ops and self._special(ops):
             # special_mapping_name(): ((struct vm_special_mapping *)vm_private_data)->name
             sm = read_member(self.v["vm_private_data"], buf)
             name = t.read_cstr(t.read_u64(sm), 64) if sm else ""
@@ -222,6 +221,30 @@ class _Reader:
         elif anon_name is not None:
             name = f"[anon:{anon_name}]"
         return Vma(start, end, flags, 0, (0, 0), 0, name, False, addr)
+
+    def _file(self, f: int, root: tuple[int, int]) -> tuple[tuple[int, int], int, str]:
+        """(device (major, minor), inode number, d_path() with " (deleted)" when
+        unlinked) of struct file F, read once per file (a binary's text, data and bss
+        VMAs share one)."""
+        hit = self.files.get(f)
+        if hit is None:
+            t = self.t
+            inode = t.read_u64(f + self.file.offset("f_inode"))
+            sb = t.read_u64(inode + self.inode.offset("i_sb"))
+            s_dev = t.read_u32(sb + self.sb.offset("s_dev"))
+            ino = t.read_u64(inode + self.inode.offset("i_ino"))
+            name = self.paths.file_path(t.read_u64(f + self.f_mnt),
+                                        t.read_u64(f + self.f_dentry), root)
+            hit = self.files[f] = ((s_dev >> 20, s_dev & 0xFFFFF), ino, name)
+        return hit
+
+    def _special(self, ops: int) -> bool:
+        """Whether vm_ops OPS are a special mapping's (``vma_is_special_mapping()``)."""
+        if ops not in self.special and not self.legacy_checked:
+            self.legacy_checked = True
+            if self.t.has_symbol("legacy_special_mapping_vmops"):
+                self.special.add(self.t.symbol("legacy_special_mapping_vmops"))
+        return ops in self.special
 
     def _anon_name(self, buf: bytes, file: int) -> str | None:
         """anon_vma_name(): up to v6.6 ``anon_name`` shares a union with ``shared`` (the
@@ -238,6 +261,7 @@ class _Reader:
             return None
         off = self.t.layout("struct anon_vma_name").offset("name")
         return self.t.read_cstr(p + off, 256)
+
 
 
 def vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None) -> list[Vma]:
@@ -335,86 +359,117 @@ class VmaRss:
     swap: int
 
 
-def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
-            ) -> list[VmaRss]:
-    """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map, walked from
-    ``mm->pgd`` (:func:`memscope.kernel.pgtable.walk_range`); anonymous pages are told by
-    their folio's ``mapping``.
+@dataclasses.dataclass(frozen=True)
+class Walked:
+    """TASK's VMAs and their page tables, walked once (:func:`walk_vmas`): ``vmas`` as
+    :func:`vmas` gives them; ``all`` every non-empty leaf entry of the walk
+    (:class:`memscope.kernel.pgtable.Leaves`, address order), of which ``vmas[i]``'s are
+    ``all[lo[i]:hi[i]]`` (none for the gate VMA, the kernel's page in no process's
+    tables); ``max_pfn`` the end of the memmap (a pfn at or past it has no struct page:
+    ``vm_normal_page()``'s ``highest_memmap_pfn + 1``, or the end of the last zone where
+    the kernel has no such variable)."""
 
-    :param problems: a page table that cannot be read is recorded here (its range counts
-        nothing).
-    :raises TargetError: as :func:`vmas`."""
+    vmas: list[Vma]
+    all: object
+    lo: np.ndarray
+    hi: np.ndarray
+    max_pfn: int
+
+    @property
+    def leaves(self) -> list:
+        """Each VMA's entries (``all[lo[i]:hi[i]]``), in the order of ``vmas``."""
+        return [self.all.take(slice(a, b)) for a, b in zip(self.lo.tolist(), self.hi.tolist())]
+
+
+def address_space(ctx: KernelContext, task: Task):
+    """(the kernel's :class:`~memscope.kernel.addr.KernelLayout`, its
+    :class:`~memscope.kernel.pgtable.Paging`, a ``read_phys``, the physical address of
+    TASK's top page table ``__pa(mm->pgd)``): what a walk of TASK's tables needs, the
+    first three probed once per context."""
     from ..kernel.addr import kernel_layout, virt_to_phys
-    from ..kernel.pgtable import kernel_paging, phys_reader, walk_range
+    from ..kernel.pgtable import kernel_paging, phys_reader
+
+    t = ctx.t
+    lay, paging, read_phys = ctx.probe("address_space", lambda: (
+        kernel_layout(t), kernel_paging(t), phys_reader(t)))
+    mm = t.layout("struct mm_struct")
+    return lay, paging, read_phys, virt_to_phys(lay, t.read_u64(task.mm + mm.offset("pgd")))
+
+
+def walk_vmas(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
+              ) -> Walked:
+    """TASK's VMAs with the leaf entries of its page tables (from ``mm->pgd``), the
+    tables walked once over [first VMA's start, last VMA's end) with
+    :func:`memscope.kernel.pgtable.walk_leaves` and the entries split among the VMAs by
+    address (entries between VMAs belong to none and are dropped).
+
+    :param problems: a page table that cannot be read is recorded here (its range holds
+        no entries).
+    :raises TargetError: as :func:`vmas`."""
+    from ..kernel.pgtable import Leaves, walk_leaves
     from . import page as _page
 
     t = ctx.t
     problems = [] if problems is None else problems
     out_vmas = vmas(ctx, task, problems)
-    mm = t.layout("struct mm_struct")
-    pgd = virt_to_phys(kernel_layout(t), t.read_u64(task.mm + mm.offset("pgd")))
-    paging = kernel_paging(t)
-    read_phys = phys_reader(t)
-    shift = t.page_size.bit_length() - 1
-    max_pfn = _page.max_pfn(ctx)
-    walked = []
-    for v in out_vmas:
-        if not v.vma:  # the gate VMA: the kernel's page, in no process's tables
-            walked.append((v, np.zeros(0, np.int64), 0))
-            continue
-        errors: list[str] = []
-        leaves = walk_range(paging, pgd, v.start, v.end, read_phys, errors)
-        problems += [Problem("unreadable", f"pid {task.pid} vma {v.start:#x}", m)
-                     for m in errors]
-        pfns = [np.arange(lf.pa >> shift, (lf.pa >> shift) + (lf.size >> shift))
-                for lf in leaves if lf.present and not lf.special]
-        swap = sum(lf.size >> shift for lf in leaves if not lf.present)
-        p = np.concatenate(pfns) if pfns else np.zeros(0, np.int64)
-        walked.append((v, p[p < max_pfn], swap))
-    allp = np.concatenate([p for _, p, _ in walked]) if walked else np.zeros(0, np.int64)
-    anon_pfns = _anon_pfns(ctx, np.unique(allp))
-    return [VmaRss(v, len(p), int(np.count_nonzero(np.isin(p, anon_pfns))), swap)
-            for v, p, swap in walked]
+    real = [v for v in out_vmas if v.vma]
+    _lay, paging, read_phys, pgd = address_space(ctx, task)
+    errors: list[str] = []
+    lv = walk_leaves(paging, pgd, real[0].start, real[-1].end, read_phys,
+                     errors) if real else Leaves.empty()
+    problems += [Problem("unreadable", f"pid {task.pid} page tables", m) for m in errors]
+    starts = np.array([v.start for v in out_vmas], np.uint64)
+    ends = np.array([v.end for v in out_vmas], np.uint64)
+    lo = np.searchsorted(lv.va, starts, "left")
+    hi = np.searchsorted(lv.va, ends, "left")
+    if t.has_symbol("highest_memmap_pfn"):  # mm/memory.c, what vm_normal_page() checks
+        end_pfn = t.read_u64(t.symbol("highest_memmap_pfn")) + 1
+    else:
+        end_pfn = _page.max_pfn(ctx)
+    gate = np.array([not v.vma for v in out_vmas], bool)
+    lo[gate] = hi[gate] = 0
+    return Walked(out_vmas, lv, lo, hi, end_pfn)
 
 
-def _struct_page_words(ctx: KernelContext, pfns: np.ndarray, offs: tuple[int, ...]
-                       ) -> list[np.ndarray]:
-    """The 8-byte words at OFFS of the struct pages of PFNS (sorted, unique), read in
-    runs of consecutive pfns (one read per run); 0 where a run cannot be read."""
-    from . import page as _page
+def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = None
+            ) -> list[VmaRss]:
+    """Each VMA of TASK (as :func:`vmas`) with the pages its page tables map
+    (:func:`walk_vmas`); anonymous pages are told by their folio's ``mapping``.
 
-    t = ctx.t
-    pl = _page.page_layout(ctx)
-    vm = _page.vmemmap_base(ctx)
-    out = [np.zeros(len(pfns), np.uint64) for _ in offs]
-    if not len(pfns):
-        return out
-    breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
-    for lo, hi in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(pfns)].tolist()):
-        first = int(pfns[lo])
-        try:
-            raw = t.read(vm + first * pl.size, (hi - lo) * pl.size)
-        except FaultError:
-            continue
-        rec = np.frombuffer(raw, np.uint8).reshape(hi - lo, pl.size)
-        for k, off in enumerate(offs):
-            out[k][lo:hi] = rec[:, off:off + 8].copy().view("<u8").ravel()
-    return out
+    :param problems: a page table that cannot be read is recorded here (its range counts
+        nothing).
+    :raises TargetError: as :func:`vmas`."""
+    shift = ctx.t.page_size.bit_length() - 1
+    w = walk_vmas(ctx, task, problems)
+    lv = w.all
+    pages = (lv.size >> shift).astype(np.int64)
+    pfn = (lv.pa >> np.uint64(shift)).astype(np.int64)
+    mapped = lv.present & ~lv.special & (pfn < w.max_pfn)
+    anon_pfns = _anon_pfns(ctx, np.unique(pfn[mapped]))
+    anon = mapped & np.isin(pfn, anon_pfns, assume_unique=False)
+    # per VMA: sums over its slice [lo, hi) of the address-ordered entries
+    sums = np.zeros((3, len(lv) + 1), np.int64)
+    np.cumsum(np.where(mapped, pages, 0), out=sums[0, 1:])
+    np.cumsum(np.where(anon, pages, 0), out=sums[1, 1:])
+    np.cumsum(np.where(lv.present, 0, pages), out=sums[2, 1:])
+    per = sums[:, w.hi] - sums[:, w.lo]
+    return [VmaRss(v, int(r), int(a), int(sw)) for v, r, a, sw in zip(w.vmas, *per.tolist())]
 
 
 def _anon_pfns(ctx: KernelContext, pfns: np.ndarray) -> np.ndarray:
-    """The pfns among PFNS whose folio is anonymous (``folio_test_anon()``: the head's
-    ``mapping & PAGE_MAPPING_ANON``), reading only their struct pages (and their heads')."""
-    from . import page as _page
+    """The pfns among PFNS (sorted, unique) whose folio is anonymous (``folio_test_anon()``:
+    the head's ``mapping & PAGE_MAPPING_ANON``), reading only their struct pages (and
+    their heads')."""
+    from . import memmap, page as _page
 
     pl = _page.page_layout(ctx)
-    mapping, info = _struct_page_words(ctx, pfns, (pl.mapping_off, pl.compound_off))
+    rec = memmap.struct_pages_of(ctx, pfns)
+    mapping = memmap.struct_page_word(rec, pl.mapping_off)
+    info = memmap.struct_page_word(rec, pl.compound_off)
     tail = (info & np.uint64(1)) == 1
     if tail.any():
         heads = _page._heads(pl, _page.vmemmap_base(ctx), pfns[tail], info[tail])
-        uh, inv = np.unique(heads, return_inverse=True)
-        (hmap,) = _struct_page_words(ctx, uh, (pl.mapping_off,))
         mapping = mapping.copy()
-        mapping[tail] = hmap[inv]
+        mapping[tail] = memmap.struct_page_word(memmap.struct_pages_of(ctx, heads),
+                                                pl.mapping_off)
     return pfns[(mapping & np.uint64(_page.PAGE_MAPPING_ANON)) != 0]
-
