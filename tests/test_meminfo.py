@@ -1,7 +1,8 @@
 """`meminfo --format proc` against the guest's /proc/meminfo, line by line, on every real
 lab kernel and every snapshot of 6.12-snapshots; and every line memscope computes against
 the same line computed independently by drgn's own helpers on the same dump (the kernel's
-formulas written here with drgn objects, not memscope.mm).
+formulas written with drgn objects in benchmarks/drgn_meminfo.py, not memscope.mm; the
+benchmark times memscope against the same function).
 
 Each line of /proc/meminfo is a test of its own (``[case-Line]``): the line must be
 printed exactly when the guest printed it, byte for byte.  The guest reads meminfo just
