@@ -65,6 +65,16 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
     return best
 
 
+def interleaved(contenders: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    """The best of REPEAT rounds for each of CONTENDERS (name -> function), one call of
+    each per round, so that a burst of load elsewhere on the machine hits them alike."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            best[name] = min(best[name], best_of(fn, 1))
+    return best
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     with contextlib.redirect_stdout(io.StringIO()):
         t = time.perf_counter()
@@ -131,6 +141,17 @@ def run_command(prog, name: str, fmt: str, **extra) -> str:
     args = cli_args(name, fmt, **extra)
     return commands.COMMANDS[name].run(KernelContext(DrgnTarget(prog)), args) \
         .render(fmt)
+
+
+def simple_main(doc: str, run: Callable[..., list[Row]], repeat: int) -> None:
+    """The command line of a benchmark module whose ``run(snap, repeat, prog)`` needs
+    nothing else: ``python3 -m benchmarks.NAME [CASE] [--repeat N]``, its table printed."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("case", nargs="?", default=DEFAULT_CASE)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    args = ap.parse_args()
+    snap, prog = open_case(args.case)
+    print(render(run(snap, args.repeat, prog)))
 
 
 def machine() -> str:

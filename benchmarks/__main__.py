@@ -1,17 +1,17 @@
 """``python3 -m benchmarks`` (``make bench``): every benchmark, one table of ratios.
 
 On the 4 GiB lab case (default "6.12-4g", built and cached by memscope.lab.cases on first
-use, ~40 s): bench_buddy (issue 3), bench_pages (issue 4) and bench_slub (issue 9) on one drgn
-Program, then
-bench_gdb (the GDB backend on a paused guest against the drgn backend on its dump; it
-boots its own guest) in a subprocess, its ratios parsed from its table.  --no-gdb skips it.
+use, ~40 s): bench_buddy (issue 3), bench_pages (issue 4), bench_slub (issue 9),
+bench_vmalloc, bench_meminfo and bench_mempool (issue 10) on one drgn Program, then
+bench_gdb (the GDB backend and the QMP target on a paused guest against the drgn backend on
+its dump; it boots its own guest) in a subprocess, its ratios read from its --json file.
+--no-gdb skips it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import subprocess
 import sys
 import time
@@ -23,31 +23,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def gdb_rows(kernel: str, repeat: int, timeout: float, log) -> tuple[list[Row], str]:
-    """Run bench_gdb.py standalone; (rows, note)."""
+    """Run bench_gdb.py standalone; (rows from its --json file, its printed tables)."""
+    import json
+    import tempfile
+
     script = ROOT / "benchmarks" / "bench_gdb.py"
     if not script.exists():
         return [], "bench_gdb.py not found: GDB backend not benchmarked"
-    log(f"bench_gdb: booting {kernel} with 4096 MB and timing gdb (minutes) ...")
-    try:
-        p = subprocess.run([sys.executable, str(script), kernel, "--repeat", str(repeat)],
-                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return [], f"bench_gdb.py did not finish within {timeout:.0f} s: skipped"
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["?"])[-1]
-        return [], f"bench_gdb.py failed (exit {p.returncode}: {last}): skipped"
+    log(f"bench_gdb: booting {kernel} with 4096 MB and timing gdb and QMP (minutes) ...")
+    with tempfile.TemporaryDirectory(prefix="memscope-bench-") as tmp:
+        out = Path(tmp) / "gdb.json"
+        try:
+            p = subprocess.run([sys.executable, str(script), kernel, "--repeat", str(repeat),
+                                "--json", str(out)],
+                               capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return [], f"bench_gdb.py did not finish within {timeout:.0f} s: skipped"
+        if p.returncode != 0 or not out.exists():
+            last = (p.stderr.strip().splitlines() or ["?"])[-1]
+            return [], f"bench_gdb.py failed (exit {p.returncode}: {last}): skipped"
+        res = json.loads(out.read_text())
     rows = []
-    for line in p.stdout.splitlines():
-        # command, drgn first, drgn best, gdb first, gdb best, gdb/drgn, ...
-        m = re.match(r"\s*(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", line)
-        if m and float(m[6]):
-            # the printed ratio, not the rounded seconds (buddyinfo's drgn best prints 0)
-            gdb_s, ratio = float(m[5]), float(m[6])
-            rows.append(Row("gdb", f"gdb memscope {m[1]}", gdb_s,
-                            f"drgn memscope {m[1]} (its vmcore)", gdb_s / ratio, "<= 3",
-                            "paused guest; ms rounded by bench_gdb"))
-    if not rows:
-        return [], "bench_gdb.py output not understood: skipped. Its output:\n" + p.stdout
+    for name, r in res["gdb"].items():
+        rows.append(Row("gdb", f"gdb memscope {name} (cold)", r["cold"],
+                        f"drgn memscope {name} (its vmcore)", r["drgn"], "<= 3",
+                        f"paused guest, -f {r['format']}; "
+                        + ("same answer" if r["same"] else "ANSWERS DIFFER")))
+    for name, r in res["qmp"].items():
+        rows.append(Row("qmp", f"--qemu memscope {name}", r["qmp"],
+                        f"drgn memscope {name} (its vmcore)", r["drgn"], "<= 3",
+                        f"paused guest, -f {r['format']}; "
+                        + ("same answer" if r["same"] else "ANSWERS DIFFER")))
     return rows, "bench_gdb.py:\n" + p.stdout.strip()
 
 
@@ -67,7 +73,8 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import bench_buddy, bench_pages, bench_slub
+    from . import bench_buddy, bench_meminfo, bench_mempool, bench_pages, bench_slub, \
+        bench_vmalloc
 
     log(f"case {args.case} (built on first use, ~40 s) ...")
     snap = snapshot(args.case)
@@ -80,6 +87,12 @@ def main() -> int:
     rows += bench_pages.run(snap, args.repeat, prog, args.sample, log=log)
     log("bench_slub ...")
     rows += bench_slub.run(snap, min(args.repeat, 3), prog, args.slub_sample, log=log)
+    log("bench_vmalloc ...")
+    rows += bench_vmalloc.run(snap, args.repeat, prog, log=log)
+    log("bench_meminfo ...")
+    rows += bench_meminfo.run(snap, args.repeat, prog, log=log)
+    log("bench_mempool ...")
+    rows += bench_mempool.run(snap, min(args.repeat, 5), prog, log=log)
     note = "bench_gdb skipped (--no-gdb)"
     if not args.no_gdb:
         g, note = gdb_rows(snap.kernel, 3, args.gdb_timeout, log)

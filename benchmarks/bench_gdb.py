@@ -1,7 +1,13 @@
 """Benchmark: every command through the GDB backend on a paused guest against the drgn
 backend on that guest's vmcore (the same frozen state), measured in one run.
 
-Target (issue 3): GDB within 3x of drgn.
+Targets: GDB within 3x of drgn (issue 3); ``slabinfo --format proc`` inside GDB and on
+the guest through QMP (``--qemu``) within 3x of drgn on the dump (issue 9).
+
+The commands are :data:`COMMANDS` (those that need no argument), each in the format named
+there: slabinfo, vmallocinfo and meminfo as their /proc files, the others as JSON (or
+--format).  Each one's output inside GDB (its last cold run) and through QMP is compared
+with drgn's on the dump ("same" column).
 
     python3 benchmarks/bench_gdb.py [KERNEL] [--mem MB] [--repeat N] [--format FMT]
 
@@ -18,7 +24,10 @@ with its gdbstub), then:
   times *warm* (again while the guest stays paused: memory read by the previous run is
   kept).  Three sessions: the default (local QEMU's memory read through /proc/PID/mem),
   MEMSCOPE_GDB_PROCMEM=0 (bulk reads through QEMU's monitor, memsave) and
-  MEMSCOPE_GDB_MEMSAVE=0 (gdbstub packets only).
+  MEMSCOPE_GDB_MEMSAVE=0 (gdbstub packets only);
+- QMP: ``memscope --qemu SOCKET`` on the same paused guest (drgn's QMP target: every
+  read is a QMP ``memsave``/``pmemsave`` round trip), opened once like the vmcore, each
+  of :data:`QMP_COMMANDS` N times through the CLI's code path (a fresh target each).
 
 The headline ratio is gdb cold (best of N) / drgn (best of N); warm is the second.
 The gdb session ends with ``disconnect`` so that the guest stays paused for the next run.
@@ -38,6 +47,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the benchmarks package beside it
+
+from benchmarks import best_of, run_command  # noqa: E402
+
+#: command -> the format timed (None: --format); commands that need an argument are left out
+COMMANDS = {"buddyinfo": None, "check": None, "frag": None, "freelists": None,
+            "pageblocks": None, "pages": None, "pagetypeinfo": None,
+            "slabinfo": "proc", "vmallocinfo": "proc", "meminfo": "proc"}
+#: the commands also timed through QMP (--qemu): issue 9's
+QMP_COMMANDS = ("slabinfo",)
 
 DRIVER = r'''
 import json, time, gdb
@@ -52,26 +71,48 @@ t = time.perf_counter()
 gdb.execute("memscope buddyinfo --format json", to_string=True)
 out["setup_seconds"] = time.perf_counter() - t
 
-def run(name):
+text = {}
+
+def run(name, fmt):
     t = time.perf_counter()
     try:
-        gdb.execute(f"memscope {name} --format {plan['format']}", to_string=True)
+        text[name] = gdb.execute(f"memscope {name} --format {fmt}", to_string=True)
     except gdb.error:
         pass  # `check` may report problems (exit status 1): still timed
     return time.perf_counter() - t
 
-for name in plan["commands"]:
+for name, fmt in plan["commands"].items():
     # cold: what the guest's last pause left cached is dropped before each run, as when
     # the guest ran and stopped again (gdb's stop event does the same)
     cold = []
     for i in range(plan["repeat"]):
         tgdb.invalidate_memory()
-        cold.append(run(name))
+        cold.append(run(name, fmt))
+    out[name] = {"cold": cold, "text": text.get(name)}
     # warm: the same command again while the guest stays paused (kept target and memory)
-    warm = [run(name) for i in range(plan["repeat"])]
-    out[name] = {"cold": cold, "warm": warm}
+    out[name]["warm"] = [run(name, fmt) for i in range(plan["repeat"])]
 json.dump(out, open(plan["output"], "w"))
 '''
+
+
+def qmp_session(socket: str, vmlinux: str, formats: dict, repeat: int,
+                drgn_text: dict) -> tuple[dict, dict]:
+    """Each of QMP_COMMANDS through ``--qemu SOCKET`` on the paused guest, best of REPEAT
+    (a fresh target each, the Program opened once); ({name: seconds}, {name: same answer
+    as drgn's on the dump})."""
+    import gc
+
+    from memscope.target.drgn import open_qemu
+
+    prog = open_qemu(socket, vmlinux)
+    times, same = {}, {}
+    for name in QMP_COMMANDS:
+        text = run_command(prog, name, formats[name])
+        same[name] = text == drgn_text[name]
+        times[name] = best_of(lambda: run_command(prog, name, formats[name]), repeat)
+    del prog  # its QMP connection: QEMU serves one client at a time
+    gc.collect()
+    return times, same
 
 
 def main() -> int:
@@ -80,15 +121,18 @@ def main() -> int:
     ap.add_argument("--mem", type=int, default=4096, metavar="MB")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--format", default="json")
+    ap.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON "
+                    "(python3 -m benchmarks reads them from there)")
     args = ap.parse_args()
 
     from memscope import commands, lab
     from memscope.errors import LabError
-    from memscope.mm.context import KernelContext
-    from memscope.target.drgn import DrgnTarget, open_core
+    from memscope.target.drgn import open_core
 
     commands._load()
-    names = sorted(commands.COMMANDS)
+    names = sorted(COMMANDS)
+    formats = {n: COMMANDS[n] or (args.format if args.format in commands.COMMANDS[n].formats
+                                  else "json") for n in names}
     tmp = Path(tempfile.mkdtemp(prefix="bench-gdb-"))
     d = tmp / "run"
     gdb_bin = "gdb-multiarch" if "arm64" in args.kernel else "gdb"
@@ -102,28 +146,18 @@ def main() -> int:
         t = time.perf_counter()
         prog = open_core(vmcore, vmlinux)
         drgn_open = time.perf_counter() - t
-        drgn_times = {}
+        drgn_times, drgn_text = {}, {}
         for name in names:
-            cmd = commands.COMMANDS[name]
-            fmt = args.format if args.format in cmd.formats else "json"
-            ns = argparse.Namespace(command=name, format=fmt)
-            # the command's own defaults for its extra arguments
-            p = argparse.ArgumentParser()
-            if cmd.add_arguments:
-                cmd.add_arguments(p)
-            for k, v in vars(p.parse_args([])).items():
-                setattr(ns, k, v)
             times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    cmd.run(KernelContext(DrgnTarget(prog)), ns).render(fmt)
+                    drgn_text[name] = run_command(prog, name, formats[name])
                 times.append(time.perf_counter() - t)
             drgn_times[name] = times
 
         # gdb on the paused guest
-        plan = {"commands": names, "repeat": args.repeat, "format": args.format,
-                "output": str(tmp / "gdb.json")}
+        plan = {"commands": formats, "repeat": args.repeat, "output": str(tmp / "gdb.json")}
         (tmp / "plan.json").write_text(json.dumps(plan))
         (tmp / "driver.py").write_text(f"PLAN = {str(tmp / 'plan.json')!r}\n" + DRIVER)
         import os
@@ -144,6 +178,8 @@ def main() -> int:
             return json.loads((tmp / "gdb.json").read_text()), total
 
         sessions = {mode: gdb_session(mode) for mode in ("procmem", "memsave", "packets")}
+        qmp_times, qmp_same = qmp_session(meta["qmp_socket"], vmlinux, formats, args.repeat,
+                                          drgn_text)
     finally:
         with contextlib.suppress(LabError):
             lab.stop(d)
@@ -154,6 +190,7 @@ def main() -> int:
     rows = []
     for name in names:
         best = min(drgn_times[name])
+        same = sessions["procmem"][0][name]["text"] == drgn_text[name]
         row = [name, f"{best * 1000:.1f}"]
         for mode in ("procmem", "memsave", "packets"):
             g = sessions[mode][0][name]
@@ -163,15 +200,30 @@ def main() -> int:
                         f"{warm / best:.2f}x"]
             else:
                 row += [f"{cold / best:.2f}x", f"{warm / best:.2f}x"]
+        row.append(formats[name] + (" same" if same else " DIFFERS"))
         rows.append(row)
-    print(f"{args.kernel}, {args.mem} MB guest, --format {args.format}, best of {args.repeat} "
+    print(f"{args.kernel}, {args.mem} MB guest, best of {args.repeat} "
           "(ms); gdb cold: guest memory kept by memscope dropped before each run; warm: "
           "the command again while the guest stays paused.  gdb: a local QEMU's memory "
           "read via /proc/PID/mem; memsave: MEMSCOPE_GDB_PROCMEM=0 (QEMU's monitor for "
           "bulk reads); packets: MEMSCOPE_GDB_MEMSAVE=0 (gdbstub packets only)")
     print(tabulate(rows, headers=["command", "drgn ms", "gdb cold ms", "COLD gdb/drgn",
                                   "gdb warm ms", "warm gdb/drgn", "memsave cold", "memsave warm",
-                                  "packets cold", "packets warm"]))
+                                  "packets cold", "packets warm",
+                                  "format, gdb's answer"]))
+    print(tabulate([[name, f"{min(drgn_times[name]) * 1000:.1f}", f"{qmp_times[name] * 1000:.1f}",
+                     f"{qmp_times[name] / min(drgn_times[name]):.2f}x",
+                     formats[name] + (" same" if qmp_same[name] else " DIFFERS")]
+                    for name in QMP_COMMANDS],
+                   headers=["qmp command", "drgn ms", "qmp ms", "QMP/drgn", "format, answer"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "gdb": {n: {"drgn": min(drgn_times[n]), "cold": min(sessions["procmem"][0][n]["cold"]),
+                        "warm": min(sessions["procmem"][0][n]["warm"]), "format": formats[n],
+                        "same": sessions["procmem"][0][n]["text"] == drgn_text[n]}
+                    for n in names},
+            "qmp": {n: {"drgn": min(drgn_times[n]), "qmp": qmp_times[n], "format": formats[n],
+                        "same": qmp_same[n]} for n in QMP_COMMANDS}}))
     for mode, (g, total) in sessions.items():
         print(f"gdb session {mode}: KASLR {g['kaslr_seconds'] * 1000:.0f} ms, first command "
               f"(one-time probes) {g['setup_seconds'] * 1000:.0f} ms, all runs {total:.1f} s")

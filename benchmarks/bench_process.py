@@ -19,9 +19,7 @@ the process list made beforehand as the drgn baseline's is) is reported beside i
 
 from __future__ import annotations
 
-import argparse
-
-from . import DEFAULT_CASE, Row, best_of, open_case, render, run_command, warm_file
+from . import Row, best_of, run_command, simple_main, warm_file
 
 
 def _processes(prog):
@@ -160,12 +158,7 @@ def run(snap, repeat: int = 5, prog=None, log=print) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", nargs="?", default=DEFAULT_CASE)
-    ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
-    snap, prog = open_case(args.case)
-    print(render(run(snap, args.repeat, prog)))
+    simple_main(__doc__, run, 5)
 
 
 if __name__ == "__main__":

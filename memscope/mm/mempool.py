@@ -139,7 +139,7 @@ class _Checker:
 
 
 def _scan(t, lo: int, hi: int, targets: np.ndarray, alloc_off: int) -> list[int]:
-    """mempool_t addresses whose alloc word, in [LO, HI), is one of TARGETS."""
+    """mempool_t addresses whose alloc word, in [LO, HI), is one of TARGETS (sorted)."""
     out = []
     for a in range(lo, hi, _CHUNK):
         n = min(_CHUNK, hi - a) // 8 * 8
@@ -147,9 +147,24 @@ def _scan(t, lo: int, hi: int, targets: np.ndarray, alloc_off: int) -> list[int]
             w = np.frombuffer(t.read(a, n), "<u8")
         except FaultError:
             continue
-        for i in np.flatnonzero(np.isin(w, targets)).tolist():
+        # the callbacks are a few kernel text addresses: a range test first, then isin on
+        # the few words inside it (isin's set-up costs more than the test on a small slab)
+        near = np.flatnonzero((w >= targets[0]) & (w <= targets[-1]))
+        for i in near[np.isin(w[near], targets)].tolist():
             out.append(a + 8 * i - alloc_off)
     return out
+
+
+def _runs(base: np.ndarray, size: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of adjacent slabs (BASE sorted, SIZE bytes each), each run
+    at most _CHUNK unless one slab is larger: one read and one scan per run, not per slab."""
+    runs: list[tuple[int, int]] = []
+    for lo, n in zip(base.tolist(), size.tolist()):
+        if runs and runs[-1][1] == lo and lo + n - runs[-1][0] <= _CHUNK:
+            runs[-1] = (runs[-1][0], lo + n)
+        else:
+            runs.append((lo, lo + n))
+    return runs
 
 
 def mempools(ctx: KernelContext) -> MempoolScan:
@@ -184,14 +199,12 @@ def mempools(ctx: KernelContext) -> MempoolScan:
 
     # every slab (its pages and cache) as the SLUB walk found them in the decoded memmap
     w = slub.slab_walker(ctx)
-    page = t.page_size
-    for base, n, cache_addr in zip(w.base.tolist(), w.npages.tolist(),
-                                   w.slab_cache.tolist()):
-        hits = _scan(t, base, base + n * page, targets, alloc_off)
-        if not hits:
-            continue
-        cache = w.by_addr[cache_addr].name if cache_addr in w.by_addr else "?"
-        for addr in hits:
+    for lo, hi in _runs(w.base, w.npages.astype(np.uint64) * np.uint64(t.page_size)):
+        for addr in _scan(t, lo, hi, targets, alloc_off):
+            # the slab holding the alloc word found
+            i = int(np.searchsorted(w.base, np.uint64(addr + alloc_off), "right")) - 1
+            base, cache_addr = int(w.base[i]), int(w.slab_cache[i])
+            cache = w.by_addr[cache_addr].name if cache_addr in w.by_addr else "?"
             p = c.check(addr, "slab", f"{cache} slab {base:#x} +{addr - base:#x}")
             if p:
                 pools.append(p)
