@@ -289,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             from . import fleet
 
             return fleet.main(args)
+        from .commands import execute_offline
+
+        offline = execute_offline(args)
+        if offline is not None:
+            sys.stdout.write(offline[0])
+            return offline[1]
         if args.pause and not args.qemu:
             raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
                                 "running kernel of -k cannot be paused)")

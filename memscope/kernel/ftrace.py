@@ -604,3 +604,64 @@ def read_trace(t: Target, *, with_formats: bool = True) -> TraceBuffer:
                 cpus.append(_read_cpu(t, lay, cpu, addr, problems, events))
     formats = event_formats(t, problems, {e.id for e in events}) if with_formats else {}
     return TraceBuffer(cpus, events, formats, problems)
+
+
+@dataclasses.dataclass
+class CpuWindow:
+    """One CPU's part of the window between two dumps of the same boot
+    (:func:`window`).
+
+    :param cpu: the CPU.
+    :param written: events committed between the dumps (B's ``entries`` minus A's).
+    :param found: those still in B's buffer.
+    :param lost: written but no longer in B's buffer (overwritten, consumed by a
+        ``trace_pipe`` reader, or skipped in a corrupt page): ``written - found``.
+    """
+
+    cpu: int
+    written: int
+    found: int
+    lost: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def window(a: TraceBuffer, b: TraceBuffer) -> tuple[list[TraceEvent], list[CpuWindow]]:
+    """The events of B's buffer written after the last event of A's, CPU by CPU, with
+    what was lost of them.
+
+    Each CPU's ``entries`` counts its events since the buffer's last reset, so the
+    events written between the dumps are exactly those numbered (``TraceEvent.seq``)
+    above A's ``entries``; B's buffer holds those above B's ``overrun + read``.  Where
+    both buffers still hold the same numbers, the events must be equal (time and bytes).
+
+    :raises TargetError: B is not a later dump of A's boot: a CPU has fewer entries in B
+        than in A (another boot, or the buffer was reset in between), or the events both
+        hold differ."""
+    a_cpus = {c.cpu: c for c in a.cpus}
+    a_by_cpu: dict[int, dict[int, TraceEvent]] = {}
+    for e in a.events:
+        a_by_cpu.setdefault(e.cpu, {})[e.seq] = e
+    out: list[TraceEvent] = []
+    parts = []
+    for c in b.cpus:
+        before = a_cpus[c.cpu].entries if c.cpu in a_cpus else 0
+        if c.entries < before:
+            raise TargetError(f"CPU {c.cpu}: the later dump's buffer has {c.entries} entries, "
+                              f"the earlier one's {before}: not a later dump of the same "
+                              "boot, or the trace buffer was reset in between")
+        mine = [e for e in b.events if e.cpu == c.cpu]
+        old = a_by_cpu.get(c.cpu, {})
+        for e in mine:
+            if e.seq > before:
+                break
+            o = old.get(e.seq)
+            if o is not None and (o.ts, o.entry) != (e.ts, e.entry):
+                raise TargetError(f"CPU {c.cpu}: event {e.seq} differs between the dumps "
+                                  f"(times {o.ts} and {e.ts}): not dumps of the same boot")
+        new = [e for e in mine if e.seq > before]
+        out.extend(new)
+        written = c.entries - before
+        parts.append(CpuWindow(c.cpu, written, len(new), written - len(new)))
+    return out, parts
