@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import fleet
 
     fleet.add_parser(sub)
+    from .commands import replay
+
+    replay.add_arguments(sub.add_parser(
+        "replay", help="predict dump B from dump A and the events traced in between",
+        description="Predict dump B from dump A and the events traced in between "
+        "(buddy free blocks, pcp lists, slab objects) and say where they agree."))
     commands.add_subparsers(p)
     return p
 
@@ -289,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             from . import fleet
 
             return fleet.main(args)
+        if args.command == "replay":
+            from .commands import replay
+
+            text, status = replay.run(args)
+            sys.stdout.write(text)
+            return status
         from .commands import execute_offline
 
         offline = execute_offline(args)
