@@ -15,6 +15,7 @@ Records (:class:`memscope.model.buddy.Agreement`), one per allocator: ``allocato
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 from ..kernel import ftrace
 from ..mm import freelists as _freelists
@@ -125,8 +126,51 @@ class Replay:
                 "allocators": [a.to_json() for a in self.agreements]}
 
 
+def vmalloc_pages(ctx: KernelContext, starts: set[int]) -> dict[int, str]:
+    """pfn -> description of each page mapped by the vmalloc areas of CTX that start at
+    one of STARTS (``vm->pages[0..nr_pages)``, struct page pointers turned into pfns)."""
+    from ..mm import vmalloc as _vmalloc
+    from ..mm.memmap import page_layout, vmemmap_base
+
+    if not starts:
+        return {}
+    t = ctx.t
+    vm_of = t.layout("struct vmap_area").offset("vm")
+    vml = t.layout("struct vm_struct")
+    base, size = vmemmap_base(ctx), page_layout(ctx).size
+    out: dict[int, str] = {}
+    for area in _vmalloc.vmallocinfo(ctx).areas:
+        if area.kind != "vm_struct" or area.start not in starts or not area.nr_pages:
+            continue
+        vm = t.read_u64(area.vmap_area + vm_of)
+        pages = t.read_u64(vm + vml.offset("pages"))
+        for (page,) in struct.iter_unpack("<Q", t.read(pages, 8 * area.nr_pages)):
+            out[(page - base) // size] = (f"vmalloc area {area.start:#x} "
+                                          f"({area.caller_name or 'no caller'})")
+    return out
+
+
+def explain_bulk(agreements: list[Agreement], b: KernelContext, events: list) -> None:
+    """Give the blocks predicted on a pcp list (or free) that B has mapped by a vmalloc
+    area allocated in the window their cause: ``vm_area_alloc_pages()`` takes its pages
+    with ``alloc_pages_bulk()``, which takes them off the pcp lists
+    (``__rmqueue_pcplist()``) without emitting ``mm_page_alloc`` (mm/page_alloc.c
+    ``__alloc_pages_bulk()``); the window's ``alloc_vmap_area`` events give the areas'
+    addresses."""
+    starts = {e.fields.get("addr") for e in events if e.name == "alloc_vmap_area"}
+    pfns = vmalloc_pages(b, {s for s in starts if isinstance(s, int)})
+    for g in agreements:
+        for i, d in enumerate(g.divergences):
+            if d.kind == "extra" and d.pfn in pfns:
+                g.divergences[i] = dataclasses.replace(d, cause=(
+                    f"mapped in the later state by the {pfns[d.pfn]} allocated in the "
+                    "window: vmalloc takes its pages with alloc_pages_bulk(), which emits "
+                    "no mm_page_alloc per page"))
+
+
 def replay_buddy(a: KernelContext, b: KernelContext, events: list) -> tuple[list[Agreement], int]:
-    """The buddy model from A's state through EVENTS, compared with B's state."""
+    """The buddy model from A's state through EVENTS, compared with B's state (pages
+    taken by the bulk allocator explained: :func:`explain_bulk`)."""
     sa, sb = buddy_state(a), buddy_state(b)
     model = BuddyModel(buddy_rules(a), sa.zones, sa.free, sa.pcp, sa.pageblock)
     model.apply_all(events)
@@ -137,7 +181,9 @@ def replay_buddy(a: KernelContext, b: KernelContext, events: list) -> tuple[list
             order = e.fields.get("order", e.fields.get("alloc_order", 0))
             order = order if isinstance(order, int) and 0 <= order < 32 else 0
             touched.update(range(pfn, pfn + (1 << order)))
-    return compare(model, sb.free, sb.pcp, touched), model.applied
+    agreements = compare(model, sb.free, sb.pcp, touched)
+    explain_bulk(agreements, b, events)
+    return agreements, model.applied
 
 
 def replay(a: KernelContext, b: KernelContext, events: list | None = None,
