@@ -64,10 +64,7 @@ _EVENT = re.compile(
     r"(?P<rest>.*)$")
 _LOST = re.compile(r"^\s*CPU:\s*(\d+)\s+\[LOST\s+(\d+)\s+EVENTS\]\s*$")
 _ENTRIES = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
-_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:=|: )(\S*)")
-_DEC = re.compile(r"-?\d+$")
 _HEX = re.compile(r"0x[0-9a-fA-F]+$")
-_PTR = re.compile(r"[0-9a-fA-F]+$")
 # trace-cmd report's own lines: "version = 6", "cpus=2", "CPU 0 is empty", "CPU0 data
 # recorded at offset=...", "    1234 bytes in size"
 _TRACE_CMD = re.compile(r"^\s*(version\s*=|cpus=|CPU\s*\d+\s+(is empty|data recorded)|"
@@ -113,11 +110,17 @@ class TextTrace:
 
 
 def _value(key: str, v: str):
-    if key in POINTER_KEYS and _PTR.match(v):
-        return int(v, 16)
-    if _DEC.match(v):
-        return int(v)
-    if _HEX.match(v):
+    if key in POINTER_KEYS:
+        try:
+            return int(v, 16)
+        except ValueError:
+            return v
+    if v and (v[0].isdigit() or v[0] == "-") and "_" not in v:
+        try:
+            return int(v)  # decimal
+        except ValueError:
+            pass
+    if v[:2] == "0x" and _HEX.match(v):
         return int(v, 16)
     if v == "true":
         return True
@@ -127,9 +130,23 @@ def _value(key: str, v: str):
 
 
 def parse_fields(rest: str) -> dict:
-    """The ``key=value`` (and ``key: value``) pairs of an event's text, typed as the
-    module says."""
-    return {k: _value(k, v) for k, v in _FIELD.findall(rest)}
+    """The ``key=value`` (and vmalloc's ``key: value``) pairs of an event's text, typed as
+    the module says; words that are neither are left out."""
+    out = {}
+    toks = rest.split()
+    i, n = 0, len(toks)
+    while i < n:
+        key, eq, v = toks[i].partition("=")
+        i += 1
+        if not eq:
+            if key.endswith(":") and i < n and "=" not in toks[i]:
+                key, v = key[:-1], toks[i]
+                i += 1
+            else:
+                continue
+        if key.isidentifier():
+            out[key] = _value(key, v)
+    return out
 
 
 def parse_lines(lines) -> TextTrace:
@@ -175,11 +192,12 @@ def parse_lines(lines) -> TextTrace:
         fields = parse_fields(m.group("rest"))
         events.append(Event(name, cpu, ts, int(m.group("pid")), fields, system))
     out.lines = n
-    # A %p value that is hashed has its top bits random, not a kernel address's 0xffff:
-    # the hash-ptr option (on by default) prints siphash(ptr) in 32 bits on 64-bit.
+    # A hashed %p value (the hash-ptr option, on by default) is 32 bits of siphash on
+    # 64-bit kernels (lib/vsprintf.c ptr_to_hashval()), a kernel address has its top bit
+    # set.
     ptrs = [e.fields["ptr"] for e in events[:1000]
             if isinstance(e.fields.get("ptr"), int) and e.fields["ptr"]]
-    out.hashed_pointers = bool(ptrs) and not any(p >> 48 == 0xFFFF for p in ptrs)
+    out.hashed_pointers = bool(ptrs) and all(p < 1 << 32 for p in ptrs)
     return out
 
 

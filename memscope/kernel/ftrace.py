@@ -60,6 +60,7 @@ Layouts that changed and are detected from the debug info:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from typing import Iterable
 
@@ -143,30 +144,56 @@ class EventFormat:
         """The values of this event's own fields (common fields left out) in ENTRY, the
         entry's bytes: ints as ints (signed as ``is_signed`` says), strings as str,
         other arrays as hex; a field outside ENTRY is None."""
-        out = {}
-        n = len(entry)
+        ints, names, others, end = self._decoder
+        if len(entry) >= end:
+            out = dict(zip(names, ints.unpack_from(entry, 0)))
+        else:
+            out = {}
+            for f in self.fields:
+                if f.kind == "int" and not f.name.startswith("common_"):
+                    out[f.name] = _field_value(f, entry)
+        for f in others:
+            out[f.name] = _field_value(f, entry)
+        return out
+
+    @functools.cached_property
+    def _decoder(self) -> tuple[struct.Struct, tuple[str, ...], tuple[EventField, ...], int]:
+        """One struct for every int field (at their offsets, gaps as pad bytes), their
+        names, the other fields, and the bytes the struct needs."""
+        fmt, names, others, pos = "<", [], [], 0
         for f in self.fields:
             if f.name.startswith("common_"):
                 continue
-            end = f.offset + f.size
-            if end > n:
-                out[f.name] = None
+            if f.kind != "int" or f.offset < pos:
+                others.append(f)
                 continue
-            kind = f.kind
-            if kind == "int":
-                out[f.name] = int.from_bytes(entry[f.offset:end], "little", signed=f.signed)
-            elif kind in ("data_loc", "rel_loc"):
-                v = int.from_bytes(entry[f.offset:f.offset + 4], "little")
-                start = (v & 0xFFFF) + (end if kind == "rel_loc" else 0)
-                length = v >> 16
-                out[f.name] = (entry[start:start + length].split(b"\0", 1)[0]
-                               .decode(errors="replace")
-                               if start + length <= n else None)
-            elif kind == "chars":
-                out[f.name] = entry[f.offset:end].split(b"\0", 1)[0].decode(errors="replace")
-            else:
-                out[f.name] = entry[f.offset:end].hex()
-        return out
+            fmt += f"{f.offset - pos}x" if f.offset > pos else ""
+            code = {1: "b", 2: "h", 4: "i", 8: "q"}[f.size]
+            fmt += code if f.signed else code.upper()
+            names.append(f.name)
+            pos = f.offset + f.size
+        return struct.Struct(fmt), tuple(names), tuple(others), pos
+
+
+def _field_value(f: EventField, entry: bytes):
+    """Field F of ENTRY (see :meth:`EventFormat.decode`)."""
+    n = len(entry)
+    end = f.offset + f.size
+    if end > n:
+        return None
+    kind = f.kind
+    if kind == "int":
+        return int.from_bytes(entry[f.offset:end], "little", signed=f.signed)
+    if kind in ("data_loc", "rel_loc"):
+        v = int.from_bytes(entry[f.offset:f.offset + 4], "little")
+        start = (v & 0xFFFF) + (end if kind == "rel_loc" else 0)
+        length = v >> 16
+        if start + length > n:
+            return None
+        return entry[start:start + length].split(b"\0", 1)[0].decode(errors="replace")
+    if kind == "chars":
+        return entry[f.offset:end].split(b"\0", 1)[0].decode(errors="replace")
+    return entry[f.offset:end].hex()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

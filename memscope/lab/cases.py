@@ -42,6 +42,14 @@ CASES: dict[str, dict] = {
     # kdump-compressed, flattened (vmcore.kdump-zlib; Debian 12's QEMU 7.2 offers no lzo
     # or snappy: query-dump-guest-memory-capability).
     "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
+    # kmem, cma and vmalloc tracepoints on from boot; a quiet second between the named
+    # snapshots "before" and "after" (the replay window), then tracing stopped and the
+    # guest's own trace file kept as the final snapshot's truth "trace" (the dump's
+    # buffer and the file then hold the same events).
+    "5.10-trace": dict(kernel="5.10", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "6.1-trace": dict(kernel="6.1", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "6.12-trace": dict(kernel="6.12", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "7.2-trace": dict(kernel="7.2", workload="trace-quiet", trace="kmem,cma,vmalloc"),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -168,6 +176,8 @@ def case_key(opts: labrun.RunOptions) -> str:
     for f in sorted((Path(labrun.__file__).parent / "guest").iterdir()):
         h.update(f.read_bytes())
     h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
+    if opts.trace:  # only traced cases: the others keep their keys
+        h.update(f"trace {opts.trace} {opts.trace_kb}".encode())
     name = Path(opts.workload).stem
     if opts.dump_formats:  # a name of its own: _remove_stale never takes the ELF-only case
         h.update(json.dumps(list(opts.dump_formats)).encode())
