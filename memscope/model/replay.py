@@ -150,15 +150,28 @@ def vmalloc_pages(ctx: KernelContext, starts: set[int]) -> dict[int, str]:
     return out
 
 
-def explain_bulk(agreements: list[Agreement], b: KernelContext, events: list) -> None:
+def new_vmalloc_areas(a: KernelContext, b: KernelContext) -> set[int]:
+    """Start addresses of the vmalloc areas (with a ``vm_struct``) of B that A does not
+    have: the areas allocated in the window (the vmalloc tracepoints exist only from
+    v6.10, so they are found by comparing the dumps)."""
+    from ..mm import vmalloc as _vmalloc
+
+    def areas(ctx: KernelContext) -> set[tuple[int, int]]:
+        return {(x.start, x.vmap_area) for x in _vmalloc.vmallocinfo(ctx).areas
+                if x.kind == "vm_struct"}
+
+    return {start for start, _ in areas(b) - areas(a)}
+
+
+def explain_bulk(agreements: list[Agreement], a: KernelContext, b: KernelContext) -> None:
     """Give the blocks predicted on a pcp list (or free) that B has mapped by a vmalloc
-    area allocated in the window their cause: ``vm_area_alloc_pages()`` takes its pages
-    with ``alloc_pages_bulk()``, which takes them off the pcp lists
-    (``__rmqueue_pcplist()``) without emitting ``mm_page_alloc`` (mm/page_alloc.c
-    ``__alloc_pages_bulk()``); the window's ``alloc_vmap_area`` events give the areas'
-    addresses."""
-    starts = {e.fields.get("addr") for e in events if e.name == "alloc_vmap_area"}
-    pfns = vmalloc_pages(b, {s for s in starts if isinstance(s, int)})
+    area allocated in the window (:func:`new_vmalloc_areas`) their cause:
+    ``vm_area_alloc_pages()`` takes its pages with ``alloc_pages_bulk()``, which takes
+    them off the pcp lists (``__rmqueue_pcplist()``) without emitting ``mm_page_alloc``
+    (mm/page_alloc.c ``__alloc_pages_bulk()``)."""
+    if not any(d.kind == "extra" for g in agreements for d in g.divergences):
+        return
+    pfns = vmalloc_pages(b, new_vmalloc_areas(a, b))
     for g in agreements:
         for i, d in enumerate(g.divergences):
             if d.kind == "extra" and d.pfn in pfns:
@@ -182,7 +195,7 @@ def replay_buddy(a: KernelContext, b: KernelContext, events: list) -> tuple[list
             order = order if isinstance(order, int) and 0 <= order < 32 else 0
             touched.update(range(pfn, pfn + (1 << order)))
     agreements = compare(model, sb.free, sb.pcp, touched)
-    explain_bulk(agreements, b, events)
+    explain_bulk(agreements, a, b)
     return agreements, model.applied
 
 
