@@ -138,10 +138,18 @@ def _gfp_value(prog, text: str) -> int:
     return v
 
 
-def _pS(prog, addr: int) -> str:
-    """%pS of ADDR from drgn's symbol table: name+0xoff/0xsize."""
+def _pS(prog, addr: int) -> tuple[str, int, int]:
+    """(name, offset, ELF size) of ADDR from drgn's symbol table."""
     s = prog.symbol(addr)
-    return f"{s.name}+{addr - s.address:#x}/{s.size:#x}"
+    return s.name, addr - s.address, s.size
+
+
+def _same_symbol(text: str, sym: tuple[str, int, int]) -> bool:
+    """Whether %pS's TEXT (name+0xoff/0xsize) names SYM: same name and offset; kallsyms'
+    size runs to the next symbol, so it is at least the ELF symbol's size."""
+    name, _, rest = text.partition("+")
+    off, _, size = rest.partition("/")
+    return (name, int(off, 16)) == sym[:2] and int(size, 16) >= sym[2]
 
 
 def test_events_from_the_dump_are_the_guests_trace_file(trace_case):
@@ -156,7 +164,7 @@ def test_events_from_the_dump_are_the_guests_trace_file(trace_case):
                             sum(c.entries for c in tb.cpus))
     assert len(dump) == len(text.events) > 1000
     gfp_cache: dict[str, int] = {}
-    sym_cache: dict[int, str] = {}
+    sym_cache: dict[int, tuple] = {}
     for d, x in zip(dump, text.events):
         # trace_print_context(): ns2usecs() rounds to the microsecond
         assert (d.cpu, (d.ts + 500) // 1000 * 1000, d.pid, d.name) == \
@@ -168,7 +176,8 @@ def test_events_from_the_dump_are_the_guests_trace_file(trace_case):
             if k == "call_site":
                 if got not in sym_cache:
                     sym_cache[got] = _pS(prog, got)
-                got = sym_cache[got]
+                assert _same_symbol(v, sym_cache[got]), (v, sym_cache[got], d, x)
+                continue
             elif k == "gfp_flags":
                 if v not in gfp_cache:
                     gfp_cache[v] = _gfp_value(prog, v)
