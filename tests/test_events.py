@@ -221,22 +221,22 @@ def test_a_later_dump_of_another_boot_is_refused(lab_case):
 
 # --- corruption: a ring buffer with a broken page ----------------------------------------
 
-def _pages(t, tb, cpu):
-    """(buffer_page address, data page address) of CPU's walked pages (drgn-free: the
-    layouts are the Target's)."""
-    lay = ftrace._layouts(t)
-    c = next(c for c in tb.cpus if c.cpu == cpu)
-    raw = t.read(c.address, lay.cpu_size)
-    head = int.from_bytes(raw[lay.cpu["commit_page"].offset:][:8], "little")
-    page = t.read_u64(head + lay.bpage["page"].offset)
-    return head, page, lay
+def _busiest(lab_case):
+    """The 6.12 trace case's final dump (its real Target), its buffer as read, the CPU
+    with the most events, that CPU's commit page (buffer_page and data page addresses)
+    and the ring buffer layouts."""
+    _, real = open_dump(lab_case("6.12-trace"))
+    tb = ftrace.read_trace(real)
+    c = max(tb.cpus, key=lambda c: c.found)
+    lay = ftrace._layouts(real)
+    raw = real.read(c.address, lay.cpu_size)
+    bpage = int.from_bytes(raw[lay.cpu["commit_page"].offset:][:8], "little")
+    data = real.read_u64(bpage + lay.bpage["page"].offset)
+    return real, tb, c.cpu, bpage, data, lay
 
 
 def test_a_page_with_a_commit_past_its_end_is_skipped_and_counted(lab_case):
-    _, real = open_dump(lab_case("6.12-trace"))
-    tb = ftrace.read_trace(real)
-    cpu = max(tb.cpus, key=lambda c: c.found).cpu
-    bpage, data, lay = _pages(real, tb, cpu)
+    real, tb, cpu, bpage, data, lay = _busiest(lab_case)
     t = PatchedTarget(real)
     t.patch(data + lay.commit_off, 1 << 20)
     got = ftrace.read_trace(t)
@@ -252,10 +252,7 @@ def test_a_page_with_a_commit_past_its_end_is_skipped_and_counted(lab_case):
 
 
 def test_a_garbled_event_header_ends_its_page_only(lab_case):
-    _, real = open_dump(lab_case("6.12-trace"))
-    tb = ftrace.read_trace(real)
-    cpu = max(tb.cpus, key=lambda c: c.found).cpu
-    bpage, data, lay = _pages(real, tb, cpu)
+    real, tb, cpu, bpage, data, lay = _busiest(lab_case)
     t = PatchedTarget(real)
     # a data event of type_len 0 whose length (array[0]) runs far past the page
     t.patch(data + lay.data_off, 0xFFFF0 << 32)
@@ -266,10 +263,7 @@ def test_a_garbled_event_header_ends_its_page_only(lab_case):
 
 
 def test_a_ring_that_loops_on_itself_is_bounded(lab_case):
-    _, real = open_dump(lab_case("6.12-trace"))
-    tb = ftrace.read_trace(real)
-    cpu = max(tb.cpus, key=lambda c: c.found).cpu
-    bpage, _, lay = _pages(real, tb, cpu)
+    real, tb, cpu, bpage, _, lay = _busiest(lab_case)
     t = PatchedTarget(real)
     t.patch(bpage + lay.bpage["list"].offset, bpage + lay.bpage["list"].offset)
     got = ftrace.read_trace(t)  # returns: the walk is bounded by nr_pages

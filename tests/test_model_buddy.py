@@ -11,6 +11,7 @@ block first.  The simulation knows nothing of expand() or merging."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,8 +22,7 @@ ZONE_PAGES = 1 << 8  # a zone of 8 max-order blocks
 
 
 def rules(pageblock_order: int = MAX_ORDER) -> Rules:
-    # the pcp rules are not under test here: every order is freed straight to the buddy
-    # lists (no pcp order), as free_one_page() does for a non-pcp order
+    """No pcp order: every free goes straight to the buddy lists (free_one_page())."""
     return Rules(max_order=MAX_ORDER, pageblock_order=pageblock_order,
                  pcp_orders=frozenset())
 
@@ -58,57 +58,41 @@ def invariants(m: BuddyModel) -> None:
             assert not (buddy and buddy[0] == order), "two free buddies left unmerged"
 
 
+def allocate(m: BuddyModel, cpu: int, pick: int, want: int, free_pages: set[int],
+             allocated: list[tuple[int, int]]) -> None:
+    """An allocation as the kernel traces it: __rmqueue_smallest() takes a free block
+    (chosen by rank PICK) and hands out its head, split to order WANT at most (zone_locked),
+    then the caller gets it (mm_page_alloc)."""
+    pfn = sorted(m.free)[pick % len(m.free)]
+    order = min(want, m.free[pfn][0])
+    m.apply("mm_page_alloc_zone_locked", cpu, {"pfn": pfn, "order": order, "migratetype": 1})
+    m.apply("mm_page_alloc", cpu, {"pfn": pfn, "order": order})
+    allocated.append((pfn, order))
+    free_pages.difference_update(range(pfn, pfn + (1 << order)))
+
+
 # A step: allocate (choose a free block by its rank and an order not above its own) or
 # free (choose an allocated chunk by rank).
 steps = st.lists(st.tuples(st.booleans(), st.integers(0, 10_000), st.integers(0, MAX_ORDER)),
                  max_size=120)
 
 
-@settings(max_examples=300, deadline=None)
-@given(steps)
-def test_random_sequences_keep_the_invariants_and_match_the_simulation(seq):
-    m = fresh(rules())
-    free_pages = set(range(ZONE_PAGES))
-    allocated: list[tuple[int, int]] = []
-    for is_alloc, pick, want in seq:
-        if is_alloc and m.free:
-            pfn = sorted(m.free)[pick % len(m.free)]
-            order = min(want, m.free[pfn][0])
-            # __rmqueue_smallest() hands out the head of the block it takes
-            m.apply("mm_page_alloc_zone_locked", 0, {"pfn": pfn, "order": order,
-                                                     "migratetype": 1})
-            m.apply("mm_page_alloc", 0, {"pfn": pfn, "order": order, "migratetype": 1})
-            allocated.append((pfn, order))
-            free_pages.difference_update(range(pfn, pfn + (1 << order)))
-        elif allocated:
-            pfn, order = allocated.pop(pick % len(allocated))
-            m.apply("mm_page_free", 0, {"pfn": pfn, "order": order})
-            free_pages.update(range(pfn, pfn + (1 << order)))
-        invariants(m)
-        assert {p: o for p, (o, _) in m.free.items()} == canonical(free_pages)
-        assert m.pcp == {}
-    assert m.divergences == []
-
-
-@settings(max_examples=100, deadline=None)
-@given(steps)
-def test_pcp_frees_wait_on_the_lists_until_drained(seq):
-    """With pcp orders, a free goes to the CPU's list (free_unref_page_commit()) and
-    reaches the buddy lists only at its drain (free_pcppages_bulk())."""
-    r = Rules(max_order=MAX_ORDER, pageblock_order=MAX_ORDER, pcp_orders=frozenset({0, 1}))
+@pytest.mark.parametrize("pcp_orders", [frozenset(), frozenset({0, 1})],
+                         ids=["no-pcp", "pcp-orders-0-1"])
+@settings(max_examples=200, deadline=None)
+@given(seq=steps)
+def test_random_sequences_keep_the_invariants_and_match_the_simulation(pcp_orders, seq):
+    """Without pcp orders every free goes straight to the buddy lists (free_one_page());
+    with them a free of such an order waits on the CPU's list (free_unref_page_commit())
+    and reaches the buddy lists only at its drain (free_pcppages_bulk())."""
+    r = Rules(max_order=MAX_ORDER, pageblock_order=MAX_ORDER, pcp_orders=pcp_orders)
     m = fresh(r)
     free_pages = set(range(ZONE_PAGES))
     on_pcp: dict[int, int] = {}
     allocated: list[tuple[int, int]] = []
     for is_alloc, pick, want in seq:
         if is_alloc and m.free:
-            pfn = sorted(m.free)[pick % len(m.free)]
-            order = min(want, m.free[pfn][0])
-            m.apply("mm_page_alloc_zone_locked", 1, {"pfn": pfn, "order": order,
-                                                     "migratetype": 1})
-            m.apply("mm_page_alloc", 1, {"pfn": pfn, "order": order})
-            allocated.append((pfn, order))
-            free_pages.difference_update(range(pfn, pfn + (1 << order)))
+            allocate(m, 1, pick, want, free_pages, allocated)
         elif allocated:
             pfn, order = allocated.pop(pick % len(allocated))
             m.apply("mm_page_free", 1, {"pfn": pfn, "order": order})
@@ -116,7 +100,7 @@ def test_pcp_frees_wait_on_the_lists_until_drained(seq):
                 on_pcp[pfn] = order
             else:
                 free_pages.update(range(pfn, pfn + (1 << order)))
-        if on_pcp and pick % 3 == 0:  # a drain of the whole list
+        if on_pcp and pick % 3 == 0:  # a drain of the whole list, from another CPU
             for pfn, order in sorted(on_pcp.items()):
                 m.apply("mm_page_pcpu_drain", 0, {"pfn": pfn, "order": order,
                                                   "migratetype": 1})

@@ -37,22 +37,28 @@ def window(request, lab_case):
     return a, b, prog_b, events, parts, prog_a
 
 
+def _drgn_zones(prog):
+    """Every populated zone, by drgn."""
+    from drgn.helpers.linux.mmzone import for_each_online_pgdat
+
+    for pgdat in for_each_online_pgdat(prog):
+        for zone in pgdat.node_zones:
+            if zone.present_pages:
+                yield zone
+
+
 def _drgn_free_blocks(prog) -> dict[int, int]:
     """pfn -> order of every block on every buddy free list, by drgn."""
     from drgn.helpers.linux.list import list_for_each_entry
     from drgn.helpers.linux.mm import page_to_pfn
-    from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
     link = "buddy_list" if prog.type("struct page").has_member("buddy_list") else "lru"
     out = {}
-    for pgdat in for_each_online_pgdat(prog):
-        for zone in pgdat.node_zones:
-            if not zone.present_pages:
-                continue
-            for order, area in enumerate(zone.free_area):
-                for fl in area.free_list:
-                    for page in list_for_each_entry("struct page", fl.address_of_(), link):
-                        out[page_to_pfn(page).value_()] = order
+    for zone in _drgn_zones(prog):
+        for order, area in enumerate(zone.free_area):
+            for fl in area.free_list:
+                for page in list_for_each_entry("struct page", fl.address_of_(), link):
+                    out[page_to_pfn(page).value_()] = order
     return out
 
 
@@ -61,22 +67,18 @@ def _drgn_pcp_blocks(prog) -> dict[int, int]:
     from drgn.helpers.linux.cpumask import for_each_possible_cpu
     from drgn.helpers.linux.list import list_for_each_entry
     from drgn.helpers.linux.mm import page_to_pfn
-    from drgn.helpers.linux.mmzone import for_each_online_pgdat
     from drgn.helpers.linux.percpu import per_cpu_ptr
 
     new = prog.type("struct zone").has_member("per_cpu_pageset")
     link = "pcp_list" if prog.type("struct page").has_member("pcp_list") else "lru"
     out = {}
-    for pgdat in for_each_online_pgdat(prog):
-        for zone in pgdat.node_zones:
-            if not zone.present_pages:
-                continue
-            for cpu in for_each_possible_cpu(prog):
-                pcp = per_cpu_ptr(zone.per_cpu_pageset, cpu) if new else \
-                    per_cpu_ptr(zone.pageset, cpu).pcp
-                for lst in pcp.lists:
-                    for page in list_for_each_entry("struct page", lst.address_of_(), link):
-                        out[page_to_pfn(page).value_()] = cpu
+    for zone in _drgn_zones(prog):
+        for cpu in for_each_possible_cpu(prog):
+            pcp = per_cpu_ptr(zone.per_cpu_pageset, cpu) if new else \
+                per_cpu_ptr(zone.pageset, cpu).pcp
+            for lst in pcp.lists:
+                for page in list_for_each_entry("struct page", lst.address_of_(), link):
+                    out[page_to_pfn(page).value_()] = cpu
     return out
 
 

@@ -73,37 +73,32 @@ class SlabModel:
 
     def apply(self, name: str, f: dict) -> None:
         """Apply one event (name and fields); other events are ignored."""
-        if name in ALLOC_EVENTS:
-            ptr = f.get("ptr")
-            if not isinstance(ptr, int) or not ptr:
-                return
-            self.applied += 1
-            if self._in_kfence(ptr):
-                self.kfence_live.add(ptr)
-            elif name.startswith("kmalloc") and f.get("bytes_alloc", 0) >= self.large_min:
+        alloc = name in ALLOC_EVENTS
+        if not alloc and name not in FREE_EVENTS:
+            return
+        ptr = f.get("ptr")
+        if not isinstance(ptr, int) or not ptr:  # a failed allocation, kfree(NULL)
+            return
+        self.applied += 1
+        if self._in_kfence(ptr):
+            (self.kfence_live.add if alloc else self.kfence_live.discard)(ptr)
+        elif alloc:
+            if name.startswith("kmalloc") and f.get("bytes_alloc", 0) >= self.large_min:
                 self.large.add(ptr)
-            elif ptr in self.live:
+                return
+            if ptr in self.live:
                 self.divergences.append(Divergence(
                     "alloc_live", ptr, 0, name, f"the model has this {self.live[ptr]} object "
                     "allocated already: its free had no tracepoint (kmem_cache_free_bulk, "
                     "a kfree_rcu batch) or was lost"))
-                self.live[ptr] = f.get("name") or self.live[ptr]
-            else:
-                self.live[ptr] = f.get("name") or "?"
-        elif name in FREE_EVENTS:
-            ptr = f.get("ptr")
-            if not isinstance(ptr, int) or not ptr:
-                return
-            self.applied += 1
-            if self._in_kfence(ptr):
-                self.kfence_live.discard(ptr)
-            elif ptr in self.large:
-                self.large.discard(ptr)
-            elif self.live.pop(ptr, None) is None:
-                self.divergences.append(Divergence(
-                    "free_not_live", ptr, 0, name, "the model has no such allocated "
-                    "object: its allocation had no tracepoint (kmem_cache_alloc_bulk) or "
-                    "was lost, or it is a large kmalloc made before the window"))
+            self.live[ptr] = f.get("name") or self.live.get(ptr, "?")
+        elif ptr in self.large:
+            self.large.discard(ptr)
+        elif self.live.pop(ptr, None) is None:
+            self.divergences.append(Divergence(
+                "free_not_live", ptr, 0, name, "the model has no such allocated object: its "
+                "allocation had no tracepoint (kmem_cache_alloc_bulk) or was lost, or it is "
+                "a large kmalloc made before the window"))
 
 
 def compare_slab(model: SlabModel, live: dict[int, str]) -> Agreement:
