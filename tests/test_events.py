@@ -380,3 +380,25 @@ def test_offsets_used_by_the_walk_are_the_debug_infos(real_kernel):
     """The member paths the walk probes exist on every lab kernel (v5.6+ names)."""
     _, t = open_dump(real_kernel)
     assert member(t, "struct trace_array", "array_buffer.buffer").size == 8
+
+
+def test_events_command_since_an_earlier_dump(lab_case):
+    """The command line's JSON: the window's events and counts, with the per-CPU entries
+    counters of both dumps read by drgn."""
+    import json
+
+    a, b = lab_case("6.12-trace", "after"), lab_case("6.12-trace")
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(b.vmcore), "-s",
+                        str(b.vmlinux), "events", "--since", str(a.vmcore), "-f", "json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    prog_a, _ = open_dump(a)
+    prog_b, _ = open_dump(b)
+    before = {cpu: _local(cb.entries) for cpu, cb in _drgn_cpu_buffers(prog_a)}
+    after = {cpu: _local(cb.entries) for cpu, cb in _drgn_cpu_buffers(prog_b)}
+    assert {w["cpu"]: w["written"] for w in data["window"]} == \
+           {cpu: after[cpu] - before[cpu] for cpu in after}
+    assert data["lost"] == 0 and data["problems"] == []
+    assert len(data["events"]) == sum(after.values()) - sum(before.values()) > 0
+    assert [e["ts"] for e in data["events"]] == sorted(e["ts"] for e in data["events"])
