@@ -525,6 +525,47 @@ def _ring(t: Target, lay: _Layouts, start: int, nr_pages: int,
     return pages, head
 
 
+def _head_confirmed(t: Target, lay: _Layouts, hint: int) -> bool:
+    """``rb_set_head_page()``'s first check: the page before HINT (``list.prev``) points
+    to HINT with the ``RB_PAGE_HEAD`` flag."""
+    link = hint + lay.bpage["list"].offset
+    try:
+        prev = t.read_u64(link + 8)
+        return is_kernel_address(prev) and t.read_u64(prev) == link | RB_PAGE_HEAD
+    except FaultError:
+        return False
+
+
+def _head_to_commit(t: Target, lay: _Layouts, head: int, commit_page: int, nr_pages: int,
+                    sink: ProblemSink) -> list[int]:
+    """The ring's pages from HEAD to COMMIT_PAGE (both included), following ``list.next``
+    (flags masked), at most NR_PAGES: the pages that hold events."""
+    list_off = lay.bpage["list"].offset
+    pages: list[int] = []
+    seen: set[int] = set()
+    pos = head
+    for _ in range(nr_pages):
+        if pos in seen:
+            sink.add("cycle", f"buffer page {pos:#x} comes back before the commit page "
+                              f"{commit_page:#x}")
+            return pages
+        if not is_kernel_address(pos):
+            sink.add("unreadable", f"buffer page pointer {pos:#x}")
+            return pages
+        pages.append(pos)
+        seen.add(pos)
+        if pos == commit_page:
+            return pages
+        try:
+            pos = (t.read_u64(pos + list_off) & ~RB_FLAG_MASK) - list_off
+        except FaultError:
+            sink.add("unreadable", f"buffer page {pos:#x} cannot be read")
+            return pages
+    sink.add("too_long", f"no commit page {commit_page:#x} within {nr_pages} pages "
+                         "(nr_pages) from the head")
+    return pages
+
+
 def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int, problems: list[Problem],
               out: list[TraceEvent]) -> CpuTrace:
     raw = t.read(addr, lay.cpu_size)
@@ -538,23 +579,18 @@ def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int, problems: list[Prob
                     get("read"), get("lost_events"), 0)
     info.expected = info.entries - (info.overrun + info.read)
     reader, commit_page = get("reader_page"), get("commit_page")
-    ring, head = _ring(t, lay, get("head_page"), info.nr_pages, sink)
-    if head is None:
-        if ring:
+    head = get("head_page")
+    if not _head_confirmed(t, lay, head):
+        # the hint is stale: find the flagged page as rb_set_head_page() does, around
+        # the whole ring
+        ring, found = _ring(t, lay, head, info.nr_pages, sink)
+        if found is None and ring:
             sink.add("broken_link", "no page of the ring is flagged RB_PAGE_HEAD: "
                                     "taking cpu_buffer->head_page")
-        head = get("head_page")
+        head = found or head
     order: list[int] = [reader]
     if commit_page != reader:
-        if head in ring:
-            i = ring.index(head)
-            for p in ring[i:] + ring[:i]:
-                order.append(p)
-                if p == commit_page:
-                    break
-            else:
-                sink.add("broken_link", f"the commit page {commit_page:#x} is not in the "
-                                        "ring: its events are not read")
+        order += _head_to_commit(t, lay, head, commit_page, info.nr_pages, sink)
     seq = info.overrun + info.read
     bp = lay.bpage
     for k, p in enumerate(order):

@@ -177,7 +177,7 @@ def case_key(opts: labrun.RunOptions) -> str:
         h.update(f.read_bytes())
     h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
     if opts.trace:  # only traced cases: the others keep their keys
-        h.update(f"trace {opts.trace} {opts.trace_kb}".encode())
+        h.update(labrun.trace_prologue(opts) + (labrun.WORKLOADS / "trace-on.sh").read_bytes())
     name = Path(opts.workload).stem
     if opts.dump_formats:  # a name of its own: _remove_stale never takes the ELF-only case
         h.update(json.dumps(list(opts.dump_formats)).encode())
