@@ -157,7 +157,7 @@ def test_events_from_the_dump_are_the_guests_trace_file(trace_case):
     tb = ftrace.read_trace(t)
     assert tb.problems == []
     dump = from_ring(tb)
-    text = parse_lines(trace_case.truth_text("trace").splitlines())
+    text = parse_lines(trace_case.truth_text("trace/label").splitlines())
     assert text.garbled == 0 and text.unknown == 0 and text.out_of_order == 0
     # the header's counts are the kernel's: in the buffer / written (overwritten included)
     assert text.entries == (sum(c.found for c in tb.cpus),
@@ -199,7 +199,7 @@ def test_the_window_since_an_earlier_dump_is_the_end_of_the_trace_file(trace_cas
     events, parts = ftrace.window(a, b)
     written = {cpu: _local(cb.entries) for cpu, cb in _drgn_cpu_buffers(prog_b)}
     before = {cpu: _local(cb.entries) for cpu, cb in _drgn_cpu_buffers(prog_a)}
-    text = parse_lines(trace_case.truth_text("trace").splitlines())
+    text = parse_lines(trace_case.truth_text("trace/label").splitlines())
     for p in parts:
         assert p.written == written[p.cpu] - before[p.cpu]
         assert p.lost == 0 and p.found == p.written
@@ -286,11 +286,11 @@ def test_events_on_a_file_that_is_not_a_dump_is_one_line(lab_case):
 # --- text: garbage, cut, reordered ---------------------------------------------------------
 
 def _trace_lines(lab_case, case="6.12-trace") -> list[str]:
-    return lab_case(case).truth_text("trace").splitlines()
+    return lab_case(case).truth_text("trace/label").splitlines()
 
 
 def test_every_line_of_each_kernels_trace_file_parses(trace_case):
-    lines = trace_case.truth_text("trace").splitlines()
+    lines = trace_case.truth_text("trace/label").splitlines()
     tt = parse_lines(lines)
     events = [ln for ln in lines if ln.strip() and not ln.startswith("#")]
     assert tt.garbled == 0 and tt.unknown == 0
