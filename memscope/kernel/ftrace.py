@@ -364,14 +364,28 @@ def _fields(t: Target, head: int, problems: list[Problem], where: str) -> list[E
 
 def event_calls(t: Target, problems: list[Problem]) -> dict[int, int]:
     """Each event id (``event.type``) of the kernel's ``ftrace_events`` list with the
-    address of its ``struct trace_event_call``."""
+    address of its ``struct trace_event_call`` (one read per call: its list links and
+    ``event.type`` together)."""
     call_list = t.layout("struct trace_event_call").offset("list")
     etype = member(t, "struct trace_event_call", "event.type")
+    span = max(call_list + 16, etype.offset + etype.size)
+    got: dict[int, bytes] = {}
+
+    def read(address: int, size: int) -> bytes:
+        # list_for_each reads each entry's links: read the call's first SPAN bytes instead
+        if size == 16 and address - call_list not in got:
+            got[address - call_list] = t.read(address - call_list, span)
+        raw = got.get(address - call_list)
+        if raw is None or size != 16:
+            return t.read(address, size)
+        return raw[call_list:call_list + 16]
+
     out: dict[int, int] = {}
     for pos in list_for_each(t, t.symbol("ftrace_events"), bound=MAX_EVENT_IDS,
-                             problems=problems, where="ftrace_events"):
+                             problems=problems, where="ftrace_events", read=read):
         call = pos - call_list
-        out.setdefault(int.from_bytes(t.read(call + etype.offset, etype.size), "little"),
+        raw = got[call]
+        out.setdefault(int.from_bytes(raw[etype.offset:etype.offset + etype.size], "little"),
                        call)
     return out
 
