@@ -29,7 +29,7 @@ from ..mm import slub as _slub
 from ..mm.context import KernelContext
 from .buddy import Agreement, Divergence
 
-__all__ = ("SlabModel", "allocated_objects", "compare_slab", "replay_slab")
+__all__ = ("SlabModel", "allocated_objects", "compare_slab", "free_places", "replay_slab")
 
 ALLOC_EVENTS = frozenset({"kmem_cache_alloc", "kmalloc", "kmem_cache_alloc_node",
                           "kmalloc_node"})
@@ -101,10 +101,24 @@ class SlabModel:
                 "a large kmalloc made before the window"))
 
 
-def compare_slab(model: SlabModel, live: dict[int, str]) -> Agreement:
+def free_places(ctx: KernelContext) -> dict[int, str]:
+    """Every free object of the dump's slabs with where it waits (``"slab"``, ``"cpu N"``,
+    ``"sheaf main N"``, ``"rcu_free N"``, ``"barn N"``: :class:`memscope.mm.slub.CacheWalk`)."""
+    out: dict[int, str] = {}
+    for c in _slub.kmem_caches(ctx):
+        out.update(_slub.cache_walk(ctx, c).free)
+    return out
+
+
+def compare_slab(model: SlabModel, live: dict[int, str],
+                 places: dict[int, str] | None = None) -> Agreement:
     """The model's allocated objects against a later state's (address -> cache name).
     Objects are the same when their addresses are; the name of a cache the events give
-    is not compared (merged caches share one ``kmem_cache``)."""
+    is not compared (merged caches share one ``kmem_cache``).  PLACES (the later state's
+    free objects and where they wait, :func:`free_places`) explains an object the model
+    has allocated that waits in an ``rcu_free`` sheaf: ``kfree_rcu()`` put it there
+    (v6.18+ sheaves, mm/slub.c ``__kfree_rcu_sheaf()``) with no ``kmem_cache_free``
+    event, and no event will come when the grace period frees the sheaf."""
     pred, real = set(model.live), set(live)
     divs = list(model.divergences)
     for a in sorted(real - pred):
@@ -113,11 +127,16 @@ def compare_slab(model: SlabModel, live: dict[int, str]) -> Agreement:
                                "the model: allocated without a tracepoint "
                                "(kmem_cache_alloc_bulk) or in a lost event"))
     for a in sorted(pred - real):
-        divs.append(Divergence("extra", a, 0, "",
-                               f"{model.live[a]} object allocated in the model, free in "
-                               "the later state: freed without a tracepoint "
-                               "(kmem_cache_free_bulk, a kfree_rcu batch) or in a lost "
-                               "event"))
+        where = (places or {}).get(a, "")
+        if where.startswith("rcu_free"):
+            cause = (f"{model.live[a]} object freed by kfree_rcu() into CPU "
+                     f"{where.split()[-1]}'s rcu_free sheaf (__kfree_rcu_sheaf(): no "
+                     "kmem_cache_free event), waiting for a grace period")
+        else:
+            cause = (f"{model.live[a]} object allocated in the model, free in the later "
+                     "state: freed without a tracepoint (kmem_cache_free_bulk, a kfree_rcu "
+                     "batch) or in a lost event")
+        divs.append(Divergence("extra", a, 0, "", cause))
     return Agreement("slab", len(pred & real), len(real - pred), len(pred - real), divs)
 
 
@@ -130,4 +149,5 @@ def replay_slab(a: KernelContext, b: KernelContext, events: list) -> tuple[Agree
     model = SlabModel(live_a, pool, 2 * a.t.page_size + 1)
     for e in events:
         model.apply(e.name, e.fields)
-    return compare_slab(model, live_b), model.applied
+    places = free_places(b) if set(model.live) - set(live_b) else None
+    return compare_slab(model, live_b, places), model.applied
