@@ -42,9 +42,9 @@ CASES: dict[str, dict] = {
     # kdump-compressed, flattened (vmcore.kdump-zlib; Debian 12's QEMU 7.2 offers no lzo
     # or snappy: query-dump-guest-memory-capability).
     "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
-    # kmem, cma and vmalloc tracepoints on from boot; a quiet second between the named
+    # kmem, cma and vmalloc tracepoints on before the workload; a quiet second between the named
     # snapshots "before" and "after" (the replay window), then tracing stopped and the
-    # guest's own trace file kept as the final snapshot's truth "trace" (the dump's
+    # guest's own trace file kept as the final snapshot's truth "trace/label" (the dump's
     # buffer and the file then hold the same events).
     "5.10-trace": dict(kernel="5.10", workload="trace-quiet", trace="kmem,cma,vmalloc"),
     "6.1-trace": dict(kernel="6.1", workload="trace-quiet", trace="kmem,cma,vmalloc"),
