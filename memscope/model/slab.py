@@ -29,7 +29,7 @@ from ..mm import slub as _slub
 from ..mm.context import KernelContext
 from .buddy import Agreement, Divergence
 
-__all__ = ("SlabModel", "allocated_objects", "compare_slab", "free_places", "replay_slab")
+__all__ = ("BULK_CACHES", "SlabModel", "allocated_objects", "compare_slab", "free_places", "replay_slab")
 
 ALLOC_EVENTS = frozenset({"kmem_cache_alloc", "kmalloc", "kmem_cache_alloc_node",
                           "kmalloc_node"})
@@ -101,6 +101,15 @@ class SlabModel:
                 "a large kmalloc made before the window"))
 
 
+#: Caches whose objects a kernel allocates or frees in bulk, without the per-object
+#: tracepoints: the maple tree's nodes (lib/maple_tree.c: mt_alloc_bulk() ->
+#: kmem_cache_alloc_bulk() in 6.1 and 6.12, mt_free_bulk() -> kmem_cache_free_bulk(), and
+#: mt_free_one()'s kfree_rcu() in 7.2).
+BULK_CACHES = {"maple_node": "the maple tree allocates its nodes with kmem_cache_alloc_bulk() "
+               "and frees them with kmem_cache_free_bulk() or kfree_rcu() (lib/maple_tree.c), "
+               "none of which emits the per-object events"}
+
+
 def free_places(ctx: KernelContext) -> dict[int, str]:
     """Every free object of the dump's slabs with where it waits (``"slab"``, ``"cpu N"``,
     ``"sheaf main N"``, ``"rcu_free N"``, ``"barn N"``: :class:`memscope.mm.slub.CacheWalk`)."""
@@ -122,7 +131,8 @@ def compare_slab(model: SlabModel, live: dict[int, str],
     pred, real = set(model.live), set(live)
     divs = list(model.divergences)
     for a in sorted(real - pred):
-        divs.append(Divergence("missing", a, 0, "",
+        divs.append(Divergence("missing", a, 0, "", f"{live[a]}: " + BULK_CACHES[live[a]]
+                               if live[a] in BULK_CACHES else
                                f"{live[a]} object allocated in the later state, free in "
                                "the model: allocated without a tracepoint "
                                "(kmem_cache_alloc_bulk) or in a lost event"))
@@ -132,6 +142,8 @@ def compare_slab(model: SlabModel, live: dict[int, str],
             cause = (f"{model.live[a]} object freed by kfree_rcu() into CPU "
                      f"{where.split()[-1]}'s rcu_free sheaf (__kfree_rcu_sheaf(): no "
                      "kmem_cache_free event), waiting for a grace period")
+        elif model.live[a] in BULK_CACHES:
+            cause = f"{model.live[a]}: " + BULK_CACHES[model.live[a]]
         else:
             cause = (f"{model.live[a]} object allocated in the model, free in the later "
                      "state: freed without a tracepoint (kmem_cache_free_bulk, a kfree_rcu "
