@@ -205,14 +205,18 @@ def test_the_slab_objects_are_predicted_but_for_bulk_and_rcu_frees(window):
     assert len(set(live_b) & set(m.live)) > 10000
 
 
-def test_replay_command_agrees(lab_case):
-    a = lab_case("6.12-trace", "before")
-    b = lab_case("6.12-trace", "after")
+def _replay_cli(lab_case, case: str) -> tuple[int, dict]:
+    """``memscope replay --from CASE/before --to CASE/after -f json``: exit status and
+    the records by allocator."""
+    a, b = lab_case(case, "before"), lab_case(case, "after")
     r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(a.dir),
                         "--to", str(b.dir), "-f", "json"], capture_output=True, text=True,
                        timeout=600)
-    data = json.loads(r.stdout)
-    recs = {g["allocator"]: g for g in data["allocators"]}
+    return r.returncode, {g["allocator"]: g for g in json.loads(r.stdout)["allocators"]}
+
+
+def test_replay_command_agrees(lab_case):
+    returncode, recs = _replay_cli(lab_case, "6.12-trace")
     assert set(recs) == {"buddy", "pcp", "slab"}
     for g in recs.values():
         assert set(g) >= {"allocator", "matched", "missing", "extra", "divergences"}
@@ -221,16 +225,12 @@ def test_replay_command_agrees(lab_case):
     # the only divergences: vmalloc's bulk pages, each named with its area
     for d in recs["pcp"]["divergences"]:
         assert d["kind"] == "extra" and "alloc_pages_bulk" in d["cause"]
-    assert r.returncode == (1 if recs["pcp"]["divergences"] else 0)
+    assert returncode == (1 if recs["pcp"]["divergences"] else 0)
 
 
-def test_replay_command_names_kfree_rcu_on_7_2(lab_case):
-    a = lab_case("7.2-trace", "before")
-    b = lab_case("7.2-trace", "after")
-    r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(a.dir),
-                        "--to", str(b.dir), "-f", "json"], capture_output=True, text=True,
-                       timeout=600)
-    recs = {g["allocator"]: g for g in json.loads(r.stdout)["allocators"]}
+def test_replay_command_names_the_maple_trees_frees_on_7_2(lab_case):
+    returncode, recs = _replay_cli(lab_case, "7.2-trace")
+    assert returncode == 1
     assert recs["buddy"]["missing"] == recs["buddy"]["extra"] == 0
     assert recs["slab"]["missing"] == 0
     for d in recs["slab"]["divergences"]:
