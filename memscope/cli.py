@@ -52,6 +52,12 @@ def _lab_parser(sub) -> None:
                    "would reassemble it) from the same stopped guest, into DIR/vmcore.FORMAT; "
                    "repeatable; the ELF dump DIR/vmcore, which acceptance reads, is always "
                    "written")
+    r.add_argument("--trace", default="", metavar="GROUPS",
+                   help="enable these tracepoint groups before the workload, comma separated "
+                   "(kmem: its page and slab events; cma, vmalloc: all of theirs, where the "
+                   "kernel has them); every snapshot's dump then carries the events")
+    r.add_argument("--trace-kb", type=int, default=4096, metavar="KB",
+                   help="with --trace: the ring buffer per CPU (buffer_size_kb, default 4096)")
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="time limit for one boot, workload included (default 600)")
     r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
@@ -109,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import fleet
 
     fleet.add_parser(sub)
+    from .commands import replay
+
+    replay.add_arguments(sub.add_parser(
+        "replay", help="predict dump B from dump A and the events traced in between",
+        description="Predict dump B from dump A and the events traced in between "
+        "(buddy free blocks, pcp lists, slab objects) and say where they agree."))
     commands.add_subparsers(p)
     return p
 
@@ -165,7 +177,7 @@ def _lab(args) -> int:
         mode = "keep" if args.keep else "live" if args.live else "dump"
         opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
                               smp=args.smp, numa=args.numa, append=args.append, disk=args.disk,
-                              mode=mode,
+                              mode=mode, trace=args.trace, trace_kb=args.trace_kb,
                               dump_formats=tuple(f for f in dict.fromkeys(args.dump_format)
                                                  if f != "elf"),
                               tries=args.tries, timeout=args.timeout)
@@ -289,6 +301,18 @@ def main(argv: list[str] | None = None) -> int:
             from . import fleet
 
             return fleet.main(args)
+        if args.command == "replay":
+            from .commands import replay
+
+            text, status = replay.run(args)
+            sys.stdout.write(text)
+            return status
+        from .commands import execute_offline
+
+        offline = execute_offline(args)
+        if offline is not None:
+            sys.stdout.write(offline[0])
+            return offline[1]
         if args.pause and not args.qemu:
             raise MemscopeError("--pause needs --qemu SOCKET (a dump does not change; the "
                                 "running kernel of -k cannot be paused)")

@@ -81,6 +81,9 @@ class Command:
     #: The command turns the dump's missing pages it read into findings of its own
     #: (``Target.missing_pages_read()``); for the others an answer past one is refused.
     reports_missing: bool = False
+    #: Runs the command without a target when its arguments say so (``events parse
+    #: FILE``, ``replay --from DIR``): returns the Result, or None when a target is needed.
+    offline: Callable[[argparse.Namespace], Result | None] | None = None
 
 
 COMMANDS: dict[str, Command] = {}
@@ -88,12 +91,13 @@ COMMANDS: dict[str, Command] = {}
 
 def command(name: str, help: str, *, formats: tuple[str, ...] = ("table", "json"),
             arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-            reports_missing: bool = False):
+            reports_missing: bool = False,
+            offline: Callable[[argparse.Namespace], Result | None] | None = None):
     """Register the decorated function as the command NAME (REPORTS_MISSING: see
-    :attr:`Command.reports_missing`)."""
+    :attr:`Command.reports_missing`; OFFLINE: see :attr:`Command.offline`)."""
 
     def register(fn: Callable[[KernelContext, argparse.Namespace], Result]):
-        COMMANDS[name] = Command(name, help, fn, arguments, formats, reports_missing)
+        COMMANDS[name] = Command(name, help, fn, arguments, formats, reports_missing, offline)
         return fn
 
     return register
@@ -141,6 +145,26 @@ def _missing_message(ctx: KernelContext) -> str:
     pages = ctx.t.missing_pages_read()
     more = f" (and {len(pages) - 1} more missing pages)" if len(pages) > 1 else ""
     return f"cannot answer: {pages[0]}{more}"
+
+
+def execute_offline(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Run ``args.command`` without a target if its arguments ask for none
+    (:attr:`Command.offline`): the rendered text and exit status, or None when the
+    command needs a target.
+
+    :raises MemscopeError: bad arguments or input (one line, exit status 2)."""
+    cmd = COMMANDS.get(args.command)
+    if cmd is None or cmd.offline is None:
+        return None
+    try:
+        result = cmd.offline(args)
+        if result is None:
+            return None
+        return result.render(args.format), result.exit_status
+    except CommandError as e:
+        raise MemscopeError(str(e)) from None
+    except TargetError as e:
+        raise MemscopeError(f"{args.command}: {e}") from None
 
 
 def add_subparsers(parser: argparse.ArgumentParser) -> None:

@@ -44,14 +44,23 @@ CASES: dict[str, dict] = {
     "6.12-kdump": dict(kernel="6.12", workload="idle", dump_formats=("kdump-zlib",)),
     # CMA (memscope.mm.cma): memory filled with page cache and anonymous memory, a third
     # of the page cache freed again, so that the areas hold movable, buddy-free and pcp
-    # pages, and pipes holding page cache pages (which migration cannot move).  7.2 x86_64 reserves an area only with cma=; 7.2 arm64 has its default
-    # 64 MiB area (multi-range struct cma, CONFIG_CMA_SYSFS on both).
+    # pages, and pipes holding page cache pages (which migration cannot move).  7.2 x86_64
+    # reserves an area only with cma=; 7.2 arm64 has its default 64 MiB area (multi-range
+    # struct cma, CONFIG_CMA_SYSFS on both).
     "7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
     # 384 MiB: a case's directory is named by kernel, workload and sizes, not by its
     # append, and a build removes the older ones of the same name (_remove_stale): at
     # 512 MiB this case and 7.2-cma would remove each other.
     "7.2-cma16": dict(kernel="7.2", workload="cma", append="cma=16M", mem=384),
     "7.2-arm64": dict(kernel="7.2-arm64", workload="cma", mem=1024, timeout=1200),
+    # kmem, cma and vmalloc tracepoints on before the workload; a quiet second between the
+    # named snapshots "before" and "after" (the replay window), then tracing stopped and the
+    # guest's own trace file kept as the final snapshot's truth "trace/label" (the dump's
+    # buffer and the file then hold the same events).
+    "5.10-trace": dict(kernel="5.10", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "6.1-trace": dict(kernel="6.1", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "6.12-trace": dict(kernel="6.12", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    "7.2-trace": dict(kernel="7.2", workload="trace-quiet", trace="kmem,cma,vmalloc"),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -178,6 +187,8 @@ def case_key(opts: labrun.RunOptions) -> str:
     for f in sorted((Path(labrun.__file__).parent / "guest").iterdir()):
         h.update(f.read_bytes())
     h.update(json.dumps([opts.kernel, opts.mem, opts.smp, opts.numa, opts.append, opts.disk]).encode())
+    if opts.trace:  # only traced cases: the others keep their keys
+        h.update(labrun.trace_prologue(opts) + (labrun.WORKLOADS / "trace-on.sh").read_bytes())
     name = Path(opts.workload).stem
     if opts.dump_formats:  # a name of its own: _remove_stale never takes the ELF-only case
         h.update(json.dumps(list(opts.dump_formats)).encode())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,8 @@ class RunOptions:
     # after its ELF dump into vmcore.FORMAT: QEMU's "kdump-zlib", "kdump-lzo",
     # "kdump-snappy" (written in makedumpfile's flattened form).
     dump_formats: tuple[str, ...] = ()
+    trace: str = ""  # tracepoint groups turned on before the workload (trace_prologue)
+    trace_kb: int = 4096  # with trace: ring buffer per CPU (buffer_size_kb)
 
 
 def resolve_workload(workload: str) -> Path:
@@ -64,6 +67,19 @@ def resolve_workload(workload: str) -> Path:
     names = sorted(q.stem for q in WORKLOADS.glob("*.sh")) if WORKLOADS.is_dir() else []
     raise LabError(f"workload {workload!r} is neither a file nor a built-in workload "
                    f"({', '.join(names) or 'none found'})", exit_status=2)
+
+
+def trace_prologue(opts: RunOptions) -> bytes:
+    """What runs before the workload for ``--trace``: the built-in workload trace-on.sh
+    with the groups and the buffer size (a prologue, not a guest script: the guest
+    scripts are in every case's key)."""
+    if not opts.trace:
+        return b""
+    if not re.fullmatch(r"[a-z0-9_]+(,[a-z0-9_]+)*", opts.trace) or opts.trace_kb < 1:
+        raise LabError(f"--trace wants tracepoint groups separated by commas (kmem,cma,"
+                       f"vmalloc) and --trace-kb a positive size (got {opts.trace!r}, "
+                       f"{opts.trace_kb})", exit_status=2)
+    return f"sh /workloads/trace-on.sh '{opts.trace}' {int(opts.trace_kb)}\n".encode()
 
 
 def library() -> list[Path]:
@@ -124,7 +140,8 @@ def run(opts: RunOptions, out: Path) -> dict:
     try:
         initrd = stage / "initrd.gz"
         initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
-                        workload=workload.read_bytes(), conf={"MEMSCOPE_MODE": opts.mode},
+                        workload=trace_prologue(opts) + workload.read_bytes(),
+                        conf={"MEMSCOPE_MODE": opts.mode},
                         library=library(),
                         programs={"msproc": initramfs.compile_program(
                             initramfs.GUEST / "msproc.c", kernel.spec.qemu_arch, stage)})

@@ -1,0 +1,94 @@
+"""Benchmark (issue 13): trace events per second, three ways, on a lab case with tracing
+(default "6.12-trace"; its final dump's ring buffer and the guest's trace file hold the
+same events):
+
+1. decode: every event read out of the dump's ring buffer and decoded with the kernel's
+   own event descriptions (``read_trace`` + ``from_ring``: the ``events`` command's work);
+2. text: the guest's ``trace`` file parsed (``parse_lines``), in lines per second;
+3. replay: the buddy and slab models applying the window between the "before" and
+   "after" snapshots (the models' work only: the states are read once, outside).
+
+Best of REPEAT, in CPU time (time.process_time: the machine is shared, wall time measures the
+others too).  Targets (issue 13, on a window of 1M events): decode >= 1M events/s, text
+>= 500k lines/s, replay >= 1M events/s.
+
+    python3 -m benchmarks.bench_events [CASE | DIR] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def main() -> int:
+    from memscope.events import from_ring
+    from memscope.events.text import parse_lines
+    from memscope.kernel import ftrace
+    from memscope.lab import cases
+    from memscope.mm.context import KernelContext
+    from memscope.model.buddy import BuddyModel
+    from memscope.model.replay import buddy_rules, buddy_state, window_events
+    from memscope.model.slab import SlabModel, allocated_objects
+    from memscope.target.drgn import DrgnTarget, open_core
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", nargs="?", default="6.12-trace",
+                    help="a lab case with tracing, or a lab run's directory")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    def snapshot(name: str = ""):
+        """A lab case by name, or a lab run's directory."""
+        d = Path(args.case)
+        if not d.is_dir():
+            return cases.snapshot(args.case, name)
+        meta = json.loads((d / "meta.json").read_text())
+        sub = d / name if name else d
+        return cases.Snapshot(sub, sub / "vmcore", Path(meta["vmlinux"]), meta)
+
+    final = snapshot()
+    t = DrgnTarget(open_core(final.vmcore, final.vmlinux))
+    tb = ftrace.read_trace(t)
+    n = len(tb.events)
+    decode = _best(lambda: from_ring(ftrace.read_trace(t)), args.repeat)
+    lines = final.truth_text("trace/label").splitlines()
+    text = _best(lambda: parse_lines(lines), args.repeat)
+
+    a_snap, b_snap = snapshot("before"), snapshot("after")
+    a = KernelContext(DrgnTarget(open_core(a_snap.vmcore, a_snap.vmlinux)))
+    b = KernelContext(DrgnTarget(open_core(b_snap.vmcore, b_snap.vmlinux)))
+    events, _ = window_events(a, b)
+    state, rules = buddy_state(a), buddy_rules(a)
+    live, pool = allocated_objects(a)
+
+    def models() -> None:
+        m = BuddyModel(rules, state.zones, state.free, state.pcp, state.pageblock)
+        m.apply_all(events)
+        s = SlabModel(live, pool, 2 * t.page_size + 1)
+        for e in events:
+            s.apply(e.name, e.fields)
+
+    rep = _best(models, args.repeat)
+    print(f"case {args.case}: {n} events in the final dump, {len(lines)} lines of trace "
+          f"text, {len(events)} events in the before..after window")
+    print(f"decode  {n / decode:12,.0f} events/s  ({decode * 1000:.1f} ms)")
+    print(f"text    {len(lines) / text:12,.0f} lines/s   ({text * 1000:.1f} ms)")
+    print(f"replay  {len(events) / rep:12,.0f} events/s  ({rep * 1000:.1f} ms; buddy + slab "
+          "models, states read outside)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

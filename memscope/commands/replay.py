@@ -1,0 +1,128 @@
+"""``replay --from A --to B [--events FILE]``: predict dump B from dump A and the events
+traced in between (:mod:`memscope.model.replay`), and say where the prediction and B
+agree.
+
+A and B are lab snapshot directories (``vmcore`` inside, the vmlinux named by the lab
+run's ``meta.json``) or vmcore files read with ``-s VMLINUX``.  The events are B's ring
+buffer's window after A by default; ``--events FILE`` takes trace text instead
+(:mod:`memscope.events.text`; only its events later than A's last ring-buffer event on
+each CPU would be exact: the file is taken as the window as it is).
+
+JSON output::
+
+    {"events": int, "applied": int, "lost": int,
+     "allocators": [{"allocator": "buddy" | "pcp" | "slab", "matched": int,
+                     "missing": int, "extra": int,
+                     "divergences": [{"kind": str, "pfn": int, "order": int,
+                                      "event": str, "cause": str}]}]}
+
+(for ``slab`` a divergence's ``pfn`` is the object's address).  Exit status 0 when every
+allocator agrees, 1 when something diverges, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import CommandError, Result
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--from", dest="replay_from", required=True, metavar="A",
+                   help="the earlier dump: a lab snapshot directory or a vmcore")
+    p.add_argument("--to", dest="replay_to", required=True, metavar="B",
+                   help="the later dump of the same boot")
+    p.add_argument("--events", dest="events_file", metavar="FILE",
+                   help="trace text to replay instead of B's ring buffer")
+    p.add_argument("--format", "-f", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
+
+
+def _dump(path: str, vmlinux: str | None) -> tuple[str, str]:
+    """(vmcore, vmlinux) of a lab snapshot directory or a vmcore file."""
+    p = Path(path)
+    if p.is_dir():
+        core = p / "vmcore"
+        if not core.is_file():
+            raise CommandError(f"replay: {p} has no vmcore (not a lab snapshot directory)")
+        if vmlinux is None:
+            for meta in (p / "meta.json", p.parent / "meta.json"):
+                if meta.is_file():
+                    try:
+                        vmlinux = json.loads(meta.read_text())["vmlinux"]
+                    except (ValueError, KeyError, OSError):
+                        raise CommandError(f"replay: {meta} is not a lab run's meta.json") \
+                            from None
+                    break
+        p = core
+    elif not p.exists():
+        raise CommandError(f"replay: {path} does not exist")
+    if vmlinux is None:
+        raise CommandError(f"replay: {path}: give -s VMLINUX (not a lab snapshot directory)")
+    return str(p), vmlinux
+
+
+def _replay(args) -> Result:
+    from ..mm.context import KernelContext
+    from ..model.replay import replay
+    from ..target import drgn as tdrgn
+
+    vml = getattr(args, "symbols", None)
+    ca, va = _dump(args.replay_from, vml)
+    cb, vb = _dump(args.replay_to, vml)
+    events, lost = None, 0
+    if args.events_file:
+        from ..events.text import parse_file
+
+        try:
+            tt = parse_file(args.events_file)
+        except OSError as e:
+            raise CommandError(f"replay: cannot read {args.events_file}: "
+                               f"{e.strerror or e}") from None
+        events, lost = tt.events, sum(tt.lost.values())
+    a = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(ca, va)))
+    b = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(cb, vb)))
+    r = replay(a, b, events, lost)
+    data = r.to_json()
+
+    def table() -> str:
+        rows = [[g.allocator, g.matched, g.missing, g.extra,
+                 ", ".join(f"{k} {n}" for k, n in
+                           collections.Counter(d.kind for d in g.divergences).items())]
+                for g in r.agreements]
+        out = [f"{r.events} events in the window, {r.applied} applied, {r.lost} lost",
+               tabulate(rows, headers=["allocator", "matched", "missing", "extra",
+                                       "divergences"])]
+        for g in r.agreements:
+            for d in g.divergences[:20]:
+                where = f"{d.pfn:#x}" if g.allocator == "slab" else f"pfn {d.pfn:#x} order {d.order}"
+                out.append(f"{g.allocator}: {d.kind} {where}"
+                           + (f" ({d.event})" if d.event else "") + f": {d.cause}")
+            if len(g.divergences) > 20:
+                out.append(f"{g.allocator}: ... {len(g.divergences) - 20} more (--format json)")
+        return "\n".join(out) + "\n"
+
+    agree = all(not g.missing and not g.extra and not g.divergences for g in r.agreements)
+    return Result(data, table, exit_status=0 if agree else 1)
+
+
+def run(args) -> tuple[str, int]:
+    """The CLI's ``memscope replay``: the rendered text in ``args.format`` and the exit
+    status.  (Not a registered command: it reads two dumps, where every command of
+    :data:`memscope.commands.COMMANDS` reads one target in every front end.)
+
+    :raises MemscopeError: bad input (one line, exit status 2)."""
+    from ..errors import MemscopeError
+    from ..target.base import TargetError
+
+    try:
+        r = _replay(args)
+        return r.render(args.format), r.exit_status
+    except CommandError as e:
+        raise MemscopeError(str(e)) from None
+    except TargetError as e:
+        raise MemscopeError(f"replay: {e}") from None

@@ -1,0 +1,210 @@
+"""Trace text as the kernel and trace-cmd print it: the ``trace`` and ``trace_pipe`` files
+of tracefs (kernel/trace/trace_output.c, ``trace_print_context()`` then the event's
+``TP_printk``) and ``trace-cmd report``.
+
+An event line is::
+
+    TASK-PID [(TGID)] [CPU] [FLAGS] SECONDS.MICROS: EVENT: FIELDS
+
+where TASK may contain spaces and dashes (the last ``-digits`` before the CPU is the
+pid), ``(TGID)`` is printed with the ``record-tgid`` option, FLAGS is the latency field
+(``d..3.``: 4 characters in 5.10, 5 since 5.14's migrate-disable column) and
+``trace-cmd report`` prints the same without FLAGS unless ``-l``.  FIELDS is
+``key=value`` pairs for the memory events (kmem, cma, vmalloc; the formats of each lab
+kernel are in ``../shared/notes/kernel-differences.md``; vmalloc's ``va_start: %lu``
+uses a colon); a value is
+
+- an int when it is decimal (``order=3``, 5.10's ``pfn=1234``) or ``0x`` hex (6.1+'s
+  ``pfn=0x4d2``);
+- an int when the key is a ``%p`` pointer (``ptr``, ``page``: hex without ``0x``).  With
+  the ``hash-ptr`` option on (the default since v5.11), these are hashed and mean nothing
+  outside the trace: :attr:`TextTrace.hashed_pointers` says so;
+- ``True``/``False`` for ``true``/``false`` (``accounted``);
+- otherwise the text (``call_site=do_sys_openat2+0x9c/0xe0``, ``gfp_flags=GFP_KERNEL``,
+  ``name=names_cache``).
+
+Nothing is fatal: a line that is not a header, an event or a lost-events marker is
+counted as ``garbled`` (its number kept, up to :data:`MAX_KEPT`); an event whose name is
+not a memory event this module knows is kept and counted as ``unknown``; an event whose
+time is earlier than the one before it on the same CPU is kept and counted as
+``out_of_order``.  ``CPU:N [LOST M EVENTS]`` (trace_pipe and trace-cmd) adds M to the
+CPU's lost events; the ``trace`` file's header line ``entries-in-buffer/entries-written:
+X/Y`` is kept (Y - X were overwritten).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from . import Event
+
+__all__ = ("KNOWN_EVENTS", "MAX_KEPT", "TextTrace", "parse_lines", "parse_file")
+
+#: The events of the tracepoint groups the lab enables (kmem's page and slab events, cma,
+#: vmalloc) on the lab kernels 5.10-7.2.
+KNOWN_EVENTS = frozenset({
+    "mm_page_alloc", "mm_page_free", "mm_page_free_batched", "mm_page_alloc_zone_locked",
+    "mm_page_pcpu_drain", "mm_page_alloc_extfrag", "kmalloc", "kfree", "kmem_cache_alloc",
+    "kmem_cache_free", "kmalloc_node", "kmem_cache_alloc_node", "rss_stat",
+    "mm_alloc_contig_migrate_range_info",
+    "cma_alloc", "cma_release", "cma_alloc_start", "cma_alloc_finish", "cma_alloc_busy_retry",
+    "alloc_vmap_area", "purge_vmap_area_lazy", "free_vmap_area_noflush"})
+
+#: Keys printed with ``%p`` by the memory events: hex without ``0x``.
+POINTER_KEYS = frozenset({"ptr", "page"})
+
+#: How many garbled lines' numbers are kept (all are counted).
+MAX_KEPT = 20
+
+_EVENT = re.compile(
+    r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[A-Za-z.0-9]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[A-Za-z0-9_:]+):"
+    r"(?P<rest>.*)$")
+_LOST = re.compile(r"^\s*CPU:\s*(\d+)\s+\[LOST\s+(\d+)\s+EVENTS\]\s*$")
+_ENTRIES = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
+_HEX = re.compile(r"0x[0-9a-fA-F]+$")
+# trace-cmd report's own lines: "version = 6", "cpus=2", "CPU 0 is empty", "CPU0 data
+# recorded at offset=...", "    1234 bytes in size"
+_TRACE_CMD = re.compile(r"^\s*(version\s*=|cpus=|CPU\s*\d+\s+(is empty|data recorded)|"
+                        r"\d+ bytes in size|##### CPU \d+ buffer started)")
+
+
+@dataclasses.dataclass
+class TextTrace:
+    """What a trace text holds.
+
+    :param events: the events, in the text's order.
+    :param lines: lines read.
+    :param garbled: lines that are neither header, event nor marker (count).
+    :param garbled_lines: the first :data:`MAX_KEPT` of them: (line number from 1, text
+        cut at 80 characters).
+    :param unknown: events whose name is not in :data:`KNOWN_EVENTS` (count; kept).
+    :param unknown_names: their names, with counts.
+    :param out_of_order: events earlier than the event before them on the same CPU.
+    :param lost: events the text says were lost, per CPU (``[LOST N EVENTS]``).
+    :param entries: the ``trace`` header's (in buffer, written), or None.
+    :param hashed_pointers: ``%p`` values are hashed (no ``hash-ptr`` off): their values
+        cannot be compared with memory.
+    """
+
+    events: list[Event]
+    lines: int = 0
+    garbled: int = 0
+    garbled_lines: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    unknown: int = 0
+    unknown_names: dict[str, int] = dataclasses.field(default_factory=dict)
+    out_of_order: int = 0
+    lost: dict[int, int] = dataclasses.field(default_factory=dict)
+    entries: tuple[int, int] | None = None
+    hashed_pointers: bool = False
+
+    def summary(self) -> dict:
+        """The counts as JSON data (no events)."""
+        d = dataclasses.asdict(self)
+        d.pop("events")
+        d["events"] = len(self.events)
+        d["lost"] = {str(k): v for k, v in self.lost.items()}
+        return d
+
+
+def _value(key: str, v: str):
+    if key in POINTER_KEYS:
+        try:
+            return int(v, 16)
+        except ValueError:
+            return v
+    if v and (v[0].isdigit() or v[0] == "-") and "_" not in v:
+        try:
+            return int(v)  # decimal
+        except ValueError:
+            pass
+    if v[:2] == "0x" and _HEX.match(v):
+        return int(v, 16)
+    if v == "true":
+        return True
+    if v == "false":
+        return False
+    return v
+
+
+def parse_fields(rest: str) -> dict:
+    """The ``key=value`` (and vmalloc's ``key: value``) pairs of an event's text, typed as
+    the module says; words that are neither are left out."""
+    out = {}
+    toks = rest.split()
+    i, n = 0, len(toks)
+    while i < n:
+        key, eq, v = toks[i].partition("=")
+        i += 1
+        if not eq:
+            if key.endswith(":") and i < n and "=" not in toks[i]:
+                key, v = key[:-1], toks[i]
+                i += 1
+            else:
+                continue
+        if key.isidentifier():
+            out[key] = _value(key, v)
+    return out
+
+
+def parse_lines(lines) -> TextTrace:
+    """Parse trace text given as an iterable of lines (str, newlines optional)."""
+    out = TextTrace([])
+    last_ts: dict[int, int] = {}
+    match_event = _EVENT.match
+    events = out.events
+    n = 0
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        m = match_event(line)
+        if m is None:
+            s = line.strip()
+            if not s:
+                continue
+            if s.startswith("#"):
+                e = _ENTRIES.search(s)
+                if e:
+                    out.entries = (int(e.group(1)), int(e.group(2)))
+                continue
+            lost = _LOST.match(s)
+            if lost:
+                cpu = int(lost.group(1))
+                out.lost[cpu] = out.lost.get(cpu, 0) + int(lost.group(2))
+                continue
+            if _TRACE_CMD.match(s):
+                continue
+            out.garbled += 1
+            if len(out.garbled_lines) < MAX_KEPT:
+                out.garbled_lines.append((n, s[:80]))
+            continue
+        system, _, name = m.group("event").rpartition(":")
+        cpu = int(m.group("cpu"))
+        sec, _, usec = m.group("ts").partition(".")
+        ts = (int(sec) * 1_000_000 + int(usec.ljust(6, "0")[:6])) * 1000
+        if ts < last_ts.get(cpu, -1):
+            out.out_of_order += 1
+        last_ts[cpu] = ts
+        if name not in KNOWN_EVENTS:
+            out.unknown += 1
+            out.unknown_names[name] = out.unknown_names.get(name, 0) + 1
+        fields = parse_fields(m.group("rest"))
+        events.append(Event(name, cpu, ts, int(m.group("pid")), fields, system))
+    out.lines = n
+    # A hashed %p value (the hash-ptr option, on by default) is 32 bits of siphash on
+    # 64-bit kernels (lib/vsprintf.c ptr_to_hashval()), a kernel address has its top bit
+    # set.
+    ptrs = [e.fields["ptr"] for e in events[:1000]
+            if isinstance(e.fields.get("ptr"), int) and e.fields["ptr"]]
+    out.hashed_pointers = bool(ptrs) and all(p < 1 << 32 for p in ptrs)
+    return out
+
+
+def parse_file(path: str | Path) -> TextTrace:
+    """Parse the trace text in the file PATH (any of the module's formats; bytes that
+    are not UTF-8 are replaced and their lines count as garbled if they no longer parse).
+
+    :raises OSError: the file cannot be read."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        return parse_lines(f)

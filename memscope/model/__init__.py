@@ -1,0 +1,1 @@
+"""Reference allocator models (buddy, SLUB) and the replay of trace events through them."""

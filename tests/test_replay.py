@@ -1,0 +1,245 @@
+"""Replay (memscope.model, ``memscope replay``) on the quiet window of the lab's trace
+cases: dump A ("before"), the events of B's ring buffer written after A, dump B ("after").
+
+Answer key: dump B read by drgn's own objects and helpers, never by memscope.mm: every
+free list (``free_area[order].free_list[mt]``), every per-CPU list, every vmalloc area's
+pages (``for_each_vmap_area``), every slab object's state (``slab_object_info``).  The
+prediction must equal B; the kernel makes a few divergences unavoidable, and each is
+checked one by one against B: a page the model leaves on a pcp list must be mapped in B by
+a vmalloc area that the window allocated (``alloc_pages_bulk()`` takes vmalloc's pages
+off the pcp lists without an ``mm_page_alloc`` event)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kernel_dumps import open_dump
+from memscope.mm.context import KernelContext
+from memscope.model.buddy import BuddyModel
+from memscope.model.replay import buddy_rules, buddy_state, window_events
+from memscope.model.slab import SlabModel, allocated_objects
+
+CASES = ["6.1-trace", "6.12-trace", "7.2-trace"]
+
+
+@pytest.fixture(scope="module", params=CASES)
+def window(request, lab_case):
+    a_snap = lab_case(request.param, "before")
+    b_snap = lab_case(request.param, "after")
+    prog_a, ta = open_dump(a_snap)
+    prog_b, tb = open_dump(b_snap)
+    a, b = KernelContext(ta), KernelContext(tb)
+    events, parts = window_events(a, b)
+    return a, b, prog_b, events, parts, prog_a
+
+
+def _drgn_zones(prog):
+    """Every populated zone, by drgn."""
+    from drgn.helpers.linux.mmzone import for_each_online_pgdat
+
+    for pgdat in for_each_online_pgdat(prog):
+        for zone in pgdat.node_zones:
+            if zone.present_pages:
+                yield zone
+
+
+def _drgn_free_blocks(prog) -> dict[int, int]:
+    """pfn -> order of every block on every buddy free list, by drgn."""
+    from drgn.helpers.linux.list import list_for_each_entry
+    from drgn.helpers.linux.mm import page_to_pfn
+
+    link = "buddy_list" if prog.type("struct page").has_member("buddy_list") else "lru"
+    out = {}
+    for zone in _drgn_zones(prog):
+        for order, area in enumerate(zone.free_area):
+            for fl in area.free_list:
+                for page in list_for_each_entry("struct page", fl.address_of_(), link):
+                    out[page_to_pfn(page).value_()] = order
+    return out
+
+
+def _drgn_pcp_blocks(prog) -> dict[int, int]:
+    """pfn -> cpu of every block on every per-CPU list, by drgn."""
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.list import list_for_each_entry
+    from drgn.helpers.linux.mm import page_to_pfn
+    from drgn.helpers.linux.percpu import per_cpu_ptr
+
+    new = prog.type("struct zone").has_member("per_cpu_pageset")
+    link = "pcp_list" if prog.type("struct page").has_member("pcp_list") else "lru"
+    out = {}
+    for zone in _drgn_zones(prog):
+        for cpu in for_each_possible_cpu(prog):
+            pcp = per_cpu_ptr(zone.per_cpu_pageset, cpu) if new else \
+                per_cpu_ptr(zone.pageset, cpu).pcp
+            for lst in pcp.lists:
+                for page in list_for_each_entry("struct page", lst.address_of_(), link):
+                    out[page_to_pfn(page).value_()] = cpu
+    return out
+
+
+def _drgn_new_vmalloc_pfns(prog_a, prog_b) -> dict[int, int]:
+    """pfn -> area start of the pages of B's vmalloc areas that A does not have, by drgn
+    (5.10 and 6.1 have no vmalloc tracepoints: the dumps say which areas are new)."""
+    from drgn.helpers.linux.mm import for_each_vmap_area, page_to_pfn
+
+    old = {(va.value_(), va.va_start.value_()) for va in for_each_vmap_area(prog_a)}
+    out = {}
+    for va in for_each_vmap_area(prog_b):
+        vm = va.vm
+        if not vm or (va.value_(), va.va_start.value_()) in old:
+            continue
+        for i in range(vm.nr_pages.value_()):
+            out[page_to_pfn(vm.pages[i]).value_()] = vm.addr.value_()
+    return out
+
+
+def test_the_window_lost_nothing(window):
+    _, _, _, events, parts, _ = window
+    assert parts and all(p.lost == 0 for p in parts)
+    assert len(events) == sum(p.written for p in parts) > 100
+
+
+def test_the_buddy_free_blocks_are_predicted_exactly(window):
+    a, _, prog_b, events, _, _ = window
+    s = buddy_state(a)
+    m = BuddyModel(buddy_rules(a), s.zones, s.free, s.pcp, s.pageblock)
+    m.apply_all(events)
+    assert m.divergences == []
+    assert m.applied > 50
+    assert {p: o for p, (o, _) in m.free.items()} == _drgn_free_blocks(prog_b)
+
+
+def test_the_pcp_lists_are_predicted_but_for_vmallocs_bulk_pages(window, request):
+    if request.node.callspec.params["window"] == "7.2-trace":
+        # Seen on the 7.2 case: four order-0 frees (mm_page_free) of pfns 0x2200-0x2203
+        # to CPU 1's pcp list, and B holds one order-2 block at 0x2200 on that list, with
+        # no event between: not explained yet (no pcp merging in 7.2's
+        # free_frozen_page_commit()).  strict: it must fail until explained.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="7.2: order-0 pcp "
+                                              "frees found as one order-2 pcp block"))
+    a, _, prog_b, events, _, prog_a = window
+    s = buddy_state(a)
+    m = BuddyModel(buddy_rules(a), s.zones, s.free, s.pcp, s.pageblock)
+    m.apply_all(events)
+    real = _drgn_pcp_blocks(prog_b)
+    pred = {p: cpu for p, (cpu, _) in m.pcp.items()}
+    assert {p: c for p, c in real.items() if p not in pred} == {}, \
+        "pages on B's pcp lists that the model did not put there"
+    bulk = _drgn_new_vmalloc_pfns(prog_a, prog_b)
+    for pfn in sorted(set(pred) - set(real)):
+        # one by one: taken off the pcp list by alloc_pages_bulk() for a vmalloc area the
+        # window allocated (a fork's kernel stack), which B maps
+        assert pfn in bulk, f"pfn {pfn:#x} predicted on a pcp list, not in B's and not " \
+                            "mapped by a vmalloc area of the window"
+    assert len(set(pred) & set(real)) > 100
+
+
+def _drgn_rcu_free_objects(prog) -> set[int]:
+    """Every object in a CPU's rcu_free sheaf (v6.18+ sheaves: ``kfree_rcu()`` puts
+    objects there until a grace period), by drgn's objects; empty before sheaves."""
+    from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.percpu import per_cpu_ptr
+    from drgn.helpers.linux.slab import for_each_slab_cache
+
+    out: set[int] = set()
+    for cache in for_each_slab_cache(prog):
+        if not hasattr(cache, "cpu_sheaves") or not cache.cpu_sheaves:
+            continue
+        for cpu in for_each_possible_cpu(prog):
+            sheaf = per_cpu_ptr(cache.cpu_sheaves, cpu).rcu_free
+            if sheaf:
+                out.update(sheaf.objects[i].value_() for i in range(sheaf.size.value_()))
+    return out
+
+
+def _cache_of(prog, addr: int) -> str | None:
+    """The name of the slab cache of the object at ADDR, by drgn (None: not a slab
+    object)."""
+    from drgn import Object
+    from drgn.helpers.linux.slab import slab_object_info
+
+    info = slab_object_info(Object(prog, "void *", addr))
+    return info.slab_cache.name.string_().decode() if info else None
+
+
+def test_the_slab_objects_are_predicted_but_for_bulk_and_rcu_frees(window):
+    """The model's allocated objects are B's, but for the maple tree's nodes (each checked
+    with drgn): lib/maple_tree.c allocates them with kmem_cache_alloc_bulk() (6.1, 6.12)
+    and frees them with kmem_cache_free_bulk() or kfree_rcu() (7.2: into an rcu_free
+    sheaf, then the sheaf's objects go back without an event), none of which emits the
+    per-object events."""
+    from drgn import Object
+    from drgn.helpers.linux.slab import slab_object_info
+
+    a, b, prog_b, events, _, _ = window
+    live, pool = allocated_objects(a)
+    m = SlabModel(live, pool, 2 * a.t.page_size + 1)
+    for e in events:
+        m.apply(e.name, e.fields)
+    assert m.applied > 50
+    # a free event of an object the model does not have: allocated in bulk in the window
+    for d in m.divergences:
+        assert d.kind == "free_not_live" and _cache_of(prog_b, d.pfn) == "maple_node", d
+    # every object the model says is allocated, drgn says is allocated in B (drgn 0.3.0
+    # counts an object in an rcu_free sheaf as allocated: kfree_rcu() has not freed it
+    # yet), or it is a maple node freed without an event
+    for addr in m.live:
+        if not slab_object_info(Object(prog_b, "void *", addr)).allocated:
+            assert _cache_of(prog_b, addr) == "maple_node", hex(addr)
+    # B's allocated objects (memscope's count: its slab walk is checked against drgn in
+    # tests/test_slub.py) are the model's, but for maple nodes allocated in bulk in the
+    # window, and those kfree_rcu() put in an rcu_free sheaf (found by drgn) or that went
+    # back without an event
+    live_b, _ = allocated_objects(b)
+    for addr in sorted(set(live_b) - set(m.live)):
+        assert _cache_of(prog_b, addr) == "maple_node", hex(addr)
+    rcu = _drgn_rcu_free_objects(prog_b)
+    for addr in sorted(set(m.live) - set(live_b)):
+        assert addr in rcu or _cache_of(prog_b, addr) == "maple_node", hex(addr)
+    # and the agreement is large: the window's objects are not all maple nodes
+    assert len(set(live_b) & set(m.live)) > 10000
+
+
+def _replay_cli(lab_case, case: str) -> tuple[int, dict]:
+    """``memscope replay --from CASE/before --to CASE/after -f json``: exit status and
+    the records by allocator."""
+    a, b = lab_case(case, "before"), lab_case(case, "after")
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(a.dir),
+                        "--to", str(b.dir), "-f", "json"], capture_output=True, text=True,
+                       timeout=600)
+    return r.returncode, {g["allocator"]: g for g in json.loads(r.stdout)["allocators"]}
+
+
+def test_replay_command_agrees(lab_case):
+    returncode, recs = _replay_cli(lab_case, "6.12-trace")
+    assert set(recs) == {"buddy", "pcp", "slab"}
+    for g in recs.values():
+        assert set(g) >= {"allocator", "matched", "missing", "extra", "divergences"}
+    assert recs["buddy"]["missing"] == recs["buddy"]["extra"] == 0
+    assert recs["slab"]["missing"] == recs["slab"]["extra"] == 0
+    # the only divergences: vmalloc's bulk pages, each named with its area
+    for d in recs["pcp"]["divergences"]:
+        assert d["kind"] == "extra" and "alloc_pages_bulk" in d["cause"]
+    assert returncode == (1 if recs["pcp"]["divergences"] else 0)
+
+
+def test_replay_command_names_the_maple_trees_frees_on_7_2(lab_case):
+    returncode, recs = _replay_cli(lab_case, "7.2-trace")
+    assert returncode == 1
+    assert recs["buddy"]["missing"] == recs["buddy"]["extra"] == 0
+    assert recs["slab"]["missing"] == 0
+    for d in recs["slab"]["divergences"]:
+        assert d["kind"] == "extra" and "maple_node" in d["cause"], d
+
+
+def test_replay_of_a_missing_dump_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from",
+                        str(tmp_path / "a"), "--to", str(tmp_path / "b")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and "does not exist" in r.stderr
