@@ -233,9 +233,12 @@ def _deb_members(deb: Path) -> list[str]:
 
 
 def _extract(deb: Path, dest: Path, patterns: list[str]) -> None:
-    """Extract the members matching PATTERNS (tar wildcards) of DEB into DEST."""
+    """Extract the members matching PATTERNS (tar wildcards; none: every member) of DEB into
+    DEST.  Directory symlinks already in DEST are kept (a merged-/usr tree's /bin -> usr/bin
+    stays a link when a package ships ./bin/...)."""
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    tar = subprocess.run(["tar", "-x", "-C", str(dest), "--wildcards", *patterns],
+    tar = subprocess.run(["tar", "-x", "-C", str(dest), "--keep-directory-symlink",
+                          *(["--wildcards", *patterns] if patterns else [])],
                          stdin=dpkg.stdout, stderr=subprocess.PIPE, text=True)
     dpkg.stdout.close()
     if dpkg.wait() != 0 or tar.returncode != 0:
