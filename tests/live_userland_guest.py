@@ -138,13 +138,14 @@ def drgn_repl() -> None:
     rounds = 4
     typed = ["import memscope.cli, memscope.drgn_api, memscope.target.drgn as T",
              "tgt = T.DrgnTarget(prog)",
-             "def show(n): print('@@' + n); print(open('/proc/buddyinfo').read(), end=''); "
-             "print('@@end')"]
+             # (a lambda: a one-line def would wait for a blank line in the REPL)
+             "show = lambda n: print('@@' + n + chr(10) + open('/proc/buddyinfo').read() "
+             "+ '@@end')"]
     for i in range(rounds):
         typed += [f"show('before{i}')", f"print('@@percent{i}')",
                   "%memscope buddyinfo -f proc", "print('@@end')", f"show('mid{i}')",
                   f"print('@@cli{i}')",
-                  "memscope.cli._run_command(memscope.cli.build_parser().parse_args("
+                  "_ = memscope.cli._run_command(memscope.cli.build_parser().parse_args("
                   "['-k', 'buddyinfo', '-f', 'proc']), tgt)", "print('@@end')",
                   f"show('after{i}')"]
     typed += ["print('@@api-check', memscope.drgn_api.check(prog).ok)", "exit()"]

@@ -144,7 +144,7 @@ def _sections(text: str) -> dict[str, str]:
         elif line == "@@end" and name is not None:
             out[name] = "".join(f"{ln}\n" for ln in lines)
             name = None
-        elif name is not None:
+        elif name is not None and line != MOVED_NOTE:  # the note goes to stderr, here too
             lines.append(line)
     return out
 

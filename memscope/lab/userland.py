@@ -240,8 +240,11 @@ def _build_debug(kernel: kernels.Kernel, work: Path) -> None:
 
 
 def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
-    """The modules of DISK_MODULES[arch] and their dependencies (modules.dep), uncompressed,
-    and ``order``: their file names in load order (dependencies first)."""
+    """The modules of DISK_MODULES[arch] and those they depend on (each module's
+    ``.modinfo`` ``depends=``: Debian ships no modules.dep, depmod makes it at install),
+    uncompressed, and ``order``: their file names in load order (dependencies first)."""
+    from ..target.elf import section_data
+
     apt = kernels._Apt(kernel.spec.arch, progress)
     debs = work / "debs"
     tree = work / "tree"
@@ -254,35 +257,32 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     _say(progress, f"{kernel.name}: fetching the modules its disks need")
     for pkg in pkgs:
         deb = apt.download(pkg, kernel.spec.suite, debs)
-        kernels._extract(deb, tree, ["*/modules.dep", "*/kernel/*"])
+        if any(".ko" in n for n in kernels._deb_members(deb)):
+            kernels._extract(deb, tree, ["*.ko*"])
         deb.unlink()
-    dep_file = kernels._find(tree, "modules.dep")
-    if dep_file is None:
-        raise LabError(f"no modules.dep in {', '.join(pkgs)}")
-    base = dep_file.parent
-    deps: dict[str, list[str]] = {}
-    for line in dep_file.read_text().splitlines():
-        mod, _, rest = line.partition(":")
-        deps[mod] = rest.split()
-    by_name = {_mod_name(p): p for p in deps}
+    found = {_mod_name(p.name): p for p in tree.rglob("*.ko*")}
     order: list[str] = []
 
-    def visit(path: str) -> None:
-        for d in deps.get(path, []):
-            visit(d)
-        if path not in order:
-            order.append(path)
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name not in found or name in path:
+            raise LabError(f"{kernel.release}: module {name} not found in {', '.join(pkgs)}"
+                           if name not in found else f"{kernel.release}: modules depend "
+                           f"on each other in a cycle: {' -> '.join(path + (name,))}")
+        out = work / f"{name}.ko"
+        kernels._decompress_module(found[name], out)
+        with open(out, "rb") as f:
+            info = section_data(f, ".modinfo") or b""
+        for field in info.split(b"\0"):
+            if field.startswith(b"depends="):
+                for dep in filter(None, field[8:].decode().split(",")):
+                    visit(dep.replace("-", "_"), path + (name,))
+        order.append(name)
 
     for name in DISK_MODULES[kernel.spec.arch]:
-        if name not in by_name:
-            raise LabError(f"{kernel.release} has no module {name} (built in? check its config)")
-        visit(by_name[name])
-    names = []
-    for path in order:
-        out = work / f"{_mod_name(path)}.ko"
-        kernels._decompress_module(base / path, out)
-        names.append(out.name)
-    (work / "order").write_text("\n".join(names) + "\n")
+        visit(name, ())
+    (work / "order").write_text("".join(f"{n}.ko\n" for n in order))
     shutil.rmtree(tree)
     shutil.rmtree(debs)
 
