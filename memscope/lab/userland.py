@@ -124,14 +124,9 @@ def _cached_build(final: Path, name: str, build) -> Path:
         work.chmod(0o755)
         try:
             build(work)
-            if final.exists():  # an older, incomplete layout: ours to replace
-                shutil.rmtree(final)
-            os.rename(work, final)
+            kernels.rename_into_place(work, final)
         except OSError as e:
-            if e.errno == 28:
-                raise LabError(f"disk full while building {final}: free about 2 GB or set "
-                               "MEMSCOPE_CACHE to a larger disk") from None
-            raise LabError(f"building {final} failed: {e}") from None
+            raise kernels.cache_error(e, f"building {final.name}", final.parent) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final / name
