@@ -78,7 +78,7 @@ def build(path: Path, *, busybox: Path, modules: list[Path], workload: bytes,
     a.add("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())
     a.add("bin/sh", stat.S_IFLNK | 0o777, b"busybox")
     a.add("init", stat.S_IFREG | 0o755, (GUEST / "init").read_bytes())
-    for helper in ("snapshot", "track", "results"):
+    for helper in ("snapshot", "track"):
         a.add(f"bin/{helper}", stat.S_IFREG | 0o755, (GUEST / helper).read_bytes())
     for name, exe in (programs or {}).items():
         a.add(f"bin/{name}", stat.S_IFREG | 0o755, exe)

@@ -20,7 +20,7 @@ build is never used)::
     userland/debug/<kernel>-<release>/debug.ext4   boot/vmlinux-RELEASE (per kernel)
 
 A run adds what changes from run to run in its initramfs (memscope, the workload, the lab's
-guest scripts): guest/userland-init loads the modules the disks need, mounts the root image
+guest scripts): userland_guest/init loads the modules the disks need, mounts the root image
 on ``/`` and the debug image on ``/usr/lib/debug``, copies that payload in, and hands over
 (``switch_root``) to the lab's usual init (guest/init), which runs the workload in the
 userland.  QEMU opens both images with ``snapshot=on``: the guest may write (and a test
@@ -55,6 +55,9 @@ TRIPLET = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 MARKER = ".memscope-userland"
 SOURCE = Path(__file__).resolve().parents[2]  # the source tree memscope is installed from
 PACKAGE = Path(__file__).resolve().parents[1]  # memscope/
+#: The userland's own guest scripts (kept out of guest/, whose every byte is part of each
+#: lab case's cache key): the first init, the workload wrapper, the /results printer.
+GUEST = Path(__file__).parent / "userland_guest"
 #: Modules the arm64 (generic) kernel needs to reach its disks: virtio_blk and ext4 are
 #: modules there (VIRTIO_PCI is built in); the x86_64 cloud kernels have NVMe and ext4
 #: built in.  Their dependencies come from the kernel's modules.dep.
@@ -108,6 +111,7 @@ def ensure(kernel: kernels.Kernel, *, progress: bool = False) -> Userland:
 
 
 def cache_root() -> Path:
+    """Where userland images are cached: ``$MEMSCOPE_CACHE/userland``."""
     return kernels.cache_dir() / "userland"
 
 
@@ -323,26 +327,29 @@ def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, work
                  conf: dict[str, str], library: list[Path]) -> None:
     """The initramfs of a --userland boot, written gzip'd to PATH: busybox, the modules
     (VMCOREINFO's qemu_fw_cfg, then the disks' in load order, listed in
-    /lib/modules/order), /init (guest/userland-init) and /payload: what the init copies
+    /lib/modules/order), /init (userland_guest/init) and /payload: what the init copies
     into the userland before it hands over to the lab's init (guest/init, as
-    /memscope-init) — memscope, the workload, the built-in workloads, the lab's guest
-    helpers and the run's configuration."""
+    /memscope-init) — memscope, the workload (/workload-run.sh, run by
+    userland_guest/workload, which then prints /results for the host), the built-in
+    workloads, the lab's guest helpers and the run's configuration."""
     a = initramfs._Newc()
     for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "probe"):
         a.add(d, stat.S_IFDIR | 0o755)
     a.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     a.add("bin/busybox", stat.S_IFREG | 0o755, kernel.busybox.read_bytes())
-    a.add("init", stat.S_IFREG | 0o755, (initramfs.GUEST / "userland-init").read_bytes())
+    a.add("init", stat.S_IFREG | 0o755, (GUEST / "init").read_bytes())
     mods = [*kernel.modules, *userland.modules]
     for m in mods:
         a.add(f"lib/modules/{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
     a.add("lib/modules/order", stat.S_IFREG | 0o644, "".join(f"{m.name}\n" for m in mods).encode())
     payload = {
         "memscope-init": ((initramfs.GUEST / "init").read_bytes(), 0o755),
-        "workload.sh": (workload, 0o755),
+        "workload.sh": ((GUEST / "workload").read_bytes(), 0o755),
+        "workload-run.sh": (workload, 0o755),
         "etc/memscope.conf": ("".join(f"{k}='{v}'\n" for k, v in conf.items()).encode(), 0o644),
         **{f"usr/bin/{h}": ((initramfs.GUEST / h).read_bytes(), 0o755)
-           for h in ("snapshot", "track", "results")},
+           for h in ("snapshot", "track")},
+        "usr/bin/results": ((GUEST / "results").read_bytes(), 0o755),
         **{f"workloads/{w.name}": (w.read_bytes(), 0o755) for w in library},
         **{name: (data, 0o755 if name.startswith("usr/bin/") else 0o644)
            for name, data in _memscope_files().items()},
