@@ -115,6 +115,10 @@ def run_plan(target, label: str, formats: tuple[str, ...]) -> list[dict]:
     runs = []
     for argv in plan(target, formats):
         r = cli_in_process(target, argv)
+        if argv[0] in ("check", "freelists") and r["status"] in (0, 1):
+            data = json.loads(r["out"])  # check: a dict; freelists: a list of zones
+            r["problems"] = data["problems"] if isinstance(data, dict) else \
+                [p for z in data for p in z["problems"]]
         r["out"] = r["out"][:2000]  # enough to see what it was; the host needs no more
         runs.append(r)
         save(label, runs)
@@ -149,7 +153,8 @@ def drgn_repl() -> None:
     """drgn's own REPL on the running kernel (``drgn -k``, memscope loaded as its plugin
     through the entry point) on a pseudo-terminal: rounds of /proc/buddyinfo, ``%memscope
     buddyinfo -f proc``, /proc/buddyinfo, the command line's path on the same program,
-    /proc/buddyinfo, each between markers; then ``memscope.drgn_api.check``."""
+    /proc/buddyinfo, ``memscope.drgn_api.buddyinfo`` (formatted as the file),
+    /proc/buddyinfo, each between markers."""
     rounds = 4
     typed = ["import memscope.cli, memscope.drgn_api, memscope.target.drgn as T",
              "tgt = T.DrgnTarget(prog)",
@@ -162,8 +167,10 @@ def drgn_repl() -> None:
                   f"print('@@cli{i}')",
                   "_ = memscope.cli._run_command(memscope.cli.build_parser().parse_args("
                   "['-k', 'buddyinfo', '-f', 'proc']), tgt)", "print('@@end')",
-                  f"show('after{i}')"]
-    typed += ["print('@@api-check', memscope.drgn_api.check(prog).ok)", "exit()"]
+                  f"print('@@api{i}')",
+                  "print(memscope.drgn_api.format_buddyinfo(memscope.drgn_api.buddyinfo("
+                  "prog)), end='')", "print('@@end')", f"show('after{i}')"]
+    typed += ["exit()"]
     master, slave = os.openpty()
     import termios
 

@@ -10,12 +10,14 @@ right after; the lab copies /results to DIR/results/ and the tests here judge it
 - quiet system: ``-k buddyinfo --format proc`` and ``-k pagetypeinfo --format proc``
   equal /proc/buddyinfo and /proc/pagetypeinfo whenever the reads before and after agree
   (the guest repeats the triple until three agree, at most TRIPLES times; no agreeing
-  triple fails); ``check`` is ok whenever /proc/buddyinfo did not move around it;
+  triple fails); ``check`` is ok whenever neither /proc/buddyinfo nor memscope saw
+  anything move around it, and its problems always come with the note that it saw a race;
 - every command in every format completes on the quiet system and under the churn
   workload: no traceback, no hang, status 0 (``check`` 1 only with its problems listed);
   races are findings: under churn the kernel is seen to move (the note), never an error;
 - ``%memscope buddyinfo -f proc`` in drgn's REPL (``drgn -k``) prints what the command
-  line's path prints on the same program and what /proc/buddyinfo says around both;
+  line's path and ``memscope.drgn_api.buddyinfo`` give on the same program and what
+  /proc/buddyinfo says around them;
 - a non-root user gets the one-line "needs root" error; with the vmlinux deleted, the
   one-line error names the paths drgn's default lookup tried.
 
@@ -94,14 +96,23 @@ def test_quiet_proc_format_equals_the_kernels_file_read_around_it(guest, name):
     assert any(t["err"] == "" for t in agreeing), [t["err"] for t in agreeing]
 
 
-def test_check_is_ok_whenever_buddyinfo_did_not_move_around_it(guest):
+def test_check_is_ok_when_nothing_moved_and_its_problems_are_races_it_saw(guest):
+    """The checker's problems on a live kernel are races, said to be: a check that finds a
+    problem also says that the kernel moved under it (a problem without the note would be
+    corruption, which a healthy guest has none of); and a check around which
+    /proc/buddyinfo did not move and during which memscope saw nothing move is ok.  (The
+    per-CPU lists move without /proc/buddyinfo moving: the test's own Python allocates.)"""
     checks = result(guest, "quiet-check")
-    quiet = [c for c in checks if c["before"] == c["after"]]
-    assert quiet, f"/proc/buddyinfo moved around every one of {len(checks)} checks"
-    for c in quiet:
-        assert (c["status"], c["traceback"]) == (0, None), c
+    for c in checks:
+        assert c["traceback"] is None and c["status"] in (0, 1), c
         report = json.loads(c["out"])
-        assert report["ok"] is True and report["problems"] == [], report
+        assert (c["status"] == 1) == bool(report["problems"]) == (not report["ok"]), report
+        if report["problems"]:
+            assert c["err"] == NOTE, (c["err"], report["problems"])
+    quiet = [c for c in checks if c["before"] == c["after"] and c["err"] == ""]
+    assert quiet, f"something moved around every one of {len(checks)} checks"
+    for c in quiet:
+        assert c["status"] == 0 and json.loads(c["out"])["ok"] is True, c
 
 
 def _problems(data) -> list:
@@ -119,7 +130,7 @@ def _assert_completed(runs: list[dict]) -> None:
     for r in runs:
         assert r["traceback"] is None, (r["argv"], r["traceback"])
         if r["argv"][0] in ("check", "freelists") and r["status"] == 1:
-            assert _problems(json.loads(r["out"])), r
+            assert r["problems"] and r["err"] == NOTE, r  # a race, seen and said
         else:
             assert r["status"] == 0, r
         assert r["err"] in ("", NOTE), r
@@ -140,6 +151,7 @@ def test_every_command_completes_under_churn_and_races_are_findings(guest):
         assert c["traceback"] is None and c["status"] in (0, 1), c
         report = json.loads(c["out"])
         assert (c["status"] == 1) == bool(report["problems"])
+        assert not report["problems"] or c["err"] == NOTE, c
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -165,10 +177,10 @@ def test_percent_memscope_in_drgn_prints_what_memscope_k_prints(guest):
     rounds = [i for i in range(4) if f"after{i}" in s]
     assert rounds, text
     quiet = [i for i in rounds if s[f"before{i}"] == s[f"mid{i}"] == s[f"after{i}"]]
+    # (the api section sits between mid and after)
     assert quiet, f"/proc/buddyinfo moved in every round: {text}"
     for i in quiet:
-        assert s[f"percent{i}"] == s[f"cli{i}"] == s[f"before{i}"], (i, text)
-    assert re.search(r"^@@api-check True$", text, re.M), text
+        assert s[f"percent{i}"] == s[f"cli{i}"] == s[f"api{i}"] == s[f"before{i}"], (i, text)
 
 
 def test_non_root_gets_the_one_line_needs_root_error(guest):
@@ -176,7 +188,8 @@ def test_non_root_gets_the_one_line_needs_root_error(guest):
     assert r["nobody"] == {"status": 2, "out": "", "err": "memscope: -k reads /proc/kcore, "
                            "which needs root: run as root (sudo)\n"}
     # The same process as root, with the vmlinux where Debian puts it, answers.
-    assert r["root"]["status"] == 0 and r["root"]["out"].startswith("Node 0"), r["root"]
+    assert r["root"]["status"] == 0, r["root"]
+    assert r["root"]["out"].split()[:3] == ["node", "zone", "0"], r["root"]
 
 
 def test_without_the_vmlinux_the_one_line_error_names_the_paths_looked_in(guest):
