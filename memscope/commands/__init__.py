@@ -156,11 +156,26 @@ def execute_live(target: Target | KernelContext,
     kernel), between two readings of the allocator's counters
     (:func:`memscope.mm.live.counters`).
 
+    A command that found problems (exit status 1: ``check``, ``freelists``) while the
+    counters stayed put runs once more: problems that do not come back were a race the
+    counters missed (a page taken from a list and put back, leaving its head as it was).
+
     :return: the rendered text, the exit status, and whether a race was seen (the counters
-        moved during the read, or could not be read: the answer is then approximate;
-        otherwise no race was seen and the answer is what the kernel held)
+        moved during the read or could not be read, or the problems did not repeat: the
+        answer is then approximate; otherwise no race was seen and the answer is what the
+        kernel held)
     :raises MemscopeError: as :func:`execute`
     """
+    text, status, moved = _execute_watched(target, args)
+    if status == 1 and not moved:
+        again, _, moved_again = _execute_watched(target, args)
+        moved = moved_again or again != text
+    return text, status, moved
+
+
+def _execute_watched(target: Target | KernelContext,
+                     args: argparse.Namespace) -> tuple[str, int, bool]:
+    """:func:`execute` between two readings of :func:`memscope.mm.live.counters`."""
     from ..mm import live
 
     ctx = target if isinstance(target, KernelContext) else KernelContext(target)
