@@ -132,7 +132,8 @@ def run(opts: RunOptions, out: Path) -> dict:
 
             ul = userland.ensure(kernel, progress=progress)
             userland.build_initrd(initrd, kernel, ul, workload=workload.read_bytes(),
-                                  conf={"MEMSCOPE_MODE": opts.mode}, library=library())
+                                  conf={"MEMSCOPE_MODE": opts.mode}, library=library(),
+                                  programs=programs)
             disks = ul.qemu_args()
             meta["userland"] = userland.describe(kernel)
         else:

@@ -324,14 +324,17 @@ def _memscope_files() -> dict[str, bytes]:
 
 
 def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, workload: bytes,
-                 conf: dict[str, str], library: list[Path]) -> None:
+                 conf: dict[str, str], library: list[Path],
+                 programs: dict[str, bytes] | None = None) -> None:
     """The initramfs of a --userland boot, written gzip'd to PATH: busybox, the modules
     (VMCOREINFO's qemu_fw_cfg, then the disks' in load order, listed in
     /lib/modules/order), /init (userland_guest/init) and /payload: what the init copies
     into the userland before it hands over to the lab's init (guest/init, as
     /memscope-init) — memscope, the workload (/workload-run.sh, run by
     userland_guest/workload, which then prints /results for the host), the built-in
-    workloads, the lab's guest helpers and the run's configuration."""
+    workloads, the lab's guest helpers and PROGRAMS (name: executable, in /usr/bin: the
+    lab's compiled guest programs, which the built-in workloads call) and the run's
+    configuration."""
     a = initramfs._Newc()
     for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "probe"):
         a.add(d, stat.S_IFDIR | 0o755)
@@ -350,6 +353,7 @@ def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, work
         **{f"usr/bin/{h}": ((initramfs.GUEST / h).read_bytes(), 0o755)
            for h in ("snapshot", "track")},
         "usr/bin/results": ((GUEST / "results").read_bytes(), 0o755),
+        **{f"usr/bin/{name}": (exe, 0o755) for name, exe in (programs or {}).items()},
         **{f"workloads/{w.name}": (w.read_bytes(), 0o755) for w in library},
         **{name: (data, 0o755 if name.startswith("usr/bin/") else 0o644)
            for name, data in _memscope_files().items()},
