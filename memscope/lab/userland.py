@@ -58,30 +58,31 @@ PACKAGE = Path(__file__).resolve().parents[1]  # memscope/
 #: The userland's own guest scripts (kept out of guest/, whose every byte is part of each
 #: lab case's cache key): the first init, the workload wrapper, the /results printer.
 GUEST = Path(__file__).parent / "userland_guest"
-#: Modules the arm64 (generic) kernel needs to reach its disks: virtio_blk and ext4 are
-#: modules there (VIRTIO_PCI is built in); the x86_64 cloud kernels have NVMe and ext4
-#: built in.  Their dependencies come from the kernel's modules.dep.
-DISK_MODULES = {"arm64": ("virtio_blk", "ext4")}
+#: What the guest needs to reach its disks (virtio-blk on PCI, ext4), those not built into
+#: its kernel (modules.builtin), with their dependencies.  virtio-blk rather than NVMe,
+#: which the x86_64 cloud kernels have built in: the lab gives every guest an empty NVMe
+#: disk (/dev/nvme0n1) that workloads format, and NVMe controllers probe asynchronously,
+#: so ours could take that name.  virtio_blk is a module on every Debian kernel.
+DISK_MODULES = ("virtio_pci", "virtio_blk", "ext4")
 
 
 @dataclasses.dataclass(frozen=True)
 class Userland:
-    """What a --userland boot needs besides the kernel: the two disk images (ext4), the
-    QEMU block device model to attach them with, and the extra modules (in load order)."""
+    """What a --userland boot needs besides the kernel: the two disk images (ext4) and
+    the modules that reach them (in load order)."""
 
     root: Path
     debug: Path
-    device: str  # "nvme" (x86_64 cloud kernels: built in) or "virtio-blk-pci" (arm64)
     modules: tuple[Path, ...]
 
     def qemu_args(self) -> list[str]:
-        """QEMU options attaching both images copy-on-write (``snapshot=on``: writes go to
-        a temporary overlay, the cached images are never changed)."""
+        """QEMU options attaching both images on virtio-blk (the guest's /dev/vd*),
+        copy-on-write (``snapshot=on``: writes go to a temporary overlay, the cached
+        images are never changed)."""
         args = []
         for i, img in enumerate((self.root, self.debug)):
             args += ["-drive", f"file={img},if=none,id=ms{i},format=raw,snapshot=on",
-                     "-device", f"{self.device},drive=ms{i}"
-                     + (f",serial=memscope{i}" if self.device == "nvme" else "")]
+                     "-device", f"virtio-blk-pci,drive=ms{i}"]
         return args
 
 
@@ -102,12 +103,9 @@ def ensure(kernel: kernels.Kernel, *, progress: bool = False) -> Userland:
                          lambda work: _build_root(arch, work, progress))
     debug = _cached_build(cache_root() / "debug" / f"{kernel.name}-{kernel.release}",
                           "debug.ext4", lambda work: _build_debug(kernel, work))
-    modules: tuple[Path, ...] = ()
-    if arch in DISK_MODULES:
-        mods = _cached_build(cache_root() / "modules" / f"{kernel.name}-{kernel.release}",
-                             "order", lambda work: _fetch_modules(kernel, work, progress))
-        modules = tuple(mods.parent / n for n in mods.read_text().split())
-    return Userland(root, debug, "nvme" if arch == "amd64" else "virtio-blk-pci", modules)
+    mods = _cached_build(cache_root() / "modules" / f"{kernel.name}-{kernel.release}",
+                         "order", lambda work: _fetch_modules(kernel, work, progress))
+    return Userland(root, debug, tuple(mods.parent / n for n in mods.read_text().split()))
 
 
 def cache_root() -> Path:
@@ -239,9 +237,10 @@ def _build_debug(kernel: kernels.Kernel, work: Path) -> None:
 
 
 def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
-    """The modules of DISK_MODULES[arch] and those they depend on (each module's
-    ``.modinfo`` ``depends=``: Debian ships no modules.dep, depmod makes it at install),
-    uncompressed, and ``order``: their file names in load order (dependencies first)."""
+    """The modules of DISK_MODULES not built into KERNEL (its modules.builtin) and those
+    they depend on (each module's ``.modinfo`` ``depends=``: Debian ships no modules.dep,
+    depmod makes it at install), uncompressed, and ``order``: their file names in load
+    order (dependencies first)."""
     from ..target.elf import section_data
 
     apt = kernels._Apt(kernel.spec.arch, progress)
@@ -257,9 +256,11 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     for pkg in pkgs:
         deb = apt.download(pkg, kernel.spec.suite, debs)
         if any(".ko" in n for n in kernels._deb_members(deb)):
-            kernels._extract(deb, tree, ["*.ko*"])
+            kernels._extract(deb, tree, ["*.ko*", "*/modules.builtin"])
         deb.unlink()
     found = {_mod_name(p.name): p for p in tree.rglob("*.ko*")}
+    builtin = {_mod_name(line) for f in tree.rglob("modules.builtin")
+               for line in f.read_text().split()}
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -279,8 +280,9 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
                     visit(dep.replace("-", "_"), path + (name,))
         order.append(name)
 
-    for name in DISK_MODULES[kernel.spec.arch]:
-        visit(name, ())
+    for name in DISK_MODULES:
+        if name not in builtin:
+            visit(name, ())
     (work / "order").write_text("".join(f"{n}.ko\n" for n in order))
     shutil.rmtree(tree)
     shutil.rmtree(debs)
