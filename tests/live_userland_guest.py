@@ -119,6 +119,9 @@ def run_plan(target, label: str, formats: tuple[str, ...]) -> list[dict]:
             data = json.loads(r["out"])  # check: a dict; freelists: a list of zones
             r["problems"] = data["problems"] if isinstance(data, dict) else \
                 [p for z in data for p in z["problems"]]
+        if argv[0] == "heap" and r["status"] == 1:
+            data = json.loads(r["out"])
+            r["problems"] = ([data["error"]] if data["error"] else []) + data["tcache_problems"]
         r["out"] = r["out"][:2000]  # enough to see what it was; the host needs no more
         runs.append(r)
         save(label, runs)

@@ -124,13 +124,16 @@ def _problems(data) -> list:
 
 def _assert_completed(runs: list[dict]) -> None:
     """Every run ended in an answer: no traceback or hang, status 0 (check and freelists:
-    1 only with the problems listed), and stderr empty or the one-line note that the kernel
+    1 only with the problems listed and the note that the kernel moved: races; heap: 1
+    only with its problems listed), and stderr empty or the one-line note that the kernel
     moved."""
     assert runs
     for r in runs:
         assert r["traceback"] is None, (r["argv"], r["traceback"])
         if r["argv"][0] in ("check", "freelists") and r["status"] == 1:
             assert r["problems"] and r["err"] == NOTE, r  # a race, seen and said
+        elif r["argv"][0] == "heap" and r["status"] == 1:
+            assert r["problems"], r  # its findings listed (tcache entries, a broken chunk)
         else:
             assert r["status"] == 0, r
         assert r["err"] in ("", NOTE), r

@@ -528,42 +528,45 @@ class FreeListWalker:
             owner = {}
         kinds = [self.pcp_list_kind(li, nlists) for li in range(nlists)]
         for cpu, ptr in cpus:
-            base = (ptr + inner) & _MASK64
-            try:
-                # The count and every list head in one read.
-                raw = t.read(base, self._pcp_size)
-            except FaultError:
-                problems.append(Problem("unreadable", f"cpu {cpu} pcp",
-                                        f"per_cpu_pages at {base:#x} cannot be read",
-                                        z.node, z.name))
-                continue
-            count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
-            if not pcp_set_up(count, raw[lists_off:lists_off + 16 * nlists]):
-                continue  # early in boot: not initialised yet (see pcp_set_up)
-            counts[cpu] = count
-            pages = 0
-            for li in range(nlists):
-                order, mtname = kinds[li]
-                where = f"cpu {cpu} pcp lists[{li}]"
-                sink = ProblemSink(problems, where, MAX_PROBLEMS_PER_LIST, node=z.node,
-                                   zone=z.name)
-                pfns = []
-                head = lists_off + 16 * li
-                for pfn, _, _ in self.walk(base + head, self.pcp_link,
-                                           2 * max(count, 0) + 1024, sink,
-                                           raw[head:head + 16]):
-                    pfns.append(pfn)
-                    if pfn in owner:  # a block on two lists
-                        sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
-                        if sink.full:
-                            break
-                    owner[pfn] = where
-                pages += len(pfns) << order
-                out.append(PcpList(z.node, z.name, cpu, li, order, mtname, pfns))
-            if pages != count:
-                problems.append(Problem("pcp_count_mismatch", f"cpu {cpu} pcp",
-                                        f"pcp->count is {count} but the lists hold {pages} "
-                                        "pages", z.node, z.name))
+            # Not from CPU itself on a live kernel: the pages this process faults in
+            # come from its lists, which would move under the walk (Target.away_from_cpu).
+            with t.away_from_cpu(cpu):
+                base = (ptr + inner) & _MASK64
+                try:
+                    # The count and every list head in one read.
+                    raw = t.read(base, self._pcp_size)
+                except FaultError:
+                    problems.append(Problem("unreadable", f"cpu {cpu} pcp",
+                                            f"per_cpu_pages at {base:#x} cannot be read",
+                                            z.node, z.name))
+                    continue
+                count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
+                if not pcp_set_up(count, raw[lists_off:lists_off + 16 * nlists]):
+                    continue  # early in boot: not initialised yet (see pcp_set_up)
+                counts[cpu] = count
+                pages = 0
+                for li in range(nlists):
+                    order, mtname = kinds[li]
+                    where = f"cpu {cpu} pcp lists[{li}]"
+                    sink = ProblemSink(problems, where, MAX_PROBLEMS_PER_LIST, node=z.node,
+                                       zone=z.name)
+                    pfns = []
+                    head = lists_off + 16 * li
+                    for pfn, _, _ in self.walk(base + head, self.pcp_link,
+                                               2 * max(count, 0) + 1024, sink,
+                                               raw[head:head + 16]):
+                        pfns.append(pfn)
+                        if pfn in owner:  # a block on two lists
+                            sink.add("cross_linked", f"pfn {pfn:#x} is also on {owner[pfn]}")
+                            if sink.full:
+                                break
+                        owner[pfn] = where
+                    pages += len(pfns) << order
+                    out.append(PcpList(z.node, z.name, cpu, li, order, mtname, pfns))
+                if pages != count:
+                    problems.append(Problem("pcp_count_mismatch", f"cpu {cpu} pcp",
+                                            f"pcp->count is {count} but the lists hold {pages} "
+                                            "pages", z.node, z.name))
         return out, counts
 
 

@@ -279,6 +279,13 @@ class DrgnTarget(Target):
         except ValueError:
             raise FaultError(address, size) from None
 
+    def away_from_cpu(self, cpu: int):
+        """On the live kernel (/proc/kcore): run on any allowed CPU but CPU for the block
+        (sched_setaffinity), then on the CPUs allowed before.  See Target.away_from_cpu."""
+        if not self.prog.flags & drgn.ProgramFlags.IS_LIVE:
+            return super().away_from_cpu(cpu)
+        return _away_from(cpu)
+
     def vmcoreinfo(self) -> bytes:
         # drgn exposes the VMCOREINFO note it found (in the dump, or from the live kernel).
         try:
@@ -364,6 +371,20 @@ class CachedDrgnTarget(DrgnTarget):
         if not physical:
             self._dwarf()  # the page-table walk of drgn's helpers needs the types
         return super()._missing_page(address, size, physical)
+
+
+@contextlib.contextmanager
+def _away_from(cpu: int):
+    allowed = os.sched_getaffinity(0)
+    others = allowed - {cpu}
+    if not others or others == allowed:
+        yield
+        return
+    os.sched_setaffinity(0, others)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def open_dump_target(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
