@@ -108,7 +108,8 @@ def plan(target, formats: tuple[str, ...]) -> list[list[str]]:
             "ps": [[], ["--threads"]], "vtop": [[kernel_addr]],
             "whatis": [[kernel_addr]], "mempool": []}
     return [[name, *a, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
-            for a in args.get(name, [[]]) for fmt in cmd.formats if fmt in formats]
+            for a in args.get(name, [[]]) for fmt in cmd.formats if fmt in formats
+            if not ("--rss" in a and fmt == "proc")]  # maps --rss has no /proc file
 
 
 def run_plan(target, label: str, formats: tuple[str, ...]) -> list[dict]:
