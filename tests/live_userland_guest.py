@@ -105,6 +105,7 @@ def plan(target, formats: tuple[str, ...]) -> list[list[str]]:
     # guest's OOM killer).
     kernel_addr = hex(target.symbol("init_task"))
     args = {"slab": [["dentry"]], "maps": [["1"], ["1", "--rss"]], "heap": [["1"]],
+            "smaps_rollup": [["1"]],
             "ps": [[], ["--threads"]], "vtop": [[kernel_addr]],
             "whatis": [[kernel_addr]], "mempool": []}
     return [[name, *a, "--format", fmt] for name, cmd in sorted(commands.COMMANDS.items())
