@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-system-arm busybox-static cpio gdb gdb-multiarch \
 	dwarves zstd xz-utils python3-venv python3-numpy python3-tabulate python3-pil \
-	fonts-dejavu-core gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+	fonts-dejavu-core gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross e2fsprogs
 
 .PHONY: setup demo test bench clean-cases
 

@@ -61,6 +61,12 @@ def _lab_parser(sub) -> None:
     r.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="time limit for one boot, workload included (default 600)")
     r.add_argument("--tries", type=int, default=4, help="boots before giving up (default 4)")
+    r.add_argument("--userland", action="store_true",
+                   help="boot a small Debian userland (python3, numpy, tabulate, drgn, and "
+                   "memscope from this source tree; the kernel's vmlinux in "
+                   "/usr/lib/debug/boot) and run the workload in it: memscope -k and drgn "
+                   "work inside the guest; files the workload writes under /results are "
+                   "copied to DIR/results/")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--keep", action="store_true",
                       help="leave the frozen guest up with its gdbstub open")
@@ -180,7 +186,8 @@ def _lab(args) -> int:
                               mode=mode, trace=args.trace, trace_kb=args.trace_kb,
                               dump_formats=tuple(f for f in dict.fromkeys(args.dump_format)
                                                  if f != "elf"),
-                              tries=args.tries, timeout=args.timeout)
+                              tries=args.tries, timeout=args.timeout,
+                              userland=args.userland)
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:
             print(f"{snap['vmcore']}  (truth: {snap['truth']})")
@@ -216,12 +223,18 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt
 
 
-def _run_command(args) -> int:
-    """Open the target, run the command, print its output; the command's exit status."""
-    from .commands import execute
+def _run_command(args, target=None) -> int:
+    """Open the target (unless TARGET is given, already open), run the command, print its
+    output; the command's exit status.  On the running kernel (-k) the answer is followed
+    by a note on stderr when the kernel was seen to move during the read."""
+    from .commands import MOVED_NOTE, execute, execute_live
 
-    target = _open_target(args)
-    text, status = execute(target, args)
+    target = target if target is not None else _open_target(args)
+    moved = False
+    if args.kernel:
+        text, status, moved = execute_live(target, args)
+    else:
+        text, status = execute(target, args)
     if hasattr(target, "save_cache"):
         target.save_cache()
     if sys.stdout is None:
@@ -234,6 +247,8 @@ def _run_command(args) -> int:
     except OSError as e:
         raise MemscopeError(f"cannot write the answer to standard output: "
                             f"{e.strerror or e}") from None
+    if moved:
+        print(MOVED_NOTE, file=sys.stderr)
     return status
 
 
@@ -325,9 +340,6 @@ def main(argv: list[str] | None = None) -> int:
             if run_state(args.qemu) == "running":
                 note = ("memscope: note: the guest ran while it was read: the answer is "
                         "approximate (--pause stops it for the read)")
-        elif args.kernel:
-            note = ("memscope: note: the running kernel changed while it was read: the "
-                    "answer is approximate")
         status = _run_command(args)
         if note:
             print(note, file=sys.stderr)

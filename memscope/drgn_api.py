@@ -768,7 +768,7 @@ def _register() -> bool:
         import sys
 
         from .cli import _Parser
-        from .commands import add_subparsers, execute
+        from .commands import MOVED_NOTE, add_subparsers, execute, execute_live
         from .errors import MemscopeError
 
         # The command line's parser: a bad option is one line "memscope: ..." on stderr
@@ -779,12 +779,18 @@ def _register() -> bool:
             sub = parser.parse_args([args.subcommand, "-f", args.format, *args.rest])
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 2
+        moved = False
         try:
-            text, status = execute(context_for(prog), sub)
+            if prog.flags & drgn.ProgramFlags.IS_LIVE:
+                text, status, moved = execute_live(context_for(prog), sub)
+            else:
+                text, status = execute(context_for(prog), sub)
         except MemscopeError as e:
             print(f"memscope: {e}", file=sys.stderr)
             return e.exit_status
         print(text, end="")
+        if moved:
+            print(MOVED_NOTE, file=sys.stderr)
         return status
 
     return True

@@ -167,6 +167,55 @@ def execute_offline(args: argparse.Namespace) -> tuple[str, int] | None:
         raise MemscopeError(f"{args.command}: {e}") from None
 
 
+#: What a front end prints (on stderr, after the answer) when a live kernel moved under
+#: a read: memscope.mm.live says how that is seen.
+MOVED_NOTE = ("memscope: note: the running kernel changed while it was read (its free "
+              "lists or page counters moved): the answer is approximate")
+
+
+def execute_live(target: Target | KernelContext,
+                 args: argparse.Namespace) -> tuple[str, int, bool]:
+    """
+    :func:`execute` on a kernel that runs while it is read (``-k``, drgn on the live
+    kernel), between two readings of the allocator's counters
+    (:func:`memscope.mm.live.counters`).
+
+    A command that found problems (exit status 1: ``check``, ``freelists``) while the
+    counters stayed put runs once more: problems that do not come back were a race the
+    counters missed (a page taken from a list and put back, leaving its head as it was).
+
+    :return: the rendered text, the exit status, and whether a race was seen (the counters
+        moved during the read or could not be read, or the problems did not repeat: the
+        answer is then approximate; otherwise no race was seen and the answer is what the
+        kernel held)
+    :raises MemscopeError: as :func:`execute`
+    """
+    text, status, moved = _execute_watched(target, args)
+    if status == 1 and not moved:
+        again, _, moved_again = _execute_watched(target, args)
+        moved = moved_again or again != text
+    return text, status, moved
+
+
+def _execute_watched(target: Target | KernelContext,
+                     args: argparse.Namespace) -> tuple[str, int, bool]:
+    """:func:`execute` between two readings of :func:`memscope.mm.live.counters`."""
+    from ..mm import live
+
+    ctx = target if isinstance(target, KernelContext) else KernelContext(target)
+    ctx.refresh()
+    try:
+        before = live.counters(ctx)
+    except TargetError:
+        before = None
+    text, status = execute(ctx, args)
+    try:
+        after = live.counters(ctx)
+    except TargetError:
+        after = None
+    return text, status, before is None or after is None or live.moved(before, after)
+
+
 def add_subparsers(parser: argparse.ArgumentParser) -> None:
     """Add one subparser per registered command (the same for the CLI and GDB)."""
     _load()

@@ -89,6 +89,11 @@ def build(path: Path, *, busybox: Path, modules: list[Path], workload: bytes,
         a.add(f"workloads/{w.name}", stat.S_IFREG | 0o755, w.read_bytes())
     a.add("etc/memscope.conf", stat.S_IFREG | 0o644,
           "".join(f"{k}='{v}'\n" for k, v in conf.items()).encode())
+    write(path, a)
+
+
+def write(path: Path, archive: _Newc) -> None:
+    """ARCHIVE gzip'd to PATH (through a temporary name: PATH is whole or absent)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(gzip.compress(a.bytes(), compresslevel=1))
+    tmp.write_bytes(gzip.compress(archive.bytes(), compresslevel=1))
     tmp.rename(path)

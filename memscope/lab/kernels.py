@@ -235,9 +235,12 @@ def _deb_members(deb: Path) -> list[str]:
 
 
 def _extract(deb: Path, dest: Path, patterns: list[str]) -> None:
-    """Extract the members matching PATTERNS (tar wildcards) of DEB into DEST."""
+    """Extract the members matching PATTERNS (tar wildcards; none: every member) of DEB into
+    DEST.  Directory symlinks already in DEST are kept (a merged-/usr tree's /bin -> usr/bin
+    stays a link when a package ships ./bin/...)."""
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    tar = subprocess.run(["tar", "-x", "-C", str(dest), "--wildcards", *patterns],
+    tar = subprocess.run(["tar", "-x", "-C", str(dest), "--keep-directory-symlink",
+                          *(["--wildcards", *patterns] if patterns else [])],
                          stdin=dpkg.stdout, stderr=subprocess.PIPE, text=True)
     dpkg.stdout.close()
     if dpkg.wait() != 0 or tar.returncode != 0:
@@ -355,20 +358,31 @@ def _fetch(name: str, *, progress: bool | None) -> Kernel:
             {"name": ks.name, "release": release, "image_package": image, "version": version,
              "arch": ks.qemu_arch, "suite": ks.suite}, indent=2) + "\n")
         final = kernels / ks.name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(out, final)
+        rename_into_place(out, final)
     except OSError as e:
-        if e.errno == 28:
-            raise LabError(f"disk full while fetching {name} into {kernels}: free space "
-                           "(about 2 GB) or set MEMSCOPE_CACHE to a larger disk") from None
-        raise LabError(f"fetching {name} failed: {e}") from None
+        raise cache_error(e, f"fetching {name}", kernels) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _say(progress, f"{name}: {release} ready in {final}")
     kernel = cached(name)
     assert kernel is not None
     return kernel
+
+
+def rename_into_place(src: Path, final: Path) -> None:
+    """Make the complete directory SRC the cache entry FINAL (replacing an older one)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(src, final)
+
+
+def cache_error(e: OSError, doing: str, where: Path) -> LabError:
+    """The one-line error for an OSError while DOING (e.g. "fetching 6.12") into the cache
+    directory WHERE: a full disk says what to do about it."""
+    if e.errno == 28:  # ENOSPC
+        return LabError(f"disk full while {doing} into {where}: free space (about 2 GB) "
+                        "or set MEMSCOPE_CACHE to a larger disk")
+    return LabError(f"{doing} failed: {e}")
 
 
 def _match(pattern: str, name: str) -> bool:

@@ -54,6 +54,7 @@ class RunOptions:
     dump_formats: tuple[str, ...] = ()
     trace: str = ""  # tracepoint groups turned on before the workload (trace_prologue)
     trace_kb: int = 4096  # with trace: ring buffer per CPU (buffer_size_kb)
+    userland: bool = False  # a Debian userland with memscope and drgn (lab/userland.py)
 
 
 def resolve_workload(workload: str) -> Path:
@@ -139,18 +140,29 @@ def run(opts: RunOptions, out: Path) -> dict:
     handed_over = False
     try:
         initrd = stage / "initrd.gz"
-        initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
-                        workload=trace_prologue(opts) + workload.read_bytes(),
-                        conf={"MEMSCOPE_MODE": opts.mode},
-                        library=library(),
-                        programs={"msproc": initramfs.compile_program(
-                            initramfs.GUEST / "msproc.c", kernel.spec.qemu_arch, stage)})
+        programs = {"msproc": initramfs.compile_program(
+            initramfs.GUEST / "msproc.c", kernel.spec.qemu_arch, stage)}
+        script = trace_prologue(opts) + workload.read_bytes()
+        disks: list[str] = []
+        if opts.userland:
+            from . import userland
+
+            ul = userland.ensure(kernel, progress=progress)
+            userland.build_initrd(initrd, kernel, ul, workload=script,
+                                  conf={"MEMSCOPE_MODE": opts.mode}, library=library(),
+                                  programs=programs)
+            disks = ul.qemu_args()
+            meta["userland"] = userland.describe(kernel)
+        else:
+            initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
+                            workload=script, conf={"MEMSCOPE_MODE": opts.mode},
+                            library=library(), programs=programs)
         last_error: LabError | None = None
         for attempt in range(1, opts.tries + 1):
             meta["tries"] = attempt
             meta["snapshots"] = []  # a boot given up keeps none of its snapshots
             _clear_attempt(stage)
-            boot = _Boot(kernel, opts, stage, sockdir, initrd, say, meta)
+            boot = _Boot(kernel, opts, stage, sockdir, initrd, say, meta, disks)
             try:
                 handed_over = boot.run()
                 last_error = None
@@ -197,6 +209,15 @@ def _fix_paths(meta: dict, old: Path, new: Path) -> None:
         meta["console_log"] = meta["console_log"].replace(str(old), str(new), 1)
 
 
+def _save_result(stage: Path, name: str, data: bytes) -> None:
+    """Write a file of the guest's /results to STAGE/results/NAME (never outside it)."""
+    dest = (stage / "results" / name).resolve()
+    if not dest.is_relative_to((stage / "results").resolve()):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
 def _clear_attempt(stage: Path) -> None:
     for p in stage.iterdir():
         if p.name == "initrd.gz":
@@ -216,8 +237,9 @@ class _Boot:
     """One boot of the guest, from QEMU's start to its end (or hand-over)."""
 
     def __init__(self, kernel, opts: RunOptions, stage: Path, sockdir: Path, initrd: Path,
-                 say: _Say, meta: dict):
+                 say: _Say, meta: dict, disks: list[str] = ()):
         self.kernel, self.opts, self.stage, self.say, self.meta = kernel, opts, stage, say, meta
+        self.disks = list(disks)  # QEMU options attaching the --userland disks
         self.sockdir = sockdir
         self.initrd = initrd
         self.qmp_path = sockdir / "qmp.sock"
@@ -261,6 +283,7 @@ class _Boot:
                            numa=opts.numa, append=opts.append, qmp=self.qmp_path,
                            console=self.console_path, console_log=log, gdb_port=gdb_port,
                            disk=disk)
+        cmd += self.disks
         t0 = time.monotonic()
         deadline = t0 + opts.timeout
         self.say(f"booting {self.kernel.name} ({self.kernel.release}), try {self.meta['tries']}")
@@ -279,6 +302,7 @@ class _Boot:
         truth: dict[str, bytes] = {}
         label: str | None = None
         body: list[bytes] = []
+        sink = truth  # where the file being received goes: the truth, or "results"
         refreezes = 0
         t_workload = None
         while True:
@@ -293,7 +317,10 @@ class _Boot:
                              f"{self.console.last_lines()})")
             if label is not None:
                 if line == MARK + b"EOF " + label.encode():
-                    truth[label] = b"\n".join(body)
+                    if sink is truth:
+                        truth[label] = b"\n".join(body)
+                    else:
+                        _save_result(self.stage, label, b"\n".join(body))
                     label, body = None, []
                 else:
                     body.append(line)
@@ -312,7 +339,9 @@ class _Boot:
             elif word == "SNAPSHOT":
                 truth = {}
             elif word == "FILE":
-                label, body = arg, []
+                label, body, sink = arg, [], truth
+            elif word == "RESULT":  # a file the workload left in the guest's /results
+                label, body, sink = arg, [], None
             elif word == "WORKLOAD-FAILED":
                 # (the staging directory with console.log is removed: _fail quotes the
                 # console's last line instead)

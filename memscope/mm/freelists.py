@@ -34,6 +34,7 @@ Layout probes (each names the kernel change it follows):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import struct
 from functools import cached_property
@@ -173,6 +174,11 @@ class ZoneFreeLists:
     pcp_count: dict[int, int]  # cpu -> pcp->count (pages)
     free_pages_counter: int | None  # NR_FREE_PAGES: vm_stat + per-CPU vm_stat_diff
     problems: list[Problem]
+
+
+#: How many times a CPU's pcp lists are read before their problems are believed: a
+#: reading with problems followed by one without was a list moving under the read.
+PCP_READS = 3
 
 
 class FreeListWalker:
@@ -505,7 +511,10 @@ class FreeListWalker:
         so it bounds the entries; the slack leaves room to find the real length when the
         count is wrong) and at most :data:`MAX_PROBLEMS_PER_LIST` problems per list.  A
         CPU whose lists hold other than ``pcp->count`` pages is a ``pcp_count_mismatch``;
-        a ``struct per_cpu_pages`` not set up yet (:func:`pcp_set_up`) is skipped.
+        a ``struct per_cpu_pages`` not set up yet (:func:`pcp_set_up`) is skipped.  A CPU
+        whose lists show problems is read again, up to :data:`PCP_READS` times, and the
+        first reading without problems kept (a live kernel's lists move under the read;
+        a dump reads the same every time, so its problems stay).
 
         :param z: the zone
         :param problems: the :class:`~memscope.kernel.problem.Problem` records found are
@@ -527,7 +536,8 @@ class FreeListWalker:
         if owner is None:
             owner = {}
         kinds = [self.pcp_list_kind(li, nlists) for li in range(nlists)]
-        for cpu, ptr in cpus:
+        def walk_cpu(cpu: int, ptr: int, problems: list[Problem], owner, out: list) -> None:
+            """One CPU's pcp lists: out, problems and owner get what they hold."""
             base = (ptr + inner) & _MASK64
             try:
                 # The count and every list head in one read.
@@ -536,10 +546,10 @@ class FreeListWalker:
                 problems.append(Problem("unreadable", f"cpu {cpu} pcp",
                                         f"per_cpu_pages at {base:#x} cannot be read",
                                         z.node, z.name))
-                continue
+                return
             count = int.from_bytes(raw[count_off:count_off + 4], "little", signed=True)
             if not pcp_set_up(count, raw[lists_off:lists_off + 16 * nlists]):
-                continue  # early in boot: not initialised yet (see pcp_set_up)
+                return  # early in boot: not initialised yet (see pcp_set_up)
             counts[cpu] = count
             pages = 0
             for li in range(nlists):
@@ -564,6 +574,24 @@ class FreeListWalker:
                 problems.append(Problem("pcp_count_mismatch", f"cpu {cpu} pcp",
                                         f"pcp->count is {count} but the lists hold {pages} "
                                         "pages", z.node, z.name))
+
+        for cpu, ptr in cpus:
+            # Not from CPU itself on a live kernel: the pages this process faults in
+            # come from its lists, which would move under the walk (Target.away_from_cpu).
+            with t.away_from_cpu(cpu):
+                # A list that reads differently the next time was moving (a live
+                # kernel): read it again, at most PCP_READS times, and keep the first
+                # reading without problems (on a dump every reading is the same).
+                for _ in range(PCP_READS):
+                    found: list[Problem] = []
+                    lists: list[PcpList] = []
+                    seen: dict[int, str] = {}
+                    walk_cpu(cpu, ptr, found, collections.ChainMap(seen, owner), lists)
+                    if not found:
+                        break
+                problems += found
+                out += lists
+                owner.update(seen)
         return out, counts
 
 

@@ -225,7 +225,12 @@ def _page_nid(ctx: KernelContext, page: int) -> int:
     for nid, lo, hi in spans:
         if lo <= pfn < hi:
             return nid
-    raise TargetError(f"struct page {page:#x} (pfn {pfn:#x}) is in no node's span")
+    raise WildPage(f"struct page {page:#x} (pfn {pfn:#x}) is in no node's span")
+
+
+class WildPage(ValueError):
+    """An area's ``pages[]`` holds a pointer that is no struct page of any node: the area
+    is corrupt, or (on a live kernel) was freed and reused while it was read."""
 
 
 def _vmemmap(ctx: KernelContext) -> tuple[int, int]:
@@ -245,7 +250,8 @@ def vmallocinfo(ctx: KernelContext) -> VmallocInfo:
     version's lists and rules).
 
     :return: the areas (busy areas in list order, then the unpurged ones) and the
-        problems the bounded list walks found (a cycle, an unreadable entry...).
+        problems the bounded list walks found (a cycle, an unreadable entry, an area
+        whose ``pages[]`` points outside every node: that area is left out).
     :raises TargetError: the kernel has none of the lists, or a layout is missing."""
     problems: list[Problem] = []
     busy, lazy = _lists(ctx, problems)
@@ -256,6 +262,9 @@ def vmallocinfo(ctx: KernelContext) -> VmallocInfo:
             a = r.area(va, unpurged)
         except FaultError as e:
             problems.append(Problem("unreadable", "vmap_area", f"area {va:#x}: {e}"))
+            continue
+        except WildPage as e:
+            problems.append(Problem("wild_pointer", "vmap_area", f"area {va:#x}: {e}"))
             continue
         if a is not None:
             areas.append(a)

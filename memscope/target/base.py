@@ -172,6 +172,13 @@ class Target:
     def vmcoreinfo(self) -> bytes:
         raise NotImplementedError
 
+    def away_from_cpu(self, cpu: int) -> contextlib.AbstractContextManager:
+        """A context in which this process does not run on CPU, for reading CPU's own
+        per-CPU lists.  Only a live kernel needs it (memscope's own page faults take pages
+        from the lists of the CPU it runs on, which would move under the walk); on every
+        other target, and where only one CPU is allowed, it does nothing."""
+        return contextlib.nullcontext()
+
     @property
     def release(self) -> str:
         raise NotImplementedError

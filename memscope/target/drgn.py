@@ -279,6 +279,13 @@ class DrgnTarget(Target):
         except ValueError:
             raise FaultError(address, size) from None
 
+    def away_from_cpu(self, cpu: int):
+        """On the live kernel (/proc/kcore): run on any allowed CPU but CPU for the block
+        (sched_setaffinity), then on the CPUs allowed before.  See Target.away_from_cpu."""
+        if not self.prog.flags & drgn.ProgramFlags.IS_LIVE:
+            return super().away_from_cpu(cpu)
+        return _away_from(cpu)
+
     def vmcoreinfo(self) -> bytes:
         # drgn exposes the VMCOREINFO note it found (in the dump, or from the live kernel).
         try:
@@ -364,6 +371,20 @@ class CachedDrgnTarget(DrgnTarget):
         if not physical:
             self._dwarf()  # the page-table walk of drgn's helpers needs the types
         return super()._missing_page(address, size, physical)
+
+
+@contextlib.contextmanager
+def _away_from(cpu: int):
+    allowed = os.sched_getaffinity(0)
+    others = allowed - {cpu}
+    if not others or others == allowed:
+        yield
+        return
+    os.sched_setaffinity(0, others)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def open_dump_target(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
@@ -544,16 +565,56 @@ def _why_not_debug_info(path: Path) -> str:
 
 
 def open_live(vmlinux: str | os.PathLike | None) -> drgn.Program:
-    """The running kernel through /proc/kcore (root only)."""
+    """The running kernel through /proc/kcore (root only), with debug info from VMLINUX
+    or, without it, where drgn looks by default (Debian's -dbg package installs
+    ``/usr/lib/debug/boot/vmlinux-RELEASE``).
+
+    :raises MemscopeError: not root; no /proc/kcore (a kernel built without
+        CONFIG_PROC_KCORE, or /proc not mounted); no debug info for the running release
+        (the message names every path drgn's default lookup tried)."""
     if os.geteuid() != 0:
         raise MemscopeError("-k reads /proc/kcore, which needs root: run as root (sudo)")
+    if not os.path.exists("/proc/kcore"):
+        raise MemscopeError("-k needs /proc/kcore, and this system has none (a kernel "
+                            "without CONFIG_PROC_KCORE, or /proc not mounted)")
     prog = _program()
     try:
         prog.set_kernel()
     except (OSError, ValueError) as e:
-        raise MemscopeError(f"cannot open the running kernel: {e}") from None
+        raise MemscopeError(f"cannot open the running kernel through /proc/kcore: {e}") from None
+    if vmlinux is None:
+        try:
+            _load_debug_info(prog, None)
+        except MemscopeError:
+            release = prog["UTS_RELEASE"].string_().decode()
+            raise MemscopeError(
+                f"no debug info for the running kernel {release}: no vmlinux with DWARF in "
+                f"{', '.join(default_vmlinux_paths(prog, release))}; install "
+                f"linux-image-{release}-dbg (Debian) or give the vmlinux with -s") from None
+        return prog
     _load_debug_info(prog, vmlinux)
     return prog
+
+
+def default_vmlinux_paths(prog: drgn.Program, release: str) -> list[str]:
+    """Where drgn 0.3.0's default lookup (``load_default_debug_info``) looks for the
+    kernel's vmlinux: by build ID under each debug directory (``/usr/lib/debug``), then
+    Debian's, Fedora's and SUSE's places under each, then the places a kernel build or
+    package may leave it (libdrgn/debug_info.c, ``drgn_module_try_vmlinux_files``)."""
+    opts = prog.debug_info_options
+    paths = []
+    try:
+        build_id = prog.main_module().build_id  # from /proc/kcore's notes
+    except (LookupError, AttributeError):
+        build_id = None
+    for d in opts.directories:
+        if build_id:
+            paths.append(f"{d}/.build-id/{build_id[:1].hex()}/{build_id[1:].hex()}.debug")
+    for d in opts.directories:
+        paths += [f"{d}/boot/vmlinux-{release}", f"{d}/lib/modules/{release}/vmlinux",
+                  f"{d}/lib/modules/{release}/vmlinux.debug"]
+    return paths + [f"/boot/vmlinux-{release}", f"/lib/modules/{release}/build/vmlinux",
+                    f"/lib/modules/{release}/vmlinux"]
 
 
 def _probe_qmp(address: str, timeout: float = 10.0) -> None:

@@ -119,6 +119,24 @@ def section_names(f: BinaryIO) -> set[str]:
 
     :raises NotElf64: F does not start with an ELF64 header.
     :raises ValueError: the section table or its string table lies outside the file."""
+    return set(_named_sections(f))
+
+
+def section_data(f: BinaryIO, name: str) -> bytes | None:
+    """The bytes of the ELF64 file F's section NAME (e.g. a kernel module's ``.modinfo``),
+    or None when it has none.
+
+    :raises NotElf64: F does not start with an ELF64 header.
+    :raises ValueError: the section table or its string table lies outside the file."""
+    where = _named_sections(f).get(name)
+    if where is None:
+        return None
+    f.seek(where[0])
+    return f.read(where[1])
+
+
+def _named_sections(f: BinaryIO) -> dict[str, tuple[int, int]]:
+    """{section name: (sh_offset, sh_size)} of the ELF64 file F (the first of each name)."""
     table, e_shentsize, e_shnum, endian = _sections(f)
     e_shstrndx, = struct.unpack_from(endian + "H", _header(f)[0], 0x3E)
     if e_shstrndx >= e_shnum:
@@ -129,10 +147,11 @@ def section_names(f: BinaryIO) -> set[str]:
     strtab = f.read(str_size)
     if len(strtab) < str_size:
         raise ValueError("truncated ELF section name table")
-    names = set()
+    names: dict[str, tuple[int, int]] = {}
     for i in range(e_shnum):
         name, = struct.unpack_from(endian + "I", table, i * e_shentsize)
-        names.add(strtab[name:strtab.find(b"\0", name)].decode(errors="replace"))
+        where = struct.unpack_from(endian + "QQ", table, i * e_shentsize + 0x18)
+        names.setdefault(strtab[name:strtab.find(b"\0", name)].decode(errors="replace"), where)
     return names
 
 
