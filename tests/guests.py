@@ -193,7 +193,10 @@ def png_files(argv: list[str]) -> list[str]:
 # serve while the kept Program holds the socket): asked once, before the Program
 # connects; the guest is paused throughout (the tests check before and after).
 _CLI_RUNNER = r'''
-import contextlib, io, json, sys
+import contextlib, io, json, os, sys
+# One Program per dump for all runs (memo below), its DWARF loaded once: not the
+# debug-info cache's lazily loaded Programs.
+os.environ["MEMSCOPE_DEBUGINFO_CACHE"] = "0"
 from memscope import cli
 from memscope.target import drgn as tdrgn
 req = json.load(open(sys.argv[1]))
@@ -207,10 +210,11 @@ if req["source"][0] == "--qemu":
         tqmp.run_state = lambda address, state=state: state
 memo = {}
 for fn in ("open_core", "open_qemu"):
-    def cached(a, b, real=getattr(tdrgn, fn), fn=fn):
-        if (fn, a, b) not in memo:
-            memo[(fn, a, b)] = real(a, b)
-        return memo[(fn, a, b)]
+    def cached(a, b, real=getattr(tdrgn, fn), fn=fn, **kw):
+        key = (fn, a, b, tuple(sorted(kw.items())))
+        if key not in memo:
+            memo[key] = real(a, b, **kw)
+        return memo[key]
     setattr(tdrgn, fn, cached)
 out = []
 for argv in req["runs"]:
