@@ -409,10 +409,15 @@ def check_slabs(ctx: KernelContext) -> SlabCheck:
     :return: a :class:`SlabCheck`
     :raises TargetError: as :func:`memscope.mm.slub.kmem_caches`
     """
+    caches = slub.kmem_caches(ctx)
+    if not caches:
+        # Early boot (before kmem_cache_init(): slab_caches is empty): no slab to check,
+        # and no need for the address-space layout the walk would set up.
+        return SlabCheck(0, 0, 0, 0, 0, [])
     wk = slub.slab_walker(ctx)
     problems: list[Problem] = list(wk.problems)
     slabs = objects = ndebug = nchecked = 0
-    for c in slub.kmem_caches(ctx):
+    for c in caches:
         w = slub.cache_walk(ctx, c)
         problems += w.problems
         slabs += len(w.slabs.pfn)
