@@ -318,11 +318,9 @@ def _dump_counters(prog, truth: dict[str, bytes]) -> str | None:
         if name not in vmstat:
             continue
         try:
-            const = prog.constant(enumerator)
+            dumped = _global_counter(prog, enumerator)
         except LookupError:
             continue
-        array = "vm_zone_stat" if "zone_stat_item" in const.type_.type_name() else "vm_node_stat"
-        dumped = prog[array][const.value_()].counter.value_()
         bound = max(thresholds, total_pages // fraction if fraction else 0)
         compared += 1
         if abs(int(vmstat[name]) - dumped) > bound:
