@@ -144,7 +144,11 @@ def run(argv: list[str]) -> int:
     if args.command == "kaslr":
         _kaslr(args)
         return 0
-    text, status = execute(session_target(), args)
+    target = session_target()
+    try:
+        text, status = execute(target, args)
+    finally:
+        target.view.restore()  # the thread (vCPU) the user had selected
     gdb.write(text)
     gdb.flush()
     return status

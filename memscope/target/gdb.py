@@ -18,9 +18,10 @@ import gdb  # noqa: F401  (gdb's embedded module; this adapter runs only inside 
 
 from ..errors import MemscopeError
 from .base import FaultError, Layout, Member, Target, TargetError, Variable
-from .gdb_connection import KERNEL_HALF, MASK64, _arch, _check_connected, _try_read
+from .gdb_connection import (KERNEL_HALF, MASK64, KernelView, _arch, _check_connected,
+                             _try_read)
 from .gdb_debuginfo import _flatten, debuginfo, vmlinux_path  # noqa: F401
-from .gdb_kaslr import METHODS, detect_kernel_offset  # noqa: F401
+from .gdb_kaslr import METHODS, detect_kernel_offset, linux_banner  # noqa: F401
 from .gdb_session import (forget, install_hooks, invalidate_memory,  # noqa: F401
                           kernel_offset, session_target, set_kernel_offset)
 from .qemu_memory import (BLOCK, CHUNK, FAST_MIN, PROMOTE, READ_PATHS,  # noqa: F401
@@ -52,6 +53,12 @@ class GdbTarget(Target):
         self._read_bytes = 0
         self._tlb: dict[int, tuple[int, int]] = {}
         self._layout = None  # memscope.kernel.addr.KernelLayout, for read_phys
+        # Read through a vCPU that has the kernel mapped (KPTI: see KernelView).  A target
+        # made here stays on that vCPU; gdb's memscope command gives the user's thread back
+        # after each command (view.restore()).
+        self._banner = linux_banner(self.di)[1]
+        self.view = KernelView()
+        self.select_kernel_view()
         self.read_path = path = read_path()
         # QEMU's monitor: memsave serves bulk reads (auto, memsave), and pmemsave finds
         # guest RAM inside QEMU for the direct path (auto, procmem).
@@ -67,6 +74,11 @@ class GdbTarget(Target):
             raise MemscopeError(
                 "MEMSCOPE_GDB_READS=memsave: QEMU's monitor cannot save guest memory where "
                 "memscope can read it (QEMU not on this machine?); use auto or packets")
+
+    def select_kernel_view(self) -> bool:
+        """Select (gdb's thread, QEMU's monitor vCPU) a vCPU through which the kernel reads:
+        the selected one when it does.  False when none does (reads then fail)."""
+        return self.view.select(self.symbol("linux_banner"), self._banner)
 
     # --- symbols and types --------------------------------------------------------
     def symbol(self, name: str) -> int:

@@ -59,3 +59,77 @@ def _register(name: str) -> int | None:
         return _u64(v)
     except (gdb.error, ValueError):
         return None
+
+
+def _cpu_index(thread) -> int | None:
+    """QEMU's index of the vCPU behind gdb THREAD: its gdbstub numbers each vCPU as a
+    thread whose id is cpu_index + 1 (gdbstub/gdbstub.c, gdb_get_cpu_index)."""
+    _pid, lwp, tid = thread.ptid
+    tid = lwp or tid
+    return tid - 1 if tid and tid > 0 else None
+
+
+def _monitor_cpu() -> int | None:
+    """The vCPU QEMU's monitor (gdb's ``monitor`` commands: memsave) reads through: the one
+    ``info cpus`` marks with ``*``."""
+    try:
+        text = gdb.execute("monitor info cpus", to_string=True)
+    except gdb.error:
+        return None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*") and "#" in line:
+            num = line.split("#", 1)[1].split(":", 1)[0]
+            if num.isdigit():
+                return int(num)
+    return None
+
+
+def _set_monitor_cpu(index: int | None) -> None:
+    if index is not None:
+        try:
+            gdb.execute(f"monitor cpu {index}", to_string=True)
+        except gdb.error:
+            pass
+
+
+class KernelView:
+    """Which vCPU gdb reads the kernel through.  gdbstub reads virtual memory through the
+    MMU of gdb's selected thread (one per vCPU), and a vCPU stopped in user mode under
+    KPTI has the kernel unmapped: x86_64 PTI's user CR3 maps only the entry trampoline
+    (arch/x86/mm/pti.c), and arm64 at EL0 runs on tramp_pg_dir (arch/arm64/kernel/entry.S,
+    tramp_exit).  A guest frozen between a user instruction and the next syscall (the lab's
+    snapshot script between its printf and its read) is that case.
+
+    :meth:`select` keeps the selected thread when it reads the kernel, else selects the
+    first thread that does and points QEMU's monitor (memsave) at the same vCPU;
+    :meth:`restore` gives the user back the thread and monitor vCPU they had."""
+
+    def __init__(self):
+        self.thread = None  # the thread selected before, when select() switched
+        self.monitor_cpu = None
+
+    def select(self, address: int, want: bytes) -> bool:
+        """Whether some vCPU reads WANT at kernel ADDRESS (that vCPU is then selected)."""
+        if _try_read(address, len(want)) == want:
+            return True
+        current = gdb.selected_thread()
+        for th in gdb.selected_inferior().threads():
+            if th == current or not th.is_valid():
+                continue
+            th.switch()
+            if _try_read(address, len(want)) == want:
+                if self.thread is None:
+                    self.thread = current
+                    self.monitor_cpu = _monitor_cpu()
+                _set_monitor_cpu(_cpu_index(th))
+                return True
+        if current is not None and current.is_valid():
+            current.switch()
+        return False
+
+    def restore(self) -> None:
+        if self.thread is not None and self.thread.is_valid():
+            self.thread.switch()
+            _set_monitor_cpu(self.monitor_cpu)
+        self.thread = None

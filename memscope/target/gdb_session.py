@@ -134,8 +134,11 @@ def session_target() -> "GdbTarget":
 
     target = _session.get("target")
     paused = _guest_paused() if _hooked else False
+    if target is not None:
+        target.select_kernel_view()  # the user may have selected another thread since
     if target is not None and (_session.get("key") != key() or paused is False
                                or _session.get("jiffies") != _jiffies(target)):
+        target.view.restore()
         target = None
     if target is None:
         target = GdbTarget()
