@@ -27,7 +27,7 @@ demo: setup
 	$(PY) -m memscope.demo
 
 test: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" MEMSCOPE_PREBUILD=1 $(PY) -m pytest -q -p no:cacheprovider
+	PATH="$(abspath $(VENV))/bin:$$PATH" MEMSCOPE_PREBUILD=1 $(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 bench: setup
 	$(PY) -m benchmarks
