@@ -13,7 +13,8 @@
   is set: chunks in tcache and fastbins keep it set, so they count as in use here unless
   found in the tcache (``tcache_perthread_struct``, the heap's first chunk since glibc
   2.26: ``counts[64]`` of u16 then ``entries[64]``; glibc >= 2.32 protects each
-  ``next`` pointer as ``(pos >> 12) ^ ptr``).  Fastbins live in ``main_arena``, which a
+  ``next`` pointer as ``(pos >> 12) ^ ptr``; glibc 2.42 made it ``num_slots[76]`` then
+  ``entries[76]``, allocated when first used, anywhere in the heap: :data:`TCACHE_LAYOUTS`).  Fastbins live in ``main_arena``, which a
   static binary keeps in its own data segment without symbols: not searched.
 - Direct mmaps: malloc serves a request of at least ``M_MMAP_THRESHOLD`` (128 KiB by
   default) with its own anonymous mapping, whose first chunk header says IS_MMAPPED and
@@ -39,7 +40,6 @@ PREV_INUSE, IS_MMAPPED, NON_MAIN_ARENA = 1, 2, 4
 SIZE_BITS = 7
 MIN_CHUNK = 32
 MMAP_THRESHOLD = 128 << 10
-TCACHE_BINS = 64
 #: A walk stops after this many chunks (a 64 GiB heap of minimum-size chunks).
 MAX_CHUNKS = 1 << 31
 
@@ -152,19 +152,78 @@ class _Image:
         return struct.unpack_from("<" + fmt, self.buf, off)[0]
 
 
-def _tcache(img: _Image, first: int, lo: int, hi: int, problems: list[str]) -> set[int]:
-    """Chunk addresses held in the tcache whose tcache_perthread_struct is the chunk at
-    FIRST (glibc >= 2.26); safe-linking (2.32) is recognised per pointer."""
+@dataclasses.dataclass(frozen=True)
+class TcacheLayout:
+    """One glibc's ``struct tcache_perthread_struct`` (malloc/malloc.c), told apart by the
+    size field of the chunk that holds it: ``counts[bins]`` of ``count`` ("B": u8, "H":
+    u16) then ``entries[bins]``; with ``slots`` the counts are glibc 2.42's
+    ``num_slots[]``, the room left in each bin (a bin holds the fill count minus its slots).
+    ``first``: the heap's first chunk (tcache_init at the first malloc), which glibc 2.42's
+    lazily made tcache need not be."""
+
+    size_field: int
+    count: str
+    bins: int
+    slots: bool
+    first: bool
+
+
+#: glibc 2.26-2.29 (char counts[64]), 2.30-2.41 (uint16_t counts[64]) and 2.42+
+#: (uint16_t num_slots[76]: 64 small bins and TCACHE_LARGE_BINS 12, NEWS of 2.42: "tcache
+#: now supports caching of large blocks").
+TCACHE_LAYOUTS = (TcacheLayout(0x251, "B", 64, False, True),
+                  TcacheLayout(0x291, "H", 64, False, True),
+                  TcacheLayout(0x301, "H", 76, True, False))
+#: A bin's walk stops here (counts are u16).
+TCACHE_MAX_WALK = 1 << 16
+
+
+def _find_tcache(img: "_Image", raw: list[tuple[int, int]], lo: int,
+                 hi: int) -> tuple[int, TcacheLayout] | None:
+    """(address of the chunk holding the tcache_perthread_struct, its layout), or None: the
+    first chunk when its size is an older glibc's; else the first chunk of 2.42's size
+    whose every entry is NULL or a chunk of the heap."""
+    if not raw:
+        return None
+    for lay in TCACHE_LAYOUTS:
+        if lay.first and raw[0][1] == lay.size_field:
+            return raw[0][0], lay
+    for lay in TCACHE_LAYOUTS:
+        if lay.first:
+            continue
+        for at, field in raw:
+            if field != lay.size_field:
+                continue
+            entries_at = at + 16 + (2 if lay.count == "H" else 1) * lay.bins
+            mems = [img.unpack("Q", entries_at + 8 * b) for b in range(lay.bins)]
+            if all(m is not None and (m == 0 or (lo + 16 <= m < hi and m % 16 == 0))
+                   for m in mems):
+                return at, lay
+    return None
+
+
+def _tcache(img: _Image, at: int, lay: TcacheLayout, lo: int, hi: int,
+            problems: list[str]) -> set[int]:
+    """Chunk addresses held in the tcache whose tcache_perthread_struct (layout LAY) is the
+    chunk at AT; safe-linking (2.32: ``next = (&e->next >> 12) ^ real next``) is recognised
+    per pointer."""
     held: set[int] = set()
-    counts_at = first + 16
-    entries_at = counts_at + 2 * TCACHE_BINS
-    for b in range(TCACHE_BINS):
-        n = img.unpack("H", counts_at + 2 * b)
+    counts_at = at + 16
+    width = 2 if lay.count == "H" else 1
+    entries_at = counts_at + width * lay.bins
+    counts = [img.unpack(lay.count, counts_at + width * b) or 0 for b in range(lay.bins)]
+    if lay.slots:
+        # num_slots: the fill count (mp_.tcache_count, a tunable) where a bin is empty;
+        # the largest of them is it (at least one bin of 76 is empty in any real heap)
+        fill = max(counts)
+        counts = [fill - c for c in counts]
+    for b in range(lay.bins):
+        n = counts[b]
         mem = img.unpack("Q", entries_at + 8 * b)
         if not n or not mem:
             continue
         seen = 0
-        while mem and seen < n:
+        while mem and seen < min(n, TCACHE_MAX_WALK):
             if not lo + 16 <= mem < hi or mem % 16:
                 problems.append(f"tcache bin {b}: entry {mem:#x} is not a chunk of the heap")
                 break
@@ -173,7 +232,6 @@ def _tcache(img: _Image, first: int, lo: int, hi: int, problems: list[str]) -> s
             nxt = img.unpack("Q", mem)
             if nxt is None:
                 break
-            # glibc 2.32 safe-linking: next = (&e->next >> 12) ^ real next
             demangled = (mem >> 12) ^ nxt
             mem = demangled if nxt and (lo <= demangled < hi or not lo <= nxt < hi) else nxt
     return held
@@ -227,7 +285,8 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
     if error is not None or pos != brk:
         limit = min(64 << 10, nslot * 16)
         cands = [c for c in range(0, limit, 16) if held_slot[c // 16]]
-        tcache_like = [c for c in cands if fields[c // 16] in (0x291, 0x251)]
+        sizes = {lay.size_field for lay in TCACHE_LAYOUTS if lay.first}
+        tcache_like = [c for c in cands if fields[c // 16] in sizes]
         others = set(tcache_like)
         for cand in tcache_like + [c for c in cands if c not in others]:
             r2, p2, e2 = walk(start + cand)
@@ -236,7 +295,8 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
                 break
     tiles = error is None and pos == brk and bool(raw)
     problems: list[str] = []
-    held = _tcache(img, raw[0][0], start, brk, problems) if raw else set()
+    found = _find_tcache(img, raw, start, brk)
+    held = _tcache(img, *found, start, brk, problems) if found else set()
     addr = np.array([a for a, _ in raw], np.uint64)
     field = np.array([f for _, f in raw], np.uint64)
     state = np.full(len(raw), STATES.index("in use"), np.uint8)
