@@ -229,10 +229,16 @@ def add_subparsers(parser: argparse.ArgumentParser) -> None:
             cmd.add_arguments(p)
 
 
+_loaded: list[bool] = []
+
+
 def _load() -> None:
-    """Import every module of this package: importing one registers its commands."""
+    """Import every module of this package (once): importing one registers its commands."""
+    if _loaded:
+        return
     import importlib
     import pkgutil
 
     for m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{m.name}")
+    _loaded.append(True)
