@@ -18,6 +18,10 @@ JSON output::
 
 (for ``slab`` a divergence's ``pfn`` is the object's address).  Exit status 0 when every
 allocator agrees, 1 when something diverges, 2 for bad input.
+
+``--leaks``: instead, what the window allocated and B still holds, by call site
+(:mod:`memscope.model.leaks`; JSON: ``events``, ``lost`` and the keys of
+:meth:`memscope.model.leaks.Leaks.to_json`); exit status 0.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def add_arguments(p) -> None:
                    help="the later dump of the same boot")
     p.add_argument("--events", dest="events_file", metavar="FILE",
                    help="trace text to replay instead of B's ring buffer")
+    p.add_argument("--leaks", action="store_true",
+                   help="instead of the agreement: what the window allocated and B still "
+                        "holds, by call site, largest first (memscope.model.leaks)")
     p.add_argument("--format", "-f", choices=("table", "json"), default="table",
                    help="output format (default: table)")
 
@@ -86,6 +93,8 @@ def _replay(args) -> Result:
         events, lost = tt.events, sum(tt.lost.values())
     a = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(ca, va)))
     b = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(cb, vb)))
+    if getattr(args, "leaks", False):
+        return _leaks(a, b, events, lost)
     r = replay(a, b, events, lost)
     data = r.to_json()
 
@@ -108,6 +117,34 @@ def _replay(args) -> Result:
 
     agree = all(not g.missing and not g.extra and not g.divergences for g in r.agreements)
     return Result(data, table, exit_status=0 if agree else 1)
+
+
+def _leaks(a, b, events, lost: int) -> Result:
+    """``replay --leaks``: :func:`memscope.model.leaks.leaks` of the window."""
+    from ..model.leaks import leaks
+    from ..model.replay import window_events
+
+    if events is None:
+        events, parts = window_events(a, b)
+        lost = sum(p.lost for p in parts)
+    lk = leaks(b, events)
+    data = {"events": len(events), "lost": lost, **lk.to_json()}
+
+    def table() -> str:
+        out = [f"{len(events)} events in the window, {lost} lost; allocated in the window "
+               "and still held by the later dump:"]
+        rows = [[g.symbol, g.count, g.bytes, ", ".join(g.caches)] for g in lk.objects]
+        out.append(tabulate(rows, headers=["call site", "objects", "bytes", "caches"])
+                   if rows else "no slab object")
+        rows = [[g.symbol, g.count, g.bytes] for g in lk.pages]
+        out.append(tabulate(rows, headers=["pages (mm_page_alloc has no call site)",
+                                           "blocks", "bytes"]) if rows else "no page")
+        out.append(f"not checked against the later dump: {lk.large_kmallocs} large "
+                   f"kmallocs, {lk.kfence} KFENCE objects; {lk.freed_untraced} objects "
+                   "freed without a tracepoint (free in the later dump)")
+        return "\n".join(out) + "\n"
+
+    return Result(data, table)
 
 
 def run(args) -> tuple[str, int]:
