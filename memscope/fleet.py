@@ -19,7 +19,9 @@ parsed (null on error), "headline": {...}}``; ``headline`` holds the numbers a f
 compared by, where the command's records have them: ``free_pages`` and
 ``free_blocks_by_order`` (summed over zones: buddyinfo, freelists, frag),
 ``largest_free_order`` (-1 when nothing is free), ``max_extfrag_index`` (thousandths,
-frag's kernel fragmentation index, the highest over zones and orders).  ``--format
+frag's kernel fragmentation index, the highest over zones and orders); for slabinfo
+``slab_objects``, ``slab_object_bytes``, ``largest_cache``, ``largest_cache_bytes`` and,
+with ``--walk``, ``slab_bytes`` (see :func:`_slab_headline`).  ``--format
 parquet`` writes the same rows with pandas/pyarrow to ``-o FILE`` (``result`` as a JSON
 string, the headline as columns).  The table shows dump, kernel, status and headline.
 
@@ -130,6 +132,27 @@ def _headline(result) -> dict:
         out["free_blocks_by_order"] = orders
         out["free_pages"] = sum(n << k for k, n in enumerate(orders))
         out["largest_free_order"] = max((k for k, n in enumerate(orders) if n), default=-1)
+    caches = [c for c in zones if isinstance(c, dict) and "objsize" in c and "name" in c]
+    if caches:
+        out.update(_slab_headline(caches))
+    return out
+
+
+def _slab_headline(caches: list[dict]) -> dict:
+    """slabinfo's records (``--format json``; ``--walk``'s true counts when present):
+    ``slab_objects`` (objects in use: /proc/slabinfo's active_objs, or the walk's
+    allocated), ``slab_object_bytes`` (those times objsize, or the walk's used_bytes),
+    ``largest_cache`` and ``largest_cache_bytes`` (the cache whose objects in use take the
+    most bytes), and with ``--walk`` ``slab_bytes`` (the slabs' pages, in bytes)."""
+    walk = all("allocated" in c for c in caches)
+    used = {c["name"]: (c["used_bytes"] if walk else c["active_objs"] * c["objsize"])
+            for c in caches}
+    out = {"slab_objects": sum(c["allocated"] if walk else c["active_objs"] for c in caches),
+           "slab_object_bytes": sum(used.values())}
+    top = max(used, key=lambda n: (used[n], n))
+    out["largest_cache"], out["largest_cache_bytes"] = top, used[top]
+    if walk:
+        out["slab_bytes"] = sum(c["bytes"] for c in caches)
     return out
 
 

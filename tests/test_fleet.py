@@ -103,6 +103,44 @@ def test_fleet_rows_are_each_dump_alone_and_the_kernel_s_truth(fleet_dirs):
     assert alone.stderr == f"memscope: {by[str(cut)]['status']}\n"
 
 
+def truth_slabinfo(snap) -> list[dict]:
+    """/proc/slabinfo of the snapshot's truth: name, active_objs, num_objs, objsize,
+    objperslab, pagesperslab, active_slabs, num_slabs."""
+    out = []
+    for line in snap.truth_text("slabinfo").splitlines()[2:]:
+        f = line.split()
+        out.append(dict(name=f[0], active_objs=int(f[1]), num_objs=int(f[2]),
+                        objsize=int(f[3]), pagesperslab=int(f[5]), num_slabs=int(f[14])))
+    return out
+
+
+def test_fleet_slab_headline_is_the_kernels_slabinfo_arithmetic(fleet_dirs):
+    """slabinfo over the fleet: each good row's headline is /proc/slabinfo's own sums (the
+    objects in use, their bytes, the cache whose objects take the most); with --walk, the
+    slabs' bytes are /proc/slabinfo's num_slabs x pagesperslab pages."""
+    dumps, vml, snaps, cut = fleet_dirs
+    for argv, walk in ((["slabinfo"], False), (["slabinfo", "--walk"], True)):
+        r = run_cli("fleet", str(dumps / "site" / "*" / "vmcore"), "--vmlinux-dir",
+                    str(vml), "--format", "json", *argv)
+        assert r.returncode == 1, r.stderr  # NO_VMLINUX's row
+        by = _rows_by_dump(json.loads(r.stdout))
+        for name in GOOD:
+            row = by[str(dumps / "site" / name / "vmcore")]
+            assert row["status"] == "ok", row["status"]
+            t = truth_slabinfo(snaps[name])
+            h = row["headline"]
+            page = 65536 if "64k" in snaps[name].meta["release"] else 4096
+            if walk:
+                assert h["slab_bytes"] == sum(c["num_slabs"] * c["pagesperslab"] * page
+                                              for c in t), name
+                continue
+            used = {c["name"]: c["active_objs"] * c["objsize"] for c in t}
+            assert h["slab_objects"] == sum(c["active_objs"] for c in t), name
+            assert h["slab_object_bytes"] == sum(used.values()), name
+            assert h["largest_cache_bytes"] == max(used.values()), name
+            assert used[h["largest_cache"]] == h["largest_cache_bytes"], name
+
+
 def test_fleet_on_a_running_scheduler_writes_parquet(fleet_dirs, tmp_path):
     pd = pytest.importorskip("pandas")
     from dask.distributed import LocalCluster
