@@ -364,6 +364,18 @@ def status(path: str) -> str:
 
 
 # --- gdb --------------------------------------------------------------------------------
+#: Python for a gdb driver (DRIVER strings run inside gdb): run(LINE) -> (text, error,
+#: $memscope_status), a gdb command's output or its error.
+GDB_RUN = r"""
+def run(line):
+    try:
+        text, err = gdb.execute(line, to_string=True), None
+    except gdb.error as e:
+        text, err = None, str(e)
+    return text, err, int(gdb.convenience_variable("memscope_status"))
+"""
+
+
 def gdb_batch(guest_gdb: str, vmlinux: str, port: int, driver: str, work: Path,
               end: str = "disconnect", timeout: float = 1200) -> subprocess.CompletedProcess:
     """gdb attached to the guest's gdbstub with memscope loaded: runs DRIVER (python, with

@@ -57,14 +57,7 @@ DRIVER = r"""
 import json, os, sys, gdb
 plan = json.load(open(PLAN))
 out = {"phases": {}, "kaslr": {}, "errors": {}}
-def run(line):
-    try:
-        text = gdb.execute(line, to_string=True)
-        err = None
-    except gdb.error as e:
-        text, err = None, str(e)
-    status = int(gdb.convenience_variable("memscope_status"))
-    return text, err, status
+""" + guests.GDB_RUN + r"""
 gdb.execute("memscope buddyinfo")  # the first command says (on stderr) which offset it found
 from memscope.target import gdb as tgdb
 for phase in plan["phases"]:
@@ -253,12 +246,7 @@ KPTI_DRIVER = r"""
 import json, gdb
 plan = json.load(open(PLAN))
 out = {"runs": [], "threads_after": []}
-def run(line):
-    try:
-        text, err = gdb.execute(line, to_string=True), None
-    except gdb.error as e:
-        text, err = None, str(e)
-    return text, err, int(gdb.convenience_variable("memscope_status"))
+"""  + guests.GDB_RUN + r"""
 off = int(gdb.execute("memscope kaslr", to_string=True).split()[-1], 16)
 banner = (int(gdb.parse_and_eval("(unsigned long)&linux_banner")) + off) & (2**64 - 1)
 def kernel_readable():

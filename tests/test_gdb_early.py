@@ -168,12 +168,7 @@ EARLY_DRIVER = r'''
 import json, gdb
 plan = json.load(open(PLAN))
 MASK = (1 << 64) - 1
-def run(line):
-    try:
-        text, err = gdb.execute(line, to_string=True), None
-    except gdb.error as e:
-        text, err = None, str(e)
-    return text, err, int(gdb.convenience_variable("memscope_status"))
+''' + guests.GDB_RUN + r'''
 def v(expr):
     return gdb.parse_and_eval(expr)
 def i(expr):
