@@ -325,3 +325,85 @@ def test_heap_grows_by_the_chunks_the_process_allocated_between_snapshots(lab_ca
     (n0, used0), (n1, used1) = counts["before"], counts["after"]
     assert n1 - n0 == 500
     assert used1 - used0 == n1 - n0
+
+
+def _swap_case(lab_case):
+    """6.12-swap (memscope/lab/workloads/swap.sh): a shell whose 6 MB string went to swap
+    before it forked two children (swap counts of 3), then a 2 MB string swapped out
+    after the forks (its own: counts of 1); all three tracked."""
+    snap = lab_case("6.12-swap")
+    assert sorted(snap.tracked().values()) == ["swap-child1", "swap-child2", "swap-parent"]
+    return snap
+
+
+def test_smaps_rollup_with_swap_is_the_guests_file_byte_for_byte(lab_case):
+    """Swap entries decoded, SwapPss from each entry's swp_swapcount(): every tracked
+    process's smaps_rollup equals the guest's, and the truth really has swap, shared
+    (SwapPss below Swap) and, in the parent, shared and unshared entries (SwapPss
+    neither Swap nor an even share of it)."""
+    import json
+
+    snap = _swap_case(lab_case)
+    _prog, t = open_dump(snap)
+    ctx = KernelContext(t)
+    want = {}
+    for pid in _tracked(snap):
+        text = snap.truth_text(f"{pid}/smaps_rollup")
+        got, status = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="proc", pid=str(pid)))
+        assert status == 0
+        assert got == text, pid
+        js, _ = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="json", pid=str(pid)))
+        assert json.loads(js)["kb"] == _rollup_lines(text)
+        want[snap.tracked()[pid]] = _rollup_lines(text)
+    assert all(w["Swap"] > 0 for w in want.values()), want
+    assert all(w["SwapPss"] < w["Swap"] for w in want.values()), want
+    parent = want["swap-parent"]
+    assert parent["Swap"] > want["swap-child1"]["Swap"]  # the string swapped after the forks
+    # counts of 3 (the forked string) and of 1 (the later one) both in the parent's
+    assert parent["Swap"] // 3 < parent["SwapPss"] < parent["Swap"]
+
+
+def test_maps_rss_swap_totals_are_smaps_rollups_lines_with_swap(lab_case):
+    """maps --rss on the swap case: the per-VMA swap column adds up to smaps_rollup's Swap
+    line (and Rss, Anonymous to theirs) in the guest's truth."""
+    import json
+
+    snap = _swap_case(lab_case)
+    _prog, t = open_dump(snap)
+    ctx = KernelContext(t)
+    for pid in _tracked(snap):
+        roll = _rollup_lines(snap.truth_text(f"{pid}/smaps_rollup"))
+        text, status = commands.execute(ctx, argparse.Namespace(
+            command="maps", format="json", pid=str(pid), rss=True))
+        assert status == 0
+        got = json.loads(text)
+        assert got["total"] == {"Rss": roll["Rss"], "Anonymous": roll["Anonymous"],
+                                "Swap": roll["Swap"]}, pid
+        assert sum(r["swap_kb"] for r in got["vmas"]) == roll["Swap"] > 0, pid
+
+
+def test_swap_map_in_use_is_the_guests_swap_used(lab_case):
+    """The dump's swap map, read by drgn (swap_info[0]->swap_map), has as many slots in
+    use as the guest's /proc/meminfo says (SwapTotal - SwapFree), and memscope's swap
+    counts of the tracked processes' entries are drgn's reading of those bytes."""
+    from memscope.mm import swap as mswap
+
+    snap = _swap_case(lab_case)
+    prog, t = open_dump(snap)
+    mi = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", snap.truth_text("meminfo"),
+                                            re.M)}
+    assert prog["nr_swapfiles"].value_() == 1
+    si = prog["swap_info"][0]
+    smap = prog.read(si.swap_map.value_(), si.max.value_())
+    assert sum(1 for b in smap[1:] if b) == (mi["SwapTotal"] - mi["SwapFree"]) // 4
+    ctx = KernelContext(t)
+    for pid in _tracked(snap):
+        w = mvma.walk_vmas(ctx, mtask.find_task(ctx, pid))
+        gone = w.all.take(~w.all.present)
+        se = mswap.decode(ctx, gone.entry)
+        assert se.swap.all() and (se.type == 0).all()
+        counts, problem = mswap.swap_counts(ctx, se)
+        assert problem is None
+        assert counts.tolist() == [smap[o] & ~0x40 for o in se.offset.tolist()], pid
