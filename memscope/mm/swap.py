@@ -2,10 +2,13 @@
 arch/x86/include/asm/pgtable_64.h, mm/swapfile.c ``swp_swapcount()``).
 
 A non-present, non-empty x86_64 PTE is a swap entry in its arch form: since the L1TF
-mitigation (v4.19, "x86/speculation/l1tf: Change order of offset/type in swap entry" and
-"... Protect swap entries against L1TF"; commit ids not checked here) the type is the top
+mitigation (v4.19: commit bcd11afa7ada "x86/speculation/l1tf: Change order of
+offset/type in swap entry" moved the type to bits 59-63 and the offset to 9-58, and the
+next, "x86/speculation/l1tf: Protect swap entries against L1TF" (id not checked here),
+stores the offset inverted; every lab kernel is later) the type is the top
 ``SWP_TYPE_BITS`` (5) bits and the offset bits ``SWP_OFFSET_FIRST_BIT`` (9,
-``_PAGE_BIT_PROTNONE + 1``) .. 58 stored inverted::
+``_PAGE_BIT_PROTNONE + 1``) .. 58 stored inverted (v6.12
+arch/x86/include/asm/pgtable_64.h)::
 
     __swp_type(x)   = x >> (64 - 5)
     __swp_offset(x) = ~x << 5 >> (9 + 5)
