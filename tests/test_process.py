@@ -325,3 +325,110 @@ def test_heap_grows_by_the_chunks_the_process_allocated_between_snapshots(lab_ca
     (n0, used0), (n1, used1) = counts["before"], counts["after"]
     assert n1 - n0 == 500
     assert used1 - used0 == n1 - n0
+
+
+def _swap_case(lab_case):
+    """6.12-swap (memscope/lab/workloads/swap.sh): a shell whose 6 MB string went to swap
+    before it forked two tracked children and 64 others (swap counts of 67: the swap
+    map's continuation pages), then a 2 MB string swapped out after the forks (its own:
+    counts of 1); the shell and the two children tracked."""
+    snap = lab_case("6.12-swap")
+    assert sorted(snap.tracked().values()) == ["swap-child1", "swap-child2", "swap-parent"]
+    return snap
+
+
+def test_smaps_rollup_with_swap_is_the_guests_file_byte_for_byte(lab_case):
+    """Swap entries decoded, SwapPss from each entry's swp_swapcount(): every tracked
+    process's smaps_rollup equals the guest's, and the truth really has swap, shared
+    (SwapPss below Swap), and in the parent more swap than in its children (the string
+    swapped out after the forks, counts of 1)."""
+    import json
+
+    snap = _swap_case(lab_case)
+    _prog, t = open_dump(snap)
+    ctx = KernelContext(t)
+    want = {}
+    for pid in _tracked(snap):
+        text = snap.truth_text(f"{pid}/smaps_rollup")
+        got, status = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="proc", pid=str(pid)))
+        assert status == 0
+        assert got == text, pid
+        js, _ = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="json", pid=str(pid)))
+        assert json.loads(js)["kb"] == _rollup_lines(text)
+        want[snap.tracked()[pid]] = _rollup_lines(text)
+    assert all(w["Swap"] > 0 for w in want.values()), want
+    assert all(w["SwapPss"] < w["Swap"] for w in want.values()), want
+    assert want["swap-parent"]["Swap"] > want["swap-child1"]["Swap"]
+
+
+def test_maps_rss_swap_totals_are_smaps_rollups_lines_with_swap(lab_case):
+    """maps --rss on the swap case: the per-VMA swap column adds up to smaps_rollup's Swap
+    line (and Rss, Anonymous to theirs) in the guest's truth."""
+    import json
+
+    snap = _swap_case(lab_case)
+    _prog, t = open_dump(snap)
+    ctx = KernelContext(t)
+    for pid in _tracked(snap):
+        roll = _rollup_lines(snap.truth_text(f"{pid}/smaps_rollup"))
+        text, status = commands.execute(ctx, argparse.Namespace(
+            command="maps", format="json", pid=str(pid), rss=True))
+        assert status == 0
+        got = json.loads(text)
+        assert got["total"] == {"Rss": roll["Rss"], "Anonymous": roll["Anonymous"],
+                                "Swap": roll["Swap"]}, pid
+        assert sum(r["swap_kb"] for r in got["vmas"]) == roll["Swap"] > 0, pid
+
+
+def _drgn_swp_swapcount(prog, si, offset: int) -> int:
+    """swp_swapcount() (v6.12 mm/swapfile.c) with drgn's objects and helpers: the swap
+    map's byte less SWAP_HAS_CACHE; with COUNT_CONTINUED, the digits at the same offset
+    of the continuation pages on the lru of vmalloc_to_page(swap_map + offset)."""
+    from drgn import container_of
+    from drgn.helpers.linux.mm import page_to_virt, vmalloc_to_page
+
+    count = prog.read(si.swap_map.value_() + offset, 1)[0] & ~0x40
+    if not count & 0x80:
+        return count
+    count &= ~0x80
+    n = 0x3E + 1  # SWAP_MAP_MAX + 1
+    page = vmalloc_to_page(si.swap_map + offset)
+    while True:
+        page = container_of(page.lru.next, "struct page", "lru")
+        digit = prog.read(page_to_virt(page).value_() + (offset & 4095), 1)[0]
+        count += (digit & ~0x80) * n
+        n *= 0x7F + 1  # SWAP_CONT_MAX + 1
+        if not digit & 0x80:
+            return count
+
+
+def test_swap_map_in_use_is_the_guests_swap_used(lab_case):
+    """The dump's swap map, read by drgn (swap_info[0]->swap_map), has as many slots in
+    use as the guest's /proc/meminfo says (SwapTotal - SwapFree), and memscope's swap
+    counts of the tracked processes' entries are swp_swapcount() on drgn's objects:
+    counts of 1 and counts past SWAP_MAP_MAX (62, continued in a continuation page)."""
+    from memscope.mm import swap as mswap
+
+    snap = _swap_case(lab_case)
+    prog, t = open_dump(snap)
+    mi = {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", snap.truth_text("meminfo"),
+                                            re.M)}
+    assert prog["nr_swapfiles"].value_() == 1
+    si = prog["swap_info"][0]
+    smap = prog.read(si.swap_map.value_(), si.max.value_())
+    assert sum(1 for b in smap[1:] if b) == (mi["SwapTotal"] - mi["SwapFree"]) // 4
+    ctx = KernelContext(t)
+    seen = set()
+    for pid in _tracked(snap):
+        w = mvma.walk_vmas(ctx, mtask.find_task(ctx, pid))
+        gone = w.all.take(~w.all.present)
+        se = mswap.decode(ctx, gone.entry)
+        assert se.swap.all() and (se.type == 0).all()
+        counts, problem = mswap.swap_counts(ctx, se)
+        assert problem is None
+        assert counts.tolist() == [_drgn_swp_swapcount(prog, si, o)
+                                   for o in se.offset.tolist()], pid
+        seen.update(counts.tolist())
+    assert 1 in seen and max(seen) > 0x3E, sorted(seen)

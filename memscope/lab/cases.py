@@ -61,6 +61,10 @@ CASES: dict[str, dict] = {
     "6.1-trace": dict(kernel="6.1", workload="trace-quiet", trace="kmem,cma,vmalloc"),
     "6.12-trace": dict(kernel="6.12", workload="trace-quiet", trace="kmem,cma,vmalloc"),
     "7.2-trace": dict(kernel="7.2", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    # A swap area on the NVMe disk holding anonymous pages of a tracked shell, some shared
+    # by 66 children forked after the swap-out (swap counts past SWAP_MAP_MAX, in the swap
+    # map's continuation pages), some its own: smaps_rollup's Swap and SwapPss lines.
+    "6.12-swap": dict(kernel="6.12", workload="swap"),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 

@@ -31,6 +31,11 @@ bytes (a 2 MiB block counts whole: ``compound_nr()``) and its folio the compound
   (``Private_Hugetlb`` 7); the header is ``show_vma_header_prefix()`` of the first VMA's
   start and the last one's end, padded like a maps line, then ``[rollup]``.
 
+Swap entries (x86_64; :mod:`memscope.mm.swap`): each non-present PTE whose type is below
+MAX_SWAPFILES adds PAGE_SIZE to ``Swap`` and ``(PAGE_SIZE << PSS_SHIFT) / count`` to
+``SwapPss`` when its ``swp_swapcount()`` is 2 or more, else ``PAGE_SIZE << PSS_SHIFT``
+(v6.12 ``smaps_pte_entry()``).
+
 The lines each kernel prints come from ``struct mem_size_stats`` in its debug info:
 ``Pss_Dirty`` with the ``pss_dirty`` member (v6.0, "proc: smaps: add PSS_Dirty"),
 ``KSM`` with ``ksm`` (v6.6, "mm/smaps: add KSM accounting"; commit ids unverified).
@@ -38,10 +43,14 @@ The lines each kernel prints come from ``struct mem_size_stats`` in its debug in
 Not reproduced (``smaps_rollup`` raises :class:`NotReproducible`, naming the line, rather
 than print a guess):
 
-- ``Swap`` / ``SwapPss`` when the tables hold a non-present entry (a swap entry's
-  SwapPss needs ``swp_swapcount()`` over the swap map and its continuation pages, a
-  migration entry needs its page) or a shmem file's inode has pages in swap
-  (``shmem_inode_info.swapped``: ``shmem_swap_usage()``'s walk of the page cache);
+- ``Swap`` / ``SwapPss`` when a swap entry cannot be counted (it names no swap area in
+  use, a slot past the area's end or a free slot; the area's counts are not in a
+  ``swap_map``), on a kernel whose swap entries are not decoded (arm64), or when a shmem
+  file's inode has pages in swap (``shmem_inode_info.swapped``: ``shmem_swap_usage()``'s
+  walk of the page cache);
+- ``Rss`` (and every line the page would add to) when the tables hold a non-swap entry
+  (migration, device-private, hwpoison, PTE marker) or a non-present PMD: smaps accounts
+  the page a migration entry names, which is not done here;
 - ``Shared_Hugetlb`` / ``Private_Hugetlb`` when a VM_HUGETLB VMA maps anything
   (``hugetlb_pmd_shared()`` needs the refcount of the page-table page itself);
 - CONFIG_NO_PAGE_MAPCOUNT kernels (7.x, experimental; not Debian's) average the
@@ -57,7 +66,7 @@ import numpy as np
 
 from ..kernel.problem import Problem
 from ..target.base import TargetError
-from . import memmap, page as _page
+from . import memmap, page as _page, swap
 from .context import KernelContext
 from .task import Task
 from .vma import _PAD, walk_vmas
@@ -213,10 +222,7 @@ def smaps_rollup(ctx: KernelContext, task: Task, problems: list[Problem] | None 
             continue
         gone = ~lv.present
         if gone.any():
-            mss["swap"] += int(lv.size[gone].sum())
-            unknown["SwapPss"] = unknown["Swap"] = (
-                f"VMA {v.start:#x} holds non-present entries (swap or migration): their "
-                "swap counts and pages are not decoded")
+            _swap(ctx, v, lv.take(gone), mss, unknown)
         pfn = (lv.pa >> np.uint64(shift)).astype(np.int64)
         ok = lv.present & ~lv.special & (pfn < w.max_pfn) & ~((lv.shift == 21) & (pfn == huge_zero))
         units.append((pfn[ok], (lv.size[ok] >> shift).astype(np.int64), bits.young(lv.entry[ok]),
@@ -233,6 +239,40 @@ def smaps_rollup(ctx: KernelContext, task: Task, problems: list[Problem] | None 
         values[label] = mss[m] >> PSS_SHIFT if pss else mss[m]
     real = [v for v in w.vmas if v.vma]
     return Rollup(real[0].start if real else 0, real[-1].end if real else 0, values, unknown)
+
+
+def _swap(ctx: KernelContext, v, lv, mss: dict, unknown: dict) -> None:
+    """smaps_pte_entry() on the non-present entries LV of VMA V: each swap entry adds
+    PAGE_SIZE to Swap and to SwapPss PAGE_SIZE << PSS_SHIFT, divided by its
+    swp_swapcount() when that is 2 or more (memscope.mm.swap).  Anything else (a
+    migration, device or hwpoison entry, a PTE marker, a non-present PMD; the entries of
+    a kernel whose swap entries are not decoded) leaves a line unknown."""
+    ps = ctx.t.page_size
+    why = swap.decodes(ctx)
+    if why is not None:
+        mss["swap"] += int(lv.size.sum())
+        unknown["Swap"] = unknown["SwapPss"] = (
+            f"VMA {v.start:#x} holds non-present entries (swap or migration): {why}")
+        return
+    pte = lv.shift == ps.bit_length() - 1
+    if not pte.all():
+        unknown.setdefault("Rss", f"VMA {v.start:#x} holds a non-present PMD (a migration "
+                                  "entry): its page is not accounted")
+    se = swap.decode(ctx, lv.entry[pte])
+    if not se.swap.all():
+        typ = int(se.type[~se.swap][0])
+        unknown.setdefault("Rss", f"VMA {v.start:#x} holds a non-swap entry (type {typ} "
+                                  f"of MAX_SWAPFILES {se.max_swapfiles}: migration, device "
+                                  "or hwpoison entry, or PTE marker): its page is not "
+                                  "accounted")
+    counts, problem = swap.swap_counts(ctx, se)
+    counts = counts[se.swap]
+    mss["swap"] += ps * len(counts)
+    pss = np.full(len(counts), ps << PSS_SHIFT, np.int64)
+    pss[counts >= 2] //= counts[counts >= 2]
+    mss["swap_pss"] += int(pss.sum())
+    if problem:
+        unknown["Swap"] = unknown["SwapPss"] = f"VMA {v.start:#x}: {problem}"
 
 
 def _account(ctx, mss: dict, pfn, pages, young, dirty, locked, ps: int) -> None:

@@ -349,8 +349,11 @@ class VmaRss:
     ``smaps_pmd_entry()``), in pages: ``resident`` present entries backed by a struct page
     (``vm_normal_page()``: not the zero page, not a PFN map; a 2 MiB block counts 512),
     ``anon`` those whose folio is anonymous (``folio->mapping & PAGE_MAPPING_ANON``),
-    ``swap`` non-present entries that are not empty (swap entries: migration entries are
-    counted too, which a frozen dump holds only mid-migration).  Only the struct pages of
+    ``swap`` the swap entries (non-present PTEs whose type is below MAX_SWAPFILES, as
+    smaps counts them: :func:`memscope.mm.swap.swap_entries`; migration and other
+    non-swap entries are not swap, and their pages, which smaps counts as resident, are
+    not counted here; where a kernel's entries are not decoded, arm64, every non-present
+    entry).  Only the struct pages of
     the resident pfns (and their folio heads) are read, not the whole memmap."""
 
     vma: Vma
@@ -439,6 +442,8 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
     :param problems: a page table that cannot be read is recorded here (its range counts
         nothing).
     :raises TargetError: as :func:`vmas`."""
+    from . import swap as _swap
+
     shift = ctx.t.page_size.bit_length() - 1
     w = walk_vmas(ctx, task, problems)
     lv = w.all
@@ -451,7 +456,7 @@ def vma_rss(ctx: KernelContext, task: Task, problems: list[Problem] | None = Non
     sums = np.zeros((3, len(lv) + 1), np.int64)
     np.cumsum(np.where(mapped, pages, 0), out=sums[0, 1:])
     np.cumsum(np.where(anon, pages, 0), out=sums[1, 1:])
-    np.cumsum(np.where(lv.present, 0, pages), out=sums[2, 1:])
+    np.cumsum(np.where(_swap.swap_entries(ctx, lv), pages, 0), out=sums[2, 1:])
     per = sums[:, w.hi] - sums[:, w.lo]
     return [VmaRss(v, int(r), int(a), int(sw)) for v, r, a, sw in zip(w.vmas, *per.tolist())]
 
