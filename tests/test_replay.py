@@ -23,7 +23,7 @@ from memscope.model.buddy import BuddyModel
 from memscope.model.replay import buddy_rules, buddy_state, window_events
 from memscope.model.slab import SlabModel, allocated_objects
 
-CASES = ["6.1-trace", "6.12-trace", "7.2-trace"]
+CASES = ["5.10-trace", "6.1-trace", "6.12-trace", "7.2-trace"]
 
 
 @pytest.fixture(scope="module", params=CASES)
