@@ -180,6 +180,9 @@ def execute_live(target: Target | KernelContext,
     kernel), between two readings of the allocator's counters
     (:func:`memscope.mm.live.counters`).
 
+    A command may watch only the part of itself its answer's exactness depends on
+    (:func:`memscope.mm.live.watched`: ``check`` watches its buddy half, not its
+    seconds-long slab walk); then the counters around that part decide.
     A command that found problems (exit status 1: ``check``, ``freelists``) while the
     counters stayed put runs once more: problems that do not come back were a race the
     counters missed (a page taken from a list and put back, leaving its head as it was).
@@ -208,11 +211,17 @@ def _execute_watched(target: Target | KernelContext,
         before = live.counters(ctx)
     except TargetError:
         before = None
-    text, status = execute(ctx, args)
+    ctx.live_watch = watch = live.Watch()
+    try:
+        text, status = execute(ctx, args)
+    finally:
+        del ctx.live_watch
     try:
         after = live.counters(ctx)
     except TargetError:
         after = None
+    if watch.used:  # the command watched the part its answer depends on (check)
+        return text, status, watch.moved
     return text, status, before is None or after is None or live.moved(before, after)
 
 

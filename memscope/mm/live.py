@@ -19,6 +19,8 @@ not "no race".
 
 from __future__ import annotations
 
+import contextlib
+
 from .context import KernelContext
 
 
@@ -54,3 +56,39 @@ def counters(ctx: KernelContext) -> bytes:
 def moved(before: bytes, after: bytes) -> bool:
     """Whether the kernel's counters changed between two :func:`counters` readings."""
     return before != after
+
+
+class Watch:
+    """A live read's record of whether the counters moved, over the parts of a command
+    that ask for it (:func:`watched`).  ``execute_live`` gives one to the command through
+    the context (``ctx.live_watch``); a command whose answer depends on the counters in
+    only one part (``check``: its buddy half; its slab half reads no free list, and its
+    races are the problems that do not repeat) watches that part alone, so that a race
+    elsewhere in a seconds-long read is not called one of its answer's."""
+
+    def __init__(self) -> None:
+        self.used = False
+        self.moved = False
+
+
+@contextlib.contextmanager
+def watched(ctx: KernelContext):
+    """Read the counters around the block when CTX is watched by a live read (else do
+    nothing); a failed reading counts as moved."""
+    from ..target.base import TargetError
+
+    w = getattr(ctx, "live_watch", None)
+    if w is None:
+        yield
+        return
+    try:
+        before = counters(ctx)
+    except TargetError:
+        before = None
+    yield
+    try:
+        after = counters(ctx)
+    except TargetError:
+        after = None
+    w.used = True
+    w.moved = w.moved or before is None or after is None or moved(before, after)
