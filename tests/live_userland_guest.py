@@ -29,7 +29,7 @@ R = "/results"
 #: Bound on the quiet triples (before, memscope, after) per /proc file.
 TRIPLES = 16
 #: At most this many checks, until one is quiet (see quiet_triples).
-CHECKS = 40
+CHECKS = 80
 #: A command that takes longer than this (seconds, TCG) counts as hung.
 HANG = 900
 
@@ -145,9 +145,10 @@ def quiet_triples(target) -> None:
             save(f"quiet-{name}", triples)
             if sum(t["before"] == t["after"] for t in triples) >= 3:
                 break
-    # check reads for ~2 s (its slab half walks every slab), and a quiet one (neither
-    # /proc/buddyinfo nor memscope saw anything move) came 1 in 7 in a measured run, the
-    # first few not at all (this process's heap still growing): until the first quiet one.
+    # A quiet check (neither /proc/buddyinfo nor memscope, watching check's buddy half,
+    # saw anything move) came 1 in 7 and 1 in 8 in measured runs, the first few not at
+    # all (this process's heap still growing): check until the first quiet one, at most
+    # CHECKS times (7/8 ** 80: a quiet run missed once in ~40,000).
     checks = []
     for _ in range(CHECKS):
         before = proc("buddyinfo")
