@@ -30,7 +30,9 @@ from .base import Layout, Member, TargetError
 __all__ = ("FORMAT", "DebugInfoCache", "cache_path")
 
 #: Bump when what is stored changes meaning.
-FORMAT = 1
+#: 2: symbols drgn leaves unrelocated (arm64's ``_end``) are stored relocated-then-
+#: unrelocated like the others (format 1 stored them with the first dump's offset taken off).
+FORMAT = 2
 _KERNEL_HALF = 1 << 63
 
 

@@ -213,9 +213,29 @@ class DrgnTarget(Target):
         except (KeyError, LookupError):
             pass
         try:
-            return self.prog.symbol(name).address
+            address = self.prog.symbol(name).address
         except LookupError:
             return None
+        return self._absolute(name, address)
+
+    def _absolute(self, name: str, address: int) -> int:
+        """ADDRESS of ELF symbol NAME with the KASLR offset applied where drgn did not:
+        drgn 0.3.0 does not relocate linker-script symbols defined outside any section
+        (arm64's ``_end`` and ``init_pg_dir``), so one in the kernel half that reads below
+        ``_text`` while KERNELOFFSET moves it above is such a symbol.  Done here, once, so
+        every user (and the debug-info cache, which stores addresses without the offset)
+        sees the kernel's address."""
+        if address < 1 << 63 or name == "_text":
+            return address
+        try:
+            text = self.prog.symbol("_text").address
+        except LookupError:
+            return address
+        if address >= text:
+            return address
+        off = int(self.vmcoreinfo_fields.get("KERNELOFFSET", "0") or "0", 16)
+        moved = (address + off) & ((1 << 64) - 1)
+        return moved if off and moved >= text else address
 
     def variable(self, name: str) -> Variable:
         try:
