@@ -62,8 +62,12 @@ def _truth_pages(snap) -> dict[str, int]:
     task_mm = find_task(prog, pid).mm
     heap = next(v for v in _vmas(snap, pid) if v[2] == "[heap]")
     user = int(follow_phys(task_mm, heap[0])) & ~4095
+    # the first process on init_task.tasks (init): its task_struct's page cut out, the walk
+    # to every later process stops there
+    first = prog["init_task"].tasks.next.value_() - \
+        prog.type("struct task_struct").member("tasks").offset
     return dict(node_data=phys(pgdat.value_()), struct_page=phys(struct_page),
-                user=user, free=free_pfn * 4096, pid=pid)
+                user=user, free=free_pfn * 4096, pid=pid, task=phys(first))
 
 
 def _heap_pid(snap) -> int:
@@ -210,6 +214,16 @@ def test_a_page_no_mm_answer_reads_changes_nothing(snap, filtered, which, form):
 def test_the_heap_walk_needs_the_user_page(filtered, excluded, form):
     out, err, status = filtered("user", form).run("heap", str(excluded["pid"]))
     _names_the_page(err, excluded["user"], "heap")
+
+
+@pytest.mark.parametrize("argv", [["maps", "{pid}"], ["smaps_rollup", "{pid}"],
+                                  ["heap", "{pid}"], ["maps", "{pid}", "--rss"]])
+def test_without_a_task_on_the_way_the_pid_commands_name_the_page(filtered, excluded, argv):
+    """The task list's walk to the heap process passes init's task_struct, whose page is
+    cut out: the command names that page, never "no process with pid N" (a false fact)."""
+    out, err, status = filtered("task").run(*[a.format(pid=excluded["pid"]) for a in argv])
+    _names_the_page(err, excluded["task"], argv[0])
+    assert status == 2 and out == ""
 
 
 def test_the_command_line_prints_one_line(filtered, excluded):

@@ -129,7 +129,9 @@ def execute(target: Target | KernelContext, args: argparse.Namespace) -> tuple[s
     except CommandError as e:
         raise MemscopeError(str(e)) from None
     except TargetError as e:
-        missing = getattr(e, "missing", None)
+        # A read that fell into a hole of the dump makes any later failure suspect (a task
+        # list cut short: "no process with pid N"): name the hole, not the consequence.
+        missing = getattr(e, "missing", None) or ctx.t.missing_pages_read()
         raise MemscopeError(f"{args.command}: {_missing_message(ctx) if missing else e}") \
             from None
     if ctx.t.missing_pages_read() and not COMMANDS[args.command].reports_missing:

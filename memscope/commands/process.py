@@ -74,8 +74,8 @@ def process(ctx, cmd: str, pid_text: str) -> _task.Task:
     pid = parse_pid(cmd, pid_text)
     try:
         task = _task.find_task(ctx, pid)
-    except TargetError:
-        raise CommandError(f"{cmd}: no process with pid {pid}") from None
+    except _task.NoSuchTask as e:  # other read failures are the command's (a dump hole)
+        raise CommandError(f"{cmd}: {e}") from None
     if not task.mm:
         raise CommandError(f"{cmd}: pid {pid} ({task.comm}) has no address space "
                            "(a kernel thread)")

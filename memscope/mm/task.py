@@ -270,15 +270,30 @@ def _other_idle_tasks(ctx: KernelContext, init: int) -> list[int]:
     return out
 
 
+class NoSuchTask(TargetError):
+    """:func:`find_task` found no process with the pid (the message says whether the task
+    list's walk stopped before its end)."""
+
+
 def find_task(ctx: KernelContext, pid: int) -> Task:
     """The thread-group leader whose tgid is PID (only each task's ``tgid`` is read until
     it is found).
 
-    :raises TargetError: no such process."""
+    :raises NoSuchTask: no such process, or the task list's walk stopped before it was
+        found (a broken or cyclic list)
+    :raises TargetError: a read failed (FaultError: a page the dump does not hold)."""
     t = ctx.t
     r = _Reader(ctx)
     tgid = r.ts["tgid"]
-    for a in _leaders(ctx, r, _bound(t), []):
+    problems: list[Problem] = []
+    for a in _leaders(ctx, r, _bound(t), problems):
         if int.from_bytes(t.read(a + tgid.offset, 4), "little", signed=True) == pid:
             return r.task(a)
-    raise TargetError(f"no process with pid {pid}")
+    if problems and t.missing_pages_read():
+        # the walk stopped at a page the dump does not hold: a read failure, not an answer
+        raise TargetError(f"pid {pid} not found before the task list's walk stopped at a "
+                          f"page the dump does not hold: {problems[0].message}")
+    if problems:  # the walk stopped early: the process may be past where it stopped
+        raise NoSuchTask(f"pid {pid} not found before the task list's walk stopped: "
+                         f"{problems[0].message}")
+    raise NoSuchTask(f"no process with pid {pid}")
