@@ -248,19 +248,26 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     tree = work / "tree"
     debs.mkdir()
     tree.mkdir()
-    # The image package, or in sid's split layout the modules package, holds them.
+    # The image package holds them, or in sid's split layout two of its dependencies do:
+    # the modules in linux-modules-*, modules.builtin in linux-base-* (7.2).  Each package
+    # gives what it has (tar fails on a pattern that matches nothing).
     pkgs = [kernel.image_package] + [
         d for d in apt.depends(kernel.image_package, kernel.spec.suite)
-        if d.startswith("linux-modules-") and d.endswith(kernel.release)]
+        if d.startswith(("linux-modules-", "linux-base-")) and d.endswith(kernel.release)]
     _say(progress, f"{kernel.name}: fetching the modules its disks need")
     for pkg in pkgs:
         deb = apt.download(pkg, kernel.spec.suite, debs)
-        if any(".ko" in n for n in kernels._deb_members(deb)):
-            kernels._extract(deb, tree, ["*.ko*", "*/modules.builtin"])
+        names = kernels._deb_members(deb)
+        patterns = [p for p in ("*.ko*", "*/modules.builtin")
+                    if any(kernels._match(p, n) for n in names)]
+        if patterns:
+            kernels._extract(deb, tree, patterns)
         deb.unlink()
     found = {_mod_name(p.name): p for p in tree.rglob("*.ko*")}
-    builtin = {_mod_name(line) for f in tree.rglob("modules.builtin")
-               for line in f.read_text().split()}
+    lists = list(tree.rglob("modules.builtin"))
+    if not lists:  # without it every built-in module would look missing
+        raise LabError(f"{kernel.release}: no modules.builtin in {', '.join(pkgs)}")
+    builtin = {_mod_name(line) for f in lists for line in f.read_text().split()}
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
