@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -140,7 +141,9 @@ class Console:
 
     def last_lines(self) -> str:
         text = [ln.decode(errors="replace").strip() for ln in self.tail]
-        text = [t for t in text if t and not t.startswith("@@MEMSCOPE-")]  # the guest's own
+        text = [t for t in text if t and not t.startswith("@@MEMSCOPE-")  # the guest's own
+                # the kernel's last word on poweroff -f says nothing of why
+                and not re.search(r"reboot: (Power down|Restarting system)$", t)]
         return text[-1] if text else "(nothing)"
 
     def close(self) -> None:

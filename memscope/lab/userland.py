@@ -18,6 +18,7 @@ build is never used)::
 
     userland/<arch>/root.ext4 info.json     Python, numpy, tabulate, drgn, busybox (per arch)
     userland/debug/<kernel>-<release>/debug.ext4   boot/vmlinux-RELEASE (per kernel)
+    userland/modules/<kernel>-<release>-softdeps/  the disks' modules and their order
 
 A run adds what changes from run to run in its initramfs (memscope, the workload, the lab's
 guest scripts): userland_guest/init loads the modules the disks need, mounts the root image
@@ -64,6 +65,9 @@ GUEST = Path(__file__).parent / "userland_guest"
 #: disk (/dev/nvme0n1) that workloads format, and NVMe controllers probe asynchronously,
 #: so ours could take that name.  virtio_blk is a module on every Debian kernel.
 DISK_MODULES = ("virtio_pci", "virtio_blk", "ext4")
+#: Part of the modules' cache key: a closure built by an older _fetch_modules is not
+#: reused (before soft dependencies were followed, arm64's lacked crc32c_generic).
+MODULES_FORMAT = "-softdeps"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +107,8 @@ def ensure(kernel: kernels.Kernel, *, progress: bool = False) -> Userland:
                          lambda work: _build_root(arch, work, progress))
     debug = _cached_build(cache_root() / "debug" / f"{kernel.name}-{kernel.release}",
                           "debug.ext4", lambda work: _build_debug(kernel, work))
-    mods = _cached_build(cache_root() / "modules" / f"{kernel.name}-{kernel.release}",
+    mods = _cached_build(cache_root() / "modules" / f"{kernel.name}-{kernel.release}"
+                         f"{MODULES_FORMAT}",
                          "order", lambda work: _fetch_modules(kernel, work, progress))
     return Userland(root, debug, tuple(mods.parent / n for n in mods.read_text().split()))
 
@@ -238,9 +243,14 @@ def _build_debug(kernel: kernels.Kernel, work: Path) -> None:
 
 def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     """The modules of DISK_MODULES not built into KERNEL (its modules.builtin) and those
-    they depend on (each module's ``.modinfo`` ``depends=``: Debian ships no modules.dep,
-    depmod makes it at install), uncompressed, and ``order``: their file names in load
-    order (dependencies first)."""
+    they need, uncompressed, and ``order``: their file names in load order (what each needs
+    first).  Debian ships no modules.dep or modules.softdep (depmod makes them at install),
+    so each module's ``.modinfo`` says what it needs: ``depends=`` (modules whose symbols it
+    uses) and ``softdep=pre:`` (modules modprobe loads before it, by module name or alias:
+    ext4 and jbd2 name ``crypto-crc32c``, without which ext4 refuses to mount: "Cannot load
+    crc32c driver", arm64 6.12, where it is crc32c_generic.ko).  A soft dependency built
+    into the kernel (modules.builtin, modules.builtin.modinfo) or found nowhere is skipped,
+    as modprobe skips it."""
     from ..target.elf import section_data
 
     apt = kernels._Apt(kernel.spec.arch, progress)
@@ -248,20 +258,59 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     tree = work / "tree"
     debs.mkdir()
     tree.mkdir()
-    # The image package, or in sid's split layout the modules package, holds them.
+    # The image package holds them, or in sid's split layout two of its dependencies do:
+    # the modules in linux-modules-*, modules.builtin in linux-base-* (7.2).  Each package
+    # gives what it has (tar fails on a pattern that matches nothing).
     pkgs = [kernel.image_package] + [
         d for d in apt.depends(kernel.image_package, kernel.spec.suite)
-        if d.startswith("linux-modules-") and d.endswith(kernel.release)]
+        if d.startswith(("linux-modules-", "linux-base-")) and d.endswith(kernel.release)]
     _say(progress, f"{kernel.name}: fetching the modules its disks need")
     for pkg in pkgs:
         deb = apt.download(pkg, kernel.spec.suite, debs)
-        if any(".ko" in n for n in kernels._deb_members(deb)):
-            kernels._extract(deb, tree, ["*.ko*", "*/modules.builtin"])
+        names = kernels._deb_members(deb)
+        patterns = [p for p in ("*.ko*", "*/modules.builtin", "*/modules.builtin.modinfo")
+                    if any(kernels._match(p, n) for n in names)]
+        if patterns:
+            kernels._extract(deb, tree, patterns)
         deb.unlink()
     found = {_mod_name(p.name): p for p in tree.rglob("*.ko*")}
-    builtin = {_mod_name(line) for f in tree.rglob("modules.builtin")
-               for line in f.read_text().split()}
+    lists = list(tree.rglob("modules.builtin"))
+    if not lists:  # without it every built-in module would look missing
+        raise LabError(f"{kernel.release}: no modules.builtin in {', '.join(pkgs)}")
+    builtin = {_mod_name(line) for f in lists for line in f.read_text().split()}
+    # modules.builtin.modinfo: "MODULE.alias=NAME" fields of the built-in modules
+    builtin_aliases = {field.split(b".alias=", 1)[1].decode()
+                       for f in tree.rglob("modules.builtin.modinfo")
+                       for field in f.read_bytes().split(b"\0") if b".alias=" in field}
+    infos: dict[str, list[bytes]] = {}
     order: list[str] = []
+
+    def modinfo(name: str) -> list[bytes]:
+        if name not in infos:
+            out = work / f"{name}.ko"
+            kernels._decompress_module(found[name], out)
+            with open(out, "rb") as f:
+                infos[name] = (section_data(f, ".modinfo") or b"").split(b"\0")
+            if name not in order:  # read only for its aliases: not kept
+                out.unlink()
+        return infos[name]
+
+    def by_alias(alias: str) -> str | None:
+        """The module of FOUND that has ALIAS (those whose name shares its stem read
+        first: each read decompresses a module)."""
+        stem = alias.removeprefix("crypto-").replace("-", "_")
+        for name in sorted(found, key=lambda n: stem not in n):
+            if f"alias={alias}".encode() in modinfo(name):
+                return name
+        return None
+
+    def soft(dep: str) -> str | None:
+        """The module to load for soft dependency DEP, or None (built in, or nowhere)."""
+        if dep.replace("-", "_") in builtin or dep in builtin_aliases:
+            return None
+        if dep.replace("-", "_") in found:
+            return dep.replace("-", "_")
+        return by_alias(dep)
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         if name in order:
@@ -273,8 +322,19 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
         out = work / f"{name}.ko"
         kernels._decompress_module(found[name], out)
         with open(out, "rb") as f:
-            info = section_data(f, ".modinfo") or b""
-        for field in info.split(b"\0"):
+            info = (section_data(f, ".modinfo") or b"").split(b"\0")
+        infos[name] = info
+        for field in info:
+            if field.startswith(b"softdep="):
+                words = field[8:].decode().split()
+                pre = words[words.index("pre:") + 1:] if "pre:" in words else []
+                for dep in pre:
+                    if dep == "post:":
+                        break
+                    mod = soft(dep)
+                    if mod is not None:
+                        visit(mod, path + (name,))
+        for field in info:
             if field.startswith(b"depends="):
                 for dep in filter(None, field[8:].decode().split(",")):
                     visit(dep.replace("-", "_"), path + (name,))
@@ -283,6 +343,9 @@ def _fetch_modules(kernel: kernels.Kernel, work: Path, progress: bool) -> None:
     for name in DISK_MODULES:
         if name not in builtin:
             visit(name, ())
+    for f in work.glob("*.ko"):  # only ORDER's modules stay
+        if f.stem not in order:
+            f.unlink()
     (work / "order").write_text("".join(f"{n}.ko\n" for n in order))
     shutil.rmtree(tree)
     shutil.rmtree(debs)

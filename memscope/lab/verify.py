@@ -532,12 +532,26 @@ _MEMINFO_COUNTERS = (
 
 
 def _global_counter(prog, enumerator: str) -> int:
-    """vm_zone_stat[] or vm_node_stat[] (by the enumerator's enum) at ENUMERATOR.
+    """vm_zone_stat[] or vm_node_stat[] (by the enumerator's enum) at ENUMERATOR, as
+    global_zone_page_state()/global_node_page_state() read it (include/linux/vmstat.h): on
+    an SMP kernel a negative value reads as 0.  (The global counter goes negative while
+    CPUs still hold positive deltas: a 1 GiB userland guest's /proc/meminfo said
+    Active(anon) 0 kB with NR_ACTIVE_ANON at -4 pages, and every refreeze disagreed.)
 
     :raises LookupError: the kernel has no such counter"""
     const = prog.constant(enumerator)
     array = "vm_zone_stat" if "zone_stat_item" in const.type_.type_name() else "vm_node_stat"
-    return prog[array][const.value_()].counter.value_()
+    value = prog[array][const.value_()].counter.value_()
+    return max(value, 0) if _smp(prog) else value
+
+
+def _smp(prog) -> bool:
+    """CONFIG_SMP, told by the per-CPU offsets only an SMP kernel has."""
+    try:
+        prog["__per_cpu_offset"]
+    except KeyError:
+        return False
+    return True
 
 
 def _dump_meminfo(prog, truth: dict[str, bytes]) -> str | None:
