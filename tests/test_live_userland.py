@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 #: lists), so no check was quiet in 40 on 5.10 (vmlinux 628 MB), the first came after 16
 #: on 7.2 and 26 on 6.1.  In 1 GiB 5.10 passed (first quiet check the 15th), but 6.12
 #: once still had none in 40 (buddyinfo still around 14 of them; status 1 with the note
-#: every 2-3 checks): reclaim was one mover, not the only one (open question).
+#: every 2-3 checks) while check was watched whole: its seconds-long slab walk is now left
+#: out of the watch (memscope.mm.live.watched), and up to 80 checks are made.
 KERNELS = os.environ.get("MEMSCOPE_LIVE_KERNELS", "6.12").split(",")
 NOTE = MOVED_NOTE + "\n"
 MEM = 1024
