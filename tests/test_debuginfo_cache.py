@@ -108,3 +108,16 @@ def test_the_cache_stores_each_kernel_symbol_at_its_link_address(lab_case, tmp_p
     assert "_end" in stored and "_text" in stored
     for name, v in stored.items():
         assert v == link[name], name
+
+
+def test_a_file_that_is_not_a_vmlinux_is_refused_even_with_a_warm_cache(lab_case, tmp_path):
+    """A warm cache never opens the vmlinux's DWARF: -s is still checked (found by a
+    new-user review: -s /etc/passwd answered from the cache)."""
+    snap = lab_case("6.12")
+    run(open_dump_target(snap.vmcore, snap.vmlinux, tmp_path), "buddyinfo")
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    for bad, says in ((text, "not an ELF file"), (snap.vmcore, "no DWARF debug info")):
+        with pytest.raises(MemscopeError) as e:
+            open_dump_target(snap.vmcore, bad, tmp_path)
+        assert says in str(e.value) and "\n" not in str(e.value), str(e.value)

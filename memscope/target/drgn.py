@@ -447,11 +447,17 @@ def open_dump_target(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | Non
         try:
             with open(vmlinux, "rb") as f:
                 theirs = build_id(f)
-        except (NotElf64, ValueError, OSError):
-            theirs = None
+        except (NotElf64, ValueError):
+            # checked here, not only when drgn loads it: a warm cache never opens the file
+            raise MemscopeError(f"{vmlinux}: not an ELF file (give the kernel's vmlinux "
+                                "with -s)") from None
+        except OSError as e:
+            raise MemscopeError(f"{vmlinux}: cannot be read ({e.strerror or e})") from None
         if theirs is not None and theirs != build:
             raise MemscopeError(f"{vmlinux}: does not match this kernel (build ID {theirs}; "
                                 f"the dump's is {build})")
+        if theirs is None:
+            build = None  # a vmlinux without a build ID: no cache, drgn checks the file
     if (os.environ.get("MEMSCOPE_DEBUGINFO_CACHE") == "0" or not build or vmlinux is None):
         return DrgnTarget(open_core(path, vmlinux))
     prog = open_core(path, vmlinux, load_debug_info=False)
