@@ -361,3 +361,29 @@ def test_replay_of_a_missing_dump_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and "does not exist" in r.stderr
+
+
+def test_replay_and_events_since_refuse_dumps_of_two_boots(lab_case):
+    """Dumps of two boots of the same kernel (6.12's mixed case and its trace case; the
+    mixed one has no events, so the ring buffers cannot tell): one line, exit status 2,
+    naming what differs (the KASLR offsets, as each dump's VMCOREINFO says); and B before A
+    of one boot (jiffies_64 went back)."""
+    from memscope.target.dumpfile import read_dump_file
+
+    other, b = lab_case("6.12"), lab_case("6.12-trace", "after")
+    offs = [read_dump_file(s.vmcore).vmcoreinfo_fields()["KERNELOFFSET"] for s in (other, b)]
+    assert offs[0] != offs[1]
+    runs = [["replay", "--from", str(other.dir), "--to", str(b.dir)],
+            ["replay", "--from", str(other.dir), "--to", str(b.dir), "--leaks"],
+            ["-c", str(b.vmcore), "-s", str(b.vmlinux), "events", "--since",
+             str(other.vmcore)]]
+    for argv in runs:
+        r = subprocess.run([sys.executable, "-m", "memscope.cli", *argv], capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 2 and r.stdout == "", argv
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+        assert f"KERNELOFFSET {offs[0]} and {offs[1]}" in r.stderr, r.stderr
+    a = lab_case("6.12-trace", "before")
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(b.dir),
+                        "--to", str(a.dir)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "jiffies_64" in r.stderr and len(r.stderr.splitlines()) == 1

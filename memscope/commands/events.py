@@ -147,7 +147,14 @@ def events(ctx, args) -> Result:
     tb = ftrace.read_trace(t)
     parts = None
     if getattr(args, "since", None):
-        earlier = ftrace.read_trace(_open_other(args.since, args))
+        from ..kernel.boot import not_one_boot
+
+        other = _open_other(args.since, args)
+        why = not_one_boot(other, t)
+        if why:
+            raise CommandError(f"events: --since {args.since}: not an earlier dump of this "
+                               f"boot: {why}")
+        earlier = ftrace.read_trace(other)
         raw, parts = ftrace.window(earlier, tb)
         kept = ftrace.TraceBuffer(tb.cpus, raw, tb.formats, tb.problems)
         lost = sum(p.lost for p in parts)

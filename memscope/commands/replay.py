@@ -93,6 +93,12 @@ def _replay(args) -> Result:
         events, lost = tt.events, sum(tt.lost.values())
     a = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(ca, va)))
     b = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(cb, vb)))
+    from ..kernel.boot import not_one_boot
+
+    why = not_one_boot(a.t, b.t)
+    if why:  # a window between two boots means nothing (nor does one read backwards)
+        raise CommandError(f"replay: {args.replay_from} and {args.replay_to} are not an "
+                           f"earlier and a later dump of one boot: {why}")
     if getattr(args, "leaks", False):
         return _leaks(a, b, events, lost)
     r = replay(a, b, events, lost)
