@@ -310,6 +310,23 @@ def test_info_says_what_the_dump_is(snap):
     assert info["missing"] == [] and info["missing_bytes"] == 0
 
 
+def test_info_and_commands_refuse_what_is_not_a_whole_dump_header(snap, tmp_path):
+    """A vmlinux (an ELF executable) and a dump cut inside its program headers are not
+    dumps to describe: info says so in one line, exit status 2, as the commands do (found
+    by a new-user review: info printed "0 bytes in 0 segments, missing: nothing")."""
+    cut = tmp_path / "cut"
+    with open(snap.vmcore, "rb") as f:
+        cut.write_bytes(f.read(64))
+    for path, says in ((snap.vmlinux, "not a core dump"), (cut, "truncated")):
+        for argv in (["info"], ["-s", str(snap.vmlinux), "buddyinfo"]):
+            r = subprocess.run([sys.executable, "-m", "memscope.cli", "-c", str(path), *argv],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 2 and r.stdout == "", (path, argv)
+            assert len(r.stderr.splitlines()) == 1, r.stderr
+            if argv == ["info"]:
+                assert says in r.stderr, r.stderr
+
+
 def test_info_names_the_excluded_page(filtered, excluded, lab_case):
     f = filtered("struct_page")
     info = _info(f.path, "-s", str(lab_case("6.1").vmlinux))

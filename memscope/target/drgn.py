@@ -485,10 +485,9 @@ def open_core(vmcore: str | os.PathLike, vmlinux: str | os.PathLike | None,
     prog = _program()
     try:
         prog.set_core_dump(str(vmcore))
-    except (drgn.FaultError, ValueError, OSError, drgn.MissingDebugInfoError) as e:
-        raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
     except Exception as e:  # libelf errors come as a plain Exception
-        raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e})") from None
+        raise MemscopeError(f"{vmcore}: not a usable kernel core dump ({e}){_cut(vmcore)}") \
+            from None
     if not (prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL):
         raise MemscopeError(f"{vmcore}: not a Linux kernel core dump (no VMCOREINFO)")
     if load_debug_info:
@@ -545,6 +544,17 @@ def _program() -> drgn.Program:
     # the "drgn" logger; memscope reports the outcome itself, in one line.
     logging.getLogger("drgn").setLevel(logging.ERROR)
     return drgn.Program()
+
+
+def _cut(vmcore: Path) -> str:
+    """", truncated at byte N" when the dump's headers say it is cut short, else ""."""
+    try:
+        d = read_dump_file(vmcore)
+    except (NotADump, OSError, ValueError):
+        return ""
+    if any(m.why.startswith("cut off") for m in d.missing):
+        return f": truncated at byte {os.path.getsize(vmcore)}"
+    return ""
 
 
 def _check_elf_core_size(vmcore: Path) -> None:

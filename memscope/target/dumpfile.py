@@ -129,6 +129,9 @@ class DumpFile:
         return sum(m.size for m in self.missing)
 
 
+ET_CORE = 4  # e_type of a core file (elf.h)
+
+
 def read_dump_file(path: str | os.PathLike) -> DumpFile:
     """Read the headers of the dump at PATH.
 
@@ -155,10 +158,17 @@ def _elf(path: Path, f) -> DumpFile:
     if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
         raise NotElf64()
     endian = "<" if ident[5] == 1 else ">"
+    e_type, = struct.unpack_from(endian + "H", ident, 0x10)
+    if e_type != ET_CORE:
+        kind = {1: "relocatable", 2: "an executable: a vmlinux?", 3: "shared"}.get(e_type, "")
+        raise NotADump(f"{path}: an ELF file but not a core dump (ELF type {e_type}"
+                       + (f", {kind})" if kind else ")"))
     e_phoff, = struct.unpack_from(endian + "Q", ident, 0x20)
     e_phentsize, e_phnum = struct.unpack_from(endian + "HH", ident, 0x36)
     f.seek(e_phoff)
     raw = f.read(e_phentsize * e_phnum)
+    if len(raw) < e_phentsize * e_phnum:
+        raise NotADump(f"{path}: truncated: the file ends inside its ELF program headers")
     size = os.fstat(f.fileno()).st_size
     segments, missing, vmcoreinfo = [], [], b""
     for i in range(len(raw) // e_phentsize if e_phentsize else 0):
