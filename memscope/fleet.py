@@ -330,6 +330,9 @@ def main(args) -> int:
                             "its JSON records)")
     if args.format == "parquet" and not args.output:
         raise MemscopeError("fleet --format parquet needs -o FILE")
+    if args.output and args.format != "parquet":
+        raise MemscopeError("fleet: -o FILE is where --format parquet writes; table and "
+                            "json go to standard output")
     if args.output and Path(args.output).exists():
         raise MemscopeError(f"{args.output}: exists; not overwritten")
     if args.workers < 1:

@@ -175,6 +175,8 @@ def test_fleet_bad_arguments_are_one_line(fleet_dirs, tmp_path):
              "not a directory"),
             ([str(dumps), "--vmlinux-dir", str(vml), "--format", "parquet", "buddyinfo"],
              "needs -o FILE"),
+            ([str(dumps), "--vmlinux-dir", str(vml), "-o", str(tmp_path / "x.parquet"),
+              "buddyinfo"], "-o FILE is where --format parquet writes"),
             ([str(dumps), "--vmlinux-dir", str(vml), "--scheduler", "tcp://127.0.0.1:9",
               "buddyinfo"], "cannot reach the Dask scheduler")):
         r = run_cli("fleet", *args, timeout=120)

@@ -387,3 +387,16 @@ def test_replay_and_events_since_refuse_dumps_of_two_boots(lab_case):
     r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(b.dir),
                         "--to", str(a.dir)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "jiffies_64" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_replay_of_a_file_with_no_trace_event_is_one_line(lab_case, tmp_path):
+    """--events FILE holding no event (garbage, a binary file): one line naming the file,
+    exit status 2, never a comparison made from no event (found by a new-user review)."""
+    a, b = lab_case("6.12-trace", "before"), lab_case("6.12-trace", "after")
+    junk = tmp_path / "junk.txt"
+    junk.write_text("this is not\na trace\n")
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "replay", "--from", str(a.dir),
+                        "--to", str(b.dir), "--events", str(junk)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "no trace event in its 2 lines (2 garbled)" in r.stderr, r.stderr

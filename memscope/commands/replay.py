@@ -41,7 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--to", dest="replay_to", required=True, metavar="B",
                    help="the later dump of the same boot")
     p.add_argument("--events", dest="events_file", metavar="FILE",
-                   help="trace text to replay instead of B's ring buffer")
+                   help="trace text to replay instead of B's ring buffer: every event of "
+                        "the file is applied, so give it the window only (the events after "
+                        "A, up to B)")
     p.add_argument("--leaks", action="store_true",
                    help="instead of the agreement: what the window allocated and B still "
                         "holds, by call site, largest first (memscope.model.leaks)")
@@ -90,6 +92,9 @@ def _replay(args) -> Result:
         except OSError as e:
             raise CommandError(f"replay: cannot read {args.events_file}: "
                                f"{e.strerror or e}") from None
+        if not tt.events:
+            raise CommandError(f"replay: {args.events_file}: no trace event in its "
+                               f"{tt.lines} lines ({tt.garbled} garbled): not trace text?")
         events, lost = tt.events, sum(tt.lost.values())
     a = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(ca, va)))
     b = KernelContext(tdrgn.DrgnTarget(tdrgn.open_core(cb, vb)))
