@@ -239,6 +239,25 @@ def test_heap_walk_tiles_the_brk_heap_and_finds_the_workloads_allocations(real_k
     assert h.tcache_problems == []
 
 
+def _rollups_equal_the_truth(ctx, snap, pids) -> dict[int, dict[str, int]]:
+    """smaps_rollup PID --format proc is the guest's file byte for byte for each of PIDS,
+    and its JSON's kB are the file's lines: {pid: the file's lines}."""
+    import json
+
+    out = {}
+    for pid in pids:
+        want = snap.truth_text(f"{pid}/smaps_rollup")
+        text, status = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="proc", pid=str(pid)))
+        assert status == 0
+        assert text == want, pid
+        js, _ = commands.execute(ctx, argparse.Namespace(
+            command="smaps_rollup", format="json", pid=str(pid)))
+        assert json.loads(js)["kb"] == _rollup_lines(want)
+        out[pid] = _rollup_lines(want)
+    return out
+
+
 def _rollup_lines(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", text, re.M)}
 
@@ -259,15 +278,7 @@ def test_smaps_rollup_proc_is_the_guests_file_byte_for_byte(real_kernel):
     ctx = KernelContext(t)
     pids = _tracked(real_kernel)
     assert pids, "the workload tracks a process"
-    for pid in pids:
-        want = real_kernel.truth_text(f"{pid}/smaps_rollup")
-        text, status = commands.execute(ctx, argparse.Namespace(
-            command="smaps_rollup", format="proc", pid=str(pid)))
-        assert status == 0
-        assert text == want, pid
-        js, _ = commands.execute(ctx, argparse.Namespace(
-            command="smaps_rollup", format="json", pid=str(pid)))
-        assert json.loads(js)["kb"] == _rollup_lines(want)
+    _rollups_equal_the_truth(ctx, real_kernel, pids)
 
 
 def test_smaps_rollup_names_the_line_a_swap_entry_leaves_unknown(real_kernel):
@@ -347,17 +358,8 @@ def test_smaps_rollup_with_swap_is_the_guests_file_byte_for_byte(lab_case):
     snap = _swap_case(lab_case)
     _prog, t = open_dump(snap)
     ctx = KernelContext(t)
-    want = {}
-    for pid in _tracked(snap):
-        text = snap.truth_text(f"{pid}/smaps_rollup")
-        got, status = commands.execute(ctx, argparse.Namespace(
-            command="smaps_rollup", format="proc", pid=str(pid)))
-        assert status == 0
-        assert got == text, pid
-        js, _ = commands.execute(ctx, argparse.Namespace(
-            command="smaps_rollup", format="json", pid=str(pid)))
-        assert json.loads(js)["kb"] == _rollup_lines(text)
-        want[snap.tracked()[pid]] = _rollup_lines(text)
+    lines = _rollups_equal_the_truth(ctx, snap, _tracked(snap))
+    want = {snap.tracked()[pid]: v for pid, v in lines.items()}
     assert all(w["Swap"] > 0 for w in want.values()), want
     assert all(w["SwapPss"] < w["Swap"] for w in want.values()), want
     assert want["swap-parent"]["Swap"] > want["swap-child1"]["Swap"]
