@@ -209,22 +209,14 @@ def _execute_watched(target: Target | KernelContext,
 
     ctx = target if isinstance(target, KernelContext) else KernelContext(target)
     ctx.refresh()
-    try:
-        before = live.counters(ctx)
-    except TargetError:
-        before = None
     ctx.live_watch = watch = live.Watch()
     try:
-        text, status = execute(ctx, args)
+        with live.reading(ctx) as whole:
+            text, status = execute(ctx, args)
     finally:
         del ctx.live_watch
-    try:
-        after = live.counters(ctx)
-    except TargetError:
-        after = None
-    if watch.used:  # the command watched the part its answer depends on (check)
-        return text, status, watch.moved
-    return text, status, before is None or after is None or live.moved(before, after)
+    # A command that watched the part its answer depends on (check) says itself.
+    return text, status, watch.moved if watch.used else whole.moved
 
 
 def add_subparsers(parser: argparse.ArgumentParser) -> None:

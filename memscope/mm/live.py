@@ -71,24 +71,42 @@ class Watch:
         self.moved = False
 
 
+class Reading:
+    """What :func:`reading` saw: ``moved`` is set when the block is left."""
+
+    def __init__(self) -> None:
+        self.moved = False
+
+
+@contextlib.contextmanager
+def reading(ctx: KernelContext):
+    """Read the counters before and after the block; the yielded :class:`Reading`'s
+    ``moved`` is then True when the two readings differ or either failed (a kernel that
+    could not be read twice is not known to have stood still)."""
+    from ..target.base import TargetError
+
+    def now() -> bytes | None:
+        try:
+            return counters(ctx)
+        except TargetError:
+            return None
+
+    r = Reading()
+    before = now()
+    yield r
+    after = now()
+    r.moved = before is None or after is None or moved(before, after)
+
+
 @contextlib.contextmanager
 def watched(ctx: KernelContext):
     """Read the counters around the block when CTX is watched by a live read (else do
     nothing); a failed reading counts as moved."""
-    from ..target.base import TargetError
-
     w = getattr(ctx, "live_watch", None)
     if w is None:
         yield
         return
-    try:
-        before = counters(ctx)
-    except TargetError:
-        before = None
-    yield
-    try:
-        after = counters(ctx)
-    except TargetError:
-        after = None
+    with reading(ctx) as r:
+        yield
     w.used = True
-    w.moved = w.moved or before is None or after is None or moved(before, after)
+    w.moved = w.moved or r.moved

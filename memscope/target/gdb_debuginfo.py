@@ -37,6 +37,8 @@ class _DebugInfo:
         self.enums: dict[str, dict[str, int]] = {}
         self.sizes: dict[str, int] = {}
         self.array_lengths: dict[str, int] = {}
+        #: (link address, bytes) of linux_banner as the file holds them (gdb_kaslr).
+        self.banner: tuple[int, bytes] | None = None
 
     def link_address(self, name: str) -> int | None:
         """The address gdb has for NAME (before the kernel offset), or None."""

@@ -46,7 +46,10 @@ METHODS = ("zero", "vbar", "pc", "scan")
 
 def linux_banner(debuginfo: _DebugInfo) -> tuple[int, bytes]:
     """(link address of linux_banner, its bytes up to the NUL as the vmlinux file holds
-    them): what a read of the running kernel at that address plus the offset must give."""
+    them): what a read of the running kernel at that address plus the offset must give.
+    Read from the file once per vmlinux (kept in DEBUGINFO)."""
+    if debuginfo.banner is not None:
+        return debuginfo.banner
     banner_link = debuginfo.link_address("linux_banner")
     text = debuginfo.link_address("_text")
     if banner_link is None or text is None:
@@ -55,7 +58,8 @@ def linux_banner(debuginfo: _DebugInfo) -> tuple[int, bytes]:
     # gdb's addresses may already be relocated (symbol-file -o): map back to the file.
     file_bias = text - _elf_first_load(debuginfo.path)
     raw = _elf_file_read(debuginfo.path, banner_link - file_bias, 512)
-    return banner_link, raw.split(b"\0", 1)[0] + b"\0"
+    debuginfo.banner = banner_link, raw.split(b"\0", 1)[0] + b"\0"
+    return debuginfo.banner
 
 
 def detect_kernel_offset(debuginfo: _DebugInfo, arch: str,
