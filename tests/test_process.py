@@ -434,3 +434,54 @@ def test_swap_map_in_use_is_the_guests_swap_used(lab_case):
                                    for o in se.offset.tolist()], pid
         seen.update(counts.tolist())
     assert 1 in seen and max(seen) > 0x3E, sorted(seen)
+
+
+def _drgn_heap_ptes(prog, task) -> dict[int, int]:
+    """{page address: PTE} of every page of TASK's brk heap, by an x86_64 walk with drgn's
+    reads (arch/x86/include/asm/pgtable_64_types.h: 9 bits a level, 5 levels when
+    ``__pgtable_l5_enabled``; a PTE is 0 when the page was never mapped; _PAGE_PRESENT is
+    bit 0); a missing table gives 0."""
+    from drgn.helpers.linux.mm import phys_to_virt
+
+    levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
+    mm = task.mm
+    start, brk = mm.start_brk.value_(), mm.brk.value_()
+    pgd = mm.pgd.value_()
+    mask = ((1 << 52) - 1) & ~0xFFF
+    out = {}
+    for va in range(start, brk, 4096):
+        table, entry = pgd, 0
+        for shift in (48, 39, 30, 21, 12)[5 - levels:]:
+            entry = prog.read_u64(table + 8 * ((va >> shift) & 511))
+            if shift == 12 or not entry & 1:
+                break
+            table = phys_to_virt(prog, entry & mask).value_()
+        out[va] = entry if shift == 12 else 0
+    return out
+
+
+def test_heap_names_the_pages_it_cannot_read_swapped_out_or_not_mapped(lab_case):
+    """heap on the swap case says which of the heap's pages are swapped out (a non-zero,
+    non-present PTE, read by drgn) and which were never mapped (no PTE), range by range,
+    and a walk that stops at a swapped-out header says so; the case has both kinds."""
+    from drgn.helpers.linux.pid import find_task
+
+    from memscope.mm import heap as mheap
+
+    snap = _swap_case(lab_case)
+    prog, t = open_dump(snap)
+    ctx = KernelContext(t)
+    seen = set()
+    for pid in _tracked(snap):
+        h = mheap.heap(ctx, mtask.find_task(ctx, pid))
+        got = {p: why for lo, hi, why in h.missing for p in range(lo, hi, 4096)}
+        want = {}
+        for va, pte in _drgn_heap_ptes(prog, find_task(prog, pid)).items():
+            if not pte & 1:
+                want[va] = "swapped out" if pte else "not mapped"
+        assert got == want, pid
+        seen.update(want.values())
+        if h.error and "cannot be read" in h.error:
+            at = int(h.error.split(" at ")[1].split()[0], 16)
+            assert h.error.endswith(f"its page is {want[at - at % 4096]}"), h.error
+    assert seen == {"swapped out", "not mapped"}

@@ -60,9 +60,11 @@ def ps(ctx, args) -> Result:
                  x.rss_pages * kb if x.mm else "", x.rss.get("anon", 0) * kb if x.mm else "",
                  x.rss.get("file", 0) * kb if x.mm else "",
                  x.rss.get("shmem", 0) * kb if x.mm else "",
+                 x.rss.get("swap", 0) * kb if x.mm else "",
                  f"[{x.name}]" if x.kthread else x.name] for x in tasks]
         return tabulate(rows, headers=["pid", "ppid", "cpu", "st", "task", "rss kB",
-                                       "anon kB", "file kB", "shmem kB", "name"]) + "\n"
+                                       "anon kB", "file kB", "shmem kB", "swap kB",
+                                       "name"]) + "\n"
 
     return Result(data, table)
 
@@ -194,8 +196,8 @@ def heap(ctx, args) -> Result:
         out = [f"pid {pid} ({task.comm}): brk heap {h.start_brk:#x}-{h.brk:#x} "
                f"({(h.brk - h.start_brk) // 1024} KiB, {h.resident // 1024} KiB resident), "
                f"malloc's chunks from {h.first_chunk:#x}"]
-        for lo, hi in h.missing:
-            out.append(f"not in the dump or not mapped: {lo:#x}-{hi:#x}")
+        for lo, hi, why in h.missing:
+            out.append(f"{why}: {lo:#x}-{hi:#x}")
         if h.error:
             out.append(f"walk stopped: {h.error}")
         out.append(f"{len(h.address)} chunks: " + ", ".join(f"{n} {s}" for s, n in counts.items())

@@ -3,7 +3,8 @@
 - The brk heap is ``[mm->start_brk, mm->brk)``: malloc's main arena grows it with
   ``sbrk()``.  Its pages are read through the process's page tables
   (:func:`memscope.kernel.pgtable.walk_leaves`); a page the tables do not map (never
-  touched, swapped out) or the dump does not hold is reported, not guessed.
+  touched), that is swapped out or that the dump does not hold is reported as such
+  (:data:`MISSING`), not guessed.
 - The chunk walk (glibc malloc/malloc.c, ``struct malloc_chunk``): each chunk starts
   with ``mchunk_prev_size`` and ``mchunk_size`` (8 bytes each on 64-bit); the size's low
   bits are PREV_INUSE (1), IS_MMAPPED (2) and NON_MAIN_ARENA (4); the next chunk starts
@@ -54,8 +55,10 @@ class HeapReport:
 
     ``start_brk``/``brk`` the heap's bounds; ``first_chunk`` where malloc's chunks start
     (``start_brk`` unless something took memory with sbrk() before malloc); ``resident`` bytes of it the page tables map;
-    ``missing`` (start, end) ranges of the heap whose pages are not mapped or not in the
-    dump; the walk, one entry per chunk in address order (empty when it could not
+    ``missing`` (start, end, why) ranges of the heap whose bytes cannot be read, WHY one of
+    :data:`MISSING` ("not mapped": no page-table entry, never touched or unmapped;
+    "swapped out": a non-present entry, a swap or migration entry; "not in the dump": the
+    tables map a page the dump does not hold); the walk, one entry per chunk in address order (empty when it could not
     start): ``address`` of each header, ``size`` in bytes (flags cleared) and ``state``,
     an index into :data:`STATES` (in use, free, tcache, top); ``tiles`` whether the chunks
     cover [first_chunk, brk) exactly, the top chunk last; ``error`` why the walk stopped
@@ -69,7 +72,7 @@ class HeapReport:
     brk: int
     first_chunk: int
     resident: int
-    missing: list[tuple[int, int]]
+    missing: list[tuple[int, int, str]]
     address: np.ndarray  # uint64
     size: np.ndarray  # uint64
     state: np.ndarray  # uint8, index into STATES
@@ -92,30 +95,41 @@ class _UserMemory:
         _lay, self.paging, self.read_phys, self.pgd = address_space(ctx, task)
         self.page = ctx.t.page_size
 
-    def pages(self, start: int, end: int) -> dict[int, bytes]:
-        """{page address: its bytes} for every page of [START, END) the tables map and the
-        target holds."""
-        out = {}
+    def pages(self, start: int, end: int) -> tuple[dict[int, bytes], dict[int, str]]:
+        """({page address: its bytes} for every page of [START, END) the tables map and the
+        target holds, {page address: why} for the other pages under an entry: "swapped
+        out" (a non-present entry) or "not in the dump")."""
+        out, why = {}, {}
         lv = walk_leaves(self.paging, self.pgd, start, end, self.read_phys)
-        for i in np.flatnonzero(lv.present).tolist():
+        for i in range(len(lv)):
             va, pa, lsize = int(lv.va[i]), int(lv.pa[i]), 1 << int(lv.shift[i])
             lo, hi = max(va, start - start % self.page), min(va + lsize, end)
-            data = self.read_phys(pa + (lo - va), hi - lo)
+            data = self.read_phys(pa + (lo - va), hi - lo) if lv.present[i] else None
             if data is None or len(data) != hi - lo:
+                reason = MISSING[2] if lv.present[i] else MISSING[1]
+                why.update(dict.fromkeys(range(lo, hi, self.page), reason))
                 continue
             for off in range(0, hi - lo, self.page):
                 out[lo + off] = data[off:off + self.page]
-        return out
+        return out, why
 
 
-def _missing(pages: dict[int, bytes], start: int, end: int, size: int) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
+#: Why a heap page cannot be read (:attr:`HeapReport.missing`).
+MISSING = ("not mapped", "swapped out", "not in the dump")
+
+
+def _missing(pages: dict[int, bytes], why: dict[int, str], start: int, end: int,
+             size: int) -> list[tuple[int, int, str]]:
+    """The pages of [START, END) not in PAGES as (start, end, why) ranges."""
+    out: list[tuple[int, int, str]] = []
     for p in range(start - start % size, end, size):
-        if p not in pages:
-            if out and out[-1][1] == p:
-                out[-1] = (out[-1][0], p + size)
-            else:
-                out.append((p, p + size))
+        if p in pages:
+            continue
+        w = why.get(p, MISSING[0])
+        if out and out[-1][1] == p and out[-1][2] == w:
+            out[-1] = (out[-1][0], p + size, w)
+        else:
+            out.append((p, p + size, w))
     return out
 
 
@@ -248,9 +262,9 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
     start = t.read_u64(task.mm + mm.offset("start_brk"))
     brk = t.read_u64(task.mm + mm.offset("brk"))
     um = _UserMemory(ctx, task)
-    pages = um.pages(start, brk) if brk > start else {}
+    pages, why = um.pages(start, brk) if brk > start else ({}, {})
     size = um.page
-    missing = _missing(pages, start, brk, size) if brk > start else []
+    missing = _missing(pages, why, start, brk, size) if brk > start else []
     resident = sum(min(p + size, brk) - max(p, start) for p in pages)
 
     # The heap's words at every 16-byte step as Python ints (a chunk header is 16-aligned:
@@ -263,8 +277,9 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
         i, end = (pos - start) // 16, nslot
         while i < end and len(raw) < MAX_CHUNKS:
             if not held_slot[i]:
-                return raw, start + 16 * i, \
-                    f"chunk header at {start + 16 * i:#x} is on a page the dump does not hold"
+                at = start + 16 * i
+                return raw, at, (f"chunk header at {at:#x} cannot be read: its page is "
+                                 f"{why.get(at - at % size, MISSING[0])}")
             field = fields[i]
             csize = field & ~SIZE_BITS
             if csize < MIN_CHUNK or csize % 16 or i + csize // 16 > end:
@@ -293,6 +308,12 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
             if e2 is None and p2 == brk and r2 and r2[0][1] & PREV_INUSE:
                 first, raw, pos, error = start + cand, r2, p2, None
                 break
+        else:
+            if missing and error is not None and "cannot be read" not in error:
+                # The walk from start_brk met no missing page, yet no start tiles: malloc's
+                # first chunk may be on one (a static binary's TLS comes first).
+                error += ("; no other start tiles the heap, and malloc's first chunk may "
+                          f"be on a page that is {missing[0][2]} ({missing[0][0]:#x})")
     tiles = error is None and pos == brk and bool(raw)
     problems: list[str] = []
     found = _find_tcache(img, raw, start, brk)
@@ -317,7 +338,7 @@ def heap(ctx: KernelContext, task: Task) -> HeapReport:
     for v in vmas(ctx, task):
         if v.file or v.name or not v.vma or v.end - v.start < MMAP_THRESHOLD:
             continue
-        head = um.pages(v.start, v.start + 16).get(v.start)
+        head = um.pages(v.start, v.start + 16)[0].get(v.start)
         if head is None:
             continue
         prev, word = struct.unpack_from("<QQ", head)
