@@ -45,7 +45,7 @@ from ..mm.context import KernelContext
 from .buddy import Agreement, Divergence
 
 __all__ = ("CmaDivergence", "CmaModel", "CmaRangeState", "cma_state", "compare_cma",
-           "replay_cma")
+           "contig_pageblocks", "explain_contig", "replay_cma")
 
 #: The events that take bits (5.10's ``cma_alloc``; ``cma_alloc_finish`` since 6.1, when
 #: the allocation was split into start, busy-retry and finish events).
@@ -261,3 +261,49 @@ def replay_cma(a: KernelContext, b: KernelContext, events: list) -> tuple[Agreem
         from ..target.base import TargetError
 
         raise TargetError(str(e)) from None
+
+
+def contig_pageblocks(events, pageblock_order: int) -> list[tuple[int, int, str]]:
+    """(first pfn, end pfn, event) of the pageblocks that each CMA allocation attempt of
+    EVENTS isolated: a successful ``cma_alloc_finish`` (5.10: ``cma_alloc``) or a
+    ``cma_alloc_busy_retry``, its ``[pfn, pfn + count)`` widened to whole pageblocks."""
+    out = []
+    for e in events:
+        if e.name not in ALLOC_EVENTS and e.name != "cma_alloc_busy_retry":
+            continue
+        pfn, count = e.fields.get("pfn"), e.fields.get("count")
+        if not e.fields.get("page", 1) or e.fields.get("errorno", 0) \
+                or not isinstance(pfn, int) or not isinstance(count, int) or count <= 0:
+            continue
+        lo = pfn >> pageblock_order << pageblock_order
+        hi = -(-(pfn + count) >> pageblock_order) << pageblock_order
+        out.append((lo, hi, e.name))
+    return out
+
+
+def explain_contig(agreements: list[Agreement], events, pageblock_order: int) -> None:
+    """Give the buddy and pcp divergences inside a pageblock that a CMA allocation of the
+    window isolated (:func:`contig_pageblocks`) their cause: ``cma_range_alloc()`` ->
+    ``alloc_contig_frozen_range()`` (mm/page_alloc.c) moves the pageblocks' free pages to
+    MIGRATE_ISOLATE (``start_isolate_page_range()``), takes the range's free pages off
+    the buddy lists with no ``mm_page_alloc`` (``isolate_freepages_range()``), frees what
+    it took beyond the range, and moves the rest back (``undo_isolate_page_range()``,
+    merging as it goes): none of this has an event, and frees into an isolated pageblock
+    go straight to the buddy lists, not to a pcp list."""
+    blocks = contig_pageblocks(events, pageblock_order)
+    if not blocks:
+        return
+    for g in agreements:
+        if g.allocator not in ("buddy", "pcp"):
+            continue
+        for i, d in enumerate(g.divergences):
+            end = d.pfn + (1 << d.order)
+            for lo, hi, name in blocks:
+                if d.pfn < hi and lo < end:
+                    g.divergences[i] = dataclasses.replace(d, cause=(
+                        f"in pageblocks {lo:#x}-{hi:#x}, which a CMA allocation of the "
+                        f"window ({name}) isolated: alloc_contig_frozen_range() takes free "
+                        "pages off the buddy lists with no mm_page_alloc "
+                        "(isolate_freepages_range()) and moves and merges free blocks "
+                        "while it isolates and restores the pageblocks, with no event"))
+                    break

@@ -217,6 +217,10 @@ def replay(a: KernelContext, b: KernelContext, events: list | None = None,
     agreements.append(slab)
     more, applied_more = replay_cma_vmalloc(a, b, events)
     agreements += more
+    if any(g.allocator == "cma" for g in more):
+        from .cma import explain_contig
+
+        explain_contig(agreements, events, _pageblock.pageblock_order(a))
     return Replay(agreements, len(events), applied + applied_slab + applied_more, lost)
 
 
