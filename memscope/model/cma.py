@@ -21,7 +21,9 @@ Events (:meth:`CmaModel.apply`), each mirroring the code that emits it:
   order_per_bit``, ``cma_bitmap_pages_to_bits(count) = ALIGN(count, 1 << order_per_bit)
   >> order_per_bit`` bits.  They were set by ``cma_range_alloc()`` before the range was
   migrated, so a ``cma_alloc_finish`` whose ``cma_alloc_start`` came before the window
-  finds them set in the earlier state already: that is no divergence.
+  finds them set in the earlier state already: that is no divergence.  (5.10 has no
+  start event: its ``cma_alloc`` of bits all taken already is taken to be such an
+  allocation, in progress at the earlier freeze.)
 - ``cma_release pfn count`` (``__cma_release_frozen()``, after ``cma_clear_bitmap()``):
   the same bits are clear again.
 
