@@ -230,3 +230,20 @@ def test_vmalloc_model_names_each_divergence():
     assert "pcpu_get_vm_areas() takes" in found[("missing", VSTART + 60 * PAGE)]
     assert "a free in progress at the freeze" in found[("missing", a1)]
     assert "allocation in progress" in found[("extra", VSTART + 20 * PAGE)]
+
+
+def test_garbled_events_are_divergences_never_tracebacks():
+    """Fields a garbled text trace may give (strings, missing keys, negative counts)."""
+    m = CmaModel([cma_range(0)])
+    for f in ({}, {"pfn": "zz", "count": 2, "page": 1}, {"pfn": BASE, "count": -1, "page": 1},
+              {"pfn": BASE, "page": 1}):
+        m.apply("cma_release", f)
+        m.apply("cma_alloc_finish", {**f, "errorno": 0})
+    assert {d.kind for d in m.divergences} == {"garbled"} and not m.ranges[0].bitmap.any()
+    v = VmallocModel({}, {})
+    v.apply("alloc_vmap_area", {"addr": "x", "size": 4096, "failed": 0})
+    v.apply("alloc_vmap_area", {"addr": VSTART, "failed": 0})
+    v.apply("free_vmap_area_noflush", {"va_start": "x"})
+    v.apply("purge_vmap_area_lazy", {"start": None, "end": 3})
+    assert [d.kind for d in v.divergences] == ["garbled", "garbled", "free_not_busy"]
+    assert v.busy == v.lazy == {}
