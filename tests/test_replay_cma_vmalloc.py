@@ -194,3 +194,20 @@ def test_replay_command_agrees_on_cma_and_vmalloc(window):
     # the buddy record's divergences (checked against drgn above) name the CMA isolation
     for d in recs["buddy"]["divergences"]:
         assert "a CMA allocation of the window (cma_alloc_finish) isolated" in d["cause"], d
+
+
+@pytest.mark.parametrize("case", ["6.12-trace", "7.2-trace"])
+def test_the_vmalloc_areas_of_the_quiet_windows_are_predicted_exactly(case, lab_case):
+    """The quiet second of the kernels with vmalloc tracepoints (tests/test_replay.py's
+    cases): A's areas by drgn through the window's events are B's by drgn."""
+    a_snap, b_snap = lab_case(case, "before"), lab_case(case, "after")
+    (prog_a, ta), (prog_b, tb) = open_dump(a_snap), open_dump(b_snap)
+    events, parts = window_events(KernelContext(ta), KernelContext(tb))
+    assert all(p.lost == 0 for p in parts)
+    sa = _drgn_vmalloc(prog_a)
+    m = VmallocModel(sa.busy, sa.lazy)
+    m.apply_all(events)
+    sb = _drgn_vmalloc(prog_b)
+    assert m.divergences == []
+    assert (m.busy, m.lazy) == (sb.busy, sb.lazy)
+    assert len(sb.busy) > 50
