@@ -11,13 +11,17 @@ each CPU would be exact: the file is taken as the window as it is).
 JSON output::
 
     {"events": int, "applied": int, "lost": int,
-     "allocators": [{"allocator": "buddy" | "pcp" | "slab", "matched": int,
-                     "missing": int, "extra": int,
+     "allocators": [{"allocator": "buddy" | "pcp" | "slab" | "cma" | "vmalloc",
+                     "matched": int, "missing": int, "extra": int,
                      "divergences": [{"kind": str, "pfn": int, "order": int,
                                       "event": str, "cause": str}]}]}
 
-(for ``slab`` a divergence's ``pfn`` is the object's address).  Exit status 0 when every
-allocator agrees, 1 when something diverges, 2 for bad input.
+(for ``slab`` a divergence's ``pfn`` is the object's address; for ``vmalloc`` the area's
+start address, with its ``size`` in bytes; a ``cma`` divergence is a run of ``count``
+pages from ``pfn``).  ``cma`` (bitmap bits: :mod:`memscope.model.cma`) is there when the
+earlier dump has an activated CMA area, ``vmalloc`` (busy and lazily freed areas:
+:mod:`memscope.model.vmalloc`) when the kernel has the vmalloc tracepoints (6.12, 7.2).
+Exit status 0 when every allocator agrees, 1 when something diverges, 2 for bad input.
 
 ``--leaks``: instead, what the window allocated and B still holds, by call site
 (:mod:`memscope.model.leaks`; JSON: ``events``, ``lost`` and the keys of
@@ -119,7 +123,7 @@ def _replay(args) -> Result:
                                        "divergences"])]
         for g in r.agreements:
             for d in g.divergences[:20]:
-                where = f"{d.pfn:#x}" if g.allocator == "slab" else f"pfn {d.pfn:#x} order {d.order}"
+                where = _where(g.allocator, d)
                 out.append(f"{g.allocator}: {d.kind} {where}"
                            + (f" ({d.event})" if d.event else "") + f": {d.cause}")
             if len(g.divergences) > 20:
@@ -128,6 +132,18 @@ def _replay(args) -> Result:
 
     agree = all(not g.missing and not g.extra and not g.divergences for g in r.agreements)
     return Result(data, table, exit_status=0 if agree else 1)
+
+
+def _where(allocator: str, d) -> str:
+    """A divergence's place in the table: an address (slab, vmalloc with the area's
+    size), a run of pages (cma) or a block (buddy, pcp)."""
+    if allocator == "slab":
+        return f"{d.pfn:#x}"
+    if allocator == "vmalloc":
+        return f"{d.pfn:#x} ({getattr(d, 'size', 0)} bytes)"
+    if allocator == "cma":
+        return f"pfn {d.pfn:#x} ({getattr(d, 'count', 0)} pages)"
+    return f"pfn {d.pfn:#x} order {d.order}"
 
 
 def _leaks(a, b, events, lost: int) -> Result:

@@ -61,6 +61,14 @@ CASES: dict[str, dict] = {
     "6.1-trace": dict(kernel="6.1", workload="trace-quiet", trace="kmem,cma,vmalloc"),
     "6.12-trace": dict(kernel="6.12", workload="trace-quiet", trace="kmem,cma,vmalloc"),
     "7.2-trace": dict(kernel="7.2", workload="trace-quiet", trace="kmem,cma,vmalloc"),
+    # The CMA bitmap and the vmap areas between "before" and "after": the NVMe driver
+    # unbound, bound and unbound again (its I/O queues' rings come from the default CMA
+    # area) and 40 processes' vmalloc()ed stacks (fixtures/workloads/trace-cma-vmalloc.sh).
+    # Each unbind and bind runs the ACPI interpreter (a first build saw some 110,000
+    # Acpi-State objects allocated and freed per unbind, and lost half of a 16 MiB
+    # buffer's window): an 80 MiB ring buffer per CPU keeps the whole window.
+    "7.2-trace-cma": dict(kernel="7.2", workload="trace-cma-vmalloc", trace="kmem,cma,vmalloc",
+                          trace_kb=81920, append="cma=64M"),
     # A swap area on the NVMe disk holding anonymous pages of a tracked shell, some shared
     # by 66 children forked after the swap-out (swap counts past SWAP_MAP_MAX, in the swap
     # map's continuation pages), some its own: smaps_rollup's Swap and SwapPss lines.

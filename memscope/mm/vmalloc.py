@@ -42,8 +42,8 @@ from ..kernel.problem import Problem
 from ..target.base import FaultError, TargetError
 from .context import KernelContext
 
-__all__ = ("CallerUsage", "VmallocArea", "VmallocInfo", "by_caller", "format_vmallocinfo",
-           "guard_size", "picture_kind", "vmallocinfo")
+__all__ = ("CallerUsage", "VmallocArea", "VmallocInfo", "VmapArea", "by_caller",
+           "format_vmallocinfo", "guard_size", "picture_kind", "vmallocinfo", "vmap_areas")
 
 # include/linux/vmalloc.h: the flag bits /proc/vmallocinfo names (#defines: not in the
 # debug info; unchanged since v5.10 but VM_SPARSE, v6.9) and VM_UNINITIALIZED.
@@ -342,3 +342,74 @@ def by_caller(info: VmallocInfo) -> list[CallerUsage]:
     rows = [CallerUsage(c, k, len(v), sum(a.size for a in v), sum(a.nr_pages for a in v))
             for (c, k), v in groups.items()]
     return sorted(rows, key=lambda r: (-r.bytes, -r.areas, r.caller, r.kind))
+
+
+#: mm/vmalloc.c: vmap_area.flags of a vmap block's area (v6.2+, with VMAP_RAM).
+VMAP_BLOCK = 0x2
+
+
+@dataclasses.dataclass(frozen=True)
+class VmapArea:
+    """One ``struct vmap_area`` as the allocator holds it, whether /proc/vmallocinfo
+    prints it or not (vmap blocks, areas being set up or torn down).
+
+    ``start``/``end``: ``va_start``/``va_end`` (bytes; the guard page included).
+    ``lazy``: on a lazy (purge) list, freed but not yet purged.  ``address``: the
+    ``struct vmap_area``.  ``va_flags``: ``vmap_area.flags`` (v6.2+; 0 before: VMAP_RAM,
+    VMAP_BLOCK and, v6.9+, the vmap node id in the upper bits).  ``vm``: its
+    ``vm_struct`` or 0 (busy areas only: a lazy area's ``vm`` union member is not one).
+    ``vm_flags``, ``caller``, ``caller_name``: the vm_struct's VM_* flags and caller
+    (``%pS``), 0/"" without one."""
+
+    start: int
+    end: int
+    lazy: bool
+    address: int
+    va_flags: int = 0
+    vm: int = 0
+    vm_flags: int = 0
+    caller: int = 0
+    caller_name: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``lazy``, ``vm_struct``, ``vm_map_ram`` (VMAP_RAM), ``vmap_block``
+        (VMAP_BLOCK) or ``no_vm`` (busy, none of these: being set up or torn down)."""
+        if self.lazy:
+            return "lazy"
+        if self.vm:
+            return "vm_struct"
+        if self.va_flags & VMAP_RAM:
+            return "vm_map_ram"
+        return "vmap_block" if self.va_flags & VMAP_BLOCK else "no_vm"
+
+
+def vmap_areas(ctx: KernelContext) -> tuple[list[VmapArea], list[Problem]]:
+    """Every busy and every lazily freed ``struct vmap_area`` (the lists of
+    :func:`vmallocinfo`, none left out), with each busy area's vm_struct caller.
+
+    :return: the areas (busy in list order, then the lazy ones) and the problems the
+        bounded walks found (an unreadable area is left out and named).
+    :raises TargetError: the kernel has none of the lists, or a layout is missing."""
+    problems: list[Problem] = []
+    busy, lazy = _lists(ctx, problems)
+    t = ctx.t
+    va_l, vm_l = t.layout("struct vmap_area"), t.layout("struct vm_struct")
+    has_flags = va_l.has("flags")
+    out = []
+    for va, is_lazy in [*((a, False) for a in busy), *((a, True) for a in lazy)]:
+        try:
+            buf = t.read(va, va_l.size)
+            start, end = read_member(va_l["va_start"], buf), read_member(va_l["va_end"], buf)
+            flags = read_member(va_l["flags"], buf) if has_flags else 0
+            vm = 0 if is_lazy else read_member(va_l["vm"], buf)
+            vm_flags = caller = 0
+            if vm:
+                v = t.read(vm, vm_l.size)
+                vm_flags, caller = read_member(vm_l["flags"], v), read_member(vm_l["caller"], v)
+        except FaultError as e:
+            problems.append(Problem("unreadable", "vmap_area", f"area {va:#x}: {e}"))
+            continue
+        out.append(VmapArea(start, end, is_lazy, va, flags, vm, vm_flags, caller,
+                            kallsyms.format_symbol(ctx, caller) if caller else ""))
+    return out, problems

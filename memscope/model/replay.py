@@ -8,8 +8,10 @@ under ``zone->lock`` happen in that order), or a text trace.  The states are rea
 :mod:`memscope.mm` through the Target.
 
 Records (:class:`memscope.model.buddy.Agreement`), one per allocator: ``allocator``
-(``buddy``, ``pcp``, ``slab``), ``matched``, ``missing``, ``extra`` (blocks or objects),
-``divergences`` (each with its kind, pfn or address, event and cause).
+(``buddy``, ``pcp``, ``slab``; ``cma`` where the kernel has a CMA area, ``vmalloc`` where
+it has the vmalloc tracepoints), ``matched``, ``missing``, ``extra`` (blocks, objects,
+bitmap bits or areas), ``divergences`` (each with its kind, pfn or address, event and
+cause; a CMA one with its ``count`` of pages, a vmalloc one with its ``size`` in bytes).
 """
 
 from __future__ import annotations
@@ -213,4 +215,27 @@ def replay(a: KernelContext, b: KernelContext, events: list | None = None,
 
     slab, applied_slab = replay_slab(a, b, events)
     agreements.append(slab)
-    return Replay(agreements, len(events), applied + applied_slab, lost)
+    more, applied_more = replay_cma_vmalloc(a, b, events)
+    agreements += more
+    if any(g.allocator == "cma" for g in more):
+        from .cma import explain_contig
+
+        explain_contig(agreements, events, _pageblock.pageblock_order(a))
+    return Replay(agreements, len(events), applied + applied_slab + applied_more, lost)
+
+
+def replay_cma_vmalloc(a: KernelContext, b: KernelContext,
+                       events: list) -> tuple[list[Agreement], int]:
+    """The CMA model (:mod:`memscope.model.cma`: a ``cma`` record when A has an
+    activated CMA area) and the vmalloc model (:mod:`memscope.model.vmalloc`: a
+    ``vmalloc`` record when the kernel has the vmalloc tracepoints) through EVENTS, and
+    how many events they applied."""
+    from .cma import replay_cma
+    from .vmalloc import replay_vmalloc
+
+    out, applied = [], 0
+    for got in (replay_cma(a, b, events), replay_vmalloc(a, b, events)):
+        if got is not None:
+            out.append(got[0])
+            applied += got[1]
+    return out, applied
