@@ -97,7 +97,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
 
 
-
 @pytest.fixture(scope="session")
 def lab_case():
     """lab_case(NAME, SNAPSHOT="") -> cases.Snapshot for a case in cases.CASES."""

@@ -197,7 +197,23 @@ class Pool:
                     self.up -= 1
                 self.cond.notify_all()
         if st == "ready":
-            stop(self.dirs[name])
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        """Stop guest NAME and reap its QEMU (a process the pool holds would otherwise
+        stay a zombie, which ``pgrep qemu`` still lists, until the session ends)."""
+        d = self.dirs[name]
+        pid = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = json.loads((d / "meta.json").read_text()).get("qemu_pid")
+        stop(d)
+        with self.cond:  # an RLock: _run calls this holding it
+            for p in list(self.procs):
+                if p.pid == pid:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.wait(10)
+                if p.poll() is not None:
+                    self.procs.remove(p)
 
     def close(self) -> None:
         with self.cond:
@@ -213,7 +229,7 @@ class Pool:
         if self.thread is not None:
             self.thread.join(120)
         for n in ready:
-            stop(self.dirs[n])
+            self._stop(n)
         for p in self.procs:
             with contextlib.suppress(OSError):
                 p.kill()
@@ -252,7 +268,7 @@ class Pool:
                     self.unwanted.discard(name)
                     self.state[name] = "released"
                     self.up -= 1
-                    stop(d)
+                    self._stop(name)
                 elif booted:
                     self.state[name], self.result[name] = "ready", result
                 else:
