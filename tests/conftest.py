@@ -43,7 +43,32 @@ def _prebuild() -> None:
         list(pool.map(one, PREBUILD))
 
 
+def _pool_guest(item) -> str | None:
+    """The guest of guests.POOL that ITEM uses (its frozen_guest or kept_guest), or None."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("frozen_guest") or params.get("kept_guest")
+
+
+#: For each guest of guests.POOL, the index in session.items of the last test using it.
+_last_use: dict[str, int] = {}
+_index: dict[str, int] = {}
+
+
 def pytest_collection_finish(session):
+    # The guests of the GDB, QMP and CMA tests boot in the background, one at a time, in
+    # the order the tests use them (tests/guests.py Pool); a guest whose tests were all
+    # deselected is never booted.
+    first: list[str] = []
+    for i, item in enumerate(session.items):
+        _index[item.nodeid] = i
+        name = _pool_guest(item)
+        if name is not None:
+            if name not in _last_use:
+                first.append(name)
+            _last_use[name] = i
+    if first and not session.config.option.collectonly:
+        factory = session.config._tmp_path_factory
+        guests.POOL.plan(first, lambda name: factory.mktemp(f"kept-{name}") / "guest")
     # The live userland guest (tests/test_live_userland.py) boots in the background from
     # the start: its ~9 minutes of guest time overlap the other tests.
     for item in session.items:
@@ -58,6 +83,8 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
+    # Every guest of the pool stopped, the boot under way too (Ctrl-C and -x included).
+    guests.POOL.close()
     # Let the build under way finish (it owns a QEMU process) and start no other.
     _stop.set()
     if _thread is not None:
@@ -66,7 +93,7 @@ def pytest_sessionfinish(session):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if {"lab_case", "frozen_guest"} & set(getattr(item, "fixturenames", ())):
+        if {"lab_case", "frozen_guest", "kept_guest"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
 
 
@@ -98,25 +125,22 @@ def real_kernel(request, lab_case) -> cases.Snapshot:
 
 @pytest.fixture(scope="session", params=list(guests.GUESTS),
                 ids=[f"kernel-{k}" for k in guests.GUESTS])
-def frozen_guest(request, tmp_path_factory) -> guests.Guest:
+def frozen_guest(request) -> guests.Guest:
     """A frozen guest of each lab kernel in turn (lab run --keep), shared by the GDB and
-    QMP tests: pytest groups the tests by guest, and each guest is stopped as soon as no
-    later test needs it (pytest_runtest_teardown), so one is up at a time."""
-    name = request.param
-    d = tmp_path_factory.mktemp(f"frozen-{name}") / "guest"
-    request.addfinalizer(lambda: guests.stop(d))
-    _frozen[name] = d
-    return guests.boot(name, d)
+    QMP tests: pytest groups the tests by guest; guests.POOL boots each ahead of its
+    tests and stops it as soon as no later test needs it (pytest_runtest_teardown)."""
+    return guests.POOL.get(request.param)
 
 
-_frozen: dict[str, object] = {}
+@pytest.fixture
+def kept_guest(request) -> guests.Guest:
+    """The guest of guests.KEPT named by the test's parameter (indirect), from guests.POOL
+    like frozen_guest."""
+    return guests.POOL.get(request.param)
 
 
 def pytest_runtest_teardown(item, nextitem):
-    name = getattr(getattr(item, "callspec", None), "params", {}).get("frozen_guest")
-    if name is None or name not in _frozen:
-        return
-    later = item.session.items[item.session.items.index(item) + 1:]
-    if not any(getattr(getattr(i, "callspec", None), "params", {}).get("frozen_guest") == name
-               for i in later):
-        guests.stop(_frozen.pop(name))
+    i = _index.get(item.nodeid)
+    for name, last in _last_use.items():
+        if last == i:
+            guests.POOL.release(name)

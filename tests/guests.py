@@ -2,9 +2,10 @@
 them: the command line (on a vmcore, or over QMP with ``--qemu``) and the gdb front end.
 
 One frozen guest per lab kernel (``lab run --keep``: the guest stays paused with its
-gdbstub and QMP socket open, and its vmcore is a dump of exactly that paused state).  The
-``frozen_guest`` fixture (tests/conftest.py) boots them one at a time and stops each as
-soon as no later test needs it.
+gdbstub and QMP socket open, and its vmcore is a dump of exactly that paused state), and
+the CMA guests of tests/test_cma.py.  POOL boots them in the background, ahead of the
+tests that need them (tests/conftest.py: the ``frozen_guest`` and ``kept_guest``
+fixtures), and each is stopped as soon as no later test needs it.
 
 Every comparison runs the same PLAN (every registered command in every format, plus the
 flags that take other paths: ``pages --pfn``, ``pages/pageblocks --png``, ``frag --gfp``
@@ -23,10 +24,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from memscope import commands, lab
+from memscope.lab import qemu as lab_qemu
 from memscope.errors import LabError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +49,17 @@ GUESTS: dict[str, dict] = {
     "6.12-arm64": dict(kernel="6.12-arm64", workload=FROZEN_WORKLOAD, mem=1024),
     "6.12-numa": dict(kernel="6.12", workload=FROZEN_WORKLOAD, mem=1024, numa=2, smp=2),
 }
-GDB_BINARY = {"6.12-arm64": "gdb-multiarch"}  # else gdb
+#: The guests of tests/test_cma.py's GDB test: the cma workload on 7.2 x86_64 with
+#: cma=128M (gdb) and on the 6.12 and 7.2 arm64 kernels' default areas (gdb-multiarch).
+CMA_GUESTS: dict[str, dict] = {
+    "7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
+    "6.12-arm64-cma": dict(kernel="6.12-arm64", workload="cma", mem=1024),
+    "7.2-arm64-cma": dict(kernel="7.2-arm64", workload="cma", mem=1024),
+}
+#: Every guest POOL boots, by name.
+KEPT: dict[str, dict] = {**GUESTS, **CMA_GUESTS}
+GDB_BINARY = {"6.12-arm64": "gdb-multiarch", "6.12-arm64-cma": "gdb-multiarch",
+              "7.2-arm64-cma": "gdb-multiarch"}  # else gdb
 
 
 @dataclasses.dataclass
@@ -83,16 +96,210 @@ class Guest:
 
 
 def boot(name: str, d: Path) -> Guest:
-    """Boot guest NAME frozen (lab run --keep) into the new directory D."""
+    """Boot guest NAME of KEPT frozen (lab run --keep) into the new directory D."""
     # The timeout guards against a hang, not speed: on a shared 2-CPU machine with other
     # guests booting, a boot and its workload took more than the lab's default 600 s.
-    opts = lab.RunOptions(**GUESTS[name], mode="keep", progress=False, timeout=1800)
+    opts = lab.RunOptions(**KEPT[name], mode="keep", progress=False, timeout=1800)
     return Guest(name, d, lab.run(opts, d))
 
 
 def stop(d: Path) -> None:
     with contextlib.suppress(LabError):
         lab.stop(d)
+
+
+# --- booting the guests ahead of the tests ------------------------------------------------
+class Pool:
+    """Boots guests of KEPT in the background, one at a time, in the order the tests will
+    use them (``plan``), so that a boot overlaps the tests before it instead of keeping
+    the session waiting with a CPU idle.  At most BOUND of its guests are up at once
+    (booting, waiting or in use: 512 MiB-1 GiB of RAM each); a guest a test asks for
+    (``get``) boots next whatever the bound, so no order of tests can dead-lock it.
+
+    ``get`` returns the guest once booted, or raises the boot's error (every test of that
+    guest fails with it; a boot is bounded by lab.run's timeout).  ``release`` stops a
+    guest no later test needs (a guest still booting is stopped when its boot ends; one
+    not started never boots).  ``close`` (session end, Ctrl-C included) starts no other
+    boot, kills the QEMU of the boot under way and stops every guest: every QEMU that the
+    pool's boots spawned is recorded (memscope.lab.qemu.spawn, wrapped in the pool's
+    thread) and killed."""
+
+    def __init__(self, bound: int):
+        self.bound = max(1, bound)
+        self.cond = threading.Condition()
+        self.order: list[str] = []  # first use first
+        self.dirs: dict[str, Path] = {}
+        # planned -> booting -> ready | failed; any -> released
+        self.state: dict[str, str] = {}
+        self.result: dict[str, Guest | BaseException] = {}
+        self.demanded: set[str] = set()
+        self.unwanted: set[str] = set()  # released while booting
+        self.up = 0  # guests booting or booted and not yet stopped
+        self.closing = False
+        self.procs: list[subprocess.Popen] = []
+        self.thread: threading.Thread | None = None
+        self.mkdir = lambda name: Path(tempfile.mkdtemp(prefix=f"kept-{name}-")) / "guest"
+
+    def plan(self, names: list[str], mkdir) -> None:
+        """Boot NAMES (in that order) into directories MKDIR(NAME) makes."""
+        with self.cond:
+            self.mkdir = mkdir
+            for name in names:
+                self._add(name)
+            self._start()
+
+    def _add(self, name: str) -> None:
+        if name not in KEPT:
+            raise LabError(f"no guest {name!r} in tests/guests.py KEPT")
+        if self.state.get(name) in (None, "released"):
+            if name not in self.order:
+                self.order.append(name)
+            self.dirs[name] = self.mkdir(name)
+            self.state[name] = "planned"
+            self.cond.notify_all()
+
+    def _start(self) -> None:
+        if self.thread is None and not self.closing:
+            self.thread = threading.Thread(target=self._run, name="guest-pool", daemon=True)
+            self.thread.start()
+
+    def get(self, name: str) -> Guest:
+        with self.cond:
+            if self.closing:
+                raise LabError("the test session is ending: no guest is booted now")
+            self.demanded.add(name)
+            self.unwanted.discard(name)
+            while True:
+                # a guest nothing planned, or stopped already: boot it now
+                self._add(name)
+                self._start()
+                st = self.state[name]
+                if st == "ready":
+                    return self.result[name]
+                if st == "failed":
+                    e = self.result[name]
+                    raise LabError(f"the boot of guest {name} failed: {e}") from e
+                if not self.thread.is_alive():
+                    raise LabError(f"the guest pool's thread ended before {name} booted")
+                self.cond.wait(1.0)
+
+    def release(self, name: str) -> None:
+        """Stop guest NAME (no later test needs it)."""
+        with self.cond:
+            st = self.state.get(name)
+            if st == "booting":
+                self.unwanted.add(name)
+                return
+            if st in ("planned", "failed", "ready"):
+                self.state[name] = "released"
+                self.demanded.discard(name)
+                if st == "ready":
+                    self.up -= 1
+                self.cond.notify_all()
+        if st == "ready":
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        """Stop guest NAME and reap its QEMU (a process the pool holds would otherwise
+        stay a zombie, which ``pgrep qemu`` still lists, until the session ends)."""
+        d = self.dirs[name]
+        pid = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = json.loads((d / "meta.json").read_text()).get("qemu_pid")
+        stop(d)
+        with self.cond:  # an RLock: _run calls this holding it
+            for p in list(self.procs):
+                if p.pid == pid:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.wait(10)
+                if p.poll() is not None:
+                    self.procs.remove(p)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+            ready = [n for n, st in self.state.items() if st == "ready"]
+            for n in ready:
+                self.state[n] = "released"
+            procs = list(self.procs)
+        for p in procs:  # the boot under way ends with its QEMU, and starts no other
+            if p.poll() is None:
+                p.kill()
+        if self.thread is not None:
+            self.thread.join(120)
+        for n in ready:
+            self._stop(n)
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+    def _next(self) -> str | None:
+        """The next guest to boot (under the lock): a guest a test waits for first, else
+        the next planned one while fewer than BOUND are up; None: wait."""
+        planned = [n for n in self.order if self.state[n] == "planned"]
+        for n in planned:
+            if n in self.demanded:
+                return n
+        if planned and self.up < self.bound:
+            return planned[0]
+        return None
+
+    def _run(self) -> None:
+        _pool_thread.pool = self
+        while True:
+            with self.cond:
+                while not self.closing and (name := self._next()) is None:
+                    self.cond.wait()
+                if self.closing:
+                    return
+                self.state[name] = "booting"
+                self.up += 1
+                d = self.dirs[name]
+            try:
+                result: Guest | BaseException = boot(name, d)
+            except BaseException as e:  # noqa: BLE001 - handed to the test that waits
+                result = e
+            with self.cond:
+                booted = isinstance(result, Guest)
+                if booted and (name in self.unwanted or self.closing):
+                    self.unwanted.discard(name)
+                    self.state[name] = "released"
+                    self.up -= 1
+                    self._stop(name)
+                elif booted:
+                    self.state[name], self.result[name] = "ready", result
+                else:
+                    self.state[name], self.result[name] = "failed", result
+                    self.unwanted.discard(name)
+                    self.up -= 1
+                self.cond.notify_all()
+
+
+_pool_thread = threading.local()
+
+
+def _spawn(cmd, stderr_path, *, outlive, _real=lab_qemu.spawn):
+    """memscope.lab.qemu.spawn, recording in the pool's thread every QEMU it starts (and
+    starting none once the pool is closing)."""
+    pool = getattr(_pool_thread, "pool", None)
+    if pool is None:
+        return _real(cmd, stderr_path, outlive=outlive)
+    with pool.cond:
+        if pool.closing:
+            raise LabError("the test session is ending: no guest is booted now")
+        proc = _real(cmd, stderr_path, outlive=outlive)
+        pool.procs.append(proc)
+        return proc
+
+
+lab_qemu.spawn = _spawn
+
+#: The session's pool (tests/conftest.py plans it and closes it).  MEMSCOPE_TEST_GUESTS:
+#: how many of its guests may be up at once (default 3: about 3 GiB of RAM at most).
+POOL = Pool(int(os.environ.get("MEMSCOPE_TEST_GUESTS", "3")))
 
 
 # --- the plan ---------------------------------------------------------------------------

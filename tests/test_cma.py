@@ -465,11 +465,9 @@ def test_a_kernel_without_cma_or_without_an_area_says_so_in_one_line(lab_case, n
 
 
 # --- GDB on a frozen guest prints what drgn prints on its dump -----------------------------------
-#: Frozen guests (lab run --keep) with the cma workload: 7.2 x86_64 with cma=128M (gdb) and
-#: the 6.12 and 7.2 arm64 kernels' default areas (gdb-multiarch).
-GDB_GUESTS = {"7.2-cma": dict(kernel="7.2", workload="cma", append="cma=128M"),
-              "6.12-arm64-cma": dict(kernel="6.12-arm64", workload="cma", mem=1024),
-              "7.2-arm64-cma": dict(kernel="7.2-arm64", workload="cma", mem=1024)}
+#: Frozen guests (lab run --keep) with the cma workload: tests/guests.py CMA_GUESTS, booted
+#: ahead of the test by guests.POOL (the kept_guest fixture).
+GDB_GUESTS = ["7.2-cma", "6.12-arm64-cma", "7.2-arm64-cma"]
 GDB_RUNS = [["cma"], ["cma", "-f", "json"], ["cma", "reserved", "--map"],
             ["cma", "reserved", "--map", "-f", "json"],
             ["cma", "reserved", "--can-alloc", "64", "--align", "4"],
@@ -493,13 +491,12 @@ json.dump(out, open(plan["output"], "w"))
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("name", list(GDB_GUESTS))
-def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(name, tmp_path):
+@pytest.mark.parametrize("kept_guest", GDB_GUESTS, indirect=True)
+def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(kept_guest, tmp_path):
     import guests
-    from memscope import lab
 
-    opts = lab.RunOptions(**GDB_GUESTS[name], mode="keep", progress=False, timeout=1800)
-    g = guests.Guest(name, tmp_path / "guest", lab.run(opts, tmp_path / "guest"))
+    g = kept_guest
+    name = g.name
     gdb = "gdb-multiarch" if g.arch == "aarch64" else "gdb"
     try:
         if not guests.have(gdb):
@@ -526,7 +523,7 @@ def test_gdb_on_the_frozen_guest_prints_what_drgn_prints_on_its_dump(name, tmp_p
                             f"on the vmcore (gdb, drgn): {diff}")
         guests.assert_same(got, want, work / "png", tmp_path / "png-cli", f"{name} gdb")
     finally:
-        guests.stop(tmp_path / "guest")
+        guests.POOL.release(name)
 
 
 def test_png_draws_the_taken_chunks_and_the_blocking_pages_where_drgn_finds_them(case, tmp_path):
