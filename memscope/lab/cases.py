@@ -205,9 +205,9 @@ def case_key(opts: labrun.RunOptions) -> str:
         h.update(labrun.trace_prologue(opts) + (labrun.WORKLOADS / "trace-on.sh").read_bytes())
     name = Path(opts.workload).stem
     if opts.kdump_level is not None:  # its userland's and capture's scripts and packages
-        from . import userland
+        from . import kdump, userland
 
-        h.update(json.dumps([opts.kdump_level, list(opts.kdump_compress),
+        h.update(json.dumps([opts.kdump_level, list(opts.kdump_compress), kdump.APPEND,
                              list(userland.KDUMP_PACKAGES)]).encode())
         for f in sorted(userland.GUEST.iterdir()):
             h.update(f.read_bytes())

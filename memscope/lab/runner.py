@@ -174,6 +174,7 @@ def run(opts: RunOptions, out: Path) -> dict:
                 meta["kdump"] = {"level": opts.kdump_level,
                                  "compress": list(opts.kdump_compress),
                                  "crashkernel": kdump.crashkernel(opts.mem),
+                                 "append": kdump.APPEND,
                                  "capture_append": kdump.CAPTURE_APPEND}
             userland.build_initrd(initrd, kernel, ul, workload=script,
                                   conf={"MEMSCOPE_MODE": opts.mode}, library=library(),
@@ -311,7 +312,7 @@ class _Boot:
         if opts.kdump_level is not None:
             from . import kdump
 
-            append = f"{append} crashkernel={kdump.crashkernel(opts.mem)}".strip()
+            append = f"{append} crashkernel={kdump.crashkernel(opts.mem)} {kdump.APPEND}".strip()
             # In the staging directory (the output's file system): the dumps are written
             # into it and copied out after QEMU exits.
             self.kdump_disk = self.stage / "kdump.ext4"
@@ -529,6 +530,8 @@ class _Boot:
         verdict = judge(vmcore, self.kernel.vmlinux, truth)
         if verdict.reason is not None:
             # A panic is not repeated: the boot is (bounded by --tries).
+            self.meta["retries_drift"] = self.meta.get("retries_drift", []) + [
+                {"try": self.meta["tries"], "truth_drift": kdump.drift(truth)}]
             raise _Retry(f"the dump differs from the truth read before the panic: "
                          f"{verdict.reason}")
         first = judge(vmcore, self.kernel.vmlinux, kdump.first_reading(truth))
