@@ -157,8 +157,9 @@ def extract(disk: Path, into: Path) -> list[str]:
 def drift(truth: dict[str, bytes]) -> dict:
     """How far the kernel moved between the guest's two readings (``first/NAME`` and
     NAME): the seconds between them (/proc/uptime) and, per file of TWICE, the number of
-    lines that differ, with buddyinfo's and meminfo's differing numbers as
-    ``{line: [first, second]}``."""
+    lines that differ, with buddyinfo's and meminfo's differing lines' numbers as
+    ``{"Node 0, zone Normal": [[first], [second]]}`` and ``{"MemFree": [first, second]}``
+    (kB)."""
     out: dict = {}
     try:
         t0 = float(truth["first/uptime"].split()[0])
@@ -176,10 +177,14 @@ def drift(truth: dict[str, bytes]) -> dict:
         if name in ("buddyinfo", "meminfo"):
             changed = {}
             for x, y in zip(la, lb):
-                if x != y:
-                    key = " ".join(x.split()[:4]) if name == "buddyinfo" else x.split(":")[0]
-                    changed[key] = [x.split()[4:] if name == "buddyinfo" else x.split()[1:2],
-                                    y.split()[4:] if name == "buddyinfo" else y.split()[1:2]]
+                if x == y:
+                    continue
+                if name == "buddyinfo":  # "Node 0, zone Normal": [[first], [second]]
+                    key = " ".join(x.split()[:4])
+                    changed[key] = [[int(v) for v in x.split()[4:]],
+                                    [int(v) for v in y.split()[4:]]]
+                else:  # "MemFree": [first, second] (kB)
+                    changed[x.split(":")[0]] = [int(x.split()[1]), int(y.split()[1])]
             out[name]["changed"] = changed
     return out
 
