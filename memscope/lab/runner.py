@@ -407,7 +407,8 @@ class _Boot:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-                self._kdump_snapshot(truth, int(arg.strip() or 1))
+                status = arg.strip()
+                self._kdump_snapshot(truth, int(status) if status.isdigit() else 1)
                 return False
             elif word == "WORKLOAD-FAILED":
                 # (the staging directory with console.log is removed: _fail quotes the
