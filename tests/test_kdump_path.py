@@ -14,7 +14,6 @@ header as libkdumpfile reads it (drgn faults on an excluded page)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
