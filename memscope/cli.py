@@ -67,6 +67,18 @@ def _lab_parser(sub) -> None:
                    "/usr/lib/debug/boot) and run the workload in it: memscope -k and drgn "
                    "work inside the guest; files the workload writes under /results are "
                    "copied to DIR/results/")
+    r.add_argument("--kdump-level", type=int, default=None, metavar="LEVEL",
+                   help="take the dump as a production machine does: the guest (a --userland "
+                   "one, with Debian's kexec-tools and makedumpfile) boots with crashkernel=, "
+                   "loads a capture kernel with kexec -p, reads its truth and panics (sysrq c) "
+                   "after the workload; the capture kernel runs makedumpfile -d LEVEL (0-31) "
+                   "onto a disk the host reads into DIR/vmcore (kdump-compressed)")
+    r.add_argument("--kdump-compress", action="append", default=[], metavar="COMP",
+                   choices=("zlib", "lzo", "snappy", "zstd"),
+                   help="with --kdump-level: makedumpfile's compression (-c zlib, -l lzo, "
+                   "-p snappy, -z zstd; Debian's makedumpfile has no snappy); repeatable: the "
+                   "first is DIR/vmcore, each other DIR/vmcore.makedumpfile-COMP, all from "
+                   "the same /proc/vmcore (default zlib)")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--keep", action="store_true",
                       help="leave the frozen guest up with its gdbstub open")
@@ -187,7 +199,9 @@ def _lab(args) -> int:
                               dump_formats=tuple(f for f in dict.fromkeys(args.dump_format)
                                                  if f != "elf"),
                               tries=args.tries, timeout=args.timeout,
-                              userland=args.userland)
+                              userland=args.userland, kdump_level=args.kdump_level,
+                              kdump_compress=tuple(dict.fromkeys(args.kdump_compress))
+                              or ("zlib",))
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:
             print(f"{snap['vmcore']}  (truth: {snap['truth']})")

@@ -182,6 +182,18 @@ def test_an_option_out_of_range_is_one_line(tmp_path, option, value, needle):
     assert proc.returncode == 2 and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--kdump-level", "32"], "--kdump-level is makedumpfile's dump level, 0-31 (got 32)"),
+    (["--kdump-level", "31", "--mem", "384"], "--kdump-level needs --mem 512 or more"),
+    (["--kdump-level", "31", "--keep"], "--kdump-level takes its dump by a panic"),
+    (["--kdump-level", "31", "--dump-format", "kdump-zlib"],
+     "--kdump-level takes its dump by a panic")])
+def test_a_kdump_option_that_cannot_be_is_one_line(tmp_path, argv, needle):
+    proc = memscope("lab", "run", "6.12", *argv, "-o", str(tmp_path / "o"))
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 2 and not (tmp_path / "o").exists()
+
+
 def test_existing_output_directory_is_never_overwritten(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

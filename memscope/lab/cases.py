@@ -73,6 +73,16 @@ CASES: dict[str, dict] = {
     # by 66 children forked after the swap-out (swap counts past SWAP_MAP_MAX, in the swap
     # map's continuation pages), some its own: smaps_rollup's Swap and SwapPss lines.
     "6.12-swap": dict(kernel="6.12", workload="swap"),
+    # The kdump path (memscope/lab/kdump.py): after the workload the guest panics and its
+    # capture kernel (kexec -p, crashkernel=256M) runs Debian's makedumpfile -d 31 from
+    # /proc/vmcore: free, zero, page-cache and user pages left out.  vmcore is zlib (-c),
+    # vmcore.makedumpfile-lzo and -zstd the same /proc/vmcore compressed otherwise (formats
+    # Debian 12's QEMU cannot write).  The truth is read right before the panic; a panic
+    # is not repeated as a freeze is, so a dump that moved away costs a boot (about 4
+    # minutes of TCG each): the heap workload (a process with user pages, tracked as
+    # "heap"), quieter than mixed, and more tries.
+    "6.12-kdump31": dict(kernel="6.12", workload="heap", mem=1024, kdump_level=31,
+                         kdump_compress=("zlib", "lzo", "zstd"), timeout=1200, tries=8),
 }
 REAL_KERNEL_CASES = ["5.10", "6.1", "6.12", "7.2", "6.12-arm64", "6.12-numa"]
 
@@ -202,6 +212,14 @@ def case_key(opts: labrun.RunOptions) -> str:
     if opts.trace:  # only traced cases: the others keep their keys
         h.update(labrun.trace_prologue(opts) + (labrun.WORKLOADS / "trace-on.sh").read_bytes())
     name = Path(opts.workload).stem
+    if opts.kdump_level is not None:  # its userland's and capture's scripts and packages
+        from . import kdump, userland
+
+        h.update(json.dumps([opts.kdump_level, list(opts.kdump_compress), kdump.APPEND,
+                             list(userland.KDUMP_PACKAGES)]).encode())
+        for f in sorted(userland.GUEST.iterdir()):
+            h.update(f.read_bytes())
+        name += f"-kdump{opts.kdump_level}"
     if opts.dump_formats:  # a name of its own: _remove_stale never takes the ELF-only case
         h.update(json.dumps(list(opts.dump_formats)).encode())
         name += "-" + "+".join(opts.dump_formats)

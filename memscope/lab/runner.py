@@ -55,6 +55,11 @@ class RunOptions:
     trace: str = ""  # tracepoint groups turned on before the workload (trace_prologue)
     trace_kb: int = 4096  # with trace: ring buffer per CPU (buffer_size_kb)
     userland: bool = False  # a Debian userland with memscope and drgn (lab/userland.py)
+    # The kdump path (lab/kdump.py): a --userland guest that panics after its workload and
+    # whose capture kernel runs makedumpfile -d KDUMP_LEVEL with each of KDUMP_COMPRESS
+    # (the first is the snapshot's vmcore, the others its forms "makedumpfile-COMP").
+    kdump_level: int | None = None
+    kdump_compress: tuple[str, ...] = ("zlib",)
 
 
 def resolve_workload(workload: str) -> Path:
@@ -107,6 +112,14 @@ def run(opts: RunOptions, out: Path) -> dict:
                        "choose another -o or remove it", exit_status=2)
     if opts.mode not in ("dump", "keep", "live"):
         raise LabError(f"unknown mode {opts.mode}")
+    if opts.kdump_level is not None:
+        from . import kdump
+
+        kdump.check_options(opts.kdump_level, opts.kdump_compress)
+        kdump.crashkernel(opts.mem)
+        if opts.mode != "dump" or opts.dump_formats:
+            raise LabError("--kdump-level takes its dump by a panic: it goes with neither "
+                           "--keep, --live nor --dump-format", exit_status=2)
     for what, value, low in (("--mem", opts.mem, 128), ("--smp", opts.smp, 1),
                              ("--numa", opts.numa, 1), ("--tries", opts.tries, 1),
                              ("--disk", opts.disk, 0)):
@@ -144,15 +157,30 @@ def run(opts: RunOptions, out: Path) -> dict:
             initramfs.GUEST / "msproc.c", kernel.spec.qemu_arch, stage)}
         script = trace_prologue(opts) + workload.read_bytes()
         disks: list[str] = []
-        if opts.userland:
+        kdumping = opts.kdump_level is not None
+        if opts.userland or kdumping:
             from . import userland
 
-            ul = userland.ensure(kernel, progress=progress)
+            ul = userland.ensure(kernel, progress=progress, kdump=kdumping)
+            extra = None
+            if kdumping:
+                from . import kdump
+
+                capture = sockdir / "capture.gz"
+                kdump.build_capture_initrd(capture, kernel, ul, level=opts.kdump_level,
+                                           compress=opts.kdump_compress)
+                extra = kdump.payload(kernel, capture, opts.mem)
+                script = kdump.workload(script)
+                meta["kdump"] = {"level": opts.kdump_level,
+                                 "compress": list(opts.kdump_compress),
+                                 "crashkernel": kdump.crashkernel(opts.mem),
+                                 "append": kdump.APPEND,
+                                 "capture_append": kdump.CAPTURE_APPEND}
             userland.build_initrd(initrd, kernel, ul, workload=script,
                                   conf={"MEMSCOPE_MODE": opts.mode}, library=library(),
-                                  programs=programs)
+                                  programs=programs, extra=extra)
             disks = ul.qemu_args()
-            meta["userland"] = userland.describe(kernel)
+            meta["userland"] = userland.describe(kernel, kdump=kdumping)
         else:
             initramfs.build(initrd, busybox=kernel.busybox, modules=kernel.modules,
                             workload=script, conf={"MEMSCOPE_MODE": opts.mode},
@@ -279,8 +307,18 @@ class _Boot:
             disk = self.sockdir / "disk.img"
             with open(disk, "wb") as f:
                 f.truncate(opts.disk << 20)
+        append = opts.append
+        self.kdump_disk = None
+        if opts.kdump_level is not None:
+            from . import kdump
+
+            append = f"{append} crashkernel={kdump.crashkernel(opts.mem)} {kdump.APPEND}".strip()
+            # In the staging directory (the output's file system): the dumps are written
+            # into it and copied out after QEMU exits.
+            self.kdump_disk = self.stage / "kdump.ext4"
+            self.disks += kdump.make_disk(self.kdump_disk, opts.mem)
         cmd = qemu.command(self.kernel, initrd=self.initrd, mem=opts.mem, smp=opts.smp,
-                           numa=opts.numa, append=opts.append, qmp=self.qmp_path,
+                           numa=opts.numa, append=append, qmp=self.qmp_path,
                            console=self.console_path, console_log=log, gdb_port=gdb_port,
                            disk=disk)
         cmd += self.disks
@@ -305,12 +343,16 @@ class _Boot:
         sink = truth  # where the file being received goes: the truth, or "results"
         refreezes = 0
         t_workload = None
+        t_panic = None  # the kdump path: when the guest said it panics
         while True:
             try:
                 line = self.console.readline(deadline)
             except TimeoutError:
                 raise self._fail(f"the guest did not finish within {opts.timeout:.0f} s; "
                                  "raise --timeout or check the workload") from None
+            if line is None and t_panic is not None:
+                raise _Retry("the capture kernel did not finish its dump (QEMU exited; last "
+                             f"console line: {self.console.last_lines()})")
             if line is None:
                 raise _Retry("the guest stopped unexpectedly (QEMU exited: kernel panic or "
                              f"poweroff before the workload ended; last console line: "
@@ -342,6 +384,32 @@ class _Boot:
                 label, body, sink = arg, [], truth
             elif word == "RESULT":  # a file the workload left in the guest's /results
                 label, body, sink = arg, [], None
+            elif word == "KDUMP-LOADED":
+                self.meta["kdump"]["kexec"] = arg.strip()
+                self.say("capture kernel loaded (kexec -p)")
+            elif word == "PANIC":
+                t_panic = time.monotonic()
+                if t_workload is not None:
+                    self.meta["workload_seconds"] = round(t_panic - t_workload, 2)
+                self.say("truth read; the guest panics")
+                self.console.send("go\n")  # all of the truth arrived: panic
+            elif word == "KDUMP-CAPTURE":
+                self.meta["kdump"]["capture_boot_seconds"] = round(time.monotonic() - t_panic, 2) \
+                    if t_panic is not None else None
+                self.say("capture kernel up, running makedumpfile")
+            elif word == "KDUMP-FAILED":
+                raise self._fail(f"the kdump path failed: {arg.strip()}")
+            elif word == "KDUMP-DONE":
+                self.meta["kdump"]["capture_seconds"] = round(time.monotonic() - t_panic, 2) \
+                    if t_panic is not None else None
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                status = arg.strip()
+                self._kdump_snapshot(truth, int(status) if status.isdigit() else 1)
+                return False
             elif word == "WORKLOAD-FAILED":
                 # (the staging directory with console.log is removed: _fail quotes the
                 # console's last line instead)
@@ -429,6 +497,64 @@ class _Boot:
         self.say(f"snapshot {name if name != FINAL else 'final'}: dumped in "
                  f"{snap['dump_seconds']} s, accepted by {', '.join(accepted_by) or 'no check'}")
         return True
+
+    def _kdump_snapshot(self, truth: dict[str, bytes], rc: int) -> None:
+        """The kdump path's snapshot: the capture kernel's dumps copied off its disk, kept
+        if the first agrees with the truth read before the panic (memscope.lab.kdump)."""
+        from . import kdump
+        from .verify import judge
+
+        opts = self.opts
+        got = kdump.extract(self.kdump_disk, self.stage / "kdump")
+        self.kdump_disk.unlink()
+        version = (self.stage / "kdump" / "makedumpfile.version")
+        if version.exists():
+            self.meta["kdump"]["makedumpfile"] = version.read_text().strip().splitlines()[0]
+        if rc != 0:
+            logs = [self.stage / "kdump" / f"makedumpfile.{c}.log" for c in opts.kdump_compress]
+            last = [ln for p in logs if p.exists() for ln in p.read_text().splitlines()
+                    if ln.strip() and ln.strip() != "makedumpfile Failed."]
+            raise LabError(f"makedumpfile failed in the capture kernel (exit status {rc}): "
+                           f"{last[-1] if last else 'no message'}")
+        missing = [c for c in opts.kdump_compress if f"vmcore.{c}" not in got]
+        if missing or "buddyinfo" not in truth:
+            raise _Retry(f"the capture kernel wrote no {', '.join(missing)} dump" if missing
+                         else "the guest's truth arrived incomplete")
+        vmcore = self.stage / "vmcore"
+        (self.stage / "kdump" / f"vmcore.{opts.kdump_compress[0]}").rename(vmcore)
+        forms = {}
+        for c in opts.kdump_compress[1:]:
+            fmt = kdump.FORM.format(c)
+            forms[fmt] = str(self.stage / f"vmcore.{fmt}")
+            (self.stage / "kdump" / f"vmcore.{c}").rename(forms[fmt])
+        t0 = time.monotonic()
+        verdict = judge(vmcore, self.kernel.vmlinux, truth)
+        if verdict.reason is not None:
+            # A panic is not repeated: the boot is (bounded by --tries).
+            self.meta["retries_drift"] = self.meta.get("retries_drift", []) + [
+                {"try": self.meta["tries"], "truth_drift": kdump.drift(truth)}]
+            raise _Retry(f"the dump differs from the truth read before the panic: "
+                         f"{verdict.reason}")
+        first = judge(vmcore, self.kernel.vmlinux, kdump.first_reading(truth))
+        tdir = self.stage / "truth"
+        for label, data in truth.items():
+            p = tdir / label
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        snap = {"name": "", "vmcore": str(vmcore), "truth": str(tdir),
+                "dump_seconds": self.meta["kdump"].get("capture_seconds"),
+                "files": sorted(truth), "accepted_by": verdict.accepted_by,
+                "verify_seconds": round(time.monotonic() - t0, 2),
+                # how far the kernel moved within one reading (memscope.lab.kdump.drift),
+                # and whether the dump would have agreed with the earlier reading
+                "truth_drift": kdump.drift(truth),
+                "first_reading": first.reason or "agrees"}
+        if forms:
+            snap["forms"] = forms
+        self.meta["snapshots"].append(snap)
+        self.say(f"kdump snapshot: makedumpfile -d {opts.kdump_level} "
+                 f"({', '.join(opts.kdump_compress)}), accepted by "
+                 f"{', '.join(verdict.accepted_by) or 'no check'}")
 
     def _hand_over(self) -> None:
         """Leave the guest running (or frozen) for the user; close our connections so that

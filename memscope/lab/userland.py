@@ -50,6 +50,14 @@ from . import initramfs, kernels
 SUITE = "sid"
 #: What the guest needs: busybox for the shell and init, the rest for memscope and drgn.
 PACKAGES = ("busybox-static", "python3", "python3-numpy", "python3-tabulate", "python3-drgn")
+#: What a --kdump-level guest adds (memscope.lab.kdump): kexec (``kexec -p`` loads the
+#: capture kernel) and makedumpfile (run by it), from SUITE like the rest.  Not from the
+#: kernel's own suite: the userland is sid's, and trixie's kexec-tools cannot be installed
+#: beside it (it needs libxenmisc4.20 of a trixie point release whose Xen libraries are
+#: older than sid's; apt: "held broken packages").  sid's makedumpfile (1.7.8) knows newer
+#: kernels than trixie's (1.7.6) and writes the same format; Debian builds neither with
+#: snappy (no libsnappy dependency): zlib, lzo and zstd.
+KDUMP_PACKAGES = ("kexec-tools", "makedumpfile")
 #: Debian architecture -> multiarch triplet (numpy's BLAS/LAPACK alternatives live there).
 TRIPLET = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 #: The marker file that tells the guest's first init which disk is the userland.
@@ -94,17 +102,23 @@ def _say(progress: bool, msg: str) -> None:
     kernels._say(progress, msg)
 
 
-def ensure(kernel: kernels.Kernel, *, progress: bool = False) -> Userland:
+def ensure(kernel: kernels.Kernel, *, progress: bool = False, kdump: bool = False) -> Userland:
     """The userland for KERNEL, building (and caching) what is missing: the root image for
     its architecture, the debug image with its vmlinux, and the modules its disks need.
+    With KDUMP, a root image that also has KDUMP_PACKAGES (cached apart, as
+    ``userland/<arch>-kdump/``).
 
     :raises LabError: the archive cannot be reached, a package or tool is missing, or the
         disk is full (one line each)."""
     arch = kernel.spec.arch
     if arch not in TRIPLET:
         raise LabError(f"--userland knows no Debian userland for {arch}", exit_status=2)
-    root = _cached_build(cache_root() / arch, "root.ext4",
-                         lambda work: _build_root(arch, work, progress))
+    if kdump:
+        root = _cached_build(cache_root() / f"{arch}-kdump", "root.ext4",
+                             lambda work: _build_root(arch, work, progress, KDUMP_PACKAGES))
+    else:
+        root = _cached_build(cache_root() / arch, "root.ext4",
+                             lambda work: _build_root(arch, work, progress))
     debug = _cached_build(cache_root() / "debug" / f"{kernel.name}-{kernel.release}",
                           "debug.ext4", lambda work: _build_debug(kernel, work))
     mods = _cached_build(cache_root() / "modules" / f"{kernel.name}-{kernel.release}"
@@ -163,11 +177,12 @@ def _download_closure(apt: kernels._Apt, packages: tuple[str, ...], into: Path) 
     return debs
 
 
-def _build_root(arch: str, work: Path, progress: bool) -> None:
+def _build_root(arch: str, work: Path, progress: bool, extra: tuple[str, ...] = ()) -> None:
+    """The root image: PACKAGES and EXTRA of SUITE unpacked."""
     apt = kernels._Apt(arch, progress)
-    _say(progress, f"userland ({arch}): resolving {' '.join(PACKAGES)} in {SUITE}")
+    _say(progress, f"userland ({arch}): resolving {' '.join(PACKAGES + extra)} in {SUITE}")
     apt.update()
-    debs = _download_closure(apt, PACKAGES, work / "debs")
+    debs = _download_closure(apt, PACKAGES + extra, work / "debs")
     tree = work / "tree"
     for d in ("usr/bin", "usr/sbin", "usr/lib", "etc", "proc", "sys", "dev", "tmp", "run",
               "root", "results", "usr/lib/debug", "usr/lib/python3/dist-packages"):
@@ -390,7 +405,8 @@ def _memscope_files() -> dict[str, bytes]:
 
 def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, workload: bytes,
                  conf: dict[str, str], library: list[Path],
-                 programs: dict[str, bytes] | None = None) -> None:
+                 programs: dict[str, bytes] | None = None,
+                 extra: dict[str, tuple[bytes, int]] | None = None) -> None:
     """The initramfs of a --userland boot, written gzip'd to PATH: busybox, the modules
     (VMCOREINFO's qemu_fw_cfg, then the disks' in load order, listed in
     /lib/modules/order), /init (userland_guest/init) and /payload: what the init copies
@@ -398,8 +414,9 @@ def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, work
     /memscope-init) — memscope, the workload (/workload-run.sh, run by
     userland_guest/workload, which then prints /results for the host), the built-in
     workloads, the lab's guest helpers and PROGRAMS (name: executable, in /usr/bin: the
-    lab's compiled guest programs, which the built-in workloads call) and the run's
-    configuration."""
+    lab's compiled guest programs, which the built-in workloads call), the run's
+    configuration and EXTRA (path in the userland: (bytes, mode); the kdump path's
+    capture kernel and scripts, memscope.lab.kdump.payload)."""
     a = initramfs._Newc()
     for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "newroot", "probe"):
         a.add(d, stat.S_IFDIR | 0o755)
@@ -422,6 +439,7 @@ def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, work
         **{f"workloads/{w.name}": (w.read_bytes(), 0o755) for w in library},
         **{name: (data, 0o755 if name.startswith("usr/bin/") else 0o644)
            for name, data in _memscope_files().items()},
+        **(extra or {}),
     }
     # Directories before what they hold (the kernel's unpacker makes no parents).
     a.add("payload", stat.S_IFDIR | 0o755)
@@ -433,9 +451,9 @@ def build_initrd(path: Path, kernel: kernels.Kernel, userland: Userland, *, work
     initramfs.write(path, a)
 
 
-def describe(kernel: kernels.Kernel) -> dict:
+def describe(kernel: kernels.Kernel, kdump: bool = False) -> dict:
     """What meta.json records of a --userland boot: the packages and their versions."""
-    info = cache_root() / kernel.spec.arch / "info.json"
+    info = cache_root() / (kernel.spec.arch + ("-kdump" if kdump else "")) / "info.json"
     try:
         return json.loads(info.read_text())
     except (OSError, ValueError):
