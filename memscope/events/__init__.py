@@ -11,8 +11,11 @@ are ints from the dump and strings from text.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
-__all__ = ("Event", "from_ring")
+import numpy as np
+
+__all__ = ("Event", "RingEvents", "from_ring")
 
 
 @dataclasses.dataclass(slots=True)
@@ -36,16 +39,119 @@ class Event:
     system: str = ""
 
 
-def from_ring(trace) -> list[Event]:
+class RingEvents(Sequence):
+    """The events of a ring buffer in time order, decoded in bulk: a sequence of
+    :class:`Event` (built when asked for, each the same as :meth:`EventFormat.decode
+    <memscope.kernel.ftrace.EventFormat.decode>` makes it) over columns.
+
+    :attr events: the :class:`memscope.kernel.ftrace.TraceEvents`, in time order.
+    :attr formats: id -> :class:`memscope.kernel.ftrace.EventFormat`.
+
+    :meth:`rows` and :meth:`columns` give the models an event type's positions and its
+    fields as arrays (:meth:`EventFormat.decode_columns
+    <memscope.kernel.ftrace.EventFormat.decode_columns>`).
+    """
+
+    def __init__(self, events, formats: dict):
+        self.events = events
+        self.formats = formats
+        self._rows: dict[int, np.ndarray] | None = None
+        self._cols: dict[int, dict | None] = {}
+        self._list: list[Event] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def ids(self) -> list[int]:
+        """The event ids present, in increasing order."""
+        return sorted(self._by_id())
+
+    def _by_id(self) -> dict[int, np.ndarray]:
+        if self._rows is None:
+            ids = self.events.id
+            order = np.argsort(ids, kind="stable")
+            uniq, first = np.unique(ids[order], return_index=True)
+            bounds = list(first.tolist()) + [len(order)]
+            self._rows = {int(u): order[bounds[k]:bounds[k + 1]]
+                          for k, u in enumerate(uniq.tolist())}
+        return self._rows
+
+    def rows(self, event_id: int) -> np.ndarray:
+        """The positions (in time order) of the events of EVENT_ID, increasing."""
+        return self._by_id().get(event_id, np.zeros(0, np.int64))
+
+    def columns(self, event_id: int) -> dict | None:
+        """The fields of EVENT_ID's events (in :meth:`rows` order) as columns, or None
+        when they cannot be decoded in bulk (no format, or an entry too short: then
+        :class:`Event` s have them)."""
+        if event_id not in self._cols:
+            f = self.formats.get(event_id)
+            cols = None
+            if f is not None:
+                try:
+                    cols = f.decode_columns(self.events.take(self.rows(event_id)))
+                except ValueError:
+                    cols = None
+            self._cols[event_id] = cols
+        return self._cols[event_id]
+
+    def ids_named(self, *names: str) -> dict[int, str]:
+        """Id -> name of the events present whose name is one of NAMES."""
+        return {i: self.formats[i].name for i in self._by_id()
+                if i in self.formats and self.formats[i].name in names}
+
+    def decode_all(self) -> None:
+        """Decode every event type's fields into columns (what :meth:`columns` gives)."""
+        for i in self._by_id():
+            self.columns(i)
+
+    def _build(self) -> list[Event]:
+        ev = self.events
+        out: list = [None] * len(ev)
+        cpus, tss, pids = ev.cpu.tolist(), ev.ts.tolist(), ev.pid.tolist()
+        for i, rows in self._by_id().items():
+            f = self.formats.get(i)
+            rl = rows.tolist()
+            if f is None:
+                for r in rl:
+                    out[r] = Event(f"#{i}", cpus[r], tss[r], pids[r], {}, "")
+                continue
+            cols = self.columns(i)
+            name, system = f.name, f.system
+            if cols is None:
+                sub = ev.take(rows)
+                for r, e in zip(rl, sub):
+                    out[r] = Event(name, cpus[r], tss[r], pids[r], f.decode(e.entry), system)
+                continue
+            keys = list(cols)
+            vals = [c.tolist() if not isinstance(c, list) else c for c in cols.values()]
+            for r, *v in zip(rl, *vals):
+                out[r] = Event(name, cpus[r], tss[r], pids[r], dict(zip(keys, v)), system)
+        return out
+
+    def _all(self) -> list[Event]:
+        if self._list is None:
+            self._list = self._build()
+        return self._list
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (RingEvents, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<RingEvents: {len(self)} events>"
+
+
+def from_ring(trace) -> RingEvents:
     """The events of a :class:`memscope.kernel.ftrace.TraceBuffer` as :class:`Event` s,
     in time order (the order of the ``trace`` file); an event whose id the kernel does not
-    describe is named ``"#ID"`` with no fields."""
-    out = []
-    fmts = trace.formats
-    for e in trace.merged():
-        f = fmts.get(e.id)
-        if f is None:
-            out.append(Event(f"#{e.id}", e.cpu, e.ts, e.pid, {}, ""))
-        else:
-            out.append(Event(f.name, e.cpu, e.ts, e.pid, f.decode(e.entry), f.system))
-    return out
+    describe is named ``"#ID"`` with no fields.  The sequence is decoded in bulk and its
+    Events are built when first used (:class:`RingEvents`)."""
+    return RingEvents(trace.merged(), trace.formats)

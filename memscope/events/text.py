@@ -129,23 +129,50 @@ def _value(key: str, v: str):
     return v
 
 
+#: Tokens seen (``key=value`` -> (key, typed value), or None for a token left out); a
+#: trace repeats most of its tokens (orders, migratetypes, GFP flags, call sites).
+_TOKENS: dict[str, tuple | None] = {}
+_MAX_TOKENS = 1 << 18
+_COLON = object()
+
+
+def _token(tok: str):
+    """What one whitespace-separated token of an event's text is: (key, typed value)
+    for ``key=value`` with an identifier key, (_COLON, key) for a word ending in ``:``
+    without ``=`` (vmalloc's ``key: value``), None for anything else."""
+    key, eq, v = tok.partition("=")
+    if not eq:
+        return (_COLON, key[:-1]) if key.endswith(":") else None
+    return (key, _value(key, v)) if key.isidentifier() else None
+
+
 def parse_fields(rest: str) -> dict:
     """The ``key=value`` (and vmalloc's ``key: value``) pairs of an event's text, typed as
     the module says; words that are neither are left out."""
     out = {}
     toks = rest.split()
+    cache = _TOKENS
     i, n = 0, len(toks)
     while i < n:
-        key, eq, v = toks[i].partition("=")
+        tok = toks[i]
         i += 1
-        if not eq:
-            if key.endswith(":") and i < n and "=" not in toks[i]:
-                key, v = key[:-1], toks[i]
+        kv = cache.get(tok, _COLON)
+        if kv is _COLON:
+            kv = _token(tok)
+            if len(cache) >= _MAX_TOKENS:
+                cache.clear()
+            cache[tok] = kv
+        if kv is None:
+            continue
+        key, v = kv
+        if key is _COLON:
+            if i < n and "=" not in toks[i]:
+                key, v = v, toks[i]
                 i += 1
-            else:
-                continue
-        if key.isidentifier():
-            out[key] = _value(key, v)
+                if key.isidentifier():
+                    out[key] = _value(key, v)
+            continue
+        out[key] = v
     return out
 
 
@@ -155,6 +182,9 @@ def parse_lines(lines) -> TextTrace:
     last_ts: dict[int, int] = {}
     match_event = _EVENT.match
     events = out.events
+    append = events.append
+    names: dict[str, tuple[str, str, bool]] = {}  # "system:name" -> (system, name, known)
+    fields_of = parse_fields
     n = 0
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
@@ -179,18 +209,25 @@ def parse_lines(lines) -> TextTrace:
             if len(out.garbled_lines) < MAX_KEPT:
                 out.garbled_lines.append((n, s[:80]))
             continue
-        system, _, name = m.group("event").rpartition(":")
-        cpu = int(m.group("cpu"))
-        sec, _, usec = m.group("ts").partition(".")
-        ts = (int(sec) * 1_000_000 + int(usec.ljust(6, "0")[:6])) * 1000
+        pid, cpu, tstext, event, rest = m.group("pid", "cpu", "ts", "event", "rest")
+        got = names.get(event)
+        if got is None:
+            system, _, name = event.rpartition(":")
+            got = names[event] = (system, name, name in KNOWN_EVENTS)
+        system, name, known = got
+        cpu = int(cpu)
+        sec, _, usec = tstext.partition(".")
+        if len(usec) == 6:
+            ts = int(sec + usec) * 1000
+        else:
+            ts = (int(sec) * 1_000_000 + int(usec.ljust(6, "0")[:6])) * 1000
         if ts < last_ts.get(cpu, -1):
             out.out_of_order += 1
         last_ts[cpu] = ts
-        if name not in KNOWN_EVENTS:
+        if not known:
             out.unknown += 1
             out.unknown_names[name] = out.unknown_names.get(name, 0) + 1
-        fields = parse_fields(m.group("rest"))
-        events.append(Event(name, cpu, ts, int(m.group("pid")), fields, system))
+        append(Event(name, cpu, ts, int(pid), fields_of(rest), system))
     out.lines = n
     # A hashed %p value (the hash-ptr option, on by default) is 32 bits of siphash on
     # 64-bit kernels (lib/vsprintf.c ptr_to_hashval()), a kernel address has its top bit

@@ -62,7 +62,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from ..target.base import FaultError, Target, TargetError
 from .addr import is_kernel_address
@@ -71,7 +73,8 @@ from .fields import member, read_member
 from .list import list_for_each
 from .problem import Problem, ProblemSink
 
-__all__ = ("CpuTrace", "EventField", "EventFormat", "TraceBuffer", "TraceEvent",
+__all__ = ("CpuTrace", "EventField", "EventFormat", "StrColumn", "TraceBuffer", "TraceEvent",
+           "TraceEvents",
            "event_formats", "read_trace")
 
 # include/linux/ring_buffer.h: enum ring_buffer_type
@@ -156,6 +159,41 @@ class EventFormat:
             out[f.name] = _field_value(f, entry)
         return out
 
+    def decode_columns(self, events: "TraceEvents") -> dict:
+        """The values of this event's own fields in EVENTS (all of this format's id), as
+        columns: field name -> a numpy array of ints (int fields: one structured dtype
+        over every int field, from the kernel's offsets, sizes and signedness), a
+        :class:`StrColumn` (``__data_loc``, ``__rel_loc`` and char-array fields), or a
+        list (anything else: one value per event, as :meth:`decode` gives it).
+
+        :raises ValueError: an entry is shorter than the int fields need (use
+            :meth:`decode` on each)."""
+        ints, names, others, end = self._decoder
+        n = len(events)
+        out: dict = {}
+        if n and int(events.length.min()) < end:
+            raise ValueError(f"{self.name}: an entry shorter than its {end} bytes of fields")
+        if names:
+            dt = np.dtype({"names": list(names), "formats": [self._dtype(f) for f in self.fields
+                                                             if f.name in names],
+                           "offsets": [f.offset for f in self.fields if f.name in names],
+                           "itemsize": end})
+            rows = events.buf[events.start[:, None] + np.arange(end)] if n else \
+                np.zeros((0, end), np.uint8)
+            rec = np.ascontiguousarray(rows).view(dt).reshape(n)
+            for k in names:
+                out[k] = rec[k]
+        for f in others:
+            kind = f.kind
+            if kind in ("data_loc", "rel_loc", "chars"):
+                out[f.name] = _str_column(f, events)
+            else:
+                out[f.name] = [_field_value(f, e.entry) for e in events]
+        return out
+
+    def _dtype(self, f: EventField) -> str:
+        return ("<i" if f.signed else "<u") + str(f.size)
+
     @functools.cached_property
     def _decoder(self) -> tuple[struct.Struct, tuple[str, ...], tuple[EventField, ...], int]:
         """One struct for every int field (at their offsets, gaps as pad bytes), their
@@ -194,6 +232,85 @@ def _field_value(f: EventField, entry: bytes):
     if kind == "chars":
         return entry[f.offset:end].split(b"\0", 1)[0].decode(errors="replace")
     return entry[f.offset:end].hex()
+
+
+class StrColumn:
+    """A string field of many events: ``values[codes[i]]`` is event i's (a str, or None
+    where the field is outside the entry)."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, codes: np.ndarray, values: list):
+        self.codes = codes
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        return self.values[self.codes[i]]
+
+    def tolist(self) -> list:
+        v = self.values
+        return [v[c] for c in self.codes.tolist()]
+
+
+#: Longest string decoded in bulk; longer ones are decoded one at a time.
+_MAX_BULK_STR = 512
+_HASH_MUL = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                      0xD6E8FEB86659FD93], dtype=np.uint64)
+
+
+def _str_column(f: EventField, events: "TraceEvents") -> StrColumn:
+    """Field F (``__data_loc``, ``__rel_loc`` or a char array) of EVENTS as a
+    :class:`StrColumn`, as :func:`_field_value` reads each: the bytes up to the first
+    NUL, decoded with errors replaced; None where the field or its string is outside the
+    entry.  Equal strings are found by a hash of their bytes, checked byte for byte."""
+    n = len(events)
+    end = f.offset + f.size
+    ln = events.length
+    valid = ln >= end
+    if f.kind == "chars":
+        rel = np.full(n, f.offset, dtype=np.int64)
+        size = np.full(n, f.size, dtype=np.int64)
+    else:
+        w = events.buf[events.start[:, None] + np.arange(f.offset, f.offset + 4)] if n else \
+            np.zeros((0, 4), np.uint8)
+        v = np.ascontiguousarray(w).view("<u4").reshape(n).astype(np.int64)
+        rel = (v & 0xFFFF) + (end if f.kind == "rel_loc" else 0)
+        size = v >> 16
+        valid &= rel + size <= ln
+    size = np.where(valid, size, 0)
+    width = int(size.max()) if n else 0
+    if width > _MAX_BULK_STR:
+        vals = [_field_value(f, e.entry) for e in events]
+        uniq = list(dict.fromkeys(vals))
+        code = {u: i for i, u in enumerate(uniq)}
+        return StrColumn(np.array([code[x] for x in vals], dtype=np.int64), uniq)
+    width8 = max(8, -(-width // 8) * 8)
+    col = np.arange(width8)
+    idx = np.minimum((events.start + np.where(valid, rel, 0))[:, None] + col,
+                     len(events.buf) - 1)
+    m = events.buf[idx] if n else np.zeros((0, width8), np.uint8)
+    stop = (m == 0) | (col >= size[:, None])
+    eff = np.where(stop.any(axis=1), stop.argmax(axis=1), width8)
+    m = np.where(col < eff[:, None], m, 0).astype(np.uint8)
+    words = np.ascontiguousarray(m).view("<u8")
+    h = (eff.astype(np.uint64) << np.uint64(1)) | valid.astype(np.uint64)
+    for j in range(words.shape[1]):
+        h = h * _HASH_MUL[j % 4] ^ words[:, j]
+    _, first, codes = np.unique(h, return_index=True, return_inverse=True)
+    codes = codes.reshape(n)
+    rep = first[codes]
+    same = (words == words[rep]).all(axis=1) & (eff == eff[rep]) & (valid == valid[rep])
+    values = [bytes(m[i, :eff[i]]).decode(errors="replace") if valid[i] else None
+              for i in first.tolist()]
+    if not same.all():  # a hash collision: those events one at a time
+        codes = codes.astype(np.int64)
+        for i in np.nonzero(~same)[0].tolist():
+            values.append(bytes(m[i, :eff[i]]).decode(errors="replace") if valid[i] else None)
+            codes[i] = len(values) - 1
+    return StrColumn(codes.astype(np.int64), values)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -258,26 +375,116 @@ class CpuTrace:
         return dataclasses.asdict(self)
 
 
+class TraceEvents(Sequence):
+    """Ring-buffer events held as columns: what :func:`read_trace` decodes in bulk, a
+    sequence of :class:`TraceEvent` built one at a time only when asked for.
+
+    :param blob: the bytes every entry is a slice of (the sub-buffers' data, concatenated).
+    :param cpu, ts, seq, id, pid: one numpy array each, an item per event (see
+        :class:`TraceEvent`; ``ts`` and ``seq`` uint64, the others int64).
+    :param start, length: where each entry is in BLOB (bytes; int64).
+    """
+
+    __slots__ = ("blob", "cpu", "ts", "seq", "id", "pid", "start", "length", "_buf")
+
+    def __init__(self, blob: bytes, cpu, ts, seq, id, pid, start, length):
+        self.blob = blob
+        self.cpu = np.asarray(cpu, dtype=np.int64)
+        self.ts = np.asarray(ts, dtype=np.uint64)
+        self.seq = np.asarray(seq, dtype=np.uint64)
+        self.id = np.asarray(id, dtype=np.int64)
+        self.pid = np.asarray(pid, dtype=np.int64)
+        self.start = np.asarray(start, dtype=np.int64)
+        self.length = np.asarray(length, dtype=np.int64)
+        self._buf = None
+
+    @classmethod
+    def from_list(cls, events: Iterable[TraceEvent]) -> "TraceEvents":
+        """The columns of EVENTS (:class:`TraceEvent` s)."""
+        events = list(events)
+        blob = b"".join(e.entry for e in events)
+        length = np.fromiter((len(e.entry) for e in events), np.int64, len(events))
+        start = np.cumsum(length) - length
+        return cls(blob, [e.cpu for e in events], [e.ts for e in events],
+                   [e.seq for e in events], [e.id for e in events],
+                   [e.pid for e in events], start, length)
+
+    @property
+    def buf(self) -> np.ndarray:
+        """BLOB as a uint8 array."""
+        if self._buf is None:
+            self._buf = np.frombuffer(self.blob, dtype=np.uint8)
+        return self._buf
+
+    def take(self, index) -> "TraceEvents":
+        """The events at INDEX (an index array, boolean mask or slice), sharing BLOB."""
+        out = TraceEvents.__new__(TraceEvents)
+        out.blob, out._buf = self.blob, self._buf
+        for k in ("cpu", "ts", "seq", "id", "pid", "start", "length"):
+            setattr(out, k, getattr(self, k)[index])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.cpu)
+
+    def _event(self, i: int) -> TraceEvent:
+        s = int(self.start[i])
+        return TraceEvent(int(self.cpu[i]), int(self.ts[i]), int(self.seq[i]),
+                          int(self.id[i]), int(self.pid[i]),
+                          self.blob[s:s + int(self.length[i])])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.take(i)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("event index out of range")
+        return self._event(i)
+
+    def __iter__(self):
+        blob = self.blob
+        cols = zip(self.cpu.tolist(), self.ts.tolist(), self.seq.tolist(), self.id.tolist(),
+                   self.pid.tolist(), self.start.tolist(), self.length.tolist())
+        for cpu, ts, seq, etype, pid, s, n in cols:
+            yield TraceEvent(cpu, ts, seq, etype, pid, blob[s:s + n])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (TraceEvents, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<TraceEvents: {len(self)} events>"
+
+
 @dataclasses.dataclass
 class TraceBuffer:
     """The global trace instance's ring buffer: every CPU's counters and events.
 
     :param cpus: one :class:`CpuTrace` per CPU that has a buffer.
-    :param events: every data event, CPU by CPU, oldest first within each CPU.
+    :param events: every data event, CPU by CPU, oldest first within each CPU: a
+        :class:`TraceEvents` (a list of :class:`TraceEvent` given here becomes one).
     :param formats: the :class:`EventFormat` of each id in ``events`` (an id the kernel
         does not describe is absent: its events are still listed).
     :param problems: what the walks found wrong.
     """
 
     cpus: list[CpuTrace]
-    events: list[TraceEvent]
+    events: TraceEvents
     formats: dict[int, EventFormat]
     problems: list[Problem]
 
-    def merged(self) -> list[TraceEvent]:
+    def __post_init__(self) -> None:
+        if not isinstance(self.events, TraceEvents):
+            self.events = TraceEvents.from_list(self.events)
+
+    def merged(self) -> TraceEvents:
         """The events of every CPU in time order (stable: equal times keep CPU order),
         as the ``trace`` file merges them."""
-        return sorted(self.events, key=lambda e: (e.ts, e.cpu))
+        ev = self.events
+        return ev.take(np.lexsort((ev.cpu, ev.ts)))
 
 
 # --- layouts -------------------------------------------------------------------------
@@ -442,10 +649,14 @@ _HDR = struct.Struct("<I")
 _HDR2 = struct.Struct("<II")
 
 
-def _walk_page(data: bytes, start: int, commit: int, ts: int, cpu: int,
-               out: list, seq: int) -> tuple[int, int, str | None]:
+def _walk_page(data: bytes, start: int, commit: int, ts: int,
+               out: list) -> tuple[int, int, str | None]:
     """Append the data events of one sub-buffer's DATA (``buffer_data_page.data``)
-    from byte START to COMMIT to OUT.  TS is the time stamp before the first event.
+    from byte START to COMMIT to OUT, each as (body offset in DATA, length, time stamp,
+    ``common_type``, ``common_pid``).  TS is the time stamp before the first event.
+
+    The walk one event at a time, for the pages :func:`_walk_pages` leaves to it (absolute
+    time stamps, anything corrupt).
 
     :return: (events appended, the time stamp after the last, None or why the page is
         corrupt: an event past COMMIT, or an impossible event header)."""
@@ -497,12 +708,86 @@ def _walk_page(data: bytes, start: int, commit: int, ts: int, cpu: int,
             return n, ts, (f"an event at {pos} of {length} bytes runs past the commit "
                            f"index {commit}")
         ts += delta
-        entry = data[body:body + length]
-        etype, pid = _HDR2.unpack_from(entry, 0) if length >= 8 else (0, 0)
+        etype, pid = _HDR2.unpack_from(data, body) if length >= 8 else (0, 0)
         n += 1
-        out.append(TraceEvent(cpu, ts, seq + n, etype & 0xFFFF, pid, entry))
+        out.append((body, length, ts, etype & 0xFFFF, pid))
         pos = body + length
     return n, ts, None
+
+
+def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: np.ndarray,
+                ts0: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Walk many sub-buffers at once, one event of every page per step, in numpy: the
+    same walk as :func:`_walk_page` for the pages that hold only data events, time
+    extends and padding, all well formed.
+
+    :param blob: the pages' data as uint32 words (each page at a multiple of 8 bytes,
+        8 zero bytes after the last).
+    :param base: each page's first byte in BLOB; START, COMMIT: the walk's bounds in the
+        page; TS0: the time stamp before its first event (uint64).
+    :return: (page, body, length, ts, id, pid) of each data event, by page then order,
+        BODY from the start of BLOB; and a bool per page: False where the page holds an
+        absolute time stamp, anything :func:`_walk_page` calls corrupt or a time that
+        would pass 64 bits, and must be walked by it instead (its events are left out)."""
+    npages = len(base)
+    ok = np.ones(npages, dtype=bool)
+    cur = start.astype(np.int64)
+    active = np.nonzero(cur < commit)[0]
+    recs = []
+    limit = len(blob) * 4 - 8
+    while active.size:
+        pos = cur[active]
+        cm = commit[active]
+        absolute = base[active] + pos
+        bad = ((absolute & 3) != 0) | (pos + 4 > cm) | (absolute > limit)
+        word = np.minimum(absolute, limit) >> 2
+        hdr = blob[word].astype(np.int64)
+        arr0 = blob[word + 1].astype(np.int64)
+        tl = hdr & 31
+        delta = hdr >> 5
+        is_pad = tl == RINGBUF_TYPE_PADDING
+        null = is_pad & (delta == 0)
+        is_ext = tl == RINGBUF_TYPE_TIME_EXTEND
+        is_big = tl == 0
+        is_data = tl <= RINGBUF_TYPE_DATA_TYPE_LEN_MAX
+        need8 = (is_pad & ~null) | is_ext | (tl == RINGBUF_TYPE_TIME_STAMP) | is_big
+        bad |= need8 & (pos + 8 > cm)
+        bad |= tl == RINGBUF_TYPE_TIME_STAMP
+        bad |= is_pad & ~null & (arr0 + 4 < 8)
+        length = np.where(is_big, arr0 - 4, tl * 4)
+        bad |= is_big & (length < 8)
+        body = np.where(is_big, pos + 8, pos + 4)
+        bad |= is_data & (body + length > cm)
+        step = np.where(is_data, body + length, np.where(is_pad, pos + arr0 + 4, pos + 8))
+        inc = np.where(is_data, delta, np.where(is_ext, arr0 << TS_SHIFT | delta, 0))
+        good = ~bad & ~null
+        ok[active[bad]] = False
+        recs.append((active[good], is_data[good], inc[good], base[active[good]] + body[good],
+                     length[good]))
+        cur[active] = step
+        active = active[good & (step < cm)]
+    if recs:
+        page, is_data, inc, body, length = (np.concatenate(x) for x in zip(*recs))
+    else:
+        page = body = length = inc = np.zeros(0, np.int64)
+        is_data = np.zeros(0, bool)
+    order = np.argsort(page, kind="stable")
+    page, is_data, inc, body, length = (x[order] for x in (page, is_data, inc, body, length))
+    # time stamps: TS0 plus the increments of the page so far (data events' deltas, time
+    # extends), in uint64; a page whose sum could pass 64 bits is left to _walk_page
+    total = np.bincount(page, weights=inc.astype(np.float64), minlength=npages)
+    ok &= ts0.astype(np.float64) + total < 2.0 ** 63
+    csum = np.cumsum(inc.astype(np.uint64))
+    first = np.searchsorted(page, np.arange(npages))
+    before = np.concatenate(([np.uint64(0)], csum))[first]
+    ts = ts0[page] + (csum - before[page])
+    keep = is_data & ok[page]
+    page, body, length, ts = page[keep], body[keep], length[keep], ts[keep]
+    big = length >= 8
+    w = np.minimum(body, limit) >> 2
+    etype = np.where(big, blob[w] & 0xFFFF, 0).astype(np.int64)
+    pid = np.where(big, blob[np.minimum(w + 1, len(blob) - 1)], 0).astype(np.int64)
+    return page, body, length, ts, etype, pid, ok
 
 
 def _ring(t: Target, lay: _Layouts, start: int, nr_pages: int,
@@ -580,14 +865,34 @@ def _head_to_commit(t: Target, lay: _Layouts, head: int, commit_page: int, nr_pa
     return pages
 
 
-def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int, problems: list[Problem],
-              out: list[TraceEvent]) -> CpuTrace:
+@dataclasses.dataclass
+class _Page:
+    """One sub-buffer of a CPU, as read: its data to walk (``data`` None: a page not
+    walked, ``why`` says why and ``entries`` counts its events as skipped)."""
+
+    addr: int
+    data_page: int
+    entries: int
+    data: bytes | None = None
+    size: int = 0
+    start: int = 0
+    commit: int = 0
+    ts: int = 0
+    kind: str = ""
+    why: str = ""
+
+
+def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int,
+              ) -> tuple[CpuTrace, ProblemSink, list[_Page]]:
+    """One CPU's counters and the sub-buffers that hold its events, read (the walk is
+    :func:`read_trace`'s, all CPUs at once); the sink collects the CPU's problems in a
+    list of its own."""
     raw = t.read(addr, lay.cpu_size)
 
     def get(name: str) -> int:
         return read_member(lay.cpu[name], raw, signed=False)
 
-    sink = ProblemSink(problems, f"ring_buffer_per_cpu[{cpu}]")
+    sink = ProblemSink([], f"ring_buffer_per_cpu[{cpu}]")
     info = CpuTrace(cpu, addr, get("nr_pages"), t.page_size, get("entries"),
                     get("overrun"), get("commit_overrun"), get("dropped_events"),
                     get("read"), get("lost_events"), 0)
@@ -605,63 +910,143 @@ def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int, problems: list[Prob
     order: list[int] = [reader]
     if commit_page != reader:
         order += _head_to_commit(t, lay, head, commit_page, info.nr_pages, sink)
-    seq = info.overrun + info.read
     bp = lay.bpage
+    pages: list[_Page] = []
     for k, p in enumerate(order):
-        if sink.full:
-            break
         try:
             braw = t.read(p, lay.bpage_size)
         except FaultError:
-            sink.add("unreadable", f"buffer page {p:#x} cannot be read")
+            pages.append(_Page(p, 0, -1, kind="unreadable",
+                               why=f"buffer page {p:#x} cannot be read"))
             continue
         page_order = read_member(bp["order"], braw, signed=False) if "order" in bp else 0
         size = t.page_size << page_order if page_order < 8 else 0
         data_page = read_member(bp["page"], braw, signed=False)
-        start = read_member(bp["read"], braw, signed=False) if k == 0 else 0
-        info.pages += 1
+        entries = read_member(bp["entries"], braw, signed=False) & 0xFFFFF
+        pg = _Page(p, data_page, entries, size=size)
+        pages.append(pg)
         if not size or not is_kernel_address(data_page):
-            sink.add("corrupt", f"buffer page {p:#x}: order {page_order}, data page "
-                                f"{data_page:#x}")
-            info.skipped += read_member(bp["entries"], braw, signed=False) & 0xFFFFF
+            pg.kind, pg.why = "corrupt", (f"buffer page {p:#x}: order {page_order}, data "
+                                          f"page {data_page:#x}")
             continue
         try:
             data = t.read(data_page, size)
         except FaultError:
-            sink.add("unreadable", f"data page {data_page:#x} of buffer page {p:#x}")
-            info.skipped += read_member(bp["entries"], braw, signed=False) & 0xFFFFF
+            pg.kind, pg.why = "unreadable", f"data page {data_page:#x} of buffer page {p:#x}"
             continue
-        info.page_size = size
-        page_ts = int.from_bytes(data[0:8], "little")
         commit = int.from_bytes(data[lay.commit_off:lay.commit_off + 8], "little") \
             & ~RB_MISSED_MASK & 0xFFFFFFFF
         capacity = size - lay.data_off
         if commit > capacity:
-            sink.add("corrupt", f"buffer page {p:#x} (data {data_page:#x}): commit {commit} "
-                                f"is past the page's {capacity} bytes")
-            info.skipped += read_member(bp["entries"], braw, signed=False) & 0xFFFFF
+            pg.kind, pg.why = "corrupt", (f"buffer page {p:#x} (data {data_page:#x}): commit "
+                                          f"{commit} is past the page's {capacity} bytes")
+            pg.data = b""  # read: its size counts as the CPU's page size
             continue
-        ts = page_ts
-        if k == 0 and start:  # rb_iter_reset(): a reader page partly consumed
-            ts = get("read_stamp")
-        n, _, bad = _walk_page(data[lay.data_off:], start, commit, ts, cpu, out, seq)
-        seq += n
-        info.found += n
-        if bad:
-            sink.add("corrupt", f"buffer page {p:#x} (data {data_page:#x}): {bad}; the "
-                                "rest of the page is skipped")
-            left = (read_member(bp["entries"], braw, signed=False) & 0xFFFFF) - n
-            info.skipped += max(left, 0)
-            seq += max(left, 0)
-    if info.found + info.skipped != info.expected and not sink.full:
-        sink.add("count", f"{info.found} events found, {info.skipped} skipped; the kernel "
-                          f"counts {info.expected} (entries {info.entries} - overrun "
-                          f"{info.overrun} - read {info.read})")
-    return info
+        pg.data = data[lay.data_off:lay.data_off + commit]
+        pg.commit = commit
+        pg.start = read_member(bp["read"], braw, signed=False) if k == 0 else 0
+        pg.ts = int.from_bytes(data[0:8], "little")
+        if k == 0 and pg.start:  # rb_iter_reset(): a reader page partly consumed
+            pg.ts = get("read_stamp")
+    return info, sink, pages
+
+
+def _walk_all(cpus: list[tuple[CpuTrace, ProblemSink, list[_Page]]]) -> TraceEvents:
+    """Walk every CPU's pages (:func:`_walk_pages` in bulk, :func:`_walk_page` for the
+    pages it leaves), number the events, count them and record the problems, CPU by CPU
+    and page by page as a one-at-a-time walk would."""
+    walked = [pg for _, _, pages in cpus for pg in pages
+              if pg.data is not None and not pg.kind]
+    # each page at a multiple of 8 bytes of one blob, 8 zero bytes after the last
+    parts, base, pos = [], [], 0
+    for pg in walked:
+        base.append(pos)
+        parts.append(pg.data)
+        pad = -len(pg.data) % 8
+        if pad:
+            parts.append(bytes(pad))
+        pos += len(pg.data) + pad
+    parts.append(bytes(8))
+    blob = b"".join(parts)
+    words = np.frombuffer(blob, dtype="<u4")
+    base_a = np.array(base, dtype=np.int64)
+    page, body, length, ts, etype, pid, ok = _walk_pages(
+        words, base_a, np.array([pg.start for pg in walked], dtype=np.int64),
+        np.array([pg.commit for pg in walked], dtype=np.int64),
+        np.array([pg.ts for pg in walked], dtype=np.uint64))
+    counts = np.bincount(page, minlength=len(walked)).tolist()
+    index = {id(pg): i for i, pg in enumerate(walked)}
+    okl = ok.tolist()
+    # pages left to the one-event walk, and every page's first sequence number
+    extra: list[tuple] = []  # (page, body, length, ts, id, pid) of the left pages' events
+    seq_start = [0] * len(walked)
+    cpu_of = [0] * len(walked)
+    included = [False] * len(walked)
+    for info, sink, pages in cpus:
+        seq = info.overrun + info.read
+        for pg in pages:
+            if sink.full:
+                break
+            if pg.kind == "unreadable" and pg.entries < 0:
+                sink.add("unreadable", pg.why)
+                continue
+            info.pages += 1
+            if pg.data is None:
+                sink.add(pg.kind, pg.why)
+                info.skipped += pg.entries
+                continue
+            info.page_size = pg.size
+            if pg.kind:
+                sink.add(pg.kind, pg.why)
+                info.skipped += pg.entries
+                continue
+            i = index[id(pg)]
+            included[i] = True
+            cpu_of[i] = info.cpu
+            seq_start[i] = seq
+            if okl[i]:
+                n, bad = counts[i], None
+            else:
+                got: list = []
+                n, _, bad = _walk_page(pg.data, pg.start, pg.commit, pg.ts, got)
+                b0 = base[i]
+                extra.extend((i, b0 + x[0], x[1], x[2], x[3], x[4]) for x in got)
+            seq += n
+            info.found += n
+            if bad:
+                sink.add("corrupt", f"buffer page {pg.addr:#x} (data {pg.data_page:#x}): "
+                                    f"{bad}; the rest of the page is skipped")
+                left = pg.entries - n
+                info.skipped += max(left, 0)
+                seq += max(left, 0)
+        if info.found + info.skipped != info.expected and not sink.full:
+            sink.add("count", f"{info.found} events found, {info.skipped} skipped; the "
+                              f"kernel counts {info.expected} (entries {info.entries} - "
+                              f"overrun {info.overrun} - read {info.read})")
+    if extra:
+        ex = np.array(extra, dtype=np.uint64).T.astype(np.int64)
+        page = np.concatenate((page, ex[0]))
+        body = np.concatenate((body, ex[1]))
+        length = np.concatenate((length, ex[2]))
+        ts = np.concatenate((ts, np.array([x[3] for x in extra], dtype=np.uint64)))
+        etype = np.concatenate((etype, ex[4]))
+        pid = np.concatenate((pid, ex[5]))
+        o = np.argsort(page, kind="stable")
+        page, body, length, ts, etype, pid = (x[o] for x in (page, body, length, ts, etype, pid))
+    keep = np.array(included, dtype=bool)[page] if len(page) else np.zeros(0, bool)
+    page, body, length, ts, etype, pid = (x[keep] for x in (page, body, length, ts, etype, pid))
+    first = np.searchsorted(page, page, side="left")
+    seq = np.array(seq_start, dtype=np.uint64)[page] + \
+        (np.arange(len(page)) - first + 1).astype(np.uint64)
+    cpu = np.array(cpu_of, dtype=np.int64)[page]
+    return TraceEvents(blob, cpu, ts, seq, etype, pid, body, length)
 
 
 def read_trace(t: Target, *, with_formats: bool = True) -> TraceBuffer:
     """Every event of the global trace instance's ring buffer (see the module).
+
+    The pages are read CPU by CPU and walked all at once (:func:`_walk_pages`); the
+    events come as columns (:class:`TraceEvents`).
 
     :param with_formats: read the :class:`EventFormat` of each id found.
     :return: a :class:`TraceBuffer`; an unallocated buffer gives no CPUs and no events.
@@ -670,17 +1055,20 @@ def read_trace(t: Target, *, with_formats: bool = True) -> TraceBuffer:
     lay = _layouts(t)
     problems: list[Problem] = []
     buf = global_trace_buffer(t)
-    cpus: list[CpuTrace] = []
-    events: list[TraceEvent] = []
+    cpus: list[tuple[CpuTrace, ProblemSink, list[_Page]]] = []
     if buf:
         n = nr_cpu_ids(t)
         ptrs = t.read_u64(buf + lay.buffers)
         arr = struct.unpack(f"<{n}Q", t.read(ptrs, 8 * n))
         for cpu, addr in enumerate(arr):
             if addr:
-                cpus.append(_read_cpu(t, lay, cpu, addr, problems, events))
-    formats = event_formats(t, problems, {e.id for e in events}) if with_formats else {}
-    return TraceBuffer(cpus, events, formats, problems)
+                cpus.append(_read_cpu(t, lay, cpu, addr))
+    events = _walk_all(cpus)
+    for _, sink, _ in cpus:  # CPU by CPU, each in the order its walk found them
+        problems.extend(sink.problems)
+    formats = event_formats(t, problems, set(np.unique(events.id).tolist())) \
+        if with_formats else {}
+    return TraceBuffer([c[0] for c in cpus], events, formats, problems)
 
 
 @dataclasses.dataclass
@@ -704,7 +1092,23 @@ class CpuWindow:
         return dataclasses.asdict(self)
 
 
-def window(a: TraceBuffer, b: TraceBuffer) -> tuple[list[TraceEvent], list[CpuWindow]]:
+def _same_bytes(x: TraceEvents, ix: np.ndarray, y: TraceEvents, iy: np.ndarray) -> np.ndarray:
+    """Whether entry IX[k] of X has the bytes of entry IY[k] of Y (of equal lengths),
+    for each k."""
+    n = x.length[ix]
+    if not len(n):
+        return np.ones(0, dtype=bool)
+    ends = np.cumsum(n)
+    firsts = ends - n
+    within = np.arange(int(ends[-1])) - np.repeat(firsts, n)
+    differ = x.buf[np.repeat(x.start[ix], n) + within] != y.buf[np.repeat(y.start[iy], n) + within]
+    out = np.ones(len(n), dtype=bool)
+    nz = n > 0
+    out[nz] = ~np.logical_or.reduceat(differ, firsts[nz])
+    return out
+
+
+def window(a: TraceBuffer, b: TraceBuffer) -> tuple[TraceEvents, list[CpuWindow]]:
     """The events of B's buffer written after the last event of A's, CPU by CPU, with
     what was lost of them.
 
@@ -713,14 +1117,14 @@ def window(a: TraceBuffer, b: TraceBuffer) -> tuple[list[TraceEvent], list[CpuWi
     above A's ``entries``; B's buffer holds those above B's ``overrun + read``.  Where
     both buffers still hold the same numbers, the events must be equal (time and bytes).
 
+    :return: the events (:class:`TraceEvents`, CPU by CPU) and each CPU's
+        :class:`CpuWindow`.
     :raises TargetError: B is not a later dump of A's boot: a CPU has fewer entries in B
         than in A (another boot, or the buffer was reset in between), or the events both
         hold differ."""
     a_cpus = {c.cpu: c for c in a.cpus}
-    a_by_cpu: dict[int, dict[int, TraceEvent]] = {}
-    for e in a.events:
-        a_by_cpu.setdefault(e.cpu, {})[e.seq] = e
-    out: list[TraceEvent] = []
+    ae, be = a.events, b.events
+    keep = np.zeros(len(be), dtype=bool)
     parts = []
     for c in b.cpus:
         before = a_cpus[c.cpu].entries if c.cpu in a_cpus else 0
@@ -728,17 +1132,28 @@ def window(a: TraceBuffer, b: TraceBuffer) -> tuple[list[TraceEvent], list[CpuWi
             raise TargetError(f"CPU {c.cpu}: the later dump's buffer has {c.entries} entries, "
                               f"the earlier one's {before}: not a later dump of the same "
                               "boot, or the trace buffer was reset in between")
-        mine = [e for e in b.events if e.cpu == c.cpu]
-        old = a_by_cpu.get(c.cpu, {})
-        for e in mine:
-            if e.seq > before:
-                break
-            o = old.get(e.seq)
-            if o is not None and (o.ts, o.entry) != (e.ts, e.entry):
-                raise TargetError(f"CPU {c.cpu}: event {e.seq} differs between the dumps "
-                                  f"(times {o.ts} and {e.ts}): not dumps of the same boot")
-        new = [e for e in mine if e.seq > before]
-        out.extend(new)
+        mine = be.cpu == c.cpu
+        new = mine & (be.seq > np.uint64(before))
+        # the events both buffers hold: same number, same time and bytes
+        old_b = np.nonzero(mine & ~new)[0]
+        old_a = np.nonzero(ae.cpu == c.cpu)[0]
+        if len(old_b) and len(old_a):
+            common, ia, ib = np.intersect1d(ae.seq[old_a], be.seq[old_b],
+                                            assume_unique=True, return_indices=True)
+            ia, ib = old_a[ia], old_b[ib]
+            same = (ae.ts[ia] == be.ts[ib]) & (ae.length[ia] == be.length[ib])
+            same[same] = _same_bytes(ae, ia[same], be, ib[same])
+            if not same.all():
+                k = int(np.argmin(same))
+                o, e = ae[int(ia[k])], be[int(ib[k])]
+                raise TargetError(f"CPU {c.cpu}: event {e.seq} differs between the "
+                                  f"dumps (times {o.ts} and {e.ts}): not dumps of the "
+                                  "same boot")
+        keep |= new
+        found = int(new.sum())
         written = c.entries - before
-        parts.append(CpuWindow(c.cpu, written, len(new), written - len(new)))
-    return out, parts
+        parts.append(CpuWindow(c.cpu, written, found, written - found))
+    # CPU by CPU in B's CPU order (the events are stored so already)
+    order = np.concatenate([np.nonzero(keep & (be.cpu == c.cpu))[0] for c in b.cpus]) \
+        if b.cpus else np.zeros(0, np.int64)
+    return be.take(order.astype(np.int64)), parts

@@ -242,44 +242,138 @@ class BuddyModel:
     def apply(self, name: str, cpu: int, f: dict) -> None:
         """Apply one event (its name, CPU and fields, as :class:`memscope.events.Event`
         has them); other events are ignored."""
-        r = self.rules
         if name == "mm_page_alloc_zone_locked":
-            pfn, order = f["pfn"], f["order"]
-            if self.del_and_expand(pfn, order, name, cpu):
-                self.pcp[pfn] = (cpu, order)
-            self._last_locked[cpu] = pfn
+            self.on_zone_locked(cpu, f["pfn"], f["order"])
         elif name == "mm_page_alloc_extfrag":
-            pfn = f["pfn"]
-            claimed = self._last_locked.get(cpu) == pfn
-            if not claimed and not r.steal_emits_zone_locked:
-                # __rmqueue_steal(): page_del_and_expand() with the fallback type
-                if self.del_and_expand(pfn, f["alloc_order"], name, cpu):
-                    self.pcp[pfn] = (cpu, f["alloc_order"])
-            if f.get("change_ownership"):
-                self.move_freepages_block(pfn, f["alloc_migratetype"])
+            self.on_extfrag(cpu, f["pfn"], f["alloc_order"], f.get("change_ownership"),
+                            f["alloc_migratetype"] if f.get("change_ownership") else None)
         elif name == "mm_page_alloc":
-            self.pcp.pop(f["pfn"], None)
-            self._last_locked.pop(cpu, None)
+            self.on_alloc(cpu, f["pfn"])
         elif name == "mm_page_free":
-            pfn, order = f["pfn"], f["order"]
-            if order in r.pcp_orders and self.block_mt(pfn) != r.isolate:
-                self.pcp[pfn] = (cpu, order)
-            else:
-                self.free_one_page(pfn, order, name)
+            self.on_free(cpu, f["pfn"], f["order"])
         elif name == "mm_page_pcpu_drain":
-            pfn, order = f["pfn"], f["order"]
-            # drain_all_pages() may drain another CPU's list from the caller's CPU
-            # (drain_pages_zone(cpu, zone)): the block leaves whichever list holds it
-            self.pcp.pop(pfn, None)
-            self.free_one(pfn, order, f["migratetype"], name)
+            self.on_pcpu_drain(f["pfn"], f["order"], f["migratetype"])
         else:
             return
         self.applied += 1
 
+    # one method per event, the fields as arguments
+    def on_zone_locked(self, cpu: int, pfn: int, order: int) -> None:
+        """``mm_page_alloc_zone_locked``: ``rmqueue_bulk()`` (or ``rmqueue_buddy()``)
+        took the block off the buddy lists; it goes to CPU's pcp list."""
+        name = "mm_page_alloc_zone_locked"
+        if self.del_and_expand(pfn, order, name, cpu):
+            self.pcp[pfn] = (cpu, order)
+        self._last_locked[cpu] = pfn
+
+    def on_extfrag(self, cpu: int, pfn: int, alloc_order: int, change_ownership,
+                   alloc_migratetype) -> None:
+        """``mm_page_alloc_extfrag``: a fallback steal (see the module)."""
+        claimed = self._last_locked.get(cpu) == pfn
+        if not claimed and not self.rules.steal_emits_zone_locked:
+            # __rmqueue_steal(): page_del_and_expand() with the fallback type
+            if self.del_and_expand(pfn, alloc_order, "mm_page_alloc_extfrag", cpu):
+                self.pcp[pfn] = (cpu, alloc_order)
+        if change_ownership:
+            self.move_freepages_block(pfn, alloc_migratetype)
+
+    def on_alloc(self, cpu: int, pfn: int) -> None:
+        """``mm_page_alloc``: the block leaves the pcp list it was on, if any."""
+        self.pcp.pop(pfn, None)
+        self._last_locked.pop(cpu, None)
+
+    def on_free(self, cpu: int, pfn: int, order: int) -> None:
+        """``mm_page_free``: to CPU's pcp list (``free_frozen_pages()``), or
+        ``free_one_page()``."""
+        r = self.rules
+        if order in r.pcp_orders and self.block_mt(pfn) != r.isolate:
+            self.pcp[pfn] = (cpu, order)
+        else:
+            self.free_one_page(pfn, order, "mm_page_free")
+
+    def on_pcpu_drain(self, pfn: int, order: int, migratetype: int) -> None:
+        """``mm_page_pcpu_drain``: ``free_pcppages_bulk()``."""
+        # drain_all_pages() may drain another CPU's list from the caller's CPU
+        # (drain_pages_zone(cpu, zone)): the block leaves whichever list holds it
+        self.pcp.pop(pfn, None)
+        self.free_one(pfn, order, migratetype, "mm_page_pcpu_drain")
+
+    #: The events the model applies, with the fields each takes from its columns.
+    _COLUMNS = {"mm_page_alloc_zone_locked": ("pfn", "order"),
+                "mm_page_alloc_extfrag": ("pfn", "alloc_order", "change_ownership",
+                                          "alloc_migratetype"),
+                "mm_page_alloc": ("pfn",),
+                "mm_page_free": ("pfn", "order"),
+                "mm_page_pcpu_drain": ("pfn", "order", "migratetype")}
+
     def apply_all(self, events: Iterable) -> None:
-        """Apply EVENTS (:class:`memscope.events.Event` s) in order."""
-        for e in events:
-            self.apply(e.name, e.cpu, e.fields)
+        """Apply EVENTS (:class:`memscope.events.Event` s) in order.  From a
+        :class:`memscope.events.RingEvents`, the model's events are taken from its
+        columns (the others are never looked at), with the same outcome."""
+        cols = _model_columns(events, self._COLUMNS, frozenset({"change_ownership"}))
+        if cols is None:
+            for e in events:
+                self.apply(e.name, e.cpu, e.fields)
+            return
+        zone_locked, extfrag, alloc, free, drain = (self.on_zone_locked, self.on_extfrag,
+                                                    self.on_alloc, self.on_free,
+                                                    self.on_pcpu_drain)
+        n = 0
+        for k, cpu, a, b, c, d in cols:
+            if k == 2:
+                alloc(cpu, a)
+            elif k == 3:
+                free(cpu, a, b)
+            elif k == 0:
+                zone_locked(cpu, a, b)
+            elif k == 4:
+                drain(a, b, c)
+            else:
+                extfrag(cpu, a, b, c, d if c else None)
+            n += 1
+        self.applied += n
+
+
+def _model_columns(events, wanted: dict[str, tuple[str, ...]],
+                   optional: frozenset[str] = frozenset()):
+    """The events of EVENTS named in WANTED (name -> field names, at most four), in
+    order, as tuples (index of the name in WANTED, cpu, the fields' values, None for an
+    OPTIONAL field the event does not have); None when EVENTS is not a
+    :class:`memscope.events.RingEvents` decodable in bulk or an event lacks a field that
+    is not optional (the caller then applies Events one by one, as before)."""
+    import numpy as np
+
+    from ..events import RingEvents
+
+    if not isinstance(events, RingEvents):
+        return None
+    names = list(wanted)
+    pos, kind, vals = [], [], [[], [], [], []]
+    for i, name in events.ids_named(*names).items():
+        cols = events.columns(i)
+        if cols is None:
+            return None
+        k = names.index(name)
+        rows = events.rows(i)
+        pos.append(rows)
+        kind.append(np.full(len(rows), k, dtype=np.int64))
+        for j in range(4):
+            f = wanted[name][j] if j < len(wanted[name]) else None
+            c = cols.get(f) if f else None
+            if c is None or isinstance(c, list):
+                if c is None and f and f not in optional:
+                    return None  # a field the model needs is not there: the slow path
+                vals[j].append(c if c is not None else [None] * len(rows))
+            else:
+                vals[j].append(c.tolist())
+    if not pos:
+        return []
+    order = np.argsort(np.concatenate(pos), kind="stable").tolist()
+    kinds = np.concatenate(kind).tolist()
+    cpus = events.events.cpu[np.concatenate(pos)].tolist()
+    flat = [[x for part in v for x in part] for v in vals]
+    return [(kinds[o], cpus[o], flat[0][o], flat[1][o], flat[2][o], flat[3][o])
+            for o in order]
 
 
 @dataclasses.dataclass

@@ -101,6 +101,46 @@ class SlabModel:
                 "a large kmalloc made before the window"))
 
 
+    def apply_all(self, events) -> None:
+        """Apply EVENTS (:class:`memscope.events.Event` s) in order.  From a
+        :class:`memscope.events.RingEvents`, only the slab events are looked at, from
+        its columns, with the same outcome as :meth:`apply` on each."""
+        from .buddy import _model_columns
+
+        names = sorted(ALLOC_EVENTS | FREE_EVENTS)
+        cols = _model_columns(events, {n: ("ptr", "bytes_alloc", "name") for n in names},
+                              frozenset({"bytes_alloc", "name"})) \
+            if _has_ptr_columns(events, names) else None
+        if cols is None:
+            for e in events:
+                self.apply(e.name, e.fields)
+            return
+        apply = self.apply
+        for k, _, ptr, bytes_alloc, cache, _ in cols:
+            if not ptr:  # a failed allocation, kfree(NULL)
+                continue
+            f = {"ptr": ptr}
+            if bytes_alloc is not None:
+                f["bytes_alloc"] = bytes_alloc
+            if cache is not None:
+                f["name"] = cache
+            apply(names[k], f)
+
+
+def _has_ptr_columns(events, names) -> bool:
+    """Whether every slab event type of EVENTS (a RingEvents) has a ``ptr`` column (else
+    the events are applied one by one, as their fields are)."""
+    from ..events import RingEvents
+
+    if not isinstance(events, RingEvents):
+        return False
+    for i in events.ids_named(*names):
+        cols = events.columns(i)
+        if cols is None or isinstance(cols.get("ptr"), (list, type(None))):
+            return False
+    return True
+
+
 #: Caches whose objects a kernel allocates or frees in bulk, without the per-object
 #: tracepoints: the maple tree's nodes (lib/maple_tree.c: mt_alloc_bulk() ->
 #: kmem_cache_alloc_bulk() in 6.1 and 6.12, mt_free_bulk() -> kmem_cache_free_bulk(), and
@@ -159,7 +199,6 @@ def replay_slab(a: KernelContext, b: KernelContext, events: list) -> tuple[Agree
     # KMALLOC_MAX_CACHE_SIZE is (1 << KMALLOC_SHIFT_HIGH) = two pages under SLUB
     # (include/linux/slab.h: KMALLOC_SHIFT_HIGH (PAGE_SHIFT + 1))
     model = SlabModel(live_a, pool, 2 * a.t.page_size + 1)
-    for e in events:
-        model.apply(e.name, e.fields)
+    model.apply_all(events)
     places = free_places(b) if set(model.live) - set(live_b) else None
     return compare_slab(model, live_b, places), model.applied
