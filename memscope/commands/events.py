@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..events import Event
+from ..events import Event, RingEvents
 from ..events.text import parse_file
 from ..kernel import ftrace
 from ..kernel.kallsyms import format_symbol
@@ -163,11 +163,7 @@ def events(ctx, args) -> Result:
         lost = sum(c.overrun + c.dropped_events for c in tb.cpus)
     merged = kept.merged()
     shown = merged if limit is None else merged[:limit]
-    evs = []
-    for e in shown:
-        f = kept.formats.get(e.id)
-        evs.append((e, Event(f.name if f else f"#{e.id}", e.cpu, e.ts, e.pid,
-                             f.decode(e.entry) if f else {}, f.system if f else "")))
+    evs = list(zip(shown, RingEvents(shown, kept.formats)))  # decoded in bulk
     data = {"cpus": [c.to_json() for c in tb.cpus],
             "window": [p.to_json() for p in parts] if parts is not None else None,
             "lost": lost, "events": [_event_json(ev, raw.seq) for raw, ev in evs],

@@ -69,7 +69,10 @@ class RingEvents(Sequence):
     def _by_id(self) -> dict[int, np.ndarray]:
         if self._rows is None:
             ids = self.events.id
-            order = np.argsort(ids, kind="stable")
+            # ids are 16 bits (common_type): a stable radix sort
+            order = np.argsort(ids.astype(np.uint16), kind="stable") if \
+                not len(ids) or (int(ids.min()) >= 0 and int(ids.max()) < 1 << 16) else \
+                np.argsort(ids, kind="stable")
             uniq, first = np.unique(ids[order], return_index=True)
             bounds = list(first.tolist()) + [len(order)]
             self._rows = {int(u): order[bounds[k]:bounds[k + 1]]

@@ -178,9 +178,7 @@ class EventFormat:
                                                              if f.name in names],
                            "offsets": [f.offset for f in self.fields if f.name in names],
                            "itemsize": end})
-            rows = events.buf[events.start[:, None] + np.arange(end)] if n else \
-                np.zeros((0, end), np.uint8)
-            rec = np.ascontiguousarray(rows).view(dt).reshape(n)
+            rec = _rows(events.buf, events.start, end).view(dt).reshape(n)
             for k in names:
                 out[k] = rec[k]
         for f in others:
@@ -261,6 +259,16 @@ _HASH_MUL = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
                       0xD6E8FEB86659FD93], dtype=np.uint64)
 
 
+def _rows(buf: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """The WIDTH bytes of BUF from each of START, as a (len(START), WIDTH) uint8 array
+    (a row copied at a time; bytes past BUF's end are 0)."""
+    if len(buf) < width + 1 or (len(start) and int(start.max()) > len(buf) - width):
+        buf = np.concatenate((buf, np.zeros(width + 1, np.uint8)))
+    if not len(start):
+        return np.zeros((0, width), np.uint8)
+    return np.lib.stride_tricks.sliding_window_view(buf, width)[start]
+
+
 def _str_column(f: EventField, events: "TraceEvents") -> StrColumn:
     """Field F (``__data_loc``, ``__rel_loc`` or a char array) of EVENTS as a
     :class:`StrColumn`, as :func:`_field_value` reads each: the bytes up to the first
@@ -274,9 +282,7 @@ def _str_column(f: EventField, events: "TraceEvents") -> StrColumn:
         rel = np.full(n, f.offset, dtype=np.int64)
         size = np.full(n, f.size, dtype=np.int64)
     else:
-        w = events.buf[events.start[:, None] + np.arange(f.offset, f.offset + 4)] if n else \
-            np.zeros((0, 4), np.uint8)
-        v = np.ascontiguousarray(w).view("<u4").reshape(n).astype(np.int64)
+        v = _rows(events.buf, events.start + f.offset, 4).view("<u4").reshape(n).astype(np.int64)
         rel = (v & 0xFFFF) + (end if f.kind == "rel_loc" else 0)
         size = v >> 16
         valid &= rel + size <= ln
@@ -289,9 +295,7 @@ def _str_column(f: EventField, events: "TraceEvents") -> StrColumn:
         return StrColumn(np.array([code[x] for x in vals], dtype=np.int64), uniq)
     width8 = max(8, -(-width // 8) * 8)
     col = np.arange(width8)
-    idx = np.minimum((events.start + np.where(valid, rel, 0))[:, None] + col,
-                     len(events.buf) - 1)
-    m = events.buf[idx] if n else np.zeros((0, width8), np.uint8)
+    m = _rows(events.buf, events.start + np.where(valid, rel, 0), width8)
     stop = (m == 0) | (col >= size[:, None])
     eff = np.where(stop.any(axis=1), stop.argmax(axis=1), width8)
     m = np.where(col < eff[:, None], m, 0).astype(np.uint8)
@@ -484,6 +488,10 @@ class TraceBuffer:
         """The events of every CPU in time order (stable: equal times keep CPU order),
         as the ``trace`` file merges them."""
         ev = self.events
+        if len(ev) and bool((np.diff(ev.cpu) >= 0).all()):
+            # stored CPU by CPU in CPU order, each CPU's times (nearly) sorted: a stable
+            # sort by time alone keeps CPU order among equal times, and merges the runs
+            return ev.take(np.argsort(ev.ts, kind="stable"))
         return ev.take(np.lexsort((ev.cpu, ev.ts)))
 
 
@@ -735,6 +743,7 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
     active = np.nonzero(cur < commit)[0]
     recs = []
     limit = len(blob) * 4 - 8
+    step_no = 0
     while active.size:
         pos = cur[active]
         cm = commit[active]
@@ -763,22 +772,26 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
         good = ~bad & ~null
         ok[active[bad]] = False
         recs.append((active[good], is_data[good], inc[good], base[active[good]] + body[good],
-                     length[good]))
+                     length[good], np.full(int(good.sum()), step_no, np.int64)))
         cur[active] = step
         active = active[good & (step < cm)]
+        step_no += 1
     if recs:
-        page, is_data, inc, body, length = (np.concatenate(x) for x in zip(*recs))
+        page, is_data, inc, body, length, nth = (np.concatenate(x) for x in zip(*recs))
     else:
-        page = body = length = inc = np.zeros(0, np.int64)
+        page = body = length = inc = nth = np.zeros(0, np.int64)
         is_data = np.zeros(0, bool)
-    order = np.argsort(page, kind="stable")
+    # a page's k-th record came from step k: by page then step without a sort
+    count = np.bincount(page, minlength=npages)
+    order = np.empty(len(page), np.int64)
+    order[(np.cumsum(count) - count)[page] + nth] = np.arange(len(page))
     page, is_data, inc, body, length = (x[order] for x in (page, is_data, inc, body, length))
     # time stamps: TS0 plus the increments of the page so far (data events' deltas, time
     # extends), in uint64; a page whose sum could pass 64 bits is left to _walk_page
     total = np.bincount(page, weights=inc.astype(np.float64), minlength=npages)
     ok &= ts0.astype(np.float64) + total < 2.0 ** 63
     csum = np.cumsum(inc.astype(np.uint64))
-    first = np.searchsorted(page, np.arange(npages))
+    first = np.cumsum(count) - count  # each page's first record
     before = np.concatenate(([np.uint64(0)], csum))[first]
     ts = ts0[page] + (csum - before[page])
     keep = is_data & ok[page]
@@ -836,9 +849,10 @@ def _head_confirmed(t: Target, lay: _Layouts, hint: int) -> bool:
 
 
 def _head_to_commit(t: Target, lay: _Layouts, head: int, commit_page: int, nr_pages: int,
-                    sink: ProblemSink) -> list[int]:
+                    sink: ProblemSink, raws: dict[int, bytes] | None = None) -> list[int]:
     """The ring's pages from HEAD to COMMIT_PAGE (both included), following ``list.next``
-    (flags masked), at most NR_PAGES: the pages that hold events."""
+    (flags masked), at most NR_PAGES: the pages that hold events.  RAWS, if given,
+    receives each ``struct buffer_page`` read on the way (one read per page)."""
     list_off = lay.bpage["list"].offset
     pages: list[int] = []
     seen: set[int] = set()
@@ -856,13 +870,32 @@ def _head_to_commit(t: Target, lay: _Layouts, head: int, commit_page: int, nr_pa
         if pos == commit_page:
             return pages
         try:
-            pos = (t.read_u64(pos + list_off) & ~RB_FLAG_MASK) - list_off
+            if raws is None:
+                nxt = t.read_u64(pos + list_off)
+            else:
+                raw = raws[pos] = t.read(pos, lay.bpage_size)
+                nxt = int.from_bytes(raw[list_off:list_off + 8], "little")
+            pos = (nxt & ~RB_FLAG_MASK) - list_off
         except FaultError:
             sink.add("unreadable", f"buffer page {pos:#x} cannot be read")
             return pages
     sink.add("too_long", f"no commit page {commit_page:#x} within {nr_pages} pages "
                          "(nr_pages) from the head")
     return pages
+
+
+def _unsigned(m):
+    """A reader of member M's unsigned value from a structure's bytes (a plain member
+    sliced directly; a bit field through :func:`read_member`)."""
+    if m.bit_size or m.size not in (1, 2, 4, 8):
+        return lambda raw: read_member(m, raw, signed=False)
+    lo, hi = m.offset, m.offset + m.size
+
+    def get(raw: bytes) -> int:
+        if len(raw) < hi:
+            return read_member(m, raw, signed=False)  # its error
+        return int.from_bytes(raw[lo:hi], "little")
+    return get
 
 
 @dataclasses.dataclass
@@ -908,21 +941,25 @@ def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int,
                                     "taking cpu_buffer->head_page")
         head = found or head
     order: list[int] = [reader]
+    raws: dict[int, bytes] = {}
     if commit_page != reader:
-        order += _head_to_commit(t, lay, head, commit_page, info.nr_pages, sink)
+        order += _head_to_commit(t, lay, head, commit_page, info.nr_pages, sink, raws)
     bp = lay.bpage
+    get_order, get_page, get_entries, get_read = (
+        _unsigned(bp[n]) if n in bp else (lambda raw: 0)
+        for n in ("order", "page", "entries", "read"))
     pages: list[_Page] = []
     for k, p in enumerate(order):
         try:
-            braw = t.read(p, lay.bpage_size)
+            braw = raws.get(p) or t.read(p, lay.bpage_size)
         except FaultError:
             pages.append(_Page(p, 0, -1, kind="unreadable",
                                why=f"buffer page {p:#x} cannot be read"))
             continue
-        page_order = read_member(bp["order"], braw, signed=False) if "order" in bp else 0
+        page_order = get_order(braw)
         size = t.page_size << page_order if page_order < 8 else 0
-        data_page = read_member(bp["page"], braw, signed=False)
-        entries = read_member(bp["entries"], braw, signed=False) & 0xFFFFF
+        data_page = get_page(braw)
+        entries = get_entries(braw) & 0xFFFFF
         pg = _Page(p, data_page, entries, size=size)
         pages.append(pg)
         if not size or not is_kernel_address(data_page):
@@ -944,7 +981,7 @@ def _read_cpu(t: Target, lay: _Layouts, cpu: int, addr: int,
             continue
         pg.data = data[lay.data_off:lay.data_off + commit]
         pg.commit = commit
-        pg.start = read_member(bp["read"], braw, signed=False) if k == 0 else 0
+        pg.start = get_read(braw) if k == 0 else 0
         pg.ts = int.from_bytes(data[0:8], "little")
         if k == 0 and pg.start:  # rb_iter_reset(): a reader page partly consumed
             pg.ts = get("read_stamp")
@@ -1035,7 +1072,8 @@ def _walk_all(cpus: list[tuple[CpuTrace, ProblemSink, list[_Page]]]) -> TraceEve
         page, body, length, ts, etype, pid = (x[o] for x in (page, body, length, ts, etype, pid))
     keep = np.array(included, dtype=bool)[page] if len(page) else np.zeros(0, bool)
     page, body, length, ts, etype, pid = (x[keep] for x in (page, body, length, ts, etype, pid))
-    first = np.searchsorted(page, page, side="left")
+    count = np.bincount(page, minlength=len(walked))
+    first = (np.cumsum(count) - count)[page]  # the page's first event
     seq = np.array(seq_start, dtype=np.uint64)[page] + \
         (np.arange(len(page)) - first + 1).astype(np.uint64)
     cpu = np.array(cpu_of, dtype=np.int64)[page]

@@ -61,7 +61,7 @@ import bisect
 import dataclasses
 from typing import Iterable
 
-__all__ = ("BuddyModel", "Divergence", "Rules", "compare")
+__all__ = ("BuddyModel", "Divergence", "Rules", "compare", "touched_pfns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +319,7 @@ class BuddyModel:
                                                     self.on_alloc, self.on_free,
                                                     self.on_pcpu_drain)
         n = 0
-        for k, cpu, a, b, c, d in cols:
+        for k, cpu, a, b, c, d in zip(*cols):
             if k == 2:
                 alloc(cpu, a)
             elif k == 3:
@@ -334,13 +334,58 @@ class BuddyModel:
         self.applied += n
 
 
+def touched_pfns(events) -> set[int]:
+    """The pfns the events name: each event's ``pfn`` and the ``2^order`` pages from it
+    (``order``, else ``alloc_order``; an order outside 0..31 counts as 0).  From a
+    :class:`memscope.events.RingEvents` in bulk, else event by event."""
+    import numpy as np
+
+    from ..events import RingEvents
+
+    out: set[int] = set()
+    slow = events
+    if isinstance(events, RingEvents):
+        slow = []
+        for i in events.ids():
+            cols = events.columns(i)
+            if cols is None:
+                slow.extend(events[int(r)] for r in events.rows(i).tolist())
+                continue
+            pfn = cols.get("pfn")
+            if pfn is None:
+                continue
+            order = cols.get("order", cols.get("alloc_order"))
+            if isinstance(pfn, list) or isinstance(order, list):
+                slow.extend(events[int(r)] for r in events.rows(i).tolist())
+                continue
+            pfn = pfn.astype(np.uint64) if pfn.dtype.kind == "u" else pfn.astype(np.int64)
+            order = np.zeros(len(pfn), np.int64) if order is None else order.astype(np.int64)
+            order = np.where((order >= 0) & (order < 32), order, 0)
+            big = (pfn.astype(np.float64) + np.exp2(order) >= 2.0 ** 62) | \
+                (pfn.astype(np.float64) < 0) | (order > 20)
+            for p, o in zip(pfn[big].tolist(), order[big].tolist()):
+                out.update(range(p, p + (1 << o)))
+            p, o = pfn[~big].astype(np.int64), order[~big]
+            n = np.left_shift(1, o)
+            within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            out.update((np.repeat(p, n) + within).tolist())
+    for e in slow:
+        pfn = e.fields.get("pfn")
+        if isinstance(pfn, int):
+            order = e.fields.get("order", e.fields.get("alloc_order", 0))
+            order = order if isinstance(order, int) and 0 <= order < 32 else 0
+            out.update(range(pfn, pfn + (1 << order)))
+    return out
+
+
 def _model_columns(events, wanted: dict[str, tuple[str, ...]],
                    optional: frozenset[str] = frozenset()):
     """The events of EVENTS named in WANTED (name -> field names, at most four), in
-    order, as tuples (index of the name in WANTED, cpu, the fields' values, None for an
-    OPTIONAL field the event does not have); None when EVENTS is not a
-    :class:`memscope.events.RingEvents` decodable in bulk or an event lacks a field that
-    is not optional (the caller then applies Events one by one, as before)."""
+    order, as six lists: the index of each event's name in WANTED, its cpu, and the four
+    fields' values (None for an OPTIONAL field the event does not have, or past the
+    name's fields); None when EVENTS is not a :class:`memscope.events.RingEvents`
+    decodable in bulk or an event lacks a field that is not optional (the caller then
+    applies Events one by one, as before)."""
     import numpy as np
 
     from ..events import RingEvents
@@ -360,20 +405,24 @@ def _model_columns(events, wanted: dict[str, tuple[str, ...]],
         for j in range(4):
             f = wanted[name][j] if j < len(wanted[name]) else None
             c = cols.get(f) if f else None
-            if c is None or isinstance(c, list):
-                if c is None and f and f not in optional:
-                    return None  # a field the model needs is not there: the slow path
-                vals[j].append(c if c is not None else [None] * len(rows))
+            if c is None and f and f not in optional:
+                return None  # a field the model needs is not there: the slow path
+            if c is None:
+                v = np.full(len(rows), None, dtype=object)
+            elif isinstance(c, list):
+                v = np.array(c + [None], dtype=object)[:-1]
+            elif hasattr(c, "codes"):  # StrColumn
+                v = np.array(list(c.values) + [None], dtype=object)[:-1][c.codes]
             else:
-                vals[j].append(c.tolist())
+                v = c.astype(object)  # Python ints, whatever the width and sign
+            vals[j].append(v)
     if not pos:
-        return []
-    order = np.argsort(np.concatenate(pos), kind="stable").tolist()
-    kinds = np.concatenate(kind).tolist()
-    cpus = events.events.cpu[np.concatenate(pos)].tolist()
-    flat = [[x for part in v for x in part] for v in vals]
-    return [(kinds[o], cpus[o], flat[0][o], flat[1][o], flat[2][o], flat[3][o])
-            for o in order]
+        return [], [], [], [], [], []
+    allpos = np.concatenate(pos)
+    order = np.argsort(allpos, kind="stable")
+    return (np.concatenate(kind)[order].tolist(),
+            events.events.cpu[allpos[order]].tolist(),
+            *(np.concatenate(v)[order].tolist() for v in vals))
 
 
 @dataclasses.dataclass

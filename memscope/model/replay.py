@@ -24,7 +24,7 @@ from ..mm import freelists as _freelists
 from ..mm import pageblock as _pageblock
 from ..mm.context import KernelContext
 from ..target.base import TargetError
-from .buddy import Agreement, BuddyModel, Rules, compare
+from .buddy import Agreement, BuddyModel, Rules, compare, touched_pfns
 
 __all__ = ("BuddyState", "Replay", "buddy_rules", "buddy_state", "replay", "window_events")
 
@@ -189,14 +189,7 @@ def replay_buddy(a: KernelContext, b: KernelContext, events: list) -> tuple[list
     sa, sb = buddy_state(a), buddy_state(b)
     model = BuddyModel(buddy_rules(a), sa.zones, sa.free, sa.pcp, sa.pageblock)
     model.apply_all(events)
-    touched = set()
-    for e in events:
-        pfn = e.fields.get("pfn")
-        if isinstance(pfn, int):
-            order = e.fields.get("order", e.fields.get("alloc_order", 0))
-            order = order if isinstance(order, int) and 0 <= order < 32 else 0
-            touched.update(range(pfn, pfn + (1 << order)))
-    agreements = compare(model, sb.free, sb.pcp, touched)
+    agreements = compare(model, sb.free, sb.pcp, touched_pfns(events))
     explain_bulk(agreements, a, b)
     return agreements, model.applied
 

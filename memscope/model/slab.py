@@ -87,18 +87,12 @@ class SlabModel:
                 self.large.add(ptr)
                 return
             if ptr in self.live:
-                self.divergences.append(Divergence(
-                    "alloc_live", ptr, 0, name, f"the model has this {self.live[ptr]} object "
-                    "allocated already: its free had no tracepoint (kmem_cache_free_bulk, "
-                    "a kfree_rcu batch) or was lost"))
+                self.divergences.append(_alloc_live(ptr, name, self.live[ptr]))
             self.live[ptr] = f.get("name") or self.live.get(ptr, "?")
         elif ptr in self.large:
             self.large.discard(ptr)
         elif self.live.pop(ptr, None) is None:
-            self.divergences.append(Divergence(
-                "free_not_live", ptr, 0, name, "the model has no such allocated object: its "
-                "allocation had no tracepoint (kmem_cache_alloc_bulk) or was lost, or it is "
-                "a large kmalloc made before the window"))
+            self.divergences.append(_free_not_live(ptr, name))
 
 
     def apply_all(self, events) -> None:
@@ -115,16 +109,47 @@ class SlabModel:
             for e in events:
                 self.apply(e.name, e.fields)
             return
-        apply = self.apply
-        for k, _, ptr, bytes_alloc, cache, _ in cols:
+        # apply() on each, inlined (the same steps in the same order)
+        alloc_k = {k for k, n in enumerate(names) if n in ALLOC_EVENTS}
+        kmalloc_k = {k for k, n in enumerate(names) if n.startswith("kmalloc")}
+        live, large, kfence_live, divs = self.live, self.large, self.kfence_live, \
+            self.divergences
+        lo, hi = self.kfence
+        large_min = self.large_min
+        applied = 0
+        for k, _, ptr, bytes_alloc, cache, _ in zip(*cols):
             if not ptr:  # a failed allocation, kfree(NULL)
                 continue
-            f = {"ptr": ptr}
-            if bytes_alloc is not None:
-                f["bytes_alloc"] = bytes_alloc
-            if cache is not None:
-                f["name"] = cache
-            apply(names[k], f)
+            applied += 1
+            if lo <= ptr < hi:
+                if k in alloc_k:
+                    kfence_live.add(ptr)
+                else:
+                    kfence_live.discard(ptr)
+            elif k in alloc_k:
+                if k in kmalloc_k and (bytes_alloc or 0) >= large_min:
+                    large.add(ptr)
+                    continue
+                if ptr in live:
+                    divs.append(_alloc_live(ptr, names[k], live[ptr]))
+                live[ptr] = cache or live.get(ptr, "?")
+            elif ptr in large:
+                large.discard(ptr)
+            elif live.pop(ptr, None) is None:
+                divs.append(_free_not_live(ptr, names[k]))
+        self.applied += applied
+
+
+def _alloc_live(ptr: int, event: str, cache: str) -> Divergence:
+    return Divergence("alloc_live", ptr, 0, event, f"the model has this {cache} object "
+                      "allocated already: its free had no tracepoint (kmem_cache_free_bulk, "
+                      "a kfree_rcu batch) or was lost")
+
+
+def _free_not_live(ptr: int, event: str) -> Divergence:
+    return Divergence("free_not_live", ptr, 0, event, "the model has no such allocated "
+                      "object: its allocation had no tracepoint (kmem_cache_alloc_bulk) or "
+                      "was lost, or it is a large kmalloc made before the window")
 
 
 def _has_ptr_columns(events, names) -> bool:
