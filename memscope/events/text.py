@@ -138,20 +138,25 @@ _COLON = object()
 
 def _token(tok: str):
     """What one whitespace-separated token of an event's text is: (key, typed value)
-    for ``key=value`` with an identifier key, (_COLON, key) for a word ending in ``:``
-    without ``=`` (vmalloc's ``key: value``), None for anything else."""
+    for ``key=value`` with an identifier key, (_COLON, key, None) for a word ending in
+    ``:`` without ``=`` (vmalloc's ``key: value``), None for anything else."""
     key, eq, v = tok.partition("=")
     if not eq:
-        return (_COLON, key[:-1]) if key.endswith(":") else None
+        return (_COLON, key[:-1], None) if key.endswith(":") else None
     return (key, _value(key, v)) if key.isidentifier() else None
 
 
 def parse_fields(rest: str) -> dict:
     """The ``key=value`` (and vmalloc's ``key: value``) pairs of an event's text, typed as
     the module says; words that are neither are left out."""
-    out = {}
     toks = rest.split()
     cache = _TOKENS
+    try:
+        # every token seen before and a key=value pair: the pairs in C
+        return dict(map(cache.__getitem__, toks))
+    except (KeyError, TypeError, ValueError):
+        pass
+    out = {}
     i, n = 0, len(toks)
     while i < n:
         tok = toks[i]
@@ -164,15 +169,15 @@ def parse_fields(rest: str) -> dict:
             cache[tok] = kv
         if kv is None:
             continue
-        key, v = kv
-        if key is _COLON:
+        if kv[0] is _COLON:
+            key = kv[1]
             if i < n and "=" not in toks[i]:
-                key, v = v, toks[i]
+                v = toks[i]
                 i += 1
                 if key.isidentifier():
                     out[key] = _value(key, v)
             continue
-        out[key] = v
+        out[kv[0]] = kv[1]
     return out
 
 

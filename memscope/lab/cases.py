@@ -73,7 +73,7 @@ CASES: dict[str, dict] = {
     # benchmark's window (benchmarks/bench_events.py).  64 MiB of ring buffer per CPU (the
     # events take ~60 bytes each, and one CPU may record most of them) in a 1 GiB guest.
     "6.12-trace-busy": dict(kernel="6.12", workload="trace-busy", trace="kmem,cma,vmalloc",
-                            trace_kb=65536, mem=1024, timeout=3600),
+                            trace_kb=65536, mem=1024, timeout=2400),
     # A swap area on the NVMe disk holding anonymous pages of a tracked shell, some shared
     # by 66 children forked after the swap-out (swap counts past SWAP_MAP_MAX, in the swap
     # map's continuation pages), some its own: smaps_rollup's Swap and SwapPss lines.
