@@ -216,6 +216,29 @@ def test_the_window_since_an_earlier_dump_is_the_end_of_the_trace_file(trace_cas
                [(e.ts, e.pid) for e in tail]
 
 
+def test_the_busy_window_is_a_million_events_as_the_guest_counted_them(lab_case):
+    """The 6.12-trace-busy case (the throughput benchmark's window): the final dump's
+    buffer holds, CPU by CPU, the events the guest's own per-CPU stats count (read after
+    tracing stopped, before the final dump), nothing overwritten; the window between
+    "before" and "after" is over a million events, none lost, numbered without a gap."""
+    snap = lab_case("6.12-trace-busy")
+    _, t = open_dump(snap)
+    tb = ftrace.read_trace(t)
+    stats = snap.truth_text("tracestats/label").splitlines()
+    entries = [int(x.split()[1]) for x in stats if x.startswith("entries:")]
+    overrun = [int(x.split()[1]) for x in stats if x.startswith("overrun:")]
+    assert tb.problems == [] and overrun == [0] * len(entries)
+    assert [c.found for c in tb.cpus] == entries
+    _, ta = open_dump(lab_case("6.12-trace-busy", "before"))
+    _, tafter = open_dump(lab_case("6.12-trace-busy", "after"))
+    events, parts = ftrace.window(ftrace.read_trace(ta), ftrace.read_trace(tafter))
+    assert len(events) == sum(p.written for p in parts) > 1_000_000
+    assert all(p.lost == 0 for p in parts)
+    for p in parts:
+        seq = events.seq[events.cpu == p.cpu]
+        assert (seq[1:] - seq[:-1] == 1).all()
+
+
 def test_a_later_dump_of_another_boot_is_refused(lab_case):
     """window() refuses two dumps whose buffers cannot be one boot's: fewer entries in
     the later one."""
