@@ -739,17 +739,18 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
         would pass 64 bits, and must be walked by it instead (its events are left out)."""
     npages = len(base)
     ok = np.ones(npages, dtype=bool)
-    cur = start.astype(np.int64)
-    active = np.nonzero(cur < commit)[0]
+    # positions from the start of BLOB: every one the walk reads is below its page's
+    # commit, at most the blob's length less its 8 trailing zero bytes (two words)
+    cur = base + start.astype(np.int64)
+    end = base + commit
+    active = np.nonzero(cur < end)[0]
     recs = []
-    limit = len(blob) * 4 - 8
     step_no = 0
     while active.size:
         pos = cur[active]
-        cm = commit[active]
-        absolute = base[active] + pos
-        bad = ((absolute & 3) != 0) | (pos + 4 > cm) | (absolute > limit)
-        word = np.minimum(absolute, limit) >> 2
+        cm = end[active]
+        bad = ((pos & 3) != 0) | (pos + 4 > cm)
+        word = pos >> 2
         hdr = blob[word].astype(np.int64)
         arr0 = blob[word + 1].astype(np.int64)
         tl = hdr & 31
@@ -759,9 +760,10 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
         is_ext = tl == RINGBUF_TYPE_TIME_EXTEND
         is_big = tl == 0
         is_data = tl <= RINGBUF_TYPE_DATA_TYPE_LEN_MAX
-        need8 = (is_pad & ~null) | is_ext | (tl == RINGBUF_TYPE_TIME_STAMP) | is_big
+        is_ts = tl == RINGBUF_TYPE_TIME_STAMP
+        need8 = (is_pad & ~null) | is_ext | is_ts | is_big
         bad |= need8 & (pos + 8 > cm)
-        bad |= tl == RINGBUF_TYPE_TIME_STAMP
+        bad |= is_ts
         bad |= is_pad & ~null & (arr0 + 4 < 8)
         length = np.where(is_big, arr0 - 4, tl * 4)
         bad |= is_big & (length < 8)
@@ -771,8 +773,8 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
         inc = np.where(is_data, delta, np.where(is_ext, arr0 << TS_SHIFT | delta, 0))
         good = ~bad & ~null
         ok[active[bad]] = False
-        recs.append((active[good], is_data[good], inc[good], base[active[good]] + body[good],
-                     length[good], np.full(int(good.sum()), step_no, np.int64)))
+        recs.append((active[good], is_data[good], inc[good], body[good], length[good],
+                     np.full(int(good.sum()), step_no, np.int64)))
         cur[active] = step
         active = active[good & (step < cm)]
         step_no += 1
@@ -781,11 +783,16 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
     else:
         page = body = length = inc = nth = np.zeros(0, np.int64)
         is_data = np.zeros(0, bool)
-    # a page's k-th record came from step k: by page then step without a sort
+    # a page's k-th record came from step k: by page then step without a sort, each
+    # array scattered to its place once
     count = np.bincount(page, minlength=npages)
-    order = np.empty(len(page), np.int64)
-    order[(np.cumsum(count) - count)[page] + nth] = np.arange(len(page))
-    page, is_data, inc, body, length = (x[order] for x in (page, is_data, inc, body, length))
+    dest = (np.cumsum(count) - count)[page] + nth
+
+    def placed(x: np.ndarray) -> np.ndarray:
+        out = np.empty_like(x)
+        out[dest] = x
+        return out
+    page, is_data, inc, body, length = (placed(x) for x in (page, is_data, inc, body, length))
     # time stamps: TS0 plus the increments of the page so far (data events' deltas, time
     # extends), in uint64; a page whose sum could pass 64 bits is left to _walk_page
     total = np.bincount(page, weights=inc.astype(np.float64), minlength=npages)
@@ -797,6 +804,7 @@ def _walk_pages(blob: np.ndarray, base: np.ndarray, start: np.ndarray, commit: n
     keep = is_data & ok[page]
     page, body, length, ts = page[keep], body[keep], length[keep], ts[keep]
     big = length >= 8
+    limit = len(blob) * 4 - 8
     w = np.minimum(body, limit) >> 2
     etype = np.where(big, blob[w] & 0xFFFF, 0).astype(np.int64)
     pid = np.where(big, blob[np.minimum(w + 1, len(blob) - 1)], 0).astype(np.int64)
