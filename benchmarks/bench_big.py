@@ -9,6 +9,8 @@ own.  Per case and command:
   rendered as a table) on a Program opened once, against the baseline of the same run: a
   raw read of every struct page (``target.read`` of each present section, each chunk
   dropped at once), the floor of any command that looks at every page;
+- the baseline alone as a row of its own ("raw read"), its memory measured the same way:
+  what the reader (drgn, and libkdumpfile for a kdump-compressed dump) takes;
 - memory: the process's peak RSS (``getrusage`` ``ru_maxrss``) over the first run, and
   how far it rose above the RSS of the opened Program before the command (what the
   command itself needs), and the peak of Python and numpy allocations during it
@@ -32,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-COMMANDS = (("pages", {}), ("check", {}), ("frag", {}), ("slabinfo --walk", {"walk": True}))
+#: "raw read" is no command: the baseline alone (what the reader, drgn and libkdumpfile,
+#: takes to hand over every struct page), in a process of its own like the commands.
+COMMANDS = (("raw read", {}), ("pages", {}), ("check", {}), ("frag", {}),
+            ("slabinfo --walk", {"walk": True}))
 DEFAULT_CASES = ("6.12-4g-kdump", "6.12-16g")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,15 +79,22 @@ def one(case: str, command: str, repeat: int) -> dict:
     warm_file(snap.vmcore)
     prog = open_prog(snap)
     name, extra = next((c.split()[0], e) for c, e in COMMANDS if c == command)
+
+    def work():
+        if command == "raw read":
+            _raw_read(prog)
+        else:
+            run_command(prog, name, "table", **extra)
+
     rss0 = _rss_kib()
     tracemalloc.start()
     t0 = time.perf_counter()
-    run_command(prog, name, "table", **extra)
+    work()
     first = time.perf_counter() - t0
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    best = min(first, best_of(lambda: run_command(prog, name, "table", **extra), repeat))
+    best = min(first, best_of(work, repeat))
     raw = min(_raw_read(prog)[0] for _ in range(repeat))
     return {"case": case, "command": command, "pfns": _raw_read(prog)[1],
             "mem_mb": snap.meta.get("mem_mb"), "s": best, "first_s": first, "raw_s": raw,
@@ -97,7 +109,8 @@ def run(cases, repeat: int = 3, log=print) -> list[dict]:
                                 command, "--repeat", str(repeat)], cwd=ROOT,
                                capture_output=True, text=True)
             if p.returncode:
-                raise SystemExit(f"{case} {command}: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+                last = (p.stderr.strip().splitlines() or ["?"])[-1]
+                raise SystemExit(f"{case} {command}: {last}")
             r = json.loads(p.stdout.strip().splitlines()[-1])
             log(f"  {case} {command}: {r['s'] * 1e3:.0f} ms, peak RSS "
                 f"{r['peak_rss_kib'] >> 10} MiB (+{(r['peak_rss_kib'] - r['rss_before_kib']) >> 10}"

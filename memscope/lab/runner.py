@@ -111,6 +111,9 @@ def run(opts: RunOptions, out: Path) -> dict:
                        "choose another -o or remove it", exit_status=2)
     if opts.mode not in ("dump", "keep", "live"):
         raise LabError(f"unknown mode {opts.mode}")
+    if not opts.elf and not opts.dump_formats:
+        raise LabError("--no-elf needs a kdump format to dump in (--dump-format kdump-zlib)",
+                       exit_status=2)
     for what, value, low in (("--mem", opts.mem, 128), ("--smp", opts.smp, 1),
                              ("--numa", opts.numa, 1), ("--tries", opts.tries, 1),
                              ("--disk", opts.disk, 0)):
@@ -123,16 +126,14 @@ def run(opts: RunOptions, out: Path) -> dict:
     kernel = kernels.ensure(opts.kernel, progress=progress)
     qemu.require(kernel)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not opts.elf and not opts.dump_formats:
-        raise LabError("no ELF dump needs a kdump format (--dump-format kdump-zlib)",
-                       exit_status=2)
     free_mb = shutil.disk_usage(out.parent).free // 2**20
     # Without the ELF dump, a kdump-compressed dump of mostly free memory is small: its
     # page descriptors (24 bytes a page) and the compressed pages in use.
     need_mb = opts.mem if opts.elf else opts.mem // 32 + 512
     if opts.mode != "live" and free_mb < need_mb + 16:
         raise LabError(f"not enough disk space in {out.parent}: a dump of a {opts.mem} MB guest "
-                       f"needs about {opts.mem} MB, {free_mb} MB free; free space or use another -o")
+                       f"needs about {need_mb} MB, {free_mb} MB free; free space or use another "
+                       "-o")
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stage.chmod(0o755)
     # Unix socket paths are limited to 108 bytes: keep the sockets in a short directory.

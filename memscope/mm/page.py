@@ -1,11 +1,20 @@
 """Every struct page classified: what each physical page is (include/linux/mm_types.h,
 page-flags.h), counted per zone and listed per pfn.
 
-The struct pages come from :mod:`memscope.mm.memmap` (the whole memmap read once, in bulk,
+The struct pages come from :mod:`memscope.mm.memmap` (read in bulk, section by section,
 decoded into one numpy array per field) and the per-CPU lists from the one pcp walk of
-:mod:`memscope.mm.freelists`.  The classified memmap (:class:`PageMap`, :func:`memmap`)
-is kept in the snapshot state of the :class:`~memscope.mm.context.KernelContext` and
-shared by ``pages``, ``pageblocks``, ``frag`` and whoever else needs pages.  The names of
+:mod:`memscope.mm.freelists`.  Two ways to have them classified:
+
+- :func:`pieces` streams the memmap in pieces of :data:`CHUNK_PAGES` pfns (one
+  :class:`PageMap` per piece, each dropped before the next is decoded): memory bounded by
+  one piece (~30 MiB) whatever the machine's size.  ``pages`` (:func:`scan`,
+  :func:`zone_counts`) and the slab walk (``slabinfo --walk``, ``check``) read it so.
+- :func:`memmap` decodes it whole, once per snapshot (~80 bytes a page, kept in the snapshot
+  state of the :class:`~memscope.mm.context.KernelContext`), for the readers that look
+  pages up by pfn (``pages --pfn``, ``whatis``, ``cma``); :func:`pieces` then hands it on
+  as its one piece.
+
+Both give every pfn the same class.  The names of
 the memmap plumbing (``page_layout``, ``sections``, ``vmemmap_base``...) and of the pcp
 layout (``pcp_layout``, ``pindex_to_order``, ``pcp_set_up``) stay importable from here.
 
