@@ -50,8 +50,11 @@ def _lab_parser(sub) -> None:
                    help="also dump each accepted snapshot in FORMAT (QEMU's kdump-zlib, "
                    "kdump-lzo, kdump-snappy: flattened, read by memscope as makedumpfile -R "
                    "would reassemble it) from the same stopped guest, into DIR/vmcore.FORMAT; "
-                   "repeatable; the ELF dump DIR/vmcore, which acceptance reads, is always "
-                   "written")
+                   "repeatable; the ELF dump DIR/vmcore, which acceptance reads, is "
+                   "written too unless --no-elf")
+    r.add_argument("--no-elf", action="store_true",
+                   help="no ELF dump (a big guest's is as large as its memory): DIR/vmcore is "
+                   "the first --dump-format's dump reassembled, kdump-compressed")
     r.add_argument("--trace", default="", metavar="GROUPS",
                    help="enable these tracepoint groups before the workload, comma separated "
                    "(kmem: its page and slab events; cma, vmalloc: all of theirs, where the "
@@ -201,7 +204,7 @@ def _lab(args) -> int:
                               tries=args.tries, timeout=args.timeout,
                               userland=args.userland, kdump_level=args.kdump_level,
                               kdump_compress=tuple(dict.fromkeys(args.kdump_compress))
-                              or ("zlib",))
+                              or ("zlib",), elf=not args.no_elf)
         meta = lab.run(opts, Path(args.output))
         for snap in meta["snapshots"]:
             print(f"{snap['vmcore']}  (truth: {snap['truth']})")

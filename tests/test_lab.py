@@ -305,6 +305,14 @@ def test_disk_too_small_for_a_dump(small_disk):
     assert no_leftovers(out)
 
 
+def test_no_elf_without_a_kdump_format_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = memscope("lab", "run", "6.12", "--no-elf", "-o", str(out))
+    assert_one_line_error(proc, "--no-elf", "--dump-format kdump-zlib")
+    assert proc.returncode == 2
+    assert no_leftovers(out)
+
+
 def test_disk_full_in_the_middle_of_a_run(small_disk):
     """The first snapshot fits, the second does not: one line, and nothing kept."""
     disk = small_disk("760m")

@@ -103,24 +103,26 @@ def pages(ctx, args) -> Result:
 
         return Result([dataclasses.asdict(r) for r in recs], table)
 
-    rows = mpage.zone_counts(ctx)
-    pm = mpage.memmap(ctx)
+    # The memmap streamed in pieces: memory bounded whatever the machine's size (one
+    # byte a page more for --png, the map's pixels).
+    sc = mpage.scan(ctx, classes=bool(args.png))
+    rows = sc.rows
     if args.png:
         from ..report import png
 
         row = 1 << mpb.pageblock_order(ctx)
-        origin = min(z.zone_start_pfn for z in pm.zones) // row * row  # the first zone's row
-        cls = pm.cls[origin:]
+        origin = min(z.zone_start_pfn for z in sc.zones) // row * row  # the first zone's row
+        cls = sc.cls[origin:]
         counts = {c: int(np.count_nonzero(cls == i)) for i, c in enumerate(mpage.CLASSES)}
-        zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in pm.zones]
-        title = (f"{ctx.t.release}: physical memory, pfn {origin:#x}-{pm.nr_pages - 1:#x} "
+        zones = [(f"node {z.node} {z.name}", z.zone_start_pfn, z.end_pfn) for z in sc.zones]
+        title = (f"{ctx.t.release}: physical memory, pfn {origin:#x}-{len(sc.cls) - 1:#x} "
                  f"({png.human_bytes(len(cls) * ctx.t.page_size)})")
         _write(args.png, png.page_map(cls, list(mpage.CLASSES), counts, zones, row, title,
                                       ctx.t.page_size, origin))
     classes = [c for c in mpage.CLASSES if any(r.counts[c] for r in rows)]
     data = [dataclasses.asdict(r) for r in rows]
-    if pm.pcp_findings:
-        data.append({"findings": [str(p) for p in pm.pcp_findings]})
+    if sc.pcp_findings:
+        data.append({"findings": [str(p) for p in sc.pcp_findings]})
 
     def table() -> str:
         kb = ctx.t.page_size // 1024
@@ -134,10 +136,10 @@ def pages(ctx, args) -> Result:
                                headers=["class", "pages", "kB"]) + "\n"
         out += ("\nfree buddy blocks per order: "
                 + "; ".join(f"N{r.node} {r.zone}: {r.buddy_blocks}" for r in rows) + "\n")
-        for f in pm.pcp_findings:
+        for f in sc.pcp_findings:
             out += f"finding: {f}\n"
-        if pm.unreadable_pages:
-            out += f"{pm.unreadable_pages} struct pages unreadable (counted as hole)\n"
+        if sc.unreadable_pages:
+            out += f"{sc.unreadable_pages} struct pages unreadable (counted as hole)\n"
         return out
 
     return Result(data, table, exit_status=0)

@@ -52,6 +52,10 @@ class RunOptions:
     # after its ELF dump into vmcore.FORMAT: QEMU's "kdump-zlib", "kdump-lzo",
     # "kdump-snappy" (written in makedumpfile's flattened form).
     dump_formats: tuple[str, ...] = ()
+    # False: no ELF dump (a big guest's would be as large as its memory): each snapshot
+    # is dumped in dump_formats[0] only, reassembled (makedumpfile -R) into DIR/vmcore,
+    # a kdump-compressed file that acceptance reads with drgn like the ELF one.
+    elf: bool = True
     trace: str = ""  # tracepoint groups turned on before the workload (trace_prologue)
     trace_kb: int = 4096  # with trace: ring buffer per CPU (buffer_size_kb)
     userland: bool = False  # a Debian userland with memscope and drgn (lab/userland.py)
@@ -120,6 +124,9 @@ def run(opts: RunOptions, out: Path) -> dict:
         if opts.mode != "dump" or opts.dump_formats:
             raise LabError("--kdump-level takes its dump by a panic: it goes with neither "
                            "--keep, --live nor --dump-format", exit_status=2)
+    if not opts.elf and not opts.dump_formats:
+        raise LabError("--no-elf needs a kdump format to dump in (--dump-format kdump-zlib)",
+                       exit_status=2)
     for what, value, low in (("--mem", opts.mem, 128), ("--smp", opts.smp, 1),
                              ("--numa", opts.numa, 1), ("--tries", opts.tries, 1),
                              ("--disk", opts.disk, 0)):
@@ -133,9 +140,13 @@ def run(opts: RunOptions, out: Path) -> dict:
     qemu.require(kernel)
     out.parent.mkdir(parents=True, exist_ok=True)
     free_mb = shutil.disk_usage(out.parent).free // 2**20
-    if opts.mode != "live" and free_mb < opts.mem + 16:
+    # Without the ELF dump, a kdump-compressed dump of mostly free memory is small: its
+    # page descriptors (24 bytes a page) and the compressed pages in use.
+    need_mb = opts.mem if opts.elf else opts.mem // 32 + 512
+    if opts.mode != "live" and free_mb < need_mb + 16:
         raise LabError(f"not enough disk space in {out.parent}: a dump of a {opts.mem} MB guest "
-                       f"needs about {opts.mem} MB, {free_mb} MB free; free space or use another -o")
+                       f"needs about {need_mb} MB, {free_mb} MB free; free space or use another "
+                       "-o")
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stage.chmod(0o755)
     # Unix socket paths are limited to 108 bytes: keep the sockets in a short directory.
@@ -452,7 +463,10 @@ class _Boot:
         vmcore = where / "vmcore"
         tmp = where / "vmcore.partial"
         try:
-            self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
+            if self.opts.elf:
+                self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
+            else:
+                _dump_kdump(self.qmp, where, tmp, self.opts.dump_formats[0])
         except LabError as e:
             tmp.unlink(missing_ok=True)
             if "space" in str(e).lower():
@@ -471,6 +485,8 @@ class _Boot:
             why, accepted_by = verdict.reason, verdict.accepted_by
         if why is not None:
             tmp.unlink()
+            for fmt in self.opts.dump_formats[:0 if self.opts.elf else 1]:
+                (where / f"vmcore.{fmt}.partial").unlink(missing_ok=True)
             self.say(f"snapshot {name!r}: {why}; refreezing")
             # Every refreeze is kept with its reason (a state-dependent difference shows
             # up here rather than vanishing).
@@ -479,7 +495,12 @@ class _Boot:
             return False
         tmp.rename(vmcore)
         forms = {}
-        for fmt in self.opts.dump_formats:  # the guest is still stopped: the same memory
+        if not self.opts.elf:  # dumped once, above: the flattened stream is kept
+            fmt = self.opts.dump_formats[0]
+            forms[fmt] = str(where / f"vmcore.{fmt}")
+            (where / f"vmcore.{fmt}.partial").rename(forms[fmt])
+        for fmt in self.opts.dump_formats[0 if self.opts.elf else 1:]:
+            # the guest is still stopped: the same memory
             forms[fmt] = str(where / f"vmcore.{fmt}")
             self.qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{forms[fmt]}",
                              format=fmt)
@@ -566,6 +587,23 @@ class _Boot:
         self.qmp = self.console = None
         self.say(f"guest handed over: gdbstub 127.0.0.1:{self.meta['gdb_port']}, "
                  f"QMP {self.qmp_path}; end it with 'memscope lab stop DIR'")
+
+
+def _dump_kdump(qmp, where: Path, out: Path, fmt: str) -> None:
+    """Dump the stopped guest in the kdump format FMT (flattened, as QEMU writes it) into
+    WHERE/vmcore.FMT.partial and reassemble it into OUT, the kdump-compressed file drgn
+    reads (makedumpfile -R; QEMU's empty utsname filled as memscope's reader does)."""
+    from ..target.flattened import fill_empty_utsname, reassemble
+
+    flat = where / f"vmcore.{fmt}.partial"
+    try:
+        qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{flat}", format=fmt)
+        reassemble(flat, out)
+        fill_empty_utsname(out)
+    except BaseException:
+        flat.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+        raise
 
 
 def stop(directory: Path) -> None:

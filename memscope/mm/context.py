@@ -56,6 +56,11 @@ class KernelContext:
             v = self._snapshot[key] = fn()
             return v
 
+    def peek_snapshot(self, key: str) -> Any:
+        """The per-snapshot value KEY if it was computed already, else None (nothing is
+        computed)."""
+        return self._snapshot.get(key)
+
     def refresh(self) -> None:
         """Forget every snapshot value: the next reads see the target's memory as it is
         now.  The probes stay."""

@@ -63,6 +63,9 @@ _U64 = struct.Struct("<Q")
 
 #: The walks cache the memmap in pieces of this many bytes (see FreeListWalker._page).
 REGION = 64 << 10
+#: ... and keep at most this many pieces (32 MiB), the first read dropped first: memory
+#: bounded whatever the machine's size (a 4 GiB guest's walks use a few dozen pieces).
+MAX_REGIONS = 512
 
 #: The kinds of :class:`~memscope.kernel.problem.Problem` the walks and checks of this
 #: module report (the records carry ``node`` and ``zone``; ``where`` is the list or
@@ -275,7 +278,8 @@ class FreeListWalker:
         lists of high orders are spread over the whole memmap, one entry per piece), the
         second (``Target.bulk_read_after``; never on GDB, whose reads batch themselves) makes
         the whole piece be read (per-CPU lists and low-order free lists come back to the
-        same pieces: 11k pcp entries of a 4 GiB guest live in 32 of them).  A
+        same pieces: 11k pcp entries of a 4 GiB guest live in 32 of them); at most
+        :data:`MAX_REGIONS` pieces are kept, the oldest dropped first.  A
         piece that cannot be read is not tried again; its pages are read one by one, and
         FaultError from that read is the walk's "unreadable" finding."""
         r, i = divmod(pfn, self._per_region)
@@ -294,6 +298,10 @@ class FreeListWalker:
                     with self.t.speculative():
                         buf = self.t.read(self.vmemmap + lo * self.page_size,
                                           (hi - lo) * self.page_size)
+                    if len(self._regions) >= MAX_REGIONS:
+                        old = next(iter(self._regions))
+                        del self._regions[old]
+                        self._misses.pop(old, None)  # two misses again before a reread
                     self._regions[r] = buf
                     return buf, i * self.page_size
                 except FaultError:

@@ -380,11 +380,11 @@ def vmemmap_base(ctx: KernelContext) -> int:
 FIELDS = ("flags", "compound", "mapping", "index", "private", "mapcount", "refcount")
 
 
-def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int):
-    """Read the memmap section by section and keep each field of
-    :attr:`PageLayout.page_fields` in its own array: (field name -> array indexed by pfn,
-    zeros where no struct page was read; bool array: a struct page was read; pages
-    present in mem_section[] whose memmap could not be read).
+def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int, lo: int = 0):
+    """Read the memmap of pfns [LO, N) section by section and keep each field of
+    :attr:`PageLayout.page_fields` in its own array: (field name -> array indexed by
+    pfn - LO, zeros where no struct page was read; bool array: a struct page was read;
+    pages present in mem_section[] whose memmap could not be read).
 
     Each chunk read is viewed in place (np.frombuffer with the struct page dtype) and its
     fields are copied out while the chunk is still in the CPU cache; no copy of the whole
@@ -393,37 +393,40 @@ def _read_memmap(ctx: KernelContext, pl: PageLayout, vmemmap: int, n: int):
     s = sections(ctx)
     sz = pl.size
     dt = pl.dtype()
-    out = {f: np.zeros(n, dt.fields[f][0]) for f in pl.fields}  # zero pages: holes
-    valid = np.zeros(n, bool)
+    m = max(n - lo, 0)
+    out = {f: np.zeros(m, dt.fields[f][0]) for f in pl.fields}  # zero pages: holes
+    valid = np.zeros(m, bool)
     unreadable = 0
     pps = s.pages_per_section
 
-    def put(lo: int, hi: int, raw: bytes) -> None:
-        a = np.frombuffer(raw, dt)
+    def put(a: int, b: int, raw: bytes) -> None:
+        rec = np.frombuffer(raw, dt)
         for f in pl.fields:
-            out[f][lo:hi] = a[f]
-        valid[lo:hi] = True
+            out[f][a - lo:b - lo] = rec[f]
+        valid[a - lo:b - lo] = True
 
-    # One read per present section (2 MiB of struct pages for 128 MiB on x86_64 4K pages);
-    # a section whose read fails (live target, vmemmap page not dumped) is retried in
-    # 64 KiB pieces so that only the unreadable part becomes a hole.
-    for nr in np.flatnonzero(s.present()).tolist():
-        lo = nr * pps
-        hi = min(lo + pps, n)
-        if hi <= lo:
+    # One read per present section (2 MiB of struct pages for 128 MiB on x86_64 4K pages),
+    # or the part of it within [LO, N); a section whose read fails (live target, vmemmap
+    # page not dumped) is retried in 64 KiB pieces so that only the unreadable part
+    # becomes a hole.
+    present = s.present()
+    for nr in (np.flatnonzero(present[lo // pps:(n + pps - 1) // pps]) + lo // pps).tolist():
+        a = max(nr * pps, lo)
+        b = min(nr * pps + pps, n)
+        if b <= a:
             continue
         try:
             with t.speculative():  # retried in pieces: only those pieces' holes count
-                raw = t.read(vmemmap + lo * sz, (hi - lo) * sz)
-            put(lo, hi, raw)
+                raw = t.read(vmemmap + a * sz, (b - a) * sz)
+            put(a, b, raw)
         except FaultError:
             step = max(1, 65536 // sz)
-            for a in range(lo, hi, step):
-                b = min(a + step, hi)
+            for x in range(a, b, step):
+                y = min(x + step, b)
                 try:
-                    put(a, b, t.read(vmemmap + a * sz, (b - a) * sz))
+                    put(x, y, t.read(vmemmap + x * sz, (y - x) * sz))
                 except FaultError:
-                    unreadable += b - a
+                    unreadable += y - x
     return out, valid, unreadable
 
 

@@ -1,11 +1,20 @@
 """Every struct page classified: what each physical page is (include/linux/mm_types.h,
 page-flags.h), counted per zone and listed per pfn.
 
-The struct pages come from :mod:`memscope.mm.memmap` (the whole memmap read once, in bulk,
+The struct pages come from :mod:`memscope.mm.memmap` (read in bulk, section by section,
 decoded into one numpy array per field) and the per-CPU lists from the one pcp walk of
-:mod:`memscope.mm.freelists`.  The classified memmap (:class:`PageMap`, :func:`memmap`)
-is kept in the snapshot state of the :class:`~memscope.mm.context.KernelContext` and
-shared by ``pages``, ``pageblocks``, ``frag`` and whoever else needs pages.  The names of
+:mod:`memscope.mm.freelists`.  Two ways to have them classified:
+
+- :func:`pieces` streams the memmap in pieces of :data:`CHUNK_PAGES` pfns (one
+  :class:`PageMap` per piece, each dropped before the next is decoded): memory bounded by
+  one piece (~30 MiB) whatever the machine's size.  ``pages`` (:func:`scan`,
+  :func:`zone_counts`) and the slab walk (``slabinfo --walk``, ``check``) read it so.
+- :func:`memmap` decodes it whole, once per snapshot (~80 bytes a page, kept in the snapshot
+  state of the :class:`~memscope.mm.context.KernelContext`), for the readers that look
+  pages up by pfn (``pages --pfn``, ``whatis``, ``cma``); :func:`pieces` then hands it on
+  as its one piece.
+
+Both give every pfn the same class.  The names of
 the memmap plumbing (``page_layout``, ``sections``, ``vmemmap_base``...) and of the pcp
 layout (``pcp_layout``, ``pindex_to_order``, ``pcp_set_up``) stay importable from here.
 
@@ -54,6 +63,7 @@ records (:attr:`PageMap.pcp_findings`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 
@@ -112,9 +122,13 @@ class PageMap:
     # ``inconsistent`` is set): the slab walk trusts the slab's own word, the buddy check
     # reports the block.
     slab: np.ndarray | None = None
+    # The pfn of the first element of every array: 0 for the whole memmap (memmap()), a
+    # piece's first pfn in the stream of pieces (scan()).
+    start_pfn: int = 0
 
     @property
     def nr_pages(self) -> int:
+        """The number of pfns the arrays cover (from ``start_pfn``)."""
         return len(self.cls)
 
 
@@ -194,41 +208,123 @@ def _flag(flags: np.ndarray, bit: int | None) -> np.ndarray:
 
 
 def _old_hugetlb_heads(pl: PageLayout, pages: dict[str, np.ndarray], is_head: np.ndarray,
-                       tail: np.ndarray) -> np.ndarray | None:
+                       tail: np.ndarray, after=None) -> np.ndarray | None:
     """Heads of hugetlb folios on kernels without PGTY_hugetlb (bool per pfn): a PG_head
     page whose next page is a tail with HUGETLB_PAGE_DTOR in compound_dtor (5.10-6.5) or
     PG_hugetlb in its flags (6.6-6.9).  None when the kernel has PGTY_hugetlb (the page
-    type says it) or no marking memscope knows."""
+    type says it) or no marking memscope knows.  AFTER, when given, is a function
+    returning the decoded struct page (field -> array of one) following the last of PAGES
+    (a piece of the memmap: the last page's first tail is in the next piece), or None."""
     if pl.pagetype is not None and "PGTY_hugetlb" in pl.pagetype:
         return None
     if "dtor" in pages:
-        first_tail = pages["dtor"][1:] == np.uint8(pl.hugetlb_dtor)
+        def first_tail(p):
+            return p["dtor"] == np.uint8(pl.hugetlb_dtor)
     elif pl.PG_hugetlb is not None:
-        first_tail = _flag(pages["flags"][1:], pl.PG_hugetlb)
+        def first_tail(p):
+            return _flag(p["flags"], pl.PG_hugetlb)
     else:
         return None
     out = np.zeros(len(is_head), bool)
-    out[:-1] = is_head[:-1] & tail[1:] & first_tail
+    out[:-1] = is_head[:-1] & tail[1:] & first_tail({f: a[1:] for f, a in pages.items()})
+    nxt = after() if after is not None and len(is_head) and is_head[-1] else None
+    if nxt is not None:
+        out[-1] = bool((nxt["compound"][0] & np.uint64(1)) and first_tail(nxt)[0])
     return out
 
 
+#: :func:`scan` streams the memmap in pieces of this many pfns (whole sections, at least
+#: one): 2^17 pfns (512 MiB of memory) is 8 MiB of struct pages on x86_64, about 30 MiB
+#: with their decoded fields and the classification's arrays, whatever the machine's size.
+CHUNK_PAGES = 1 << 17
+
+
+@dataclasses.dataclass
+class _Carry:
+    """What one piece of the memmap hands to the next (:func:`_classify`): the last valid
+    PG_head page seen and its class (a compound page's tails may begin the next piece,
+    a gigantic page's may fill several), and how many buddy blocks cover each pfn from
+    the piece's end on (a block is naturally aligned and never crosses a piece, but a
+    corrupted one may)."""
+
+    head_pfn: int = -1
+    head_cls: int = 0
+    cover: np.ndarray | None = None
+
+
+def _deferred_spans(ctx: KernelContext) -> list[tuple[int, int]]:
+    return [span for nid in ctx.node_ids()
+            if (span := _zone.deferred_pfns(ctx, nid)) is not None]
+
+
 def _build(ctx: KernelContext) -> PageMap:
+    findings: list[Problem] = []
+    pm, _ = _classify(ctx, 0, max_pfn(ctx), lambda: _pcp_pages(ctx, findings),
+                      _deferred_spans(ctx), None)
+    pm.pcp_findings = findings
+    return pm
+
+
+def _decoded(ctx: KernelContext, pl: PageLayout, vm: int, lo: int, hi: int,
+             deferred: list[tuple[int, int]]):
+    """_read_memmap of [LO, HI) with the struct pages the kernel has not initialised yet
+    (early in boot) made holes, read as zeros."""
+    pages, valid, unreadable = _read_memmap(ctx, pl, vm, hi, lo)
+    for a, b in deferred:
+        a, b = max(a, lo) - lo, min(b, hi) - lo
+        if a < b:
+            valid[a:b] = False
+            for arr in pages.values():
+                arr[a:b] = 0
+    return pages, valid, unreadable
+
+
+def _head_key(pl: PageLayout, pages: dict[str, np.ndarray], tcode: np.ndarray) -> np.ndarray:
+    """The 8-bit key of :func:`_head_class_lut` of every page."""
+    u8 = np.uint8
+    flags, mapping = pages["flags"], pages["mapping"]
+    key = tcode if pl.PG_slab is None else np.where(_flag(flags, pl.PG_slab), u8(T_SLAB), tcode)
+    key = key | (_flag(flags, pl.PG_reserved).view(u8) << u8(3))
+    key |= (mapping.view(u8)[::8] & u8(3)) << u8(4)
+    key |= (mapping != 0).view(u8) << u8(6)
+    key |= (pages["refcount"] == 0).view(u8) << u8(7)
+    return key
+
+
+def _lone_heads(ctx: KernelContext, pl: PageLayout, vm: int, pfns: list[int],
+                deferred: list[tuple[int, int]]) -> dict[int, int | None]:
+    """The class of each of PFNS as the head of a compound page (the table lookup alone),
+    or None where it is no valid PG_head page: the heads that tails of a piece of the
+    memmap name in an earlier piece other than the carried one (only a corrupted or
+    changing memmap has them)."""
+    out: dict[int, int | None] = {}
+    for pfn in pfns:
+        pages, valid, _ = _decoded(ctx, pl, vm, pfn, pfn + 1, deferred)
+        if not valid[0] or not _flag(pages["flags"], pl.PG_head)[0]:
+            out[pfn] = None
+            continue
+        out[pfn] = int(_HEAD_CLASS[_head_key(pl, pages, _type_codes(pl, pages["mapcount"]))][0])
+    return out
+
+
+def _classify(ctx: KernelContext, lo: int, hi: int, pcp, deferred: list[tuple[int, int]],
+              carry: _Carry | None) -> tuple[PageMap, _Carry]:
+    """Decode and classify the struct pages of pfns [LO, HI): the whole memmap (LO 0, HI
+    max_pfn, CARRY None) or one piece of it in a stream of pieces (CARRY: what the
+    previous piece handed on, a new :class:`_Carry` for the first).  PCP is a function
+    returning the (pfns, orders) of every per-CPU list entry (:func:`_pcp_pages`).
+
+    A stream of pieces gives every pfn the class, order, tail and inconsistency the whole
+    memmap gives it: a buddy block's span, a compound page's head and a hugetlb head's
+    first tail are looked up across the pieces' edges."""
     pl = page_layout(ctx)
     zones_ = zones(ctx)
     n = max_pfn(ctx)
     vm = vmemmap_base(ctx)
-    pages, valid, unreadable = read_struct_pages(ctx)
-    for nid in ctx.node_ids():
-        # struct pages not initialised yet (early in boot) are holes, read as zeros
-        span = _zone.deferred_pfns(ctx, nid)
-        if span is not None:
-            valid[span[0]:span[1]] = False
-            for a in pages.values():
-                a[span[0]:span[1]] = 0
-    flags = pages["flags"]
+    m = hi - lo
+    pages, valid, unreadable = _decoded(ctx, pl, vm, lo, hi, deferred)
     pt = pages["mapcount"]
     ref = pages["refcount"]
-    mapping = pages["mapping"]
     comp = pages["compound"]
     u8 = np.uint8
     # Invalid pages are all zeros, so every test below is false on them unless it is a
@@ -239,21 +335,21 @@ def _build(ctx: KernelContext) -> PageMap:
     ref0 = ref == 0
     tcode = _type_codes(pl, pt)
     typed = tcode != T_NONE
-    is_head = _flag(flags, pl.PG_head)
-    hugetlb = _old_hugetlb_heads(pl, pages, is_head, tail)
+    is_head = _flag(pages["flags"], pl.PG_head)
+    after = None
+    if carry is not None and hi < n:
+        def after():
+            p, v, _ = _decoded(ctx, pl, vm, hi, hi + 1, deferred)
+            return p if v[0] else None
+    hugetlb = _old_hugetlb_heads(pl, pages, is_head, tail, after)
     if hugetlb is not None:
         tcode = np.where(hugetlb, u8(T_HUGETLB), tcode)
 
     # Head pages: one table lookup on an 8-bit key (see _head_class_lut); tails "kernel"
     # until they take their head's class below.
-    key = tcode if pl.PG_slab is None else np.where(_flag(flags, pl.PG_slab), u8(T_SLAB), tcode)
-    key = key | (_flag(flags, pl.PG_reserved).view(u8) << u8(3))
-    key |= (mapping.view(u8)[::8] & u8(3)) << u8(4)
-    key |= (mapping != 0).view(u8) << u8(6)
-    key |= ref0.view(u8) << u8(7)
-    cls = np.where(tail, u8(C["kernel"]), _HEAD_CLASS[key])
-    order = np.full(n, -1, np.int8)
-    bad = np.zeros(n, bool)
+    cls = np.where(tail, u8(C["kernel"]), _HEAD_CLASS[_head_key(pl, pages, tcode)])
+    order = np.full(m, -1, np.int8)
+    bad = np.zeros(m, bool)
 
     # Buddy blocks: the first page is PageBuddy with the order in private.  Computed first
     # (it reads no class) so that the blank-page grouping below can skip their pages.
@@ -266,7 +362,14 @@ def _build(ctx: KernelContext) -> PageMap:
     good = bo < ctx.nr_orders
     bad[bud[~good]] = True
     bud, bo = bud[good], bo[good].astype(np.int64)
-    cover = _cover(n, bud, bo)
+    carry_out = _Carry()
+    if carry is None:
+        cover = _cover(m, bud, bo)
+    else:  # a block may run past the piece (clipped at the memmap's end, as a whole)
+        cover = _cover(min(hi + (1 << (ctx.nr_orders - 1)), n) - lo, bud, bo)
+        if carry.cover is not None:
+            cover[:len(carry.cover)] += carry.cover
+        cover, carry_out.cover = cover[:m], cover[m:]
     covered = cover > 0
 
     # alloc_pages(order > 0) without __GFP_COMP: only the first page holds the reference;
@@ -274,7 +377,8 @@ def _build(ctx: KernelContext) -> PageMap:
     # right after an allocated untyped page, inside the naturally aligned block that page
     # would head, is counted with it ("kernel") rather than as "free".  (A blank page is
     # exactly a head still classed "free" here.  Those inside a buddy block end as buddy
-    # whatever happens here, unless they are PG_head and pass their class to tails.)
+    # whatever happens here, unless they are PG_head and pass their class to tails.)  The
+    # block is naturally aligned and at most 2^(NR_ORDERS-1) pages: within one piece.
     blank = np.flatnonzero((cls == C["free"]) & valid & (~covered | is_head))
     if len(blank):
         allocated = np.flatnonzero(valid & head & (ref > 0))
@@ -283,18 +387,39 @@ def _build(ctx: KernelContext) -> PageMap:
         last = np.where(ok, allocated[np.maximum(k, 0)], 0)
         dist = blank - last
         span = np.left_shift(1, np.ceil(np.log2(dist + 1.0)).astype(np.int64))
-        ok &= (dist < (1 << (ctx.nr_orders - 1))) & (last % span == 0) & (cls[last] == C["kernel"])
+        ok &= (dist < (1 << (ctx.nr_orders - 1))) & ((last + lo) % span == 0) \
+            & (cls[last] == C["kernel"])
         cls[blank[ok]] = C["kernel"]
 
-    # Compound tails take their head's class.
+    # Compound tails take their head's class (a head in an earlier piece: the carried one,
+    # else read alone).
     tpfn = np.flatnonzero(tail)
     if len(tpfn):
-        hp = compound_head_pfns(pl, vm, tpfn, comp[tpfn])
-        ok = (hp >= 0) & (hp < tpfn) & (tpfn - hp < (1 << 20))
-        hp_c = np.where(ok, hp, 0)
-        ok &= valid[hp_c] & is_head[hp_c]
-        cls[tpfn[ok]] = cls[hp_c[ok]]
+        hp = compound_head_pfns(pl, vm, tpfn + lo, comp[tpfn]) - lo
+        ok = (hp + lo >= 0) & (hp < tpfn) & (tpfn - hp < (1 << 20))
+        inside = ok & (hp >= 0)
+        hp_c = np.where(inside, hp, 0)
+        hcls = cls[hp_c]
+        ok = np.where(inside, valid[hp_c] & is_head[hp_c], ok)
+        before = np.flatnonzero(ok & ~inside)
+        if len(before):  # only in a stream of pieces (LO > 0)
+            known = {carry.head_pfn: carry.head_cls} if carry.head_pfn >= 0 else {}
+            other = sorted(set((hp[before] + lo).tolist()) - set(known))
+            known.update(_lone_heads(ctx, pl, vm, other, deferred))
+            for i in before.tolist():
+                c = known[int(hp[i]) + lo]
+                if c is None:
+                    ok[i] = False
+                else:
+                    hcls[i] = c
+        cls[tpfn[ok]] = hcls[ok]
         bad[tpfn[~ok]] = True
+    if carry is not None:
+        heads = np.flatnonzero(valid & is_head)
+        if len(heads):
+            carry_out.head_pfn, carry_out.head_cls = int(heads[-1]) + lo, int(cls[heads[-1]])
+        else:
+            carry_out.head_pfn, carry_out.head_cls = carry.head_pfn, carry.head_cls
 
     slab = cls == C["slab"]
     bad |= cover > 1
@@ -304,21 +429,30 @@ def _build(ctx: KernelContext) -> PageMap:
     cls = np.where(covered, u8(C["buddy"]), cls)
     order[bud] = bo
 
-    # Per-CPU lists.
-    findings: list[Problem] = []
-    pcp_pfns, pcp_orders = _pcp_pages(ctx, findings)
+    # Per-CPU lists (the entries of this piece; a block may start in an earlier one).
+    pcp_pfns, pcp_orders = pcp()
+    if carry is not None and len(pcp_pfns):
+        sel = (pcp_pfns < hi) & (pcp_pfns + (np.int64(1) << pcp_orders) > lo)
+        pcp_pfns, pcp_orders = pcp_pfns[sel] - lo, pcp_orders[sel]
     if len(pcp_pfns):
-        bad[pcp_pfns[(cls[pcp_pfns] == C["buddy"]) | (ref[pcp_pfns] != 0)]] = True
-        pc = _expand(n, pcp_pfns, pcp_orders)
+        first = pcp_pfns >= 0
+        starts, so = pcp_pfns[first], pcp_orders[first]
+        bad[starts[(cls[starts] == C["buddy"]) | (ref[starts] != 0)]] = True
+        pc = _expand(m, pcp_pfns, pcp_orders)
+        pc = pc[pc >= 0]
         pc = pc[cls[pc] != C["buddy"]]
         cls[pc] = C["pcp"]
-        order[pcp_pfns] = pcp_orders
+        order[starts] = so
 
-    zid = _zone_ids(zones_, n)
+    zid = np.full(m, -1, np.int16)
+    for i, z in enumerate(zones_):
+        a, b = max(z.zone_start_pfn, lo), min(z.end_pfn, hi)
+        if a < b:
+            zid[a - lo:b - lo] = i
     cls = np.where(valid & (zid >= 0), cls, u8(C["hole"]))
     bad &= valid
     return PageMap(vm, pl.size, pages, valid, cls, order, tail, bad, zid, zones_,
-                   findings, unreadable, slab & valid & (zid >= 0))
+                   [], unreadable, slab & valid & (zid >= 0), lo), carry_out
 
 
 def _cover(n: int, starts: np.ndarray, orders: np.ndarray) -> np.ndarray:
@@ -391,9 +525,10 @@ class ZonePages:
 
 def zone_counts(ctx: KernelContext) -> list[ZonePages]:
     """
-    Count the classified pages of every populated zone (the ``pages`` command).
+    Count the classified pages of every populated zone (the ``pages`` command), streaming
+    the memmap in pieces (:func:`scan`: memory bounded whatever the machine's size).
 
-    :param ctx: the context of the target (the memmap is decoded once per context)
+    :param ctx: the context of the target
     :return: one :class:`ZonePages` per populated zone, online nodes then
         ``node_zones[]`` order
     :raises TargetError: a type, member or enumerator is missing, or the memmap cannot be
@@ -401,30 +536,128 @@ def zone_counts(ctx: KernelContext) -> list[ZonePages]:
     :raises FaultError: a ``struct zone`` or ``mem_section[]`` root cannot be read (an
         unreadable part of the memmap is holes instead)
     """
-    pm = memmap(ctx)
-    n = pm.nr_pages
-    out = []
-    for i, z in enumerate(pm.zones):
-        # zone_id == i only inside the zone's span (a later, overlapping zone may own part
-        # of it): count on that slice, masked only when it is not all ours.
-        lo, hi = min(z.zone_start_pfn, n), min(z.end_pfn, n)
-        mine = pm.zone_id[lo:hi] == i
-        whole = bool(mine.all())
+    return scan(ctx).rows
 
-        def part(a: np.ndarray) -> np.ndarray:
-            return a[lo:hi] if whole else a[lo:hi][mine]
 
-        cls = part(pm.cls)
-        c = np.bincount(cls, minlength=len(CLASSES))
-        order = part(pm.order)
-        bo = order[(cls == C["buddy"]) & (order >= 0)]
-        out.append(ZonePages(
-            z.node, z.name, z.zone_start_pfn, z.end_pfn,
-            {name: int(c[i2]) for i2, name in enumerate(CLASSES)},
-            [int(x) for x in np.bincount(bo, minlength=ctx.nr_orders)],
-            int(c[C["pcp"]]), int(np.count_nonzero(part(pm.tail))),
-            int(np.count_nonzero(part(pm.inconsistent)))))
-    return out
+def pieces(ctx: KernelContext, chunk_pages: int = CHUNK_PAGES,
+           findings: list[Problem] | None = None) -> Iterator[PageMap]:
+    """
+    The classified memmap as a stream of pieces, each a :class:`PageMap` of pfns
+    [``start_pfn``, ``start_pfn + nr_pages``) in increasing order, covering [0,
+    :func:`max_pfn`): memory bounded by one piece whatever the machine's size (the whole
+    :func:`memmap` holds every page's decoded struct page at once, ~80 bytes a page).
+    Every pfn gets the class, order, tail and inconsistency :func:`memmap` gives it.  When
+    the snapshot's whole memmap is decoded already, it is the one piece.
+
+    :param ctx: the context of the target
+    :param chunk_pages: pfns per piece, rounded up to whole sections and to the largest
+        buddy block (default :data:`CHUNK_PAGES`)
+    :param findings: where the per-CPU list walk's problems are appended (each piece's
+        ``pcp_findings`` is empty)
+    :raises TargetError: as :func:`memmap`
+    :raises FaultError: as :func:`memmap`
+    """
+    done = ctx.peek_snapshot("pagemap")
+    if done is not None:
+        if findings is not None:
+            findings.extend(done.pcp_findings)
+        yield done
+        return
+    n = max_pfn(ctx)
+    unit = max(sections(ctx).pages_per_section, 1 << (ctx.nr_orders - 1))
+    step = max(unit, (chunk_pages + unit - 1) // unit * unit)
+    deferred = _deferred_spans(ctx)
+    problems: list[Problem] = []
+    walked: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def pcp():  # walked once, when the first piece needs it (as memmap() does)
+        if not walked:
+            walked.append(_pcp_pages(ctx, problems))
+            if findings is not None:
+                findings.extend(problems)
+        return walked[0]
+
+    carry = _Carry()
+    for lo in range(0, n, step):
+        pm, carry = _classify(ctx, lo, min(lo + step, n), pcp, deferred, carry)
+        yield pm
+
+
+@dataclasses.dataclass
+class PageScan:
+    """
+    What ``pages`` reports, from one pass over the memmap's pieces (:func:`scan`).
+
+    - ``rows``: one :class:`ZonePages` per populated zone (:func:`zone_counts`).
+    - ``pcp_findings``: what the per-CPU list walk found wrong.
+    - ``unreadable_pages``: struct pages of present sections that could not be read.
+    - ``zones``: the zones, in ``rows``' order.
+    - ``cls``: with ``classes=True``, the class code of every pfn (uint8, one byte a page:
+      ``pages --png`` draws it), else None.
+    """
+
+    rows: list[ZonePages]
+    pcp_findings: list[Problem]
+    unreadable_pages: int
+    zones: list[Zone]
+    cls: np.ndarray | None = None
+
+
+def scan(ctx: KernelContext, classes: bool = False,
+         chunk_pages: int = CHUNK_PAGES) -> PageScan:
+    """
+    Count the classified pages of every populated zone, streaming the memmap in pieces
+    (:func:`pieces`): peak memory is one piece's (about 30 MiB at the default
+    :data:`CHUNK_PAGES`), plus one byte a page with ``classes``.
+
+    :param ctx: the context of the target
+    :param classes: also keep every pfn's class code (:attr:`PageScan.cls`)
+    :param chunk_pages: pfns per piece (see :func:`pieces`)
+    :return: a :class:`PageScan`
+    :raises TargetError: as :func:`zone_counts`
+    :raises FaultError: as :func:`zone_counts`
+    """
+    zones_ = zones(ctx)
+    nz = len(zones_)
+    counts = np.zeros((nz, len(CLASSES)), np.int64)
+    blocks = np.zeros((nz, ctx.nr_orders), np.int64)
+    tails = np.zeros(nz, np.int64)
+    bad = np.zeros(nz, np.int64)
+    findings: list[Problem] = []
+    unreadable = 0
+    kept = []
+    for pm in pieces(ctx, chunk_pages, findings):
+        unreadable += pm.unreadable_pages
+        if classes:
+            kept.append(pm.cls)
+        # zone_id == i only inside the zone's span (a later, overlapping zone may own
+        # part of it): count on that slice, masked only when it is not all ours.
+        lo, hi = pm.start_pfn, pm.start_pfn + pm.nr_pages
+        for i, z in enumerate(zones_):
+            a, b = max(z.zone_start_pfn, lo) - lo, min(z.end_pfn, hi) - lo
+            if a >= b:
+                continue
+            mine = pm.zone_id[a:b] == i
+            whole = bool(mine.all())
+
+            def part(x: np.ndarray) -> np.ndarray:
+                return x[a:b] if whole else x[a:b][mine]
+
+            cls = part(pm.cls)
+            counts[i] += np.bincount(cls, minlength=len(CLASSES))
+            order = part(pm.order)
+            blocks[i] += np.bincount(order[(cls == C["buddy"]) & (order >= 0)],
+                                     minlength=ctx.nr_orders)[:ctx.nr_orders]
+            tails[i] += np.count_nonzero(part(pm.tail))
+            bad[i] += np.count_nonzero(part(pm.inconsistent))
+    rows = [ZonePages(z.node, z.name, z.zone_start_pfn, z.end_pfn,
+                      {name: int(counts[i, k]) for k, name in enumerate(CLASSES)},
+                      [int(x) for x in blocks[i]], int(counts[i, C["pcp"]]), int(tails[i]),
+                      int(bad[i])) for i, z in enumerate(zones_)]
+    cls_all = None
+    if classes:
+        cls_all = kept[0] if len(kept) == 1 else np.concatenate(kept)
+    return PageScan(rows, findings, unreadable, zones_, cls_all)
 
 
 def flag_names(pl: PageLayout, flags: int) -> list[str]:

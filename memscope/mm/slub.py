@@ -519,7 +519,6 @@ class _Walker:
         self.sl = slub_layout(ctx)
         self.caches = kmem_caches(ctx)
         self.by_addr = {c.address: c for c in self.caches}
-        self.pm = _page.memmap(ctx)
         self.pl = _page.page_layout(ctx)
         self.kl = kernel_layout(t)
         self.page_shift = t.page_size.bit_length() - 1
@@ -529,11 +528,11 @@ class _Walker:
         self._find_slabs()
 
     # --- slab pages from the memmap --------------------------------------------------
-    def _words(self, pfns: np.ndarray) -> dict[str, np.ndarray]:
-        """slab_cache, freelist and counters of the slabs at PFNS: taken from the decoded
-        memmap where struct slab's word is one it keeps (struct slab overlays struct
-        page), else read."""
-        pm, pl, sl = self.pm, self.pl, self.sl
+    def _words(self, pm: "_page.PageMap", pfns: np.ndarray) -> dict[str, np.ndarray]:
+        """slab_cache, freelist and counters of the slabs at PFNS (indices into the piece
+        PM of the memmap): taken from the decoded memmap where struct slab's word is one
+        it keeps (struct slab overlays struct page), else read."""
+        pl, sl = self.pl, self.sl
         kept = {getattr(pl, "compound_off", -1): "compound",
                 getattr(pl, "mapping_off", -1): "mapping",
                 getattr(pl, "index_off", -1): "index",
@@ -545,26 +544,61 @@ class _Walker:
             if field is not None and field in pm.pages and pm.pages[field].dtype.itemsize == 8:
                 out[name] = pm.pages[field][pfns].astype(np.uint64)
             else:
-                out[name] = np.array([self.t.read_u64(pm.vmemmap + int(p) * pm.page_size_struct
-                                                      + m.offset) for p in pfns], np.uint64)
+                out[name] = np.array([self.t.read_u64(
+                    pm.vmemmap + (pm.start_pfn + int(p)) * pm.page_size_struct + m.offset)
+                    for p in pfns], np.uint64)
         return out
 
     def _find_slabs(self) -> None:
-        pm = self.pm
-        # The pages' own slab type, not their class: a corrupted free list whose block
-        # claims slab pages must not hide the slabs (the buddy half reports the block).
-        is_slab = pm.slab if pm.slab is not None else (pm.cls == _page.C["slab"]) & pm.valid
-        heads = np.flatnonzero(is_slab & ~pm.tail)
-        # KFENCE pool pages are slab pages too (kfence_init_pool() sets PG_slab/PGTY_slab
-        # on each object page): their objects are counted apart (kfence_objects()).
-        if self.kfence.pool_pages:
-            lo = self.kfence.pool_pfn
-            heads = heads[(heads < lo) | (heads >= lo + self.kfence.pool_pages)]
-        # Pages per slab: the head and the compound tails after it.
-        nontail = np.flatnonzero(~pm.tail)
-        nxt = nontail[np.minimum(np.searchsorted(nontail, heads, "right"), len(nontail) - 1)]
-        npages = np.where(nxt > heads, nxt - heads, len(pm.tail) - heads)
-        w = self._words(heads)
+        """The slab pages, from the memmap streamed in pieces (memscope.mm.page.pieces):
+        memory bounded by one piece plus the slabs' own arrays, whatever the machine's
+        size."""
+        heads_l, npages_l, words_l, zid_l = [], [], {}, []
+        # Slabs whose last page may be in a later piece: (piece number, index in it, pfn).
+        open_: list[tuple[int, int, int]] = []
+        n = _page.max_pfn(self.ctx)
+        zones_ = _page.zones(self.ctx)
+        self.vmemmap = _page.vmemmap_base(self.ctx)
+        self.page_size_struct = self.pl.size
+        for pm in _page.pieces(self.ctx):
+            lo = pm.start_pfn
+            nontail = np.flatnonzero(~pm.tail)
+            if open_ and len(nontail):  # they end at this piece's first page that is no tail
+                for piece, i, pfn in open_:
+                    npages_l[piece][i] = int(nontail[0]) + lo - pfn
+                open_ = []
+            # The pages' own slab type, not their class: a corrupted free list whose block
+            # claims slab pages must not hide the slabs (the buddy half reports the block).
+            is_slab = pm.slab if pm.slab is not None \
+                else (pm.cls == _page.C["slab"]) & pm.valid
+            heads = np.flatnonzero(is_slab & ~pm.tail)
+            # KFENCE pool pages are slab pages too (kfence_init_pool() sets PG_slab/PGTY_slab
+            # on each object page): their objects are counted apart (kfence_objects()).
+            if self.kfence.pool_pages:
+                kl = self.kfence.pool_pfn - lo
+                heads = heads[(heads < kl) | (heads >= kl + self.kfence.pool_pages)]
+            # Pages per slab: the head and the compound tails after it (-1: up to the first
+            # page that is no tail in a later piece, or the end of the memmap).
+            k = np.searchsorted(nontail, heads, "right")
+            nxt = nontail[np.minimum(k, len(nontail) - 1)] if len(nontail) else heads
+            npages = np.where(nxt > heads, nxt - heads, -1)
+            open_ += [(len(heads_l), i, int(heads[i]) + lo)
+                      for i in np.flatnonzero(npages < 0).tolist()]
+            for key, v in self._words(pm, heads).items():
+                words_l.setdefault(key, []).append(v)
+            heads_l.append(heads + lo)
+            npages_l.append(npages)
+            zid_l.append(pm.zone_id[heads])
+        if not heads_l:
+            heads_l, npages_l, zid_l = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], \
+                [np.zeros(0, np.int16)]
+            words_l = {k: [np.zeros(0, np.uint64)] for k in ("slab_cache", "freelist",
+                                                            "counters")}
+        heads = np.concatenate(heads_l)
+        npages = np.concatenate(npages_l)
+        npages = np.where(npages < 0, n - heads, npages)  # to the end of the memmap
+        w = {k: np.concatenate(v) for k, v in words_l.items()}
+        zid = np.concatenate(zid_l)
         sl = self.sl
         cnt = w["counters"]
 
@@ -581,8 +615,7 @@ class _Walker:
         self.inuse = field(sl.inuse)
         self.base = (np.uint64(self.kl.page_offset) + (heads.astype(np.uint64) << np.uint64(
             self.page_shift)) - np.uint64(self.kl.phys_offset))
-        zid = pm.zone_id[heads]
-        nodes = np.array([z.node for z in pm.zones] + [-1], np.int64)
+        nodes = np.array([z.node for z in zones_] + [-1], np.int64)
         self.node = nodes[zid]
         order = np.argsort(self.slab_cache, kind="stable")
         self._order = order
@@ -702,10 +735,10 @@ class _Walker:
             return None
 
     def slab_addr(self, i: int) -> int:
-        return self.pm.vmemmap + int(self.heads[i]) * self.pm.page_size_struct
+        return self.vmemmap + int(self.heads[i]) * self.page_size_struct
 
     def slab_index_of_struct(self, slab_ptr: int) -> int | None:
-        pfn, rem = divmod(slab_ptr - self.pm.vmemmap, self.pm.page_size_struct)
+        pfn, rem = divmod(slab_ptr - self.vmemmap, self.page_size_struct)
         if rem:
             return None
         i = int(np.searchsorted(self.heads, pfn))

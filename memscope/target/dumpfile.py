@@ -252,19 +252,44 @@ def _kdump(path: Path, f) -> DumpFile:
     f.seek(block_size * (1 + sub_hdr_size))
     bitmaps = f.read(block_size * bitmap_blocks)
     half = len(bitmaps) // 2
-    first = np.unpackbits(np.frombuffer(bitmaps[:half], np.uint8), bitorder="little")
-    second = np.unpackbits(np.frombuffer(bitmaps[half:], np.uint8), bitorder="little")
-    n = min(max_mapnr, len(first), len(second))
-    ram, dumped = first[:n].astype(bool), second[:n].astype(bool)
-    segments = [(s * block_size, e * block_size) for s, e in _runs(ram)]
+    n = min(max_mapnr, 8 * half)
+    first, second = memoryview(bitmaps)[:half], memoryview(bitmaps)[half:]
+    segments = [(s * block_size, e * block_size) for s, e in _bit_runs(first, None, n)]
     why = (f"excluded by makedumpfile at dump level {dump_level} "
            f"({describe_dump_level(dump_level)})")
-    missing = [Missing(s * block_size, e * block_size, why) for s, e in _runs(ram & ~dumped)]
+    missing = [Missing(s * block_size, e * block_size, why)
+               for s, e in _bit_runs(first, second, n)]
     return DumpFile(path, "kdump", compression, dump_level, segments, missing, release,
                     block_size, vmcoreinfo, uts[4] or None)
 
 
+#: _bit_runs() unpacks this many bitmap bytes at a time (512 Ki pfns): its memory stays the
+#: same whatever the machine's size.
+_BITMAP_PIECE = 1 << 16
+
+
+def _bit_runs(bits, clear, n: int) -> list[tuple[int, int]]:
+    """[start, end) runs of the pfns below N whose bit is set in the little-endian bitmap
+    BITS and, when CLEAR is given, not set in CLEAR (ram & ~dumped), unpacked piece by
+    piece (:data:`_BITMAP_PIECE` bytes) and merged across the pieces."""
+    out: list[tuple[int, int]] = []
+    for off in range(0, (n + 7) // 8, _BITMAP_PIECE):
+        end = min(off + _BITMAP_PIECE, (n + 7) // 8)
+        a = np.unpackbits(np.frombuffer(bits[off:end], np.uint8), bitorder="little")
+        if clear is not None:
+            a &= ~np.unpackbits(np.frombuffer(clear[off:end], np.uint8), bitorder="little")
+        a = a[:n - 8 * off].view(bool)
+        for s, e in _runs(a):
+            s, e = s + 8 * off, e + 8 * off
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+    return out
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) index runs where the bool array MASK is True."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    z = np.zeros(1, np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate((z, mask.view(np.int8), z))))
     return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
