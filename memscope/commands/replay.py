@@ -51,6 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--leaks", action="store_true",
                    help="instead of the agreement: what the window allocated and B still "
                         "holds, by call site, largest first (memscope.model.leaks)")
+    p.add_argument("--all", dest="all_divergences", action="store_true",
+                   help="list every divergence in the table (default: the first 20 of each "
+                        "allocator, then how many more, by kind and cause)")
     p.add_argument("--format", "-f", choices=("table", "json"), default="table",
                    help="output format (default: table)")
 
@@ -121,13 +124,18 @@ def _replay(args) -> Result:
         out = [f"{r.events} events in the window, {r.applied} applied, {r.lost} lost",
                tabulate(rows, headers=["allocator", "matched", "missing", "extra",
                                        "divergences"])]
+        shown = None if getattr(args, "all_divergences", False) else 20
         for g in r.agreements:
-            for d in g.divergences[:20]:
+            for d in g.divergences[:shown]:
                 where = _where(g.allocator, d)
                 out.append(f"{g.allocator}: {d.kind} {where}"
                            + (f" ({d.event})" if d.event else "") + f": {d.cause}")
-            if len(g.divergences) > 20:
-                out.append(f"{g.allocator}: ... {len(g.divergences) - 20} more (--format json)")
+            rest = g.divergences[shown:] if shown is not None else []
+            if rest:  # what is not listed, by kind and cause, so no cause is hidden
+                out.append(f"{g.allocator}: ... {len(rest)} more (--all, --format json):")
+                for (kind, cause), n in collections.Counter(
+                        (d.kind, d.cause) for d in rest).most_common():
+                    out.append(f"{g.allocator}:     {n} {kind}: {cause}")
         return "\n".join(out) + "\n"
 
     agree = all(not g.missing and not g.extra and not g.divergences for g in r.agreements)
