@@ -35,9 +35,11 @@ X/Y`` is kept (Y - X were overwritten).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 from collections import Counter
 from collections.abc import Sequence
+from itertools import compress
 from operator import itemgetter
 from pathlib import Path
 
@@ -207,8 +209,14 @@ class TextEvents(Sequence):
 
     def _all(self) -> list[Event]:
         if self._list is None:
-            self._list = list(map(Event, self.names, self.cpus, self.ts, self.pids,
-                                  map(parse_fields, self.rests), self.systems))
+            enabled = gc.isenabled()
+            gc.disable()  # a million Events and dicts, no cycles: no collector passes
+            try:
+                self._list = list(map(Event, self.names, self.cpus, self.ts, self.pids,
+                                      map(parse_fields, self.rests), self.systems))
+            finally:
+                if enabled:
+                    gc.enable()
         return self._list
 
     def __getitem__(self, i):
@@ -235,11 +243,11 @@ class TextEvents(Sequence):
 
 # _EVENT for many lines at once (re.M over the lines joined by "\n"): whitespace never
 # crosses a line, and a line that is not an event matches the second branch whole, so
-# there is one match per line, in order (the event groups empty for the others).
+# there is one match per line, in order (the groups empty for the others).
 _EVENT_M = re.compile(
-    r"^(?:[^\S\n]*(.*?)-(\d+)[^\S\n]+(?:\([^\S\n]*[\d-]+\)[^\S\n]+)?\[(\d+)\][^\S\n]+"
+    r"^(?:[^\S\n]*.*?-(\d+)[^\S\n]+(?:\([^\S\n]*[\d-]+\)[^\S\n]+)?\[(\d+)\][^\S\n]+"
     r"(?:[A-Za-z.0-9]{4,5}[^\S\n]+)?(\d+)\.(\d+):[^\S\n]+([A-Za-z0-9_:]+):"
-    r"(.*)|(.*))$", re.M)
+    r"(.*)|.*)$", re.M)
 
 
 def _other_line(out: TextTrace, n: int, line: str) -> None:
@@ -315,6 +323,16 @@ def parse_lines(lines) -> TextTrace:
 
     The lines are matched all at once (one regular expression over the text, into
     columns); the events are a :class:`TextEvents`, their fields split when first used."""
+    enabled = gc.isenabled()
+    gc.disable()  # millions of new tuples, none of them in a cycle: no collector passes
+    try:
+        return _parse_columns(lines)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse_columns(lines) -> TextTrace:
     lines = lines if isinstance(lines, list) else list(lines)
     if not lines:
         return TextTrace([])
@@ -326,22 +344,19 @@ def parse_lines(lines) -> TextTrace:
     rows = _EVENT_M.findall(text)
     if len(rows) != len(lines):  # cannot happen: one match per line
         return _parse_slow(lines)
-    _task, pid, cpu, sec, usec, event, rest, other = zip(*rows)
+    pid, cpu, sec, usec, event, rest = [list(map(itemgetter(k), rows)) for k in range(6)]
+    del rows
     if "" in pid:  # lines that are not events, in order: counted as the slow path does
-        keep = []
-        for i, p in enumerate(pid):
-            if p:
-                keep.append(i)
-            else:
-                _other_line(out, i + 1, other[i])
-        if not keep:
+        for i in [i for i, p in enumerate(pid) if not p]:
+            _other_line(out, i + 1, lines[i].rstrip("\r\n"))
+        pid, cpu, sec, usec, event, rest = [list(compress(c, pid))
+                                            for c in (pid, cpu, sec, usec, event, rest)]
+        if not pid:
             out.events = TextEvents((), (), (), (), (), ())
             return out
-        get = itemgetter(*keep) if len(keep) > 1 else (lambda c: (c[keep[0]],))
-        pid, cpu, sec, usec, event, rest = map(get, (pid, cpu, sec, usec, event, rest))
     pids = list(map(int, pid))
     cpus = list(map(int, cpu))
-    if all(len(u) == 6 for u in set(usec)):
+    if set(map(len, usec)) == {6}:  # microseconds, as the trace clock prints them
         ts = [int(a + b) * 1000 for a, b in zip(sec, usec)]
     else:
         ts = [(int(a) * 1_000_000 + int(b.ljust(6, "0")[:6])) * 1000
@@ -362,12 +377,12 @@ def parse_lines(lines) -> TextTrace:
         systems = [s for s, _ in split]
         names = [n for _, n in split]
     # an event earlier than the one before it on its CPU
-    c = np.array(cpus, np.int64)
-    t = np.array(ts, np.int64) if ts and max(ts) < 1 << 63 else None
-    if t is not None:
+    if max(ts) < 1 << 63 and max(cpus) < 1 << 63:
+        c, t = np.array(cpus, np.int64), np.array(ts, np.int64)
         order = np.argsort(c, kind="stable")
         cs, tsorted = c[order], t[order]
-        out.out_of_order = int(np.count_nonzero((cs[1:] == cs[:-1]) & (tsorted[1:] < tsorted[:-1])))
+        out.out_of_order = int(np.count_nonzero((cs[1:] == cs[:-1])
+                                                & (tsorted[1:] < tsorted[:-1])))
     else:  # beyond 64 bits: one by one
         last: dict[int, int] = {}
         for cp, tv in zip(cpus, ts):
