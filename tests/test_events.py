@@ -381,6 +381,46 @@ def test_reordered_lines_are_counted(lab_case):
     assert len(tt.events) == len(base.events)
 
 
+def test_the_columnar_parse_is_the_line_by_line_parse(trace_case):
+    """parse_lines matches the whole text at once into columns; the line-by-line parse
+    (one regex match, fields and Event per line) must give the same events, field types
+    and counts on each kernel's trace file, garbled, cut, reordered and padded."""
+    from memscope.events.text import _parse_slow
+
+    lines = trace_case.truth_text("trace/label").splitlines()
+    rng = random.Random(6)
+    variants = [lines]
+    for _ in range(3):
+        ls = list(lines)
+        for _ in range(200):
+            i, op = rng.randrange(len(ls)), rng.randrange(7)
+            if op == 0:
+                ls.insert(i, "".join(chr(rng.randrange(1, 127)) for _ in
+                                     range(rng.randrange(90))).replace("\n", " "))
+            elif op == 1:
+                ls[i] = ls[i][:rng.randrange(len(ls[i]) + 1)]
+            elif op == 2:
+                j = rng.randrange(len(ls))
+                ls[i], ls[j] = ls[j], ls[i]
+            elif op == 3:
+                ls.insert(i, f"CPU:{rng.randrange(4)} [LOST {rng.randrange(999)} EVENTS]")
+            elif op == 4:
+                ls[i] = ls[i].replace("kfree:", "sys:weird:") + "\r\n"
+            elif op == 5:
+                ls[i] = ls[i].replace(".", ".1234567", 1)
+            else:
+                ls[i] = "\t" + ls[i].replace(" ", "\t ", 2)
+        variants.append(ls)
+    for ls in variants:
+        fast, slow = parse_lines(ls), _parse_slow(ls)
+        assert fast.summary() == slow.summary()
+        assert len(fast.events) == len(slow.events) > 1000
+        for a, b in zip(fast.events, slow.events):
+            assert a == b
+            assert [type(v) for v in a.fields.values()] == [type(v) for v in b.fields.values()]
+    assert variants[1] != lines and parse_lines(variants[1]).garbled > 0
+
+
 def test_lost_event_markers_are_counted():
     tt = parse_lines(["CPU:1 [LOST 42 EVENTS]", "CPU:1 [LOST 8 EVENTS]",
                       "CPU:0 [LOST 1 EVENTS]"])

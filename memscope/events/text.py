@@ -35,12 +35,19 @@ X/Y`` is kept (Y - X were overwritten).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
+from collections import Counter
+from collections.abc import Sequence
+from itertools import compress
+from operator import itemgetter
 from pathlib import Path
+
+import numpy as np
 
 from . import Event
 
-__all__ = ("KNOWN_EVENTS", "MAX_KEPT", "TextTrace", "parse_lines", "parse_file")
+__all__ = ("KNOWN_EVENTS", "MAX_KEPT", "TextEvents", "TextTrace", "parse_lines", "parse_file")
 
 #: The events of the tracepoint groups the lab enables (kmem's page and slab events, cma,
 #: vmalloc) on the lab kernels 5.10-7.2.
@@ -75,7 +82,8 @@ _TRACE_CMD = re.compile(r"^\s*(version\s*=|cpus=|CPU\s*\d+\s+(is empty|data reco
 class TextTrace:
     """What a trace text holds.
 
-    :param events: the events, in the text's order.
+    :param events: the events, in the text's order (a :class:`TextEvents` from
+        :func:`parse_lines`).
     :param lines: lines read.
     :param garbled: lines that are neither header, event nor marker (count).
     :param garbled_lines: the first :data:`MAX_KEPT` of them: (line number from 1, text
@@ -89,7 +97,7 @@ class TextTrace:
         cannot be compared with memory.
     """
 
-    events: list[Event]
+    events: Sequence[Event]
     lines: int = 0
     garbled: int = 0
     garbled_lines: list[tuple[int, str]] = dataclasses.field(default_factory=list)
@@ -102,8 +110,10 @@ class TextTrace:
 
     def summary(self) -> dict:
         """The counts as JSON data (no events)."""
-        d = dataclasses.asdict(self)
-        d.pop("events")
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name != "events"}
+        d["garbled_lines"] = list(self.garbled_lines)
+        d["unknown_names"] = dict(self.unknown_names)
         d["events"] = len(self.events)
         d["lost"] = {str(k): v for k, v in self.lost.items()}
         return d
@@ -181,38 +191,111 @@ def parse_fields(rest: str) -> dict:
     return out
 
 
-def parse_lines(lines) -> TextTrace:
-    """Parse trace text given as an iterable of lines (str, newlines optional)."""
+class TextEvents(Sequence):
+    """The events of a trace text, in the text's order: a sequence of :class:`Event`
+    over columns (name, system, CPU, time in ns, pid, and each event's text after its
+    name), each Event built, and its text split into fields (:func:`parse_fields`), when
+    first asked for.  Equal to a list of the same Events."""
+
+    __slots__ = ("names", "systems", "cpus", "ts", "pids", "rests", "_list")
+
+    def __init__(self, names, systems, cpus, ts, pids, rests):
+        self.names, self.systems, self.cpus = names, systems, cpus
+        self.ts, self.pids, self.rests = ts, pids, rests
+        self._list: list[Event] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _all(self) -> list[Event]:
+        if self._list is None:
+            enabled = gc.isenabled()
+            gc.disable()  # a million Events and dicts, no cycles: no collector passes
+            try:
+                self._list = list(map(Event, self.names, self.cpus, self.ts, self.pids,
+                                      map(parse_fields, self.rests), self.systems))
+            finally:
+                if enabled:
+                    gc.enable()
+        return self._list
+
+    def __getitem__(self, i):
+        if self._list is not None:
+            return self._list[i]
+        if isinstance(i, slice):
+            r = range(len(self))[i]
+            return [self[k] for k in r]
+        i = range(len(self))[i]  # an IndexError as a list's
+        return Event(self.names[i], self.cpus[i], self.ts[i], self.pids[i],
+                     parse_fields(self.rests[i]), self.systems[i])
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (TextEvents, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<TextEvents: {len(self)} events>"
+
+
+# _EVENT for many lines at once (re.M over the lines joined by "\n"): whitespace never
+# crosses a line, and a line that is not an event matches the second branch whole, so
+# there is one match per line, in order (the groups empty for the others).
+_EVENT_M = re.compile(
+    r"^(?:[^\S\n]*.*?-(\d+)[^\S\n]+(?:\([^\S\n]*[\d-]+\)[^\S\n]+)?\[(\d+)\][^\S\n]+"
+    r"(?:[A-Za-z.0-9]{4,5}[^\S\n]+)?(\d+)\.(\d+):[^\S\n]+([A-Za-z0-9_:]+):"
+    r"(.*)|.*)$", re.M)
+
+
+def _other_line(out: TextTrace, n: int, line: str) -> None:
+    """Count line N (from 1), which is not an event: blank, header, lost-events marker,
+    trace-cmd's own, or garbled."""
+    s = line.strip()
+    if not s:
+        return
+    if s.startswith("#"):
+        e = _ENTRIES.search(s)
+        if e:
+            out.entries = (int(e.group(1)), int(e.group(2)))
+        return
+    lost = _LOST.match(s)
+    if lost:
+        cpu = int(lost.group(1))
+        out.lost[cpu] = out.lost.get(cpu, 0) + int(lost.group(2))
+        return
+    if _TRACE_CMD.match(s):
+        return
+    out.garbled += 1
+    if len(out.garbled_lines) < MAX_KEPT:
+        out.garbled_lines.append((n, s[:80]))
+
+
+def _hashed(events) -> bool:
+    # A hashed %p value (the hash-ptr option, on by default) is 32 bits of siphash on
+    # 64-bit kernels (lib/vsprintf.c ptr_to_hashval()), a kernel address has its top bit
+    # set.
+    ptrs = [e.fields["ptr"] for e in events[:1000]
+            if isinstance(e.fields.get("ptr"), int) and e.fields["ptr"]]
+    return bool(ptrs) and all(p < 1 << 32 for p in ptrs)
+
+
+def _parse_slow(lines: list[str]) -> TextTrace:
+    """Line by line (lines that hold a newline of their own)."""
     out = TextTrace([])
     last_ts: dict[int, int] = {}
     match_event = _EVENT.match
     events = out.events
     append = events.append
     names: dict[str, tuple[str, str, bool]] = {}  # "system:name" -> (system, name, known)
-    fields_of = parse_fields
     n = 0
     for n, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
         m = match_event(line)
         if m is None:
-            s = line.strip()
-            if not s:
-                continue
-            if s.startswith("#"):
-                e = _ENTRIES.search(s)
-                if e:
-                    out.entries = (int(e.group(1)), int(e.group(2)))
-                continue
-            lost = _LOST.match(s)
-            if lost:
-                cpu = int(lost.group(1))
-                out.lost[cpu] = out.lost.get(cpu, 0) + int(lost.group(2))
-                continue
-            if _TRACE_CMD.match(s):
-                continue
-            out.garbled += 1
-            if len(out.garbled_lines) < MAX_KEPT:
-                out.garbled_lines.append((n, s[:80]))
+            _other_line(out, n, line)
             continue
         pid, cpu, tstext, event, rest = m.group("pid", "cpu", "ts", "event", "rest")
         got = names.get(event)
@@ -222,24 +305,92 @@ def parse_lines(lines) -> TextTrace:
         system, name, known = got
         cpu = int(cpu)
         sec, _, usec = tstext.partition(".")
-        if len(usec) == 6:
-            ts = int(sec + usec) * 1000
-        else:
-            ts = (int(sec) * 1_000_000 + int(usec.ljust(6, "0")[:6])) * 1000
+        ts = (int(sec) * 1_000_000 + int(usec.ljust(6, "0")[:6])) * 1000
         if ts < last_ts.get(cpu, -1):
             out.out_of_order += 1
         last_ts[cpu] = ts
         if not known:
             out.unknown += 1
             out.unknown_names[name] = out.unknown_names.get(name, 0) + 1
-        append(Event(name, cpu, ts, int(pid), fields_of(rest), system))
+        append(Event(name, cpu, ts, int(pid), parse_fields(rest), system))
     out.lines = n
-    # A hashed %p value (the hash-ptr option, on by default) is 32 bits of siphash on
-    # 64-bit kernels (lib/vsprintf.c ptr_to_hashval()), a kernel address has its top bit
-    # set.
-    ptrs = [e.fields["ptr"] for e in events[:1000]
-            if isinstance(e.fields.get("ptr"), int) and e.fields["ptr"]]
-    out.hashed_pointers = bool(ptrs) and all(p < 1 << 32 for p in ptrs)
+    out.hashed_pointers = _hashed(events)
+    return out
+
+
+def parse_lines(lines) -> TextTrace:
+    """Parse trace text given as an iterable of lines (str, newlines optional).
+
+    The lines are matched all at once (one regular expression over the text, into
+    columns); the events are a :class:`TextEvents`, their fields split when first used."""
+    enabled = gc.isenabled()
+    gc.disable()  # millions of new tuples, none of them in a cycle: no collector passes
+    try:
+        return _parse_columns(lines)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse_columns(lines) -> TextTrace:
+    lines = lines if isinstance(lines, list) else list(lines)
+    if not lines:
+        return TextTrace([])
+    text = "\n".join([ln.rstrip("\r\n") for ln in lines])
+    if text.count("\n") != len(lines) - 1:
+        return _parse_slow(lines)  # a line with a line break of its own
+    out = TextTrace([])
+    out.lines = len(lines)
+    rows = _EVENT_M.findall(text)
+    if len(rows) != len(lines):  # cannot happen: one match per line
+        return _parse_slow(lines)
+    pid, cpu, sec, usec, event, rest = [list(map(itemgetter(k), rows)) for k in range(6)]
+    del rows
+    if "" in pid:  # lines that are not events, in order: counted as the slow path does
+        for i in [i for i, p in enumerate(pid) if not p]:
+            _other_line(out, i + 1, lines[i].rstrip("\r\n"))
+        pid, cpu, sec, usec, event, rest = [list(compress(c, pid))
+                                            for c in (pid, cpu, sec, usec, event, rest)]
+        if not pid:
+            out.events = TextEvents((), (), (), (), (), ())
+            return out
+    pids = list(map(int, pid))
+    cpus = list(map(int, cpu))
+    if set(map(len, usec)) == {6}:  # microseconds, as the trace clock prints them
+        ts = [int(a + b) * 1000 for a, b in zip(sec, usec)]
+    else:
+        ts = [(int(a) * 1_000_000 + int(b.ljust(6, "0")[:6])) * 1000
+              for a, b in zip(sec, usec)]
+    # names: "system:name" -> (system, name, known), once per distinct text
+    kinds = {}
+    for ev, count in Counter(event).items():
+        system, _, name = ev.rpartition(":")
+        kinds[ev] = (system, name)
+        if name not in KNOWN_EVENTS:
+            out.unknown += count
+            out.unknown_names[name] = out.unknown_names.get(name, 0) + count
+    if len(kinds) == 1:
+        (system, name), = kinds.values()
+        names, systems = [name] * len(pids), [system] * len(pids)
+    else:
+        split = list(map(kinds.__getitem__, event))
+        systems = [s for s, _ in split]
+        names = [n for _, n in split]
+    # an event earlier than the one before it on its CPU
+    if max(ts) < 1 << 63 and max(cpus) < 1 << 63:
+        c, t = np.array(cpus, np.int64), np.array(ts, np.int64)
+        order = np.argsort(c, kind="stable")
+        cs, tsorted = c[order], t[order]
+        out.out_of_order = int(np.count_nonzero((cs[1:] == cs[:-1])
+                                                & (tsorted[1:] < tsorted[:-1])))
+    else:  # beyond 64 bits: one by one
+        last: dict[int, int] = {}
+        for cp, tv in zip(cpus, ts):
+            if tv < last.get(cp, -1):
+                out.out_of_order += 1
+            last[cp] = tv
+    out.events = TextEvents(names, systems, cpus, ts, pids, rest)
+    out.hashed_pointers = _hashed(out.events)
     return out
 
 
