@@ -560,8 +560,11 @@ class _Walker:
         zones_ = _page.zones(self.ctx)
         self.vmemmap = _page.vmemmap_base(self.ctx)
         self.page_size_struct = self.pl.size
+        unread: list[np.ndarray] = []  # [start, end) pfn runs whose struct page was not read
         for pm in _page.pieces(self.ctx):
             lo = pm.start_pfn
+            edges = np.flatnonzero(np.diff(np.concatenate(([1], pm.valid.view(np.int8), [1]))))
+            unread.append(edges.reshape(-1, 2) + lo)
             nontail = np.flatnonzero(~pm.tail)
             if open_ and len(nontail):  # they end at this piece's first page that is no tail
                 for piece, i, pfn in open_:
@@ -609,6 +612,7 @@ class _Walker:
 
         self.heads = heads
         self.npages = npages
+        self.unread = np.concatenate(unread) if unread else np.zeros((0, 2), np.int64)
         self.slab_cache = w["slab_cache"]
         self.freelist = w["freelist"]
         self.objects = field(sl.objects)
@@ -756,9 +760,19 @@ class _Walker:
         free: dict[int, str] = {}
         bound_slabs = len(idx) + 1
 
+        unread: list[str] = []  # slabs whose struct page the target does not hold
+
         def mark(slab_ptr: int, w: int, cpu: int, what: str) -> int | None:
             i = self.slab_index_of_struct(slab_ptr)
             if i is None or i not in pos:
+                # A slab is known by its struct page: one the memmap walk could not read
+                # (a filtered or truncated dump) was never seen as a slab, which is no
+                # fault of the list.
+                pfn = (slab_ptr - self.vmemmap) // self.page_size_struct
+                k = int(np.searchsorted(self.unread[:, 0], pfn, "right")) - 1
+                if k >= 0 and pfn < self.unread[k, 1]:
+                    unread.append(f"{what} {slab_ptr:#x}")
+                    return None
                 sink.add("wrong_slab", f"{what} {slab_ptr:#x} is not a slab of this cache")
                 return None
             where[pos[i]] = w
@@ -851,6 +865,9 @@ class _Walker:
                                                      np.uint64),
                            self.base[idx], self.node[idx], self.objects[idx], self.inuse[idx],
                            self.freelist[idx], where, cpu_of, nfree)
+        if unread:
+            sink.add("unreadable", f"{len(unread)} slab(s) on its lists are not known: the "
+                     f"memmap walk could not read their struct pages (the first: {unread[0]})")
         return CacheWalk(c, slabs, free, problems)
 
     def _per_cpu(self, ptr: int, size: int, what: str, sink: ProblemSink):

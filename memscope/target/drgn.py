@@ -13,7 +13,7 @@ import drgn
 
 from ..errors import MemscopeError
 from .base import FaultError, Layout, Member, MissingPage, Target, TargetError, Variable
-from .dumpfile import DumpFile, NotADump, read_dump_file
+from .dumpfile import KDUMP_SIGNATURE, DumpFile, NotADump, read_dump_file
 from .elf import PT_LOAD, NotElf64, program_headers
 
 
@@ -177,11 +177,31 @@ class DrgnTarget(Target):
                         init_mm = self.prog["init_mm"].address_of_()
                     phys = int(follow_phys(init_mm, page))
                 except (drgn.FaultError, LookupError, ValueError):
-                    continue
+                    # The page tables themselves may be what the dump lacks: the kernel
+                    # image's own pages by the formula, without them.
+                    phys = self._kernel_image_phys(page)
+                    if phys is None:
+                        continue
             m = self.holes.dump.missing_at(phys)
             if m is not None:
                 p = phys & ~(ps - 1)
                 return MissingPage(p, p // ps, m.why)
+        return None
+
+    def _kernel_image_phys(self, address: int) -> int | None:
+        """The physical address of ADDRESS in the kernel image by VMCOREINFO alone, or
+        None: x86_64's ``__phys_addr_symbol()`` (ADDRESS - __START_KERNEL_map +
+        ``phys_base``), arm64's ``__kimg_to_phys()`` (ADDRESS - ``kimage_voffset``)."""
+        fields = self.holes.dump.vmcoreinfo_fields()
+        try:
+            if "NUMBER(phys_base)" in fields and address >= 0xFFFFFFFF80000000:
+                return address - 0xFFFFFFFF80000000 + int(fields["NUMBER(phys_base)"])
+            if "NUMBER(kimage_voffset)" in fields:
+                start, end = self.symbol("_text"), self.symbol("_end")
+                if start <= address < end:
+                    return address - int(fields["NUMBER(kimage_voffset)"], 16)
+        except (ValueError, TargetError):
+            return None
         return None
 
     def symbol(self, name: str) -> int:
@@ -558,12 +578,21 @@ def _cut(vmcore: Path) -> str:
 
 
 def _check_elf_core_size(vmcore: Path) -> None:
-    """A truncated ELF vmcore whose program headers are cut: what it holds cannot be told.
-    Memory segments cut by the end of the file are not refused here: they are holes
+    """A truncated ELF vmcore whose program headers are cut, or a kdump-compressed one cut
+    inside its headers or bitmaps: what it holds cannot be told (and libkdumpfile, which
+    maps the file, would die of SIGBUS reading past its end).  Memory cut off by the end
+    of the file is not refused here: it is a hole
     (:func:`memscope.target.dumpfile.read_dump_file`), and only a command that needs a
-    page from them fails, naming it."""
+    page from it fails, naming it."""
     try:
         with open(vmcore, "rb") as f:
+            if f.read(len(KDUMP_SIGNATURE)) == KDUMP_SIGNATURE:
+                try:
+                    read_dump_file(vmcore)
+                except NotADump as e:
+                    raise MemscopeError(str(e)) from None
+                return
+            f.seek(0)
             phdrs, phnum = program_headers(f)
     except NotElf64:
         return  # not ELF64: let drgn say what it is (kdump-compressed, garbage...)

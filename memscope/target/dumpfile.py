@@ -225,7 +225,8 @@ def _kdump(path: Path, f) -> DumpFile:
     f.seek(0)
     hdr = f.read(4096)
     if len(hdr) < _STATUS_OFF + 20:
-        raise NotADump(f"{path}: truncated kdump header")
+        raise NotADump(f"{path}: truncated at byte {len(hdr)}: the file ends inside its "
+                       "kdump header")
     status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from(
         "<IiiII", hdr, _STATUS_OFF)
     uts = [hdr[_UTS_OFF + k * _UTS_LEN:_UTS_OFF + (k + 1) * _UTS_LEN].split(b"\0")[0].decode(
@@ -238,29 +239,99 @@ def _kdump(path: Path, f) -> DumpFile:
     f.seek(block_size)
     sub = f.read(0x68)
     if len(sub) < 0x30:
-        raise NotADump(f"{path}: truncated kdump sub-header")
+        raise NotADump(f"{path}: truncated at byte {block_size + len(sub)}: the file ends "
+                       "inside its kdump sub-header")
     dump_level, = struct.unpack_from("<i", sub, 8)
     vi_off, vi_size = struct.unpack_from("<QQ", sub, 0x20)
     if len(sub) >= 0x68:
         mapnr64, = struct.unpack_from("<Q", sub, 0x60)
         if mapnr64:
             max_mapnr = mapnr64
+    size = os.fstat(f.fileno()).st_size
+    if block_size <= 0 or block_size & (block_size - 1) or bitmap_blocks <= 0 \
+            or sub_hdr_size < 0:
+        raise NotADump(f"{path}: not a kdump-compressed dump: its header is garbage "
+                       f"(block size {block_size}, {bitmap_blocks} bitmap blocks)")
     vmcoreinfo = b""
     if vi_off and vi_size:
         f.seek(vi_off)
         vmcoreinfo = f.read(vi_size)
-    f.seek(block_size * (1 + sub_hdr_size))
+        if len(vmcoreinfo) < vi_size:
+            raise NotADump(f"{path}: truncated at byte {size}: the file ends inside its "
+                           "VMCOREINFO")
+    bitmap_off = block_size * (1 + sub_hdr_size)
+    f.seek(bitmap_off)
     bitmaps = f.read(block_size * bitmap_blocks)
+    if len(bitmaps) < block_size * bitmap_blocks:
+        raise NotADump(f"{path}: truncated at byte {size}: the file ends inside its page "
+                       "bitmaps, so what it holds cannot be told")
     half = len(bitmaps) // 2
     n = min(max_mapnr, 8 * half)
     first, second = memoryview(bitmaps)[:half], memoryview(bitmaps)[half:]
     segments = [(s * block_size, e * block_size) for s, e in _bit_runs(first, None, n)]
     why = (f"excluded by makedumpfile at dump level {dump_level} "
            f"({describe_dump_level(dump_level)})")
+    dumped = _bit_runs(second, None, n)
     missing = [Missing(s * block_size, e * block_size, why)
                for s, e in _bit_runs(first, second, n)]
+    cut = f"cut off: the dump file ends at byte {size}, before this page's data (a truncated dump)"
+    missing += [Missing(s * block_size, e * block_size, cut)
+                for s, e in _cut_runs(f, size, bitmap_off + len(bitmaps), dumped)]
     return DumpFile(path, "kdump", compression, dump_level, segments, missing, release,
                     block_size, vmcoreinfo, uts[4] or None)
+
+
+#: struct page_desc (makedumpfile's diskdump_mod.h): off_t offset; unsigned int size, flags;
+#: unsigned long long page_flags — one per dumped page, in pfn order, after the bitmaps.
+_PAGE_DESC = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("pflags", "<u8")])
+#: _cut_runs() reads this many page descriptors at a time (1.5 MiB).
+_DESC_PIECE = 1 << 16
+
+
+def _cut_runs(f, size: int, desc_off: int,
+              dumped: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) pfn runs of the dumped pages (DUMPED, the second bitmap's runs) whose
+    page descriptor or data lies past the end of the file (SIZE bytes): a dump cut short.
+    makedumpfile and QEMU write the data in pfn order (zero pages all share one block,
+    written first), so the last descriptor whose data is not that shared block ends the
+    file: only when it lies past the end are the descriptors read, a piece at a time."""
+    pfns = sum(e - s for s, e in dumped)
+    if not pfns:
+        return []
+    data_start = desc_off + pfns * _PAGE_DESC.itemsize
+
+    def descs(i: int, count: int) -> np.ndarray:
+        f.seek(desc_off + i * _PAGE_DESC.itemsize)
+        raw = f.read(count * _PAGE_DESC.itemsize)
+        return np.frombuffer(raw[:len(raw) - len(raw) % _PAGE_DESC.itemsize], _PAGE_DESC)
+
+    if data_start <= size:  # the table is whole: is the data?  From the last page back.
+        i = pfns
+        while i > 0:
+            d = descs(max(0, i - _DESC_PIECE), min(i, _DESC_PIECE))
+            ends = d["offset"] + d["size"].astype(np.int64)
+            if (ends > size).any():
+                break
+            if (d["offset"] > data_start + 2 * 65536).any():  # past the shared zero block
+                return []
+            i -= len(d)
+        else:
+            return []
+    past = np.zeros(pfns, bool)  # whose descriptor or data the file does not hold
+    for i in range(0, pfns, _DESC_PIECE):
+        d = descs(i, min(_DESC_PIECE, pfns - i))
+        past[i:i + len(d)] = d["offset"] + d["size"].astype(np.int64) > size
+        past[i + len(d):i + min(_DESC_PIECE, pfns - i)] = True
+    out: list[tuple[int, int]] = []
+    k = 0
+    for s, e in dumped:
+        for a, b in _runs(past[k:k + e - s]):
+            if out and out[-1][1] == s + a:
+                out[-1] = (out[-1][0], s + b)
+            else:
+                out.append((s + a, s + b))
+        k += e - s
+    return out
 
 
 #: _bit_runs() unpacks this many bitmap bytes at a time (512 Ki pfns): its memory stays the
