@@ -195,6 +195,9 @@ def _lab(args) -> int:
         print(f"{k.name}: {k.release} in {k.root}")
         return 0
     if args.lab_command == "run":
+        if args.kdump_compress and args.kdump_level is None:
+            raise MemscopeError("--kdump-compress goes with --kdump-level (makedumpfile's "
+                            "compression in the kdump path)", exit_status=2)
         mode = "keep" if args.keep else "live" if args.live else "dump"
         opts = lab.RunOptions(kernel=args.kernel, workload=args.workload, mem=args.mem,
                               smp=args.smp, numa=args.numa, append=args.append, disk=args.disk,

@@ -129,3 +129,32 @@ def test_a_file_that_is_not_a_dump_is_named(snap):
 
 def test_no_target_is_named():
     assert_one_line_error(run_cli("check"), "no target")
+
+
+def test_events_parse_refuses_a_file_with_no_trace_line(tmp_path):
+    """A trace.dat or random bytes given to ``events parse`` (a new user's review: exit 0,
+    "0 events ... garbled 511" and the bytes on the terminal) is one line, exit 2; a trace
+    file with its header and no event yet is an empty answer, not an error."""
+    junk = tmp_path / "trace.dat"
+    junk.write_bytes(bytes(range(256)) * 64 + b"\n\x00\x01 not a trace\n")
+    assert_one_line_error(run_cli("events", "parse", str(junk)), "not trace text?")
+    empty = tmp_path / "trace"
+    empty.write_text("# tracer: nop\n#\n")
+    r = run_cli("events", "parse", str(empty))
+    assert r.returncode == 0 and r.stdout.startswith("0 events in 2 lines"), r
+
+
+@pytest.mark.parametrize("options, needle", [
+    (["--kdump-compress", "zlib"], "goes with --kdump-level"),
+    (["--kdump-level", "31", "--kdump-compress", "snappy"], "without snappy"),
+    (["--timeout", "-5"], "--timeout must be more than 0")])
+def test_lab_run_refuses_kdump_and_timeout_options_before_any_boot(options, needle, tmp_path):
+    """Found by a new user's review: each of these reached QEMU (and snappy would have
+    failed only after boot, workload and panic).  No QEMU on PATH here: a boot would be
+    another error."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "memscope.cli", "lab", "run", "6.12", *options,
+                        "-o", str(tmp_path / "run")], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert_one_line_error(r, needle)
+    assert not (tmp_path / "run").exists()

@@ -102,6 +102,9 @@ def run_parse(args) -> Result:
         tt = parse_file(path)
     except OSError as e:
         raise CommandError(f"events: cannot read {path}: {e.strerror or e}") from None
+    if not tt.events and tt.garbled:  # a trace.dat, a dump, random bytes: not trace text
+        raise CommandError(f"events: {path}: no trace event in its {tt.lines} lines "
+                           f"({tt.garbled} garbled): not trace text?")
     shown = tt.events if limit is None else tt.events[:limit]
     data = {"summary": tt.summary(), "events": [_event_json(e) for e in shown]}
 

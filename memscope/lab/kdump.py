@@ -80,6 +80,9 @@ def check_options(level: int, compress: tuple[str, ...]) -> None:
     if unknown or not compress:
         raise LabError(f"--kdump-compress takes {', '.join(COMPRESSIONS)} (got "
                        f"{', '.join(compress) or 'none'})", exit_status=2)
+    if "snappy" in compress:  # found after boot, workload and panic otherwise
+        raise LabError("--kdump-compress snappy: Debian's makedumpfile is built without "
+                       "snappy (zlib, lzo and zstd are there)", exit_status=2)
 
 
 def build_capture_initrd(path: Path, kernel: kernels.Kernel, ul: userland.Userland, *,

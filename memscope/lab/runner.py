@@ -124,6 +124,9 @@ def run(opts: RunOptions, out: Path) -> dict:
         if opts.mode != "dump" or opts.dump_formats:
             raise LabError("--kdump-level takes its dump by a panic: it goes with neither "
                            "--keep, --live nor --dump-format", exit_status=2)
+    if not opts.timeout > 0:
+        raise LabError(f"--timeout must be more than 0 seconds (got {opts.timeout:g})",
+                       exit_status=2)
     if not opts.elf and not opts.dump_formats:
         raise LabError("--no-elf needs a kdump format to dump in (--dump-format kdump-zlib)",
                        exit_status=2)
