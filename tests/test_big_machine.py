@@ -14,11 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from drgn.helpers.linux.cpumask import for_each_possible_cpu
-from drgn.helpers.linux.mmzone import for_each_online_pgdat
-from drgn.helpers.linux.percpu import per_cpu_ptr
 
 from memscope.mm import page as mpage
+from test_pages import pcp_counts
 from memscope.mm.context import KernelContext
 from memscope.target.drgn import DrgnTarget, open_core
 
@@ -34,23 +32,6 @@ def memscope(snap, *args: str):
 def buddyinfo_rows(snap) -> list[list[int]]:
     return [[int(x) for x in line.split()[4:]]
             for line in snap.truth_text("buddyinfo").splitlines()]
-
-
-def pcp_counts(prog) -> list[int]:
-    """Per populated zone, the sum over CPUs of pcp->count, read with drgn."""
-    out = []
-    for pgdat in for_each_online_pgdat(prog):
-        for zone in pgdat.node_zones:
-            if not zone.present_pages:
-                continue
-            count = 0
-            for cpu in for_each_possible_cpu(prog):
-                if hasattr(zone, "per_cpu_pageset"):
-                    count += per_cpu_ptr(zone.per_cpu_pageset, cpu).count.value_()
-                else:  # 5.10: zone->pageset->pcp
-                    count += per_cpu_ptr(zone.pageset, cpu).pcp.count.value_()
-            out.append(count)
-    return out
 
 
 @pytest.fixture(scope="module")

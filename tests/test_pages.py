@@ -75,6 +75,20 @@ def _zones(prog):
                 yield zone
 
 
+def pcp_counts(prog) -> list[int]:
+    """Per populated zone, the sum over CPUs of pcp->count, read with drgn."""
+    out = []
+    for zone in _zones(prog):
+        count = 0
+        for cpu in for_each_possible_cpu(prog):
+            if hasattr(zone, "per_cpu_pageset"):
+                count += per_cpu_ptr(zone.per_cpu_pageset, cpu).count.value_()
+            else:  # 5.10: zone->pageset->pcp
+                count += per_cpu_ptr(zone.pageset, cpu).pcp.count.value_()
+        out.append(count)
+    return out
+
+
 def vmstat_drift_bound(prog) -> int:
     """sum over zones and possible CPUs of the per-CPU stat_threshold (5.10: zone->pageset,
     5.14+: zone->per_cpu_zonestats)."""
@@ -492,13 +506,7 @@ def test_pcp_pages_are_what_every_cpu_pcp_count_says(real_kernel):
     prog = mm.t.prog
     pm = mpage.memmap(mm)
     rows = mpage.zone_counts(mm)
-    for r, zone in zip(rows, _zones(prog)):
-        count = 0
-        for cpu in for_each_possible_cpu(prog):
-            if hasattr(zone, "per_cpu_pageset"):
-                count += per_cpu_ptr(zone.per_cpu_pageset, cpu).count.value_()
-            else:  # 5.10: zone->pageset->pcp
-                count += per_cpu_ptr(zone.pageset, cpu).pcp.count.value_()
+    for r, count in zip(rows, pcp_counts(prog), strict=True):
         assert r.counts["pcp"] == count, (r.node, r.zone)
     pcp = np.flatnonzero(pm.cls == mpage.C["pcp"])
     assert len(pcp) > 0
