@@ -11,9 +11,10 @@ are ints from the dump and strings from text.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
+
+from ..kernel.ftrace import ColumnSequence
 
 __all__ = ("Event", "RingEvents", "from_ring")
 
@@ -39,7 +40,7 @@ class Event:
     system: str = ""
 
 
-class RingEvents(Sequence):
+class RingEvents(ColumnSequence):
     """The events of a ring buffer in time order, decoded in bulk: a sequence of
     :class:`Event` (built when asked for, each the same as :meth:`EventFormat.decode
     <memscope.kernel.ftrace.EventFormat.decode>` makes it) over columns.
@@ -143,13 +144,6 @@ class RingEvents(Sequence):
     def __iter__(self):
         return iter(self._all())
 
-    def __eq__(self, other) -> bool:
-        if isinstance(other, (RingEvents, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"<RingEvents: {len(self)} events>"
 
 
 def from_ring(trace) -> RingEvents:

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernel.ftrace import ColumnSequence
 from . import Event
 
 __all__ = ("KNOWN_EVENTS", "MAX_KEPT", "TextEvents", "TextTrace", "parse_lines", "parse_file")
@@ -191,7 +192,7 @@ def parse_fields(rest: str) -> dict:
     return out
 
 
-class TextEvents(Sequence):
+class TextEvents(ColumnSequence):
     """The events of a trace text, in the text's order: a sequence of :class:`Event`
     over columns (name, system, CPU, time in ns, pid, and each event's text after its
     name), each Event built, and its text split into fields (:func:`parse_fields`), when
@@ -232,13 +233,6 @@ class TextEvents(Sequence):
     def __iter__(self):
         return iter(self._all())
 
-    def __eq__(self, other) -> bool:
-        if isinstance(other, (TextEvents, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"<TextEvents: {len(self)} events>"
 
 
 # _EVENT for many lines at once (re.M over the lines joined by "\n"): whitespace never

@@ -379,7 +379,25 @@ class CpuTrace:
         return dataclasses.asdict(self)
 
 
-class TraceEvents(Sequence):
+class ColumnSequence(Sequence):
+    """A sequence held as columns whose items are built when asked for (TraceEvents here,
+    :class:`memscope.events.RingEvents`, :class:`memscope.events.text.TextEvents`): equal
+    to a list or tuple of the same items, or to another of its own class, item by item."""
+
+    __slots__ = ()
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (type(self), list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # mutable-list semantics, as a list's
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {len(self)} events>"
+
+
+class TraceEvents(ColumnSequence):
     """Ring-buffer events held as columns: what :func:`read_trace` decodes in bulk, a
     sequence of :class:`TraceEvent` built one at a time only when asked for.
 
@@ -454,13 +472,6 @@ class TraceEvents(Sequence):
         for cpu, ts, seq, etype, pid, s, n in cols:
             yield TraceEvent(cpu, ts, seq, etype, pid, blob[s:s + n])
 
-    def __eq__(self, other) -> bool:
-        if isinstance(other, (TraceEvents, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"<TraceEvents: {len(self)} events>"
 
 
 @dataclasses.dataclass
